@@ -2,41 +2,42 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from pauserec.cli import run, setup_logging
 from pauserec.errors import UserError
 
-USAGE = """usage: python -m pauserec COMMAND [options]   (COMMAND --help for its options)
+# command words -> (module, function, one-line help); modules are imported only when their command runs
+COMMANDS = {
+    ("data", "stats"): ("pauserec.commands", "data_stats", "users, items, interactions, sequence lengths"),
+    ("sid", "build"): ("pauserec.commands", "sid_build", "Semantic IDs for a catalog, with a quality report"),
+    ("init-ckpt",): ("pauserec.commands", "init_ckpt", "an untrained checkpoint (backbone + SID tokens)"),
+    ("train",): ("pauserec.train", "main", "one training stage: CKPT in, CKPT out"),
+    ("pipeline",): ("pauserec.pipeline", "main", "every stage in order, with timings"),
+    ("evaluate",): ("pauserec.evaluate", "main", "Recall/NDCG@K with trie-constrained beam search"),
+    ("rationales",): ("pauserec.rationales", "main", "generate and cache CoT rationales"),
+    ("experiment",): ("pauserec.experiment", "main", "the paper's matrix: train, evaluate, probe, report"),
+    ("demo",): ("pauserec.demo", "main", "the main job on the embedded defaults (make demo)"),
+}
 
-commands:
-  data stats     users, items, interactions, sequence lengths of a dataset
-  sid build      Semantic IDs for a catalog, with a quality report
-  init-ckpt      an untrained checkpoint (backbone + SID tokens + catalog)
-  demo           the main job on the embedded defaults (what `make demo` runs)"""
 
-
-def _commands() -> dict:
-    from pauserec import commands, demo
-
-    return {
-        ("data", "stats"): commands.data_stats,
-        ("sid", "build"): commands.sid_build,
-        ("init-ckpt",): commands.init_ckpt,
-        ("demo",): demo.main,
-    }
+def usage() -> str:
+    lines = ["usage: python -m pauserec COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {' '.join(k):<14} {help_}" for k, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return
-    for key, fn in _commands().items():
+    for key, (module, func, _) in COMMANDS.items():
         if tuple(argv[: len(key)]) == key:
-            fn(argv[len(key):])
+            getattr(importlib.import_module(module), func)(argv[len(key):])
             return
-    raise UserError(f"unknown command '{' '.join(argv[:2])}'\n{USAGE}")
+    raise UserError(f"unknown command '{' '.join(argv[:2])}' (see python -m pauserec --help)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""From result files to statistics, figures and the report. Reads files; never imports probes."""

@@ -1,0 +1,45 @@
+"""The one place figure style is set: a fixed colour per variant, paper-sized figures, PDF + PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+VARIANT_COLORS = {"base": "#7f7f7f", "plain": "#1f77b4", "pause": "#d62728", "cot": "#2ca02c"}
+VARIANT_ORDER = ["base", "plain", "pause", "cot"]
+STAGE_ORDER = ["init", "cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft"]
+WIDTH = 5.5  # inches: one column of a two-column paper page is ~3.3, a full width ~6.8
+CI_CAPTION = "Error bars: 95% bootstrap confidence intervals."
+
+
+def apply() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 160, "savefig.bbox": "tight",
+                         "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
+
+
+def figure(ncols: int = 1, nrows: int = 1, height: float = 3.0, **kwargs):
+    """A themed (fig, axes) pair sized for a paper."""
+    apply()
+    width = WIDTH if ncols == 1 else min(0.6 * WIDTH * ncols, 14.0)
+    return plt.subplots(nrows, ncols, figsize=(width, height * nrows), **kwargs)
+
+
+def palette(variants) -> dict[str, str]:
+    """Colours for the given variants (unknown names get seaborn's next colours)."""
+    extra = iter(sns.color_palette("tab10", 10).as_hex()[4:])
+    return {v: VARIANT_COLORS.get(v) or next(extra) for v in variants}
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Save ``fig`` as ``path.png`` and ``path.pdf``, then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(path.with_suffix(f".{ext}"))
+    plt.close(fig)
