@@ -113,11 +113,12 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
             nargs = "+" if typing.get_origin(tp) in (list, tuple) else None
             parser.add_argument(f.name, nargs=nargs, help=help_)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")  # e.g. --from for from_ckpt
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_)
         else:
-            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_)
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
     return parser
 
 
