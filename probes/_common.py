@@ -82,7 +82,7 @@ def write_results(df: pd.DataFrame, args, figures: dict[str, Any] | None = None,
     import transformers
 
     meta = {
-        "probe": Path(sys.argv[0]).stem if sys.argv else "",
+        "probe": getattr(args, "probe_name", "") or type(args).__module__.rsplit(".", 1)[-1],
         "args": to_dict(args),
         "versions": {"pauserec": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},

@@ -47,3 +47,6 @@ def write_lcrec(root: Path, name: str, sequences: dict, items: dict | None = Non
 def lcrec(tmp_path):
     """Factory: ``lcrec(sequences, items=None) -> directory``."""
     return lambda sequences, items=None, name="Mini": write_lcrec(tmp_path, name, sequences, items)
+
+
+from servers import llama_server  # noqa: E402,F401 -- session fixture: a real llama.cpp server (tests/servers.py)

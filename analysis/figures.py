@@ -1,0 +1,191 @@
+"""Figures of evaluation and cost results. Each takes tidy DataFrames and returns a Figure; no IO.
+
+Inputs are the tables of :mod:`analysis.collect` (``per_user`` = :func:`collect_eval` rows, with a
+``label`` column from :func:`analysis.conditions.with_labels` added when missing). Error bars are 95%
+bootstrap CIs over users (seeds averaged per user first), and each figure says so in its footnote.
+A figure whose data is absent raises :class:`NoData`; the report lists it as "not run".
+"""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from collections.abc import Sequence
+
+import matplotlib.figure
+import numpy as np
+import pandas as pd
+
+from analysis import stats, theme
+from analysis.conditions import FINAL_STAGE, PAPER_K, PRIMARY, main_labels, with_labels
+
+USER_CI = "Error bars: 95% bootstrap CIs over users (seeds averaged per user)."
+SEED_CI = "Error bars: 95% Student-t CIs across seeds (none with one seed)."
+
+
+class NoData(ValueError):
+    """The data a figure needs is absent (the report lists the figure as "not run")."""
+
+
+def footnote(fig: matplotlib.figure.Figure, text: str) -> matplotlib.figure.Figure:
+    """Lay ``fig`` out, leaving a strip at the bottom for ``text`` (what the error bars are)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # layouts with colorbars
+        fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
+    fig.text(0.01, 0.01, text, ha="left", va="bottom", fontsize=7, color="#555555")
+    return fig
+
+
+def wrap(text: object, width: int = 14) -> str:
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
+
+
+def stage_colors(stages) -> dict[str, str]:
+    """A fixed colour per training stage (by its place in ``theme.STAGE_ORDER``), in stage order."""
+    order = [s for s in theme.STAGE_ORDER if s in set(stages)] + sorted(set(stages) - set(theme.STAGE_ORDER))
+    palette = theme.colors(len(theme.STAGE_ORDER) + len(order))
+    extra = iter(palette[len(theme.STAGE_ORDER):])
+    return {s: palette[theme.STAGE_ORDER.index(s)] if s in theme.STAGE_ORDER else next(extra) for s in order}
+
+
+def _labelled(per_user: pd.DataFrame) -> pd.DataFrame:
+    if not len(per_user):
+        raise NoData("no per-user evaluation rows")
+    return per_user if "label" in per_user.columns else with_labels(per_user)
+
+
+def _order(labels: Sequence[str], variant_of: dict[str, str]) -> list[str]:
+    rank = {v: i for i, v in enumerate(theme.VARIANT_ORDER)}
+    return sorted(labels, key=lambda lab: (rank.get(variant_of.get(lab, ""), 99), lab))
+
+
+def _bars(ax, table: pd.DataFrame, x: str, colors: Sequence[str]) -> None:
+    """Bars of ``table.mean`` with [lo, hi] error bars, one per row, labelled by column ``x``."""
+    pos = np.arange(len(table))
+    err = np.vstack([table["mean"] - table["lo"], table["hi"] - table["mean"]]).clip(min=0)
+    ax.bar(pos, table["mean"], yerr=np.nan_to_num(err), color=colors, capsize=3, width=0.7)
+    ax.set_xticks(pos, [wrap(v) for v in table[x]], fontsize=7)
+
+
+def metrics_by_variant(per_user: pd.DataFrame, metrics: Sequence[str] = ("recall@10", "ndcg@10"),
+                       labels: Sequence[str] | None = None, n_resamples: int = stats.N_RESAMPLES,
+                       seed: int = 0) -> matplotlib.figure.Figure:
+    """Bars per condition (default: the main plain/pause/cot), one panel per metric, with CIs."""
+    df = _labelled(per_user)
+    labels = list(labels or main_labels(df).values())
+    df = df[df["label"].isin(labels)]
+    if not len(df):
+        raise NoData("no evaluated plain/pause/cot condition")
+    variant_of = df.groupby("label")["variant"].first().to_dict()
+    order = _order(labels, variant_of)
+    avg = stats.mean_over_seeds(df, ["label"], list(metrics))
+    fig, axes = theme.figure(ncols=len(metrics), height=2.8, squeeze=False)
+    colors = [theme.palette(variant_of.values())[variant_of[lab]] for lab in order]
+    for ax, metric in zip(axes[0], metrics):
+        table = stats.ci_table(avg, ["label"], metric, n_resamples, seed).set_index("label").loc[order]
+        _bars(ax, table.reset_index(), "label", colors)
+        ax.set_ylabel(metric)
+    fig.suptitle(f"{', '.join(metrics)} by variant ({avg['user'].nunique():,} users)", fontsize=10)
+    return footnote(fig, USER_CI)
+
+
+def _sweep_rows(per_user: pd.DataFrame) -> pd.DataFrame:
+    df = _labelled(per_user)
+    rows = df[(df["variant"] == "pause") & (df["stage"] == FINAL_STAGE["pause"])]
+    if not len(rows):
+        raise NoData("no evaluated pause-sft condition")
+    return rows
+
+
+def k_sweep(per_user: pd.DataFrame, metric: str = PRIMARY, n_resamples: int = stats.N_RESAMPLES,
+            seed: int = 0) -> matplotlib.figure.Figure:
+    """``metric`` against the number of pauses k (one line per pause init), plain/cot as references."""
+    df = _labelled(per_user)
+    rows = _sweep_rows(df)
+    if rows["k"].nunique() < 2:
+        raise NoData(f"pause evaluated at one k only ({sorted(rows['k'].unique())})")
+    fig, ax = theme.figure(height=2.8)
+    for i, (init, group) in enumerate(rows.groupby("pause_init", dropna=False)):
+        avg = stats.mean_over_seeds(group, ["k"], [metric])
+        t = stats.ci_table(avg, ["k"], metric, n_resamples, seed).sort_values("k")
+        color = theme.VARIANT_COLORS["pause"] if "pretrain" in str(init) else theme.colors(10)[4 + i % 6]
+        ax.errorbar(t["k"], t["mean"], yerr=np.vstack([t["mean"] - t["lo"], t["hi"] - t["mean"]]),
+                    marker="o", capsize=3, color=color, label=f"pause, init={init or '?'}")
+    for variant, lab in main_labels(df).items():
+        if variant != "pause":
+            mean = stats.mean_over_seeds(df[df["label"] == lab], ["label"], [metric])[metric].mean()
+            ax.axhline(mean, ls="--", lw=1, color=theme.VARIANT_COLORS[variant], label=lab)
+    ax.axvline(PAPER_K, color="#999999", lw=0.8, ls=":")
+    ax.set(xlabel="number of pauses k", ylabel=metric, title=f"{metric} vs k (paper: k={PAPER_K})")
+    ax.legend(loc="best")
+    return footnote(fig, USER_CI + " Dashed: the main plain / cot conditions.")
+
+
+def pause_init_ablation(per_user: pd.DataFrame, metric: str = PRIMARY,
+                        n_resamples: int = stats.N_RESAMPLES, seed: int = 0) -> matplotlib.figure.Figure:
+    """Bars per pause-embedding initialisation, at the main condition's k."""
+    df = _labelled(per_user)
+    rows = _sweep_rows(df)
+    main = main_labels(df).get("pause")
+    k = rows.loc[rows["label"] == main, "k"].iloc[0] if main else rows["k"].mode().iloc[0]
+    rows = rows[rows["k"] == k]
+    if rows["pause_init"].nunique() < 2:
+        raise NoData(f"one pause init only ({sorted(rows['pause_init'].astype(str).unique())})")
+    avg = stats.mean_over_seeds(rows, ["pause_init"], [metric])
+    table = stats.ci_table(avg, ["pause_init"], metric, n_resamples, seed).sort_values("mean")
+    fig, ax = theme.figure(height=2.6)
+    colors = [theme.VARIANT_COLORS["pause"] if "pretrain" in str(v) else "#f4a6a6"
+              for v in table["pause_init"]]
+    _bars(ax, table, "pause_init", colors)
+    ax.set(xlabel="pause embedding init", ylabel=metric, title=f"Pause-init ablation (k={k})")
+    return footnote(fig, USER_CI)
+
+
+def cost(train: pd.DataFrame, latency: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Training device-hours per variant (stacked by stage) and inference latency per variant.
+
+    ``train``: variant, timing_stage, device_hours, seed (a variant's whole lineage). ``latency``:
+    variant, value (ms per sample), seed.
+    """
+    if not len(train) and not len(latency):
+        raise NoData("no timings and no latency measurements")
+    fig, (ax1, ax2) = theme.figure(ncols=2, height=2.8)
+    if len(train):
+        per = train.groupby(["variant", "timing_stage", "seed"])["device_hours"].sum()
+        per = per.groupby(["variant", "timing_stage"]).mean().unstack(fill_value=0.0)
+        per = per.loc[[v for v in theme.VARIANT_ORDER if v in per.index]]
+        bottom = np.zeros(len(per))
+        for stage, color in stage_colors(per.columns).items():
+            ax1.bar(per.index, per[stage], bottom=bottom, label=stage, color=color, alpha=0.85)
+            bottom += per[stage].to_numpy()
+        ax1.set_ylim(0, 1.45 * float(bottom.max() or 1.0))  # headroom for the legend
+        ax1.legend(fontsize=6, loc="upper center", ncol=3)
+    ax1.set(ylabel="device-hours (whole lineage)", title="Training cost")
+    if len(latency):
+        t = pd.DataFrame([(v, *stats.seed_ci(g.groupby("seed")["value"].mean()))
+                          for v, g in latency.groupby("variant")], columns=["variant", "mean", "lo", "hi"])
+        t = t.set_index("variant").loc[[v for v in theme.VARIANT_ORDER if v in set(t["variant"])]]
+        t = t.reset_index()
+        t["lo"], t["hi"] = t["lo"].fillna(t["mean"]), t["hi"].fillna(t["mean"])
+        _bars(ax2, t, "variant", list(theme.palette(t["variant"]).values()))
+    ax2.set(ylabel="ms per user", title="Inference latency")
+    return footnote(fig, SEED_CI)
+
+
+def training_curves(logs: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Training loss against step, one line per (stage, seed), coloured by stage."""
+    if not len(logs) or not {"step", "loss"} <= set(logs.columns):
+        raise NoData("no train_log.csv with step and loss")
+    fig, ax = theme.figure(height=2.6)
+    colors = stage_colors(logs["stage"])
+    first_seed = logs["seed"].min()
+    groups = logs.groupby(["stage", "variant", "seed"])
+    for stage, variant, seed in sorted(groups.groups, key=lambda k: (list(colors).index(k[0]), k[2])):
+        g = groups.get_group((stage, variant, seed)).sort_values("step")
+        ax.plot(g["step"], g["loss"], color=colors[stage], lw=1, marker="o" if len(g) < 5 else None,
+                ms=3, label=f"{stage} ({variant})" if seed == first_seed else None)
+    loss = logs["loss"][logs["loss"] > 0]
+    wide = len(loss) and loss.max() / loss.min() > 10
+    ax.set(xlabel="step", ylabel="loss", title="Training loss by stage", yscale="log" if wide else "linear")
+    ax.legend(fontsize=6)
+    return footnote(fig, "Loss as logged by the trainer (no error bars).")

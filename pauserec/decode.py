@@ -1,0 +1,325 @@
+"""Generation, written once: greedy free text, continuation scoring and trie-constrained beam search.
+
+Nothing here reads a model's ``generation_config``: decoding is greedy or beam search over log-softmax
+scores, with no sampling, top-k/top-p or temperature, so results are deterministic.
+
+Beam search runs the prompt once per user and never copies its KV cache across beams. Each step feeds
+every beam's last token as one more block of query positions ("tree attention"): a custom 4-D mask lets
+a beam token see its user's prompt, its own ancestors and itself, and position ids continue the prompt's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from pauserec.errors import UserError
+from pauserec.prompts import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_left(rows: Sequence[Sequence[int]], width: int, fill: int = 0) -> torch.Tensor:
+    """Rows right-aligned in a (len(rows), width) long tensor, ``fill`` on the left."""
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for b, row in enumerate(rows):
+        if len(row):
+            out[b, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
+    return out
+
+
+@torch.no_grad()
+def prefill(model: PreTrainedModel, prompts: Sequence[Sequence[int]],
+            key_masks: Sequence[Sequence[int]] | None = None):
+    """Run left-padded ``prompts`` once: (last-position logits (B, V) fp32, cache, key mask (B, T)).
+
+    ``key_masks`` (one 0/1 list per prompt, optional): 0 hides a prompt position as an attention key
+    for every later query (position ids are unchanged), e.g. to knock out ``<pause>`` tokens.
+    """
+    device = model_device(model)
+    width = max(len(p) for p in prompts)
+    ids = pad_left(prompts, width).to(device)
+    mask = pad_left([[1] * len(p) for p in prompts], width).to(device)  # (B, T) 1 = real token
+    pos = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at 0 on the first real token
+    attn = mask if key_masks is None else mask * pad_left(key_masks, width).to(device)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=DynamicCache(),
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].float(), out.cache, attn
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+             max_new_tokens: int = 32, stop_ids: Sequence[int] | None = None,
+             batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuation of each prompt: the new tokens, up to (not including) the first stop id.
+
+    ``stop_ids`` defaults to the tokenizer's EOS. Batched with left padding; deterministic.
+    """
+    stops = set(stop_ids if stop_ids is not None else [tokenizer.eos_token_id]) - {None}
+    results: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        results += _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stops)
+    return results
+
+
+def _generate_batch(model, prompts, max_new_tokens: int, stops: set[int]) -> list[list[int]]:
+    logits, cache, attn = prefill(model, prompts)
+    pos = torch.as_tensor([len(p) for p in prompts], device=attn.device)  # next position id
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [max_new_tokens <= 0] * len(prompts)
+    for _ in range(max_new_tokens):
+        nxt = logits.argmax(-1)  # (B,)
+        for b, tok in enumerate(nxt.tolist()):
+            if not done[b]:
+                if tok in stops:
+                    done[b] = True
+                else:
+                    out[b].append(tok)
+                    done[b] = len(out[b]) >= max_new_tokens
+        if all(done):
+            break
+        attn = torch.cat([attn, attn.new_ones((len(prompts), 1))], 1)
+        step = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos[:, None], cache=cache,
+                     use_cache=True)
+        logits, cache, pos = step.logits[:, -1].float(), step.cache, pos + 1
+    return out
+
+
+@torch.no_grad()
+def score_continuations(model: PreTrainedModel, prompt_ids: list[list[int]],
+                        continuations: list[list[list[int]]], batch_size: int = 32) -> list[np.ndarray]:
+    """Summed log-probability of every candidate continuation of every prompt.
+
+    ``continuations[i]`` lists candidates (token lists) for ``prompt_ids[i]``; returns one float array per
+    prompt. The prompt runs once; candidates share its KV cache in chunks of ``batch_size``.
+    """
+    scores = []
+    for prompt, cands in zip(prompt_ids, continuations):
+        logits, cache, _ = prefill(model, [prompt])
+        first = torch.log_softmax(logits[0], -1)  # (V,)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        out = np.zeros(len(cands))
+        for start in range(0, len(cands), batch_size):
+            chunk = cands[start:start + batch_size]
+            out[start:start + len(chunk)] = _score_chunk(model, kv, len(prompt), first, chunk)
+        scores.append(out)
+    return scores
+
+
+def _score_chunk(model, kv, prompt_len: int, first: torch.Tensor, chunk: list[list[int]]) -> np.ndarray:
+    n, width = len(chunk), max(len(c) for c in chunk)
+    if width == 0:
+        return np.zeros(n)
+    device = first.device
+    ids = torch.zeros((n, width), dtype=torch.long)
+    valid = torch.zeros((n, width), dtype=torch.bool)
+    for j, c in enumerate(chunk):
+        ids[j, :len(c)] = torch.as_tensor(c, dtype=torch.long)
+        valid[j, :len(c)] = True
+    ids, valid = ids.to(device), valid.to(device)
+    total = first[ids[:, 0]] * valid[:, 0]  # (n,)
+    if width > 1:
+        cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+        attn = torch.cat([valid.new_ones((n, prompt_len)), valid], 1).long()
+        pos = (prompt_len + torch.arange(width - 1, device=device)).expand(n, -1)
+        logits = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos, cache=cache,
+                       use_cache=True).logits.float()  # (n, width-1, V)
+        lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]  # (n, width-1)
+        total = total + (lp * valid[:, 1:]).sum(1)
+    return total.double().cpu().numpy()
+
+
+@dataclass
+class Recommendations:
+    items: np.ndarray  # (n_users, top_k) item indices, best first; -1 = not a catalog SID (unconstrained)
+    scores: np.ndarray  # (n_users, top_k) summed log-probs of the SID tokens
+    invalid_rate: float  # share of returned SIDs that name no catalog item (0 under the trie)
+    rationales: list[str] | None = None  # cot: the rationale each user's SID was decoded after
+
+
+class Trie:
+    """The catalog's SIDs as per-level child tables, so a beam step is a gather, not a Python loop.
+
+    Level ``s`` has ``n_s`` distinct prefixes of ``s`` tokens (level 0: the empty prefix). For prefix
+    ``p``: ``tok[s][p]`` (C_s,) child token ids, ``nxt[s][p]`` the child's prefix index at level ``s+1``
+    (at the last level: the item index) and ``ok[s][p]`` which of the C_s slots are real.
+    """
+
+    def __init__(self, item_ids: Sequence[Sequence[int]]):
+        ids = np.asarray(item_ids, dtype=np.int64)  # (n_items, n_levels)
+        if ids.ndim != 2:
+            raise ValueError("every SID must have the same number of levels")
+        self.n_items, self.n_levels = ids.shape
+        self.tok, self.nxt, self.ok, self.sizes = [], [], [], []
+        parent = np.zeros(len(ids), dtype=np.int64)  # prefix index of each item at the current level
+        for s in range(self.n_levels):
+            last = s == self.n_levels - 1
+            child = np.arange(len(ids)) if last else np.unique(ids[:, :s + 1], axis=0, return_inverse=True)[1]
+            pairs = np.unique(np.stack([parent, ids[:, s], child.ravel()], 1), axis=0)  # sorted by parent
+            n_par = int(parent.max()) + 1
+            counts = np.bincount(pairs[:, 0], minlength=n_par)
+            slot = np.arange(len(pairs)) - np.repeat(np.cumsum(counts) - counts, counts)
+            tok = np.zeros((n_par, counts.max()), dtype=np.int64)
+            nxt, ok = np.zeros_like(tok), np.zeros(tok.shape, dtype=bool)
+            tok[pairs[:, 0], slot], nxt[pairs[:, 0], slot], ok[pairs[:, 0], slot] = pairs[:, 1], pairs[:, 2], True
+            self.tok.append(torch.from_numpy(tok))
+            self.nxt.append(torch.from_numpy(nxt))
+            self.ok.append(torch.from_numpy(ok))
+            self.sizes.append(n_par)
+            parent = child.ravel()
+        self.sizes.append(self.n_items)  # sizes[s] = number of prefixes of s tokens
+
+    def to(self, device: torch.device) -> Trie:
+        for tables in (self.tok, self.nxt, self.ok):
+            tables[:] = [t.to(device) for t in tables]
+        return self
+
+
+def _tree_mask(prompt_keys: torch.Tensor, seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (B, 1, W, T + K + W): beam j sees its prompt keys, its ancestors' slots, itself."""
+    b, w, _ = seen.shape
+    own = torch.eye(w, dtype=torch.bool, device=seen.device).expand(b, w, w)
+    keys = torch.cat([prompt_keys.bool()[:, None, :].expand(b, w, -1), seen, own], 2)
+    return torch.zeros(keys.shape, dtype=dtype, device=seen.device).masked_fill_(
+        ~keys, torch.finfo(dtype).min)[:, None]
+
+
+def _select(cand: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``width`` of (B, N) candidate scores, best first; ties keep the lower index (stable)."""
+    scores, idx = torch.sort(cand, dim=1, descending=True, stable=True)
+    return scores[:, :width], idx[:, :width]
+
+
+@torch.no_grad()
+def beam_search(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie: Trie, beams: int,
+                constrained: bool = True, key_masks: Sequence[Sequence[int]] | None = None):
+    """One batch of prompts -> (tokens (B, W, L), item indices or -1 (B, W), scores (B, W)), best first.
+
+    Constrained: only trie paths, so the number of live beams at level s is min(beams, prefixes of
+    s+1 tokens) and every final beam is an item. Unconstrained: ``beams`` best paths over the vocab.
+    """
+    logits, cache, keys = prefill(model, prompts, key_masks)
+    n, device, dtype = len(prompts), logits.device, model.dtype
+    pos = keys.new_tensor([len(p) for p in prompts])[:, None]  # (B, 1) next position id
+    score = logits.new_zeros((n, 1))  # (B, W) summed log-probs of the live beams
+    prefix = torch.zeros((n, 1), dtype=torch.long, device=device)  # (B, W) trie prefix index
+    toks = torch.zeros((n, 1, 0), dtype=torch.long, device=device)  # (B, W, s)
+    seen = torch.zeros((n, 1, 0), dtype=torch.bool, device=device)  # (B, W, K) visible tree slots
+    logp = torch.log_softmax(logits, -1)[:, None]  # (B, 1, V)
+    for s in range(trie.n_levels):
+        if s:  # feed every live beam's last token as one block of queries
+            out = model(input_ids=toks[:, :, -1], attention_mask=_tree_mask(keys, seen, dtype),
+                        position_ids=(pos + s - 1).expand(-1, toks.shape[1]), cache=cache, use_cache=True)
+            cache, logp = out.cache, torch.log_softmax(out.logits.float(), -1)  # (B, W, V)
+            seen = torch.cat([seen, torch.eye(toks.shape[1], dtype=torch.bool, device=device)
+                              .expand(n, -1, -1)], 2)
+        if constrained:
+            cand_tok = trie.tok[s][prefix]  # (B, W, C)
+            lp = logp.gather(-1, cand_tok).masked_fill_(~trie.ok[s][prefix], -torch.inf)
+            width = min(beams, trie.sizes[s + 1])
+        else:
+            cand_tok, lp, width = None, logp, beams
+        c = lp.shape[-1]
+        score, idx = _select((score[:, :, None] + lp).flatten(1), width)  # (B, W')
+        parent, child = idx // c, idx % c
+        new_tok = child if cand_tok is None else cand_tok.flatten(1).gather(1, idx)
+        if constrained:
+            prefix = trie.nxt[s][prefix.gather(1, parent), child]
+        toks = torch.cat([toks.gather(1, parent[..., None].expand(-1, -1, s)), new_tok[..., None]], 2)
+        seen = seen.gather(1, parent[..., None].expand(-1, -1, seen.shape[2]))
+    items = prefix if constrained else torch.full_like(score, -1, dtype=torch.long)
+    return toks, items, score
+
+
+def _segment_hit(segment: str, names: set[str]) -> bool:
+    return segment in names or segment.split(":")[0] in names  # "history" matches "history:3"
+
+
+def build_prompts(model: PreTrainedModel, builder: PromptBuilder, histories: Sequence[Sequence[int]],
+                  variant: str = "plain", k: int = 5, rationales: Sequence[str] | None = None,
+                  cot_max_new_tokens: int = 64, batch_size: int = 16):
+    """Encoded prompts (target=None) for every history, and for ``cot`` the rationale texts used.
+
+    ``cot`` without ``rationales``: each rationale is generated greedily after ``<think>`` until
+    ``</think>`` (or EOS, or ``cot_max_new_tokens``), then ``</think>`` is appended.
+    """
+    if variant not in ("plain", "pause", "cot"):
+        raise UserError(f"unknown variant '{variant}' (known: plain, pause, cot)")
+    if variant != "cot":
+        return [builder.encode(h, variant=variant, k=k) for h in histories], None
+    if rationales is not None:
+        if len(rationales) != len(histories):
+            raise UserError(f"{len(rationales)} rationales for {len(histories)} histories")
+        return [builder.encode(h, variant="cot", rationale=r) for h, r in zip(histories, rationales)], \
+            list(rationales)
+    starts = [builder.encode(h, variant="cot", rationale=[]).input_ids[:-1] for h in histories]  # ..<think>
+    stops = [builder.think_close] + [t for t in [builder.tok.eos_token_id] if t is not None]
+    made = generate(model, builder.tok, starts, cot_max_new_tokens, stops, batch_size)
+    encs = [builder.encode(h, variant="cot", rationale=r) for h, r in zip(histories, made)]
+    return encs, [builder.tok.decode(r).strip() for r in made]
+
+
+def recommend(model: PreTrainedModel, builder: PromptBuilder, histories: Sequence[Sequence[int]], *,
+              variant: str = "plain", k: int = 5, rationales: Sequence[str] | None = None,
+              top_k: int = 10, beams: int = 20, batch_size: int = 16, cot_max_new_tokens: int = 64,
+              constrained: bool = True, mask_segments: set[str] | None = None,
+              device: str | torch.device | None = None) -> Recommendations:
+    """Top-``top_k`` items per history by beam search over the full catalog's SID trie.
+
+    ``mask_segments``: prompt positions whose segment (see ``PromptBuilder``) is in the set are hidden
+    as attention keys. ``device``: move the model there first (default: where it is). Users are
+    decoded ``batch_size`` at a time, sorted by prompt length; if the device runs out of memory the
+    batch is split, never the beams.
+    """
+    if top_k > beams:
+        raise UserError(f"top_k ({top_k}) cannot exceed beams ({beams})")
+    if beams < 1 or batch_size < 1:
+        raise UserError("beams and batch_size must be at least 1")
+    if device is not None:
+        model.to(device)
+    trie = Trie(builder.item_ids).to(model_device(model))
+    encs, used = build_prompts(model, builder, histories, variant, k, rationales, cot_max_new_tokens,
+                               batch_size)
+    prompts = [e.input_ids[:e.prompt_len] for e in encs]
+    key_masks = None if not mask_segments else [
+        [0 if _segment_hit(s, mask_segments) else 1 for s in e.segments[:e.prompt_len]] for e in encs]
+    items = np.full((len(prompts), top_k), -1, dtype=np.int64)
+    scores = np.full((len(prompts), top_k), -np.inf)
+    lookup = {tuple(t): i for i, t in enumerate(builder.item_ids)}
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for rows, (toks, found, score) in _batches(model, prompts, key_masks, order, trie, beams,
+                                               constrained, batch_size):
+        w = min(top_k, found.shape[1])
+        if not constrained:
+            found = torch.tensor([[lookup.get(tuple(t), -1) for t in user] for user in toks.tolist()])
+        items[rows, :w], scores[rows, :w] = found[:, :w].cpu().numpy(), score[:, :w].cpu().numpy()
+    real = np.isfinite(scores)
+    invalid = float(((items < 0) & real).sum() / max(real.sum(), 1))
+    return Recommendations(items, scores, invalid, used)
+
+
+def _batches(model, prompts, key_masks, order, trie, beams, constrained, batch_size):
+    """Yield (row indices, beam_search result) over ``order``; halve the batch on out-of-memory."""
+    start = 0
+    while start < len(order):
+        rows = order[start:start + batch_size]
+        try:
+            result = beam_search(model, [prompts[i] for i in rows], trie, beams, constrained,
+                                 None if key_masks is None else [key_masks[i] for i in rows])
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            log.warning("out of memory: decoding %d users at a time (beams stay %d)", batch_size, beams)
+            continue
+        yield rows, result
+        start += len(rows)

@@ -1,0 +1,124 @@
+"""Resumable training state and the live CSV log, in ``OUT.partial`` beside the final checkpoint.
+
+``OUT.partial/state.pt`` holds the trainable weights, optimizer, scheduler, RNG states and progress; it is
+written to a temp file and renamed, so a kill never leaves half of it. The final checkpoint ``OUT`` appears
+only when a stage finishes (see :mod:`pauserec.train`), and ``OUT.partial`` is removed then.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pauserec.errors import UserError
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+LOG_FILE = "train_log.csv"
+LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
+
+
+def partial_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fresh(fingerprint: dict) -> dict[str, Any]:
+    return {"step": 0, "tokens": 0, "labelled": 0, "elapsed": 0.0, "log": [], "saved_step": 0,
+            "fingerprint": fingerprint}
+
+
+def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint: dict,
+          rank: int = 0) -> dict[str, Any]:
+    """Progress to continue from: the saved state (``resume`` and one exists), else a fresh start."""
+    path = partial / STATE_FILE
+    if resume and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        progress = state["progress"]
+        changed = sorted(k for k in set(fingerprint) | set(progress["fingerprint"])
+                         if fingerprint.get(k) != progress["fingerprint"].get(k))
+        if changed:
+            raise UserError(f"cannot resume from {partial}: it was written with other settings "
+                            f"({', '.join(changed)}); delete it (or rerun without --resume) to start over")
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                named[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        log.info("resuming from %s at step %d", partial, progress["step"])
+        return progress
+    if resume:
+        log.info("--resume: no saved state in %s; starting from step 0", partial)
+    elif path.is_file():
+        log.warning("discarding the saved state in %s (pass --resume to continue from it)", partial)
+    if rank == 0 and partial.exists():
+        shutil.rmtree(partial)
+    return fresh(fingerprint)
+
+
+def save(partial: Path, model: nn.Module, opt, sched, progress: dict[str, Any], rank: int = 0) -> None:
+    """Write the resumable state atomically (rank 0 only; every rank records the step)."""
+    progress["saved_step"] = progress["step"]
+    if rank != 0:
+        return
+    partial.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+        "progress": {**progress, "log": list(progress["log"])},
+    }
+    fd, tmp = tempfile.mkstemp(dir=partial, prefix=".state.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, partial / STATE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CsvLog:
+    """The per-stage training log: rows live in ``rows`` (saved with the state) and, on rank 0, in a CSV
+    file appended as training goes (rewritten from ``rows`` on start, so a resumed log has no gaps)."""
+
+    def __init__(self, path: Path, rows: list[dict], enabled: bool = True):
+        self.path, self.rows, self.enabled = path, rows, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, LOG_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.enabled:
+            with open(self.path, "a", newline="") as fh:
+                csv.DictWriter(fh, LOG_FIELDS).writerow(row)

@@ -1,0 +1,169 @@
+"""Training-time rationale sensitivity: train ``cot-sft`` once per rationale condition, then tabulate the
+final Recall/NDCG against the quality of the rationales it was trained on.
+
+``python -m probes.rationale_train SFT_CKPT --out DIR [--conditions template,template-leaky,drop50,...]``
+
+A condition is either a rationale source of :mod:`pauserec.rationales` (``template``, ``template-leaky``,
+``local``, ``openai``, ...: the trainer builds them, ``--rationale SOURCE``) or a perturbation of
+:mod:`probes.perturb` applied to the ``--base-source`` rationales of exactly the trainer's training
+examples (written with :func:`pauserec.rationales.write`, passed as ``--rationale-file``; recorded as
+source ``BASE+PERTURBATION``). Each condition trains from the same SFT checkpoint into
+``WORK/<condition>/`` (``--work``, default ``DIR.runs``; a finished one is reused) with the preset's
+``[train.cot-sft]`` settings (``--max-steps`` / ``--n-train`` / ``--train-batch-size`` override them: the
+``quick`` preset with a few steps shows it on CPU; real runs are GPU-sized), and is evaluated on a
+seeded sample of test users, writing its own rationale as deployed.
+
+Rows (``DIR/results.csv``): ``ckpt, stage, variant, perturbation`` (= the condition),
+``rationale_source, user_id, item_id, metric, value`` with per-user ``recall@K`` / ``ndcg@K`` /
+``test_quality_*`` (the rationale the model wrote) and per-condition means ``train_quality_*`` (the
+rationales it was trained on) and ``train_loss``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pauserec import checkpoint, corpus, data, metrics, rationales, train
+from pauserec.errors import UserError
+from pauserec.evaluate import evaluate, examples_for
+from probes import perturb
+from probes._common import ProbeArgs, cli, label, parse, write_results
+
+log = logging.getLogger(__name__)
+CONDITIONS = ("template", "template-leaky", "drop50", "word_shuffle", "swap", "empty", "filler")
+QUALITY = ("length", "leakage", "agreement")
+
+
+@dataclass
+class Args(ProbeArgs):
+    """Train cot-sft once per rationale source/perturbation; final metrics vs rationale quality."""
+
+    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
+        "help": "rationale sources and/or perturbations (paraphrase excluded)"})
+    base_source: str = field(default="template", metadata={"help": "source the perturbations start from"})
+    preset: str = field(default="quick", metadata={"help": "configs/NAME.toml supplies [train.cot-sft]"})
+    work: str = field(default="", metadata={"help": "trained checkpoints (default OUT.runs)"})
+    max_steps: int = field(default=0, metadata={"help": "trainer --max-steps (0: the preset's)"})
+    n_train: int = field(default=0, metadata={"help": "trainer --n-train (0: the preset's)"})
+    train_batch_size: int = field(default=0, metadata={"help": "trainer --batch-size (0: the preset's)"})
+    n_users: int = field(default=64, metadata={"help": "test users evaluated per condition"})
+    beams: int = field(default=20, metadata={"help": "beam width"})
+    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K"})
+
+
+def train_argv(args: Args, condition: str, out: Path, rationale_file: Path | None) -> list[str]:
+    argv = ["--stage", "cot-sft", "--from", args.ckpt[0], "--out", str(out), "--preset", args.preset,
+            "--device", args.device, "--seed", str(args.seed), "--no-progress", "--resume"]
+    for flag, value in (("--max-steps", args.max_steps), ("--n-train", args.n_train),
+                        ("--batch-size", args.train_batch_size)):
+        argv += [flag, str(value)] if value else []
+    return argv + (["--rationale-file", str(rationale_file)] if rationale_file else ["--rationale", condition])
+
+
+def training_examples(sft: checkpoint.Checkpoint, targs: train.TrainArgs) -> list[data.Example]:
+    """The examples ``cot-sft`` trains on (the trainer's own window sample; it refuses a file missing any)."""
+    spec = sft.meta.get("dataset") or {}
+    ds = data.load_dataset(spec["name"], spec.get("data_root"))
+    windows = data.split(ds, targs.max_history or spec.get("max_history", 20))["train"]
+    return [windows[i] for i in corpus.sample(len(windows), targs.n_train, targs.seed)]
+
+
+def write_perturbed(args: Args, condition: str, argv: list[str], path: Path) -> None:
+    """The base source's rationales of the training examples, perturbed, as a rationale file."""
+    sft = checkpoint.load(args.ckpt[0])
+    examples = training_examples(sft, train.parse(argv))
+    base = rationales.build(args.base_source, sft.catalog, examples)
+    rng = np.random.default_rng([args.seed, *condition.encode()])
+    texts = perturb.apply(condition, [r.text for r in base], examples, sft.catalog, rng)
+    leaky = any(r.leaky for r in base) or condition in perturb.UPPER_BOUND
+    rationales.write(path, examples, [rationales.Rationale(t, leaky, f"{args.base_source}+{condition}")
+                                      for t in texts])
+
+
+def train_condition(args: Args, condition: str, work: Path) -> Path:
+    out = work / condition
+    if (out / checkpoint.META_FILE).is_file():
+        log.info("%s: trained earlier, reused (%s)", condition, out)
+        return out
+    file = None
+    if condition not in rationales.SOURCES:
+        file = work / f"{condition}.rationales.jsonl"
+        write_perturbed(args, condition, train_argv(args, condition, out, file), file)
+    train.main(train_argv(args, condition, out, file))
+    return out
+
+
+def condition_rows(args: Args, condition: str, path: Path) -> pd.DataFrame:
+    """Per-user final metrics and test-rationale quality, and the training rationales' mean quality."""
+    ckpt = checkpoint.load(path, args.device)
+    examples = examples_for(ckpt, "test", args.n_users, args.seed)
+    _, frame = evaluate(ckpt, examples=examples, beams=args.beams, latency_samples=0)
+    k, cat = args.top_k, ckpt.catalog
+    source = (ckpt.meta.get("rationale") or {}).get("source", condition)
+    base = {**label(ckpt), "perturbation": condition, "rationale_source": source}
+    ranks = frame["rank"].to_numpy()
+    per_user = {f"recall@{k}": metrics.recall_at_k(ranks, k), f"ndcg@{k}": metrics.ndcg_at_k(ranks, k)}
+    written = frame["rationale"] if "rationale" in frame else [""] * len(frame)
+    q = [perturb.quality(r, ex, cat) for r, ex in zip(written, examples)]
+    per_user |= {f"test_quality_{m}": np.array([x[m] for x in q]) for m in QUALITY}
+    ids = {"user_id": [ex.user for ex in examples], "item_id": [cat.items[ex.target].item_id for ex in examples]}
+    frames = [pd.DataFrame({**base, **ids, "metric": m, "value": v}) for m, v in per_user.items()]
+    trained = rationales.read(path / "rationales.jsonl")
+    tq = [perturb.quality(r.text, ex, cat) for ex, r in trained.items()]
+    log_file = path / "train_log.csv"
+    loss = float(pd.read_csv(log_file)["loss"].iloc[-1]) if log_file.is_file() else float("nan")
+    means = {f"train_quality_{m}": float(np.mean([x[m] for x in tq])) for m in QUALITY} | {"train_loss": loss}
+    frames.append(pd.DataFrame([{**base, "metric": m, "value": v} for m, v in means.items()]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition: mean final metrics and rationale quality."""
+    return df.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="mean")
+
+
+def figures(df: pd.DataFrame) -> dict:
+    """``rationale_train``: final recall@K against the training rationales' leakage and agreement."""
+    import seaborn as sns
+
+    from analysis import theme
+
+    t = table(df).reset_index()
+    recall = next((c for c in t.columns if str(c).startswith("recall@")), None)
+    if recall is None or len(t) == 0:
+        return {}
+    fig, axes = theme.figure(ncols=2, squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], ("train_quality_leakage", "train_quality_agreement")):
+        sns.scatterplot(data=t, x=q, y=recall, ax=ax)
+        for _, r in t.iterrows():
+            ax.annotate(r["perturbation"], (r[q], r[recall]), fontsize=6)
+        ax.set(xlabel=q, ylabel=f"final {recall}")
+    return {"rationale_train": fig}
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse(Args, argv, "probes.rationale_train")
+    if len(args.ckpt) != 1:
+        raise UserError("probes.rationale_train takes exactly one SFT checkpoint")
+    unknown = [c for c in args.conditions if c not in rationales.SOURCES]
+    perturb.check(unknown)
+    if "paraphrase" in unknown:
+        raise UserError("paraphrase at training time is not supported: write a rationale file "
+                                "(`python -m pauserec rationales`) and train with --rationale-file")
+    work = Path(args.work or f"{args.out}.runs")
+    df = pd.concat([condition_rows(args, c, train_condition(args, c, work)) for c in args.conditions],
+                   ignore_index=True)
+    summary = table(df)
+    print(summary.round(4).to_string())
+    write_results(df, args, figures(df),
+                  extra={"probe": "rationale", "table": summary.reset_index().to_dict("records")})
+    return df
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,246 @@
+"""Training stages on the tiny fixture: label masking, row-only pause pre-training, pause init strategies,
+resume after a kill, divergence stop, config errors, and a run of every stage through ``main``."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pauserec import backbone, checkpoint, cli, corpus, data, loop, tokens, train, trainstate
+from pauserec.config import to_dict
+from pauserec.errors import UserError
+from pauserec.prompts import IGNORE, PromptBuilder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model is all overhead: one thread is several times faster than two on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FAST = ["--n-train", "32", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu",
+        "--save-every", "0", "--log-every", "1", "--amp", "off"]
+
+
+def run_stage(stage: str, src, out, *extra: str) -> checkpoint.Checkpoint:
+    train.main(["--stage", stage, "--from", str(src), "--out", str(out), *FAST, *extra])
+    return checkpoint.load(out)
+
+
+@pytest.fixture(scope="module")
+def stages(tiny_ckpt_path, tmp_path_factory):
+    """Every stage in pipeline order on the tiny fixture: {stage: checkpoint dir}."""
+    root = tmp_path_factory.mktemp("stages")
+    paths = {"init": tiny_ckpt_path}
+    for stage, src, extra in [
+        ("cpt", "init", []), ("sft", "cpt", []), ("pause-pretrain", "cpt", ["--lr", "1e-2"]),
+        ("pause-sft", "sft", ["--pause-from", str(root / "pause-pretrain"), "--k", "3"]),
+        ("cot-sft", "sft", ["--rationale", "template-leaky"]),
+    ]:
+        run_stage(stage, paths[src], root / stage, *extra)
+        paths[stage] = root / stage
+    return paths
+
+
+def test_every_stage_writes_a_checkpoint_with_its_metadata(stages):
+    init = checkpoint.read_meta(stages["init"])
+    expect = {"cpt": ("base", 0, None), "sft": ("plain", 0, None), "pause-pretrain": ("base", 0, "mean-all"),
+              "pause-sft": ("pause", 3, "pretrained"), "cot-sft": ("cot", 0, None)}
+    for stage, (variant, k, pause_init) in expect.items():
+        ckpt = checkpoint.load(stages[stage])
+        meta = ckpt.meta
+        assert (meta["variant"], meta["stage"], meta["k"], meta["pause_init"]) == (variant, stage, k, pause_init)
+        assert meta["dataset"] == init["dataset"] and meta["sid"] == init["sid"]
+        assert meta["configs"][stage]["stage"] == stage and meta["configs"][stage]["corpus"]["used"] == 32
+        t = meta["timings"][stage]
+        assert t["tokens"] > 0 and t["wall_s"] > 0 and t["device_hours"] > 0 and t["steps"] == 4
+        assert t["device"].startswith("cpu") and t["world_size"] == 1
+        log = pd.read_csv(stages[stage] / trainstate.LOG_FILE)
+        assert list(log["step"]) == [1, 2, 3, 4] and np.isfinite(log["loss"]).all()
+        assert not trainstate.partial_dir(stages[stage]).exists()
+    assert checkpoint.read_meta(stages["pause-sft"])["parent"] == str(stages["sft"])
+    assert checkpoint.read_meta(stages["cot-sft"])["rationale"]["leaky"] is True
+    assert (stages["cot-sft"] / "rationales.jsonl").is_file()
+
+
+def test_labels_cover_only_targets_and_rationales(tiny_ckpt):
+    builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
+    ex = data.Example("u", (1, 2, 3), 4)
+    target = builder.item_ids[4]
+    for variant, k, rationale in [("plain", 0, None), ("pause", 5, None), ("cot", 0, "drama again")]:
+        c = corpus.recommendation(builder, [ex], variant, k, [rationale] if rationale else None)
+        enc = builder.encode(ex.history, ex.target, variant, k, rationale)
+        labels, ids = c.labels[0], c.ids[0]
+        for seg, y, t in zip(enc.segments, labels, ids):
+            if seg in ("rationale", "target") or (seg == "think" and t == builder.think_close and rationale):
+                assert y == t, seg
+            else:
+                assert y == IGNORE, seg  # prompt, pause, <think> (and the pause block's </think>)
+        assert [y for y in labels if y != IGNORE][-len(target):] == target
+    plain = corpus.recommendation(builder, [ex], "plain").labels[0]
+    assert sum(y != IGNORE for y in plain) == tiny_ckpt.catalog.n_levels
+
+
+def test_grounding_corpus_and_pause_insertion(tiny_ckpt):
+    ds = data.load_dataset("ml-100k")
+    g = corpus.grounding(tiny_ckpt.tokenizer, tiny_ckpt.catalog, ds.items[:10])
+    assert len(g) == 20
+    sid = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog).item_ids[3]
+    sid2text, text2sid = (g.ids[6], g.labels[6]), (g.ids[7], g.labels[7])
+    assert [y for y in text2sid[1] if y != IGNORE] == sid == text2sid[0][-len(sid):]
+    answer = [y for y in sid2text[1] if y != IGNORE]
+    assert answer[-1] == tiny_ckpt.tokenizer.eos_token_id and not set(sid) & set(answer)
+    assert sid2text[0][:len(sid2text[0]) - len(answer)][-len(sid) - 1:-1] == sid  # SID in the question
+    pid = tiny_ckpt.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
+    p = corpus.with_pauses(g, pid, 0.1, seed=0)
+    for (ids, labels), (ids0, labels0) in zip(zip(p.ids, p.labels), zip(g.ids, g.labels)):
+        n = sum(t == pid for t in ids)
+        assert n == max(1, round(0.1 * len(ids0))) and ids[0] == ids0[0]
+        assert all(y == IGNORE for t, y in zip(ids, labels) if t == pid)
+        kept = [(t, y) for t, y in zip(ids, labels) if t != pid]
+        assert kept == list(zip(ids0, labels0))
+
+
+def test_labelled_loss_equals_full_logits_loss_and_ignores_padding(tiny_ckpt):
+    builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
+    exs = [data.Example("u", tuple(range(1, n)), n + 5) for n in (2, 4, 7)]
+    c = corpus.recommendation(builder, exs, "cot", rationales=["short", "a longer rationale", "x"])
+    model, net = tiny_ckpt.model, loop.LabelledLoss(tiny_ckpt.model)
+    batch = loop.collate(c, [0, 1, 2], pad_id=0, device=torch.device("cpu"))
+    assert batch["attention_mask"] is not None
+    with torch.no_grad():
+        loss_sum, n = net(batch["input_ids"], batch["labels"], batch["attention_mask"])
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss
+        one_by_one = sum(net(**{k: v for k, v in loop.collate(c, [i], 0, torch.device("cpu")).items()
+                                if k != "tokens"})[0] for i in range(3))
+    assert n == sum(sum(y != IGNORE for y in lab[1:]) for lab in c.labels)
+    assert torch.allclose(loss_sum / n, full, atol=1e-5)
+    assert torch.allclose(loss_sum, one_by_one, atol=1e-4)
+
+
+def test_bucketed_plan_is_a_deterministic_permutation_with_less_padding():
+    lengths = np.random.default_rng(0).integers(5, 200, size=1000)
+    for bucket in (True, False):
+        batches = loop.plan(lengths, 16, seed=1, epoch=2, bucket=bucket)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+        again = loop.plan(lengths, 16, seed=1, epoch=2, bucket=bucket)
+        assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    waste = {b: sum(len(x) * lengths[x].max() - lengths[x].sum() for x in loop.plan(lengths, 16, 1, 0, b))
+             for b in (True, False)}
+    assert waste[True] < 0.1 * waste[False]
+    assert all(len(b) >= 3 for b in loop.plan(lengths[:17], 16, 0, 0, world=3))
+
+
+def untied_copy(ckpt: checkpoint.Checkpoint, path) -> str:
+    """The fixture with separate input and output embeddings (a real untied checkpoint)."""
+    model = ckpt.model
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    checkpoint.save(ckpt, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_pause_pretrain_trains_only_the_pause_rows(tiny_ckpt, tiny_ckpt_path, tmp_path, tied):
+    src = str(tiny_ckpt_path) if tied else untied_copy(tiny_ckpt, tmp_path / "untied")
+    before = checkpoint.load(src)
+    after = run_stage("pause-pretrain", src, tmp_path / "pp", "--lr", "1e-2", "--weight-decay", "0.1")
+    pid = after.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
+    a, b = before.model.state_dict(), after.model.state_dict()
+    shared = a["lm_head.weight"].data_ptr() == a["model.embed_tokens.weight"].data_ptr()
+    assert a.keys() == b.keys() and shared == tied
+    for name in a:
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            others = torch.ones(a[name].shape[0], dtype=torch.bool)
+            others[pid] = False
+            assert torch.equal(a[name][others], b[name][others]), name
+            assert not torch.equal(a[name][pid], b[name][pid]), name
+        else:
+            assert torch.equal(a[name], b[name]), name
+
+
+def test_pause_sft_init_strategies(stages):
+    src = checkpoint.load(stages["pause-pretrain"])
+    pid = src.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
+    groups = {g: torch.tensor(ids) for g, ids in backbone.token_groups(src.tokenizer).items()}
+    rows = {}
+    for how in train.PAUSE_INITS:
+        ckpt = checkpoint.load(stages["sft"])
+        emb = ckpt.model.get_input_embeddings().weight
+        untouched = emb.detach().clone()
+        train.init_pause(ckpt, how, str(stages["pause-pretrain"]), seed=0)
+        rows[how] = emb[pid].detach().clone()
+        others = torch.arange(emb.shape[0]) != pid
+        assert torch.equal(emb[others], untouched[others])
+    learned = src.model.get_input_embeddings().weight[pid]
+    assert torch.equal(rows["pretrained"], learned)
+    emb = checkpoint.load(stages["sft"]).model.get_input_embeddings().weight.detach()
+    assert torch.allclose(rows["mean-text"], emb[groups["text"]].mean(0), atol=1e-4)
+    assert torch.allclose(rows["mean-sid"], emb[groups["sid"]].mean(0), atol=1e-4)
+    assert not torch.allclose(rows["default"], emb[groups["text"]].mean(0), atol=1e-4)
+    with pytest.raises(UserError, match="needs --pause-from"):
+        train.init_pause(checkpoint.load(stages["sft"]), "pretrained")
+    with pytest.raises(UserError, match="unknown --pause-init"):
+        train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b", "--pause-init", "zeros"])
+
+
+def test_resume_after_kill_gives_identical_weights(stages, tmp_path):
+    args = ["--stage", "sft", "--from", str(stages["cpt"]), *FAST, "--epochs", "2", "--save-every", "3"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, loop.KILL_ENV: "5", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pauserec", "train", *args, "--out", str(killed)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not killed.exists() and (trainstate.partial_dir(killed) / trainstate.STATE_FILE).is_file()
+    resumed = train.main([*args, "--out", str(killed), "--resume"])
+    straight = train.main([*args, "--out", str(tmp_path / "straight")])
+    a, b = resumed.model.state_dict(), straight.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a, log_b = (pd.read_csv(p / trainstate.LOG_FILE) for p in (killed, tmp_path / "straight"))
+    assert list(log_a["step"]) == list(range(1, 9)) and np.array_equal(log_a["loss"], log_b["loss"])
+    assert resumed.meta["timings"]["sft"]["steps"] == 8
+
+
+def test_diverging_loss_stops_with_one_line_and_keeps_the_last_state(stages, tmp_path, capsys):
+    out = tmp_path / "boom"
+    argv = ["--stage", "sft", "--from", str(stages["cpt"]), "--out", str(out), *FAST, "--epochs", "4",
+            "--lr", "1e6", "--warmup-ratio", "0", "--grad-clip", "0", "--save-every", "1"]
+    assert cli.run(train.main, argv) == 2
+    err = "\n".join(ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "Loading" not in ln)
+    assert len(err.splitlines()) == 1 and err.startswith("error: training stopped:") and "lower --lr" in err
+    assert not out.exists()
+    state = torch.load(trainstate.partial_dir(out) / trainstate.STATE_FILE, weights_only=False)
+    step = state["progress"]["step"]
+    assert 1 <= step < 16 and f"state (step {step})" in err
+    assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_config_errors_are_user_errors(stages, tmp_path, capsys):
+    base = ["--stage", "sft", "--from", str(stages["cpt"]), "--out", str(tmp_path / "x")]
+    preset = tmp_path / "p.toml"
+    for body, msg in [("[train.sft]\nepochz = 3\n", "epochz"), ("[train.sft]\nepochs = 'three'\n", "epochs"),
+                      ("[train.sft]\nlr = true\n", "lr")]:
+        preset.write_text(body)
+        with pytest.raises(UserError, match=msg):
+            train.parse([*base, "--preset", str(preset)])
+    for argv, msg in [([*base, "--bogus", "1"], "unrecognized"), (base[2:], "needs --stage"),
+                      ([*base, "--epochs", "two"], "not a int"), ([*base[:4], "--out", str(stages["cpt"])],
+                                                                  "must differ")]:
+        assert cli.run(train.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and msg in err and len(err.strip().splitlines()) == 1
+    preset.write_text("[train.sft]\nepochs = 7\nlr = 0.5\n")
+    args = train.parse([*base, "--preset", str(preset), "--lr", "0.25"])
+    assert (args.epochs, args.lr) == (7, 0.25)
+    paper = train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b"])
+    assert (paper.k, paper.epochs, paper.lr, paper.weight_decay) == (5, 5, 5e-5, 0.01)
+    assert json.loads(json.dumps(to_dict(paper)))["stage"] == "pause-sft"
