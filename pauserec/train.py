@@ -220,7 +220,7 @@ def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: di
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu, {torch.get_num_threads()} thread(s)"
 
 
 def timing(result: Result, wall_s: float, cpu_s: float, device: torch.device, amp: str) -> dict:

@@ -4,7 +4,9 @@ embeddings with the words of the items' titles, plus SID-vs-title hidden states 
 Writes ``results.csv`` (tidy; columns ``ckpt, stage, variant, metric, value`` plus ``matrix`` (input /
 output embeddings), ``level``, ``layer``, ``item_id``, ``token``, ``rank``, ``word``, ``group``,
 ``space`` where they apply), ``meta.json`` and ``figures/``. Every agreement metric ``m`` has a
-permutation baseline ``m_baseline`` (items re-paired at random) and, where it is a test, ``m_p``.
+permutation baseline ``m_baseline`` (items re-paired at random) and, where it is a test, ``m_p``;
+item-level metrics also get ``m_random``: the value with every SID token's row replaced by a random
+vector, i.e. what the SID code structure alone (items sharing codes have similar titles) produces.
 
     python -m probes.alignment CKPT [CKPT ...] --out DIR [--no-umap]
 """
@@ -145,12 +147,26 @@ def item_level(w: torch.Tensor, items: Items, k: int, n_perm: int, max_items: in
         ("mknn", "mean"): sim.mutual_knn(mean, title, k, n_perm, rng),
         ("procrustes_residual", "mean"): sim.procrustes(mean, title, n_perm, rng),
     }
+    rand = random_rows(w, items.sid[sub], rng).mean(1).numpy()  # same code structure, random rows
+    reference = {"cka": sim.cka(rand, title, 0, rng)[0], "mknn": sim.mutual_knn(rand, title, k, 0, rng)[0],
+                 "procrustes_residual": sim.procrustes_residual(rand, title)}
     rows = []
     for (metric, view), (obs, base, p) in results.items():
         rows += [{"metric": metric, "space": view, "value": obs},
                  {"metric": f"{metric}_baseline", "space": view, "value": base},
                  {"metric": f"{metric}_p", "space": view, "value": p}]
+        if view == "mean":
+            rows.append({"metric": f"{metric}_random", "space": view, "value": reference[metric]})
     return rows
+
+
+def random_rows(w: torch.Tensor, sid: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """(n, n_levels, d_model) SID embeddings with every SID token's row replaced by a random Gaussian
+    row of the real rows' scale: what the item-level metrics give from the code structure alone."""
+    ids, inverse = torch.unique(sid, return_inverse=True)
+    scale = float(w[ids].float().std()) or 1.0
+    fresh = torch.from_numpy(rng.normal(0.0, scale, (len(ids), w.shape[1])).astype(np.float32))
+    return fresh[inverse]
 
 
 def geometry(w: torch.Tensor, sid_ids: list[int], word_ids: list[int], special: dict[str, int],

@@ -2,7 +2,8 @@
 
 * attention mass from each ``<pause>`` (``attn_mass``, ``pos`` = pause index) and from each
   SID-generating position (``attn_mass_sid``, ``pos`` = SID level) onto the prompt's segments, per
-  ``layer`` and ``head``, averaged over users; early vs late pauses (``attn_mass_early/late``);
+  ``layer`` and ``head``, averaged over users; early vs late pauses (``attn_mass_early/late``: the
+  first and the last ``k // 2`` pauses, mean over heads);
 * relevance: correlation of the attention on each history item with how much it shares with the target
   (SID prefix / categories), against targets re-paired across users (``relevance_corr*``);
 * trie-restricted logit lens: each pause's residual stream after each block, through the final norm and
@@ -37,7 +38,9 @@ from probes.relevance import relevance_rows
 
 log = logging.getLogger(__name__)
 __all__ = ["Args", "compute", "figures", "main"]
-SEGMENTS = ("bos", "instruction", "history", "sep", "think", "pause", "rationale", "target")
+# PromptBuilder's segments, except that the first position (BOS, or the instruction's first token
+# where the tokenizer adds no BOS) is its own segment: it is the usual attention sink.
+SEGMENTS = ("first", "instruction", "history", "sep", "think", "pause", "rationale", "target")
 
 
 @dataclass
@@ -101,8 +104,10 @@ class Recorder:
         self.seg_sum: dict[int, torch.Tensor] = {}  # layer -> (n_heads, n_query, n_segments)
         self.hist: dict[int, list[torch.Tensor]] = {i: [] for i in range(n_layers)}  # (batch, nq, n_hist)
         self.ranks: dict[int, list[torch.Tensor]] = {i: [] for i in range(n_layers)}  # (batch, nq)
-        self.w0: torch.Tensor | None = None
-        self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        dev = w_u.device  # the lens tables stay on the CPU; what the hooks multiply goes to the model
+        self.w0 = w_u[lens.level0.to(dev)]  # (n_codes0, d_model)
+        self.where0 = torch.searchsorted(lens.level0, lens.target[:, 0].contiguous()).to(dev)
+        self.cache: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
 
     def start(self, query: torch.Tensor, seg: torch.Tensor, hist: torch.Tensor, users: range, k: int):
         self.query, self.seg, self.hist_onehot, self.users, self.k = query, seg, hist, users, k
@@ -138,10 +143,8 @@ class Recorder:
         """1-based rank of the target code among the candidates, per user and query (batch, nq).
         The target's logit is read from the same product as its rivals' (no rounding mismatch)."""
         lens, k, users = self.lens, self.k, list(self.users)
-        if self.w0 is None:
-            self.w0 = self.w_u[lens.level0]  # (n_codes0, d_model)
         logits0 = normed[:, :k + 1] @ self.w0.T  # (batch, k + 1, n_codes0)
-        where0 = torch.searchsorted(lens.level0, lens.target[users, 0])  # (batch,)
+        where0 = self.where0[users]  # (batch,)
         target0 = logits0.gather(-1, where0[:, None, None].expand(-1, k + 1, 1))
         ranks = [1 + (logits0 > target0).sum(-1)]
         for j in range(1, lens.target.shape[1]):
@@ -153,11 +156,12 @@ class Recorder:
             ranks.append(torch.stack(col)[:, None])
         return torch.cat(ranks, 1)
 
-    def _children(self, u: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _children(self, u: int, j: int) -> tuple[torch.Tensor, int]:
         """Unembedding rows of user ``u``'s candidates at SID step ``j`` and the target's index."""
         if (u, j) not in self.cache:
             cands = self.lens.cands[u][j]
-            self.cache[(u, j)] = self.w_u[cands], torch.searchsorted(cands, self.lens.target[u, j])
+            where = int(torch.searchsorted(cands, self.lens.target[u, j]))
+            self.cache[(u, j)] = self.w_u[cands.to(self.w_u.device)], where
         return self.cache[(u, j)]
 
 
@@ -172,7 +176,7 @@ def batch_tensors(encs: list[Encoded], k: int, n_levels: int, pad: int):
     for b, e in enumerate(encs):
         for p, s in enumerate(e.segments):
             name, _, j = s.partition(":")
-            seg[b, p, SEGMENTS.index(name)] = 1.0
+            seg[b, p, SEGMENTS.index("first" if p == 0 else name)] = 1.0
             if j:
                 hist[b, p, int(j)] = 1.0
         pauses = [p for p, s in enumerate(e.segments) if s == "pause"]
@@ -261,9 +265,10 @@ def compute(ckpt: Checkpoint, args: Args, examples: list[data.Example] | None = 
     rows = mass_rows(rec, len(examples), k) + lens_rows(rec, examples, k)
     rows += relevance_rows(rec.hist, examples, ckpt.catalog, k, args.n_perm, args.seed)
     if args.interventions:
-        n = args.intervention_users or len(examples)
-        rows += interventions.run(ckpt, builder, examples[:n], variant, k, args.beams, args.batch_size,
-                                  args.n_boot, args.seed)
+        n = min(args.intervention_users or len(examples), len(examples))
+        pick = np.sort(np.random.default_rng(args.seed).choice(len(examples), n, replace=False))
+        rows += interventions.run(ckpt, builder, [examples[i] for i in pick], variant, k, args.beams,
+                                  args.batch_size, args.n_boot, args.seed)
     df = pd.DataFrame(rows)
     df.insert(0, "k", k)
     for key, value in reversed(label(ckpt).items()):

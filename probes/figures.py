@@ -47,25 +47,29 @@ def _by_stage(df: pd.DataFrame):
     order = ckpt_order(df)
     panels = [(m, s) for m, s in ALIGN if len(_pick(df, m, s))]
     ncols = min(4, max(1, len(panels)))
-    fig, axes = theme.figure(ncols=ncols, nrows=-(-len(panels) // ncols), height=2.3, squeeze=False, layout="constrained")
+    fig, axes = theme.figure(ncols=ncols, nrows=-(-len(panels) // ncols), height=2.3, squeeze=False,
+                             layout="constrained")
     matrices = [m for m in ("input", "output") if (_col(df, "matrix") == m).any()]
     colors = dict(zip(matrices, theme.colors(len(matrices))))
     x = np.arange(len(order))
     for ax, (metric, space) in zip(axes.flat, panels):
         for matrix in matrices:
-            for suffix, style in (("", "-o"), ("_baseline", "--")):
+            for suffix, style in (("", "-o"), ("_baseline", "--"), ("_random", ":")):
                 rows = _pick(df, metric + suffix, space, level=None)
                 rows = rows[_col(rows, "matrix") == matrix]
+                if not len(rows):
+                    continue
                 means = rows.groupby(["ckpt", "stage"])["value"].mean()
                 y = [means.get(key, np.nan) for key in order]
                 ax.plot(x, y, style, color=colors[matrix] if not suffix else "#999999", ms=3, lw=1,
-                        label=f"{matrix}" + (" (baseline)" if suffix else ""))
+                        label=matrix + {"": "", "_baseline": " (permuted)", "_random": " (random rows)"}[suffix])
         ax.set_xticks(x, [stage for _, stage in order], rotation=30, ha="right", fontsize=7)
         ax.set_title(metric + (f" ({space})" if space and metric == "cka" else ""), fontsize=8)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=6)
-    fig.suptitle("SID-token vs title-word alignment per stage (dashed: permutation baseline)", fontsize=9)
+    fig.suptitle("SID-token vs title-word alignment per stage (dashed: items re-paired; dotted: random "
+                 "SID rows, same codes)", fontsize=9)
     return fig
 
 
@@ -166,6 +170,8 @@ def _segments(df: pd.DataFrame):
             grid = rows.pivot_table(index="layer", columns="segment", values="value", aggfunc="mean")
             im = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
             ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right", fontsize=7)
+            step = max(1, len(grid) // 8)
+            ax.set_yticks(range(0, len(grid), step), [str(int(v)) for v in grid.index[::step]])
             ax.set(ylabel="layer", title=f"{key[1]} ({key[0]}): from {who}")
             ax.grid(False)
             fig.colorbar(im, ax=ax, shrink=0.8)
@@ -188,24 +194,24 @@ def _early_late(df: pd.DataFrame):
 
 
 def _relevance(df: pd.DataFrame):
-    rows = df[df["metric"].isin(["relevance_corr", "relevance_corr_baseline"])]
+    rows = df[df["metric"].isin(["relevance_corr_partial", "relevance_corr_partial_baseline"])]
     relations = [r for r in ("prefix", "category") if (_col(rows, "relation") == r).any()] or ["prefix"]
     fig, axes = theme.figure(ncols=len(relations), height=2.6, squeeze=False, layout="constrained")
-    keys = ckpt_order(df)
+    keys = ckpt_order(df)[:3]
     colors = dict(zip([(k, q) for k in keys for q in ("pause", "sid")], theme.colors(2 * len(keys))))
     for ax, relation in zip(axes.flat, relations):
         for key in keys:
             for query in ("pause", "sid"):
-                for metric, ls in (("relevance_corr", "-"), ("relevance_corr_baseline", "--")):
+                for metric, ls in (("relevance_corr_partial", "-"), ("relevance_corr_partial_baseline", "--")):
                     g = _pick(_of(rows, key), metric, relation=relation)
                     g = g[(_col(g, "query") == query) & g["layer"].notna()].sort_values("layer")
                     if len(g):
                         ax.plot(g["layer"], g["value"], ls, color=colors[(key, query)], lw=1.1,
                                 label=None if ls == "--" else f"{key[1]}: from {query}")
         ax.axhline(0, color="#555555", lw=0.6)
-        ax.set(xlabel="layer", ylabel="within-history correlation",
-               title=f"attention vs shared {relation} (dashed: re-paired targets)")
+        ax.set(xlabel="layer", ylabel="partial correlation", title=f"attention vs shared {relation}")
     axes.flat[0].legend(fontsize=6)
+    fig.suptitle("Within-history, position-adjusted; dashed: targets re-paired across users", fontsize=8)
     return fig
 
 
@@ -232,19 +238,21 @@ def _lens(df: pd.DataFrame):
 
 
 def _interventions(df: pd.DataFrame):
-    metrics = [m for m in ("intervention_delta_recall@10", "intervention_delta_ndcg@10")
-               if (df["metric"] == f"{m}_mean").any()]
+    metrics = [m for m in ("intervention_delta_recall@10", "intervention_delta_ndcg@10",
+                           "intervention_delta_target_logprob") if (df["metric"] == f"{m}_mean").any()]
     fig, axes = theme.figure(ncols=len(metrics), height=2.6, squeeze=False, layout="constrained")
     keys = ckpt_order(df)
     colors = dict(zip(keys, theme.colors(len(keys))))
     for ax, metric in zip(axes.flat, metrics):
         for j, key in enumerate(keys):
             rows = _of(df, key)
-            stats = {s: _pick(rows, f"{metric}_{s}").set_index("intervention")["value"] for s in ("mean", "lo", "hi")}
+            stats = {s: _pick(rows, f"{metric}_{s}").set_index("intervention")["value"]
+                     for s in ("mean", "lo", "hi")}
             conds = list(stats["mean"].index)
             x = np.arange(len(conds)) + (j - (len(keys) - 1) / 2) * 0.2
             m = stats["mean"].to_numpy()
-            ax.errorbar(x, m, yerr=np.vstack([m - stats["lo"][conds].to_numpy(), stats["hi"][conds].to_numpy() - m]),
+            err = np.vstack([m - stats["lo"][conds].to_numpy(), stats["hi"][conds].to_numpy() - m])
+            ax.errorbar(x, m, yerr=err,
                         fmt="o", capsize=3, color=colors[key], label=f"{key[1]} ({key[0]})")
             ax.set_xticks(np.arange(len(conds)), conds, rotation=20, fontsize=7)
         ax.axhline(0, color="#555555", lw=0.8)

@@ -151,7 +151,8 @@ def item_questions(catalog: Catalog, fields: list[str], queries: list[str], n_it
             if not truth:
                 continue
             order = np.random.default_rng([seed, f_no, idx]).permutation(len(pool))
-            wrong = list(islice((pool[j] for j in order if _wrong(pool[j], truth, name, movies)), n_distractors))
+            wrong = list(islice((pool[j] for j in order if _wrong(pool[j], truth, name, movies)),
+                                n_distractors))
             for query in queries:
                 if query == "fact" or (query == "title" and name == "title"):
                     continue
@@ -192,13 +193,13 @@ class Asker:
         self.tok, self.grounding = tok, template == "grounding"
         self.chat = template == "chat" or (template == "auto" and has_chat)
         self.bos = PromptBuilder(tok, catalog).bos
-        self.end: list[int] = []  # what closes a chat answer: the turn's end marker
+        end: list[int] = []  # what closes a chat answer (the turn's end marker): a stop token
         if self.chat:
             user = [{"role": "user", "content": "Q"}]
             full = tok.apply_chat_template([*user, {"role": "assistant", "content": "XYZ"}], tokenize=False)
             suffix = full.split("XYZ", 1)[1].strip()
-            self.end = tok.encode(suffix, add_special_tokens=False) if suffix else []
-        self.stop = sorted({*self.end[:1], *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
+            end = tok.encode(suffix, add_special_tokens=False) if suffix else []
+        self.stop = sorted({*end[:1], *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
 
     def _enc(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -221,9 +222,12 @@ class Asker:
         return self.bos + self._enc(" " + before) + ref + self._enc(after) + self._enc(f" {LABELS[q.field]}:")
 
     def answer(self, text: str, q: Question) -> list[int]:
+        """A candidate's continuation ids. Chat answers start the assistant turn and carry no end marker:
+        a small chat model rarely ends a turn on a bare answer, and that marker's probability then
+        swamps the content (SmolLM2 on the shipped facts: MC accuracy 0.27 with it, 0.42 without)."""
         if self._grounded(q):
             return self._enc(f" {text}.")
-        return self._enc(("" if self.chat else " ") + text) + self.end
+        return self._enc(("" if self.chat else " ") + text)
 
     def read(self, new_ids: list[int]) -> str:
         """The generated answer: its first non-empty line (grounding: up to the next ``Label:``),

@@ -18,7 +18,7 @@ search (:func:`pauserec.decode.recommend`). Per user and perturbation:
 
 ``oracle`` names the target: an upper bound, not a degradation (``upper_bound=True`` on its rows).
 Columns: ``ckpt, stage, variant, perturbation, upper_bound, rationale_source, user_id, item_id, metric,
-value``.
+value, rationale`` (the text that was teacher-forced).
 """
 
 from __future__ import annotations
@@ -56,17 +56,21 @@ class Args(ProbeArgs):
     perturbations: tuple[str, ...] = field(default=perturb.PERTURBATIONS, metadata={
         "help": ", ".join(perturb.PERTURBATIONS) + " (any dropNN)"})
     rationale_source: str = field(default="", metadata={
-        "help": "clean rationales: " + ", ".join(rationales.SOURCES) + " (default: the checkpoint's, else template)"})
+        "help": "clean rationales: " + ", ".join(rationales.SOURCES)
+        + " (default: the checkpoint's, else template)"})
     paraphrase: str = field(default="local", metadata={"help": "local (a checkpoint's model) or openai"})
-    paraphrase_ckpt: str = field(default="", metadata={"help": "local paraphraser (default: the probed checkpoint)"})
+    paraphrase_ckpt: str = field(default="", metadata={
+        "help": "local paraphraser (default: the probed checkpoint)"})
     paraphrase_tokens: int = field(default=64, metadata={"help": "longest paraphrase, in tokens"})
     top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K and of the kl_items union"})
     beams: int = field(default=20, metadata={"help": "beam width"})
     batch_size: int = field(default=16, metadata={"help": "users per decoding batch"})
     kl_items: bool = field(default=True, metadata={"help": "also KL over the union of top-K items"})
-    llm_base_url: str | None = field(default=None, metadata={"help": f"openai endpoint (else ${llm.ENV_BASE_URL})"})
+    llm_base_url: str | None = field(default=None, metadata={
+        "help": f"openai endpoint (else ${llm.ENV_BASE_URL})"})
     llm_model: str | None = field(default=None, metadata={"help": f"openai model (else ${llm.ENV_MODEL})"})
-    llm_cache: str | None = field(default=None, metadata={"help": "response cache (default OUT.llm-cache.jsonl)"})
+    llm_cache: str | None = field(default=None, metadata={
+        "help": "response cache (default OUT.llm-cache.jsonl)"})
     llm_timeout: float = field(default=60.0, metadata={"help": "seconds per request"})
     llm_max_retries: int = field(default=5, metadata={"help": "retries per request"})
     llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)"})
@@ -169,7 +173,8 @@ def conditions(ckpt: Checkpoint, examples: list[Example], clean: list[str], args
 def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     """Rows of one checkpoint (see the module docstring)."""
     if ckpt.variant != "cot":
-        log.warning("%s is a %s checkpoint, not cot: its rationales were never trained", ckpt.path, ckpt.variant)
+        log.warning("%s is a %s checkpoint, not cot: its rationales were never trained", ckpt.path,
+                    ckpt.variant)
     examples = examples_for(ckpt, args.split, args.n_users, args.seed)
     clean, source = clean_rationales(ckpt, examples, args)
     texts = conditions(ckpt, examples, clean, args)
@@ -198,14 +203,14 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
         for name, v in items_kl(ckpt.model, builder, prompts, items).items():
             vals[name]["kl_items"] = v
     frames = [pd.DataFrame({**base, "perturbation": name, "upper_bound": name in perturb.UPPER_BOUND, **ids,
-                            "metric": metric, "value": np.asarray(v, dtype=float)})
+                            "metric": metric, "value": np.asarray(v, dtype=float), "rationale": texts[name]})
               for name, per in vals.items() for metric, v in per.items()]
     return pd.concat(frames, ignore_index=True)
 
 
 def figures(df: pd.DataFrame) -> dict:
-    """``rationale_sensitivity``: delta_recall@K and kl per perturbation (bootstrap CIs);
-    ``rationale_quality``: mean delta_recall@K against mean leakage / history agreement."""
+    """``rationale_sensitivity``: delta_recall@K, kl and kl_items per perturbation (bootstrap CIs);
+    ``rationale_quality``: mean delta_recall@K and kl against mean leakage / history agreement."""
     import seaborn as sns
 
     from analysis import theme
@@ -216,24 +221,29 @@ def figures(df: pd.DataFrame) -> dict:
     panels = [m for m in (*deltas[:1], "kl", "kl_items") if m in set(rows["metric"])]
     if not panels:
         return out
-    fig, axes = theme.figure(ncols=len(panels), squeeze=False)
+    fig, axes = theme.figure(ncols=len(panels), squeeze=False, height=3.4)
+    order = list(dict.fromkeys(rows["perturbation"]))  # as run
     for ax, metric in zip(axes[0], panels):
         sns.barplot(data=rows[rows["metric"] == metric], x="perturbation", y="value", hue="ckpt",
-                    errorbar=("ci", 95), n_boot=500, seed=0, ax=ax)
+                    order=order, errorbar=("ci", 95), n_boot=500, seed=0, ax=ax,
+                    legend=ax is axes[0][0] and rows["ckpt"].nunique() > 1)
         ax.axhline(0, color="#555555", lw=0.8)
-        ax.set(title=metric, ylabel=metric, xlabel="")
-        ax.tick_params(axis="x", rotation=60)
-    fig.text(0.5, -0.08, theme.CI_CAPTION + " oracle (names the target) is an upper bound.", ha="center",
+        ax.set(title=metric, ylabel="", xlabel="")
+        ax.tick_params(axis="x", rotation=90)
+    fig.subplots_adjust(wspace=0.35)
+    fig.text(0.5, -0.3, theme.CI_CAPTION + " oracle (names the target) is an upper bound.", ha="center",
              fontsize=7)
     out["rationale_sensitivity"] = fig
-    if deltas:
-        means = df.pivot_table(index=["ckpt", "perturbation"], columns="metric", values="value").reset_index()
-        fig, axes = theme.figure(ncols=2, squeeze=False, sharey=True)
-        for ax, q in zip(axes[0], ("quality_leakage", "quality_agreement")):
-            sns.scatterplot(data=means, x=q, y=deltas[0], hue="ckpt", ax=ax, legend=ax is axes[0][0])
-            for _, r in means.iterrows():
-                ax.annotate(r["perturbation"], (r[q], r[deltas[0]]), fontsize=6)
-            ax.set(xlabel=q, ylabel=deltas[0])
+    means = df.pivot_table(index=["ckpt", "perturbation"], columns="metric", values="value").reset_index()
+    ys = [m for m in (*deltas[:1], "kl") if m in means.columns]
+    if ys:
+        fig, axes = theme.figure(ncols=2, nrows=len(ys), squeeze=False, sharex="col", height=2.6)
+        for row, y in zip(axes, ys):
+            for ax, q in zip(row, ("quality_leakage", "quality_agreement")):
+                sns.scatterplot(data=means, x=q, y=y, hue="ckpt", ax=ax, legend=False)
+                for _, r in means.dropna(subset=[y]).iterrows():
+                    ax.annotate(r["perturbation"], (r[q], r[y]), fontsize=6)
+                ax.set(xlabel=q, ylabel=y)
         out["rationale_quality"] = fig
     return out
 

@@ -111,7 +111,8 @@ def condition_rows(args: Args, condition: str, path: Path) -> pd.DataFrame:
     written = frame["rationale"] if "rationale" in frame else [""] * len(frame)
     q = [perturb.quality(r, ex, cat) for r, ex in zip(written, examples)]
     per_user |= {f"test_quality_{m}": np.array([x[m] for x in q]) for m in QUALITY}
-    ids = {"user_id": [ex.user for ex in examples], "item_id": [cat.items[ex.target].item_id for ex in examples]}
+    ids = {"user_id": [ex.user for ex in examples],
+           "item_id": [cat.items[ex.target].item_id for ex in examples]}
     frames = [pd.DataFrame({**base, **ids, "metric": m, "value": v}) for m, v in per_user.items()]
     trained = rationales.read(path / "rationales.jsonl")
     tq = [perturb.quality(r.text, ex, cat) for ex, r in trained.items()]

@@ -17,8 +17,9 @@ from probes.activations import permutation
 
 
 def _centered(x, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    x = torch.as_tensor(x).to(dtype)
-    return x - x.mean(0, keepdim=True)
+    """Rows minus their mean, computed in float64 (rows that differ by 1e-5 keep their differences)."""
+    x = torch.as_tensor(x).double()
+    return (x - x.mean(0, keepdim=True)).to(dtype)
 
 
 def linear_cka(x, y) -> float:
@@ -65,8 +66,10 @@ def _procrustes_fast(x: np.ndarray, y: np.ndarray) -> float:
 
 @torch.no_grad()
 def knn(x, k: int, chunk: int = 2048) -> np.ndarray:
-    """Indices (n, k) of each row's ``k`` nearest other rows by cosine similarity."""
-    x = torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)
+    """Indices (n, k) of each row's ``k`` nearest other rows by cosine similarity of the centred rows
+    (without centring, rows sharing a large common component -- e.g. SID rows initialised at one
+    mean vector -- have cosines that float32 cannot tell apart)."""
+    x = torch.nn.functional.normalize(_centered(x), dim=1)
     k = min(k, len(x) - 1)
     out = []
     for start in range(0, len(x), chunk):

@@ -59,12 +59,15 @@ class Args(ProbeArgs):
         "help": "title, category, year, brand (default: those the dataset has; ml-100k: title,category,year)"})
     n_distractors: int = field(default=9, metadata={"help": "catalog distractors per item question"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer"})
-    template: str = field(default="auto", metadata={"help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)"})
+    template: str = field(default="auto", metadata={
+        "help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)"})
     cosine: bool = field(default=True, metadata={"help": "score generations by MiniLM cosine"})
     judge: bool = field(default=False, metadata={"help": "also grade generations with an LLM judge"})
-    llm_base_url: str | None = field(default=None, metadata={"help": f"judge endpoint (else ${llm.ENV_BASE_URL})"})
+    llm_base_url: str | None = field(default=None, metadata={
+        "help": f"judge endpoint (else ${llm.ENV_BASE_URL})"})
     llm_model: str | None = field(default=None, metadata={"help": f"judge model (else ${llm.ENV_MODEL})"})
-    llm_cache: str | None = field(default=None, metadata={"help": "judge response cache (default OUT.llm-cache.jsonl)"})
+    llm_cache: str | None = field(default=None, metadata={
+        "help": "judge response cache (default OUT.llm-cache.jsonl)"})
     llm_timeout: float = field(default=60.0, metadata={"help": "seconds per judge request"})
     llm_max_retries: int = field(default=5, metadata={"help": "retries per judge request"})
     llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)"})
@@ -105,8 +108,10 @@ def cosines(outputs: list[str], answers: list[str]) -> np.ndarray:
 
 
 def parse_judge(reply: str) -> float:
-    m = re.match(r"\W*(yes|no)\b", reply.strip().lower())
-    return float("nan") if m is None else float(m.group(1) == "yes")
+    """1.0 / 0.0 when the reply says yes or no as a word ("The answer is no." -> 0), and not both; else
+    NaN (a reply that echoes "yes or no" is no verdict)."""
+    said = set(re.findall(r"\b(yes|no)\b", reply.lower()))
+    return float(said == {"yes"}) if len(said) == 1 else float("nan")
 
 
 def llm_cache_path(args) -> str | None:
@@ -216,7 +221,7 @@ def figures(df: pd.DataFrame) -> dict:
             ax.set_title(f"query: {q}")
             ax.set_ylim(0, 1.05)
             ax.tick_params(axis="x", rotation=30)
-        fig.text(0.5, -0.02, theme.CI_CAPTION, ha="center", fontsize=7)
+        fig.text(0.5, -0.12, theme.CI_CAPTION, ha="center", fontsize=7)
         out[name] = fig
     return out
 

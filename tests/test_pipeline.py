@@ -54,6 +54,7 @@ def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, cap
         assert meta["stage"] == stage and meta["parent"] == str(out / pipeline.SOURCE[stage])
         assert meta["timings"][stage]["wall_s"] > 0 and (out / stage / trainstate.LOG_FILE).is_file()
     assert checkpoint.read_meta(out / "pause-sft")["pause_init"] == "pretrained"
+    assert checkpoint.read_meta(out / "cot-sft")["rationale"]["leaky"] is False  # template: history only
     printed = capsys.readouterr().out
     assert "[6/6] cot-sft" in printed and "total this run" in printed
     stamp = (out / "sft" / checkpoint.META_FILE).stat().st_mtime_ns

@@ -95,6 +95,7 @@ def test_planted_title_rows_align_near_perfectly(tiny_ckpt):
     assert summary(df, "cosine_sid_title") > 0.999
     assert summary(df, "cosine_sid_title_baseline") < 0.9
     assert summary(df, "cka", space="mean") > 0.999 and summary(df, "cka_baseline", space="mean") < 0.5
+    assert summary(df, "cka_random") < 0.5  # random rows with the same codes: no agreement
     assert summary(df, "mknn") > 0.99 and summary(df, "mknn_baseline") < 0.2
     assert summary(df, "procrustes_residual") < 1e-3 < summary(df, "procrustes_residual_baseline")
     assert summary(df, "cka_p", space="mean") == pytest.approx(1 / 6)

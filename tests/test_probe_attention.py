@@ -32,7 +32,8 @@ def test_bridge_patterns_and_residuals_match_hf_eager(tiny_ckpt_path):
     assert hf.shape[:3] == (n_layers, 3, ckpt.model.config.num_attention_heads)
     bridge = act.boot_bridge(ckpt.model, ckpt.tokenizer)
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_pattern", "hook_resid_post")))
+        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_pattern",
+                                                                                 "hook_resid_post")))
     for layer in range(n_layers):
         torch.testing.assert_close(cache[f"blocks.{layer}.attn.hook_pattern"], hf[layer])
     resid = act.residual_stream(ckpt.model, ids)  # (n_layers + 1, batch, pos, d_model), raw
@@ -55,6 +56,7 @@ def test_main_writes_tidy_results(tiny_ckpt_path, tmp_path):
     mass = df[df["metric"].isin(["attn_mass", "attn_mass_sid"])]
     sums = mass.groupby(["metric", "layer", "head", "pos"])["value"].sum()
     assert np.allclose(sums, 1.0, atol=1e-5)  # every query's attention is split over the segments
+    assert set(mass["segment"]) == set(attention.SEGMENTS)
     pause = mass[mass["metric"] == "attn_mass"].set_index(["segment"])["value"]
     assert (pause.loc["target"] == 0).all() and (pause.loc["pause"] > 0).all()  # causal; sees itself
     sid = mass[(mass["metric"] == "attn_mass_sid")]
@@ -64,6 +66,15 @@ def test_main_writes_tidy_results(tiny_ckpt_path, tmp_path):
     assert len(lens) == 8 * 5 * 2 and lens["value"].between(1, len(set(c[0] for c in
                                                                          _catalog_sids(tiny_ckpt_path)))).all()
     assert {"relevance_corr", "relevance_corr_partial_baseline", "lens_first_top1_layer"} <= set(df["metric"])
+
+
+def test_cot_and_plain_prompts_have_no_pause_queries(tiny_ckpt):
+    cot = attention.compute(tiny_ckpt, args(n_users=4, variant="cot"))
+    assert not (cot["metric"] == "attn_mass").any() and not (cot["metric"] == "lens_rank").any()
+    rationale = cot[(cot["metric"] == "attn_mass_sid") & (cot["segment"] == "rationale")]["value"]
+    assert (rationale > 0).all()  # the template rationale sits between the history and the SID
+    plain = attention.compute(tiny_ckpt, args(n_users=4, variant="plain"))
+    assert set(plain["k"]) == {0} and (plain[plain["segment"] == "pause"]["value"] == 0).all()
 
 
 def _catalog_sids(path):
@@ -173,7 +184,9 @@ def test_relevance_correlation_known_answers():
     assert within_user_corr(att[None], rel, valid)[0] > 0.3
     # ...and the position-adjusted (partial) correlation sees through it, yet keeps a real signal
     cell = lengths * 10 + np.arange(10)[None]
-    partial = lambda a, r: within_user_corr(by_position(a, cell, valid), by_position(r, cell, valid), valid)[0]  # noqa: E731
+    def partial(a, r):
+        return within_user_corr(by_position(a, cell, valid), by_position(r, cell, valid), valid)[0]
+
     assert abs(partial(att[None], rel)) < 0.1
     assert partial(att[None] + 0.5 * rel[None], rel) > 0.5
 
@@ -191,6 +204,8 @@ def test_interventions_pair_users_and_restore_the_pause_row(tiny_ckpt):
     delta = rows[rows["metric"] == "intervention_delta_recall@10"].pivot(
         index="user_id", columns="intervention", values="value")
     assert np.allclose(delta["no-pause"], per["no-pause"] - per["none"])
+    lp = rows[rows["metric"] == "target_logprob"].pivot(index="user_id", columns="intervention", values="value")
+    assert (lp < 0).all().all() and lp.shape == (6, len(interventions.CONDITIONS))
     s = rows[rows["metric"].str.endswith(("_mean", "_lo", "_hi"))].set_index(["intervention", "metric"])["value"]
     for cond in interventions.CONDITIONS[1:]:
         lo, mean, hi = (s[(cond, f"intervention_delta_ndcg@10_{x}")] for x in ("lo", "mean", "hi"))
@@ -199,6 +214,32 @@ def test_interventions_pair_users_and_restore_the_pause_row(tiny_ckpt):
         assert weight[builder.pause_id].abs().sum() == 0
         raise RuntimeError("boom")
     assert torch.equal(weight, before)
+
+
+@torch.no_grad()
+def test_target_logprob_matches_decode_scoring_with_and_without_masked_pauses(tiny_ckpt):
+    """Teacher-forced scoring in one pass equals decode's step-by-step path (KV cache, key mask)."""
+    from pauserec.decode import prefill, score_continuations
+
+    model = tiny_ckpt.model
+    builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
+    examples = evaluate.examples_for(tiny_ckpt, n_users=4)
+    plain = interventions.target_logprob(tiny_ckpt, builder, examples, "none", 3, batch_size=3)
+    masked = interventions.target_logprob(tiny_ckpt, builder, examples, "mask-pause", 3, batch_size=3)
+    for u, ex in enumerate(examples):
+        e = builder.encode(ex.history, ex.target, "pause", 3)
+        prompt, target = e.input_ids[:e.prompt_len], e.input_ids[e.prompt_len:]
+        assert plain[u] == pytest.approx(score_continuations(model, [prompt], [[target]])[0][0], abs=1e-4)
+        keys = [0 if s == "pause" else 1 for s in e.segments[:e.prompt_len]]
+        logits, cache, attn = prefill(model, [prompt], [keys])  # pauses hidden, positions unchanged
+        total = float(torch.log_softmax(logits[0], -1)[target[0]])
+        for j, tok in enumerate(target[:-1]):
+            attn = torch.cat([attn, attn.new_ones((1, 1))], 1)
+            out = model(input_ids=torch.tensor([[tok]]), attention_mask=attn, cache=cache, use_cache=True,
+                        position_ids=torch.tensor([[len(prompt) + j]]))
+            total += float(torch.log_softmax(out.logits[0, -1].float(), -1)[target[j + 1]])
+            cache = out.cache
+        assert masked[u] == pytest.approx(total, abs=1e-4)
 
 
 def test_paired_bootstrap_ci_known_answer():

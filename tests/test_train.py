@@ -11,7 +11,18 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import backbone, checkpoint, cli, corpus, data, loop, tokens, train, trainstate
+from pauserec import (
+    backbone,
+    checkpoint,
+    cli,
+    corpus,
+    data,
+    loop,
+    rationales,
+    tokens,
+    train,
+    trainstate,
+)
 from pauserec.config import to_dict
 from pauserec.errors import UserError
 from pauserec.prompts import IGNORE, PromptBuilder
@@ -244,3 +255,18 @@ def test_config_errors_are_user_errors(stages, tmp_path, capsys):
     paper = train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b"])
     assert (paper.k, paper.epochs, paper.lr, paper.weight_decay) == (5, 5, 5e-5, 0.01)
     assert json.loads(json.dumps(to_dict(paper)))["stage"] == "pause-sft"
+
+
+def test_cot_sft_reads_a_rationale_file(stages, tmp_path):
+    """The path for model-written rationales: `pauserec rationales` writes them, cot-sft reads them."""
+    path = tmp_path / "r.jsonl"
+    rationales.main(["--ckpt", str(stages["sft"]), "--out", str(path), "--source", "template-leaky"])
+    ckpt = run_stage("cot-sft", stages["sft"], tmp_path / "cot", "--rationale-file", str(path))
+    assert ckpt.meta["rationale"] == {"source": "template-leaky", "leaky": True, "file": str(path), "n": 32}
+    used = rationales.read(tmp_path / "cot" / "rationales.jsonl")
+    known = rationales.read(path)
+    assert len(used) == 32 and all(known[ex] == r for ex, r in used.items())
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:5]) + "\n")
+    with pytest.raises(UserError, match="have no rationale"):
+        run_stage("cot-sft", stages["sft"], tmp_path / "cot2", "--rationale-file", str(path))
