@@ -92,11 +92,16 @@ def setting(frame: pd.DataFrame, labels: list[str] | None = None, users: int | N
 
 
 def fill(claim: Claim, value: float, lo: float, hi: float, direction: int, unit: str = "%",
-         point_ok: bool = False, paper_value: float | None = None, note: str = "") -> Claim:
-    """Set measured/CI/verdict of ``claim`` from an estimate."""
+         point_ok: bool = False, paper_value: float | None = None, note: str = "",
+         sign_ci: tuple[float, float] | None = None) -> Claim:
+    """Set measured/CI/verdict of ``claim`` from an estimate.
+
+    ``sign_ci``: the CI the verdict is read from when it differs from the shown one -- the absolute
+    paired difference, since a relative CI degenerates when one side is all zeros (e.g. -100% everywhere).
+    """
     claim.value, claim.lo, claim.hi = value, lo, hi
     claim.measured, claim.ci = fmt(value, unit), fmt_ci(lo, hi, unit)
-    claim.verdict, claim.why = verdict(value, lo, hi, direction, point_ok)
+    claim.verdict, claim.why = verdict(value, *(sign_ci or (lo, hi)), direction, point_ok)
     if paper_value is not None and np.isfinite(lo) and np.isfinite(hi):
         inside = lo <= paper_value <= hi
         claim.why += f"; paper's {paper_value:+g}{unit} is {'inside' if inside else 'outside'} the CI"
@@ -140,7 +145,8 @@ def paired_claim(claim: Claim, per_user: pd.DataFrame, treat: str | None, base: 
     claim.setting = setting(per_user, [treat, base], c.n)
     note = (f"{metric}: {c.mean_treatment:.4f} ({treat}) vs {c.mean_baseline:.4f} ({base}); "
             f"Wilcoxon p={c.p:.3g}")
-    return fill(claim, c.rel, c.rel_lo, c.rel_hi, +1, paper_value=paper_value, note=note)
+    return fill(claim, c.rel, c.rel_lo, c.rel_hi, +1, paper_value=paper_value, note=note,
+                sign_ci=(c.diff_lo, c.diff_hi))
 
 
 def ablation_claim(claim: Claim, per_user: pd.DataFrame, main: str | None, column: str,
@@ -178,7 +184,7 @@ def ablation_claim(claim: Claim, per_user: pd.DataFrame, main: str | None, colum
     claim.setting = setting(rows, [best_claimed, best_other], c.n)
     ranked = means.sort_values(ascending=False).index
     order = ", ".join(f"{setting_of[lab]}: {means[lab]:.4f}" for lab in ranked)
-    return fill(claim, c.rel, c.rel_lo, c.rel_hi, +1,
+    return fill(claim, c.rel, c.rel_lo, c.rel_hi, +1, sign_ci=(c.diff_lo, c.diff_hi),
                 note=f"vs best other {column}={setting_of[best_other]}; {metric} by {column}: {order}")
 
 

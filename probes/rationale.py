@@ -244,6 +244,7 @@ def figures(df: pd.DataFrame) -> dict:
                 for _, r in means.dropna(subset=[y]).iterrows():
                     ax.annotate(r["perturbation"], (r[q], r[y]), fontsize=6)
                 ax.set(xlabel=q, ylabel=y)
+        fig.subplots_adjust(wspace=0.4)
         out["rationale_quality"] = fig
     return out
 

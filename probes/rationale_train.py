@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     summary = table(df)
     print(summary.round(4).to_string())
     write_results(df, args, figures(df),
-                  extra={"probe": "rationale", "table": summary.reset_index().to_dict("records")})
+                  extra={"probe": "rationale_train", "table": summary.reset_index().to_dict("records")})
     return df
 
 
