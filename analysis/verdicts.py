@@ -108,7 +108,7 @@ def _fieller(d: float, b: float, cov: np.ndarray, tq: float) -> tuple[float, flo
     lo, hi = (half_b - root) / a, (half_b + root) / a
     if b < 0:
         lo, hi = -hi, -lo
-    return 100.0 * lo, 100.0 * hi
+    return float(100.0 * lo), float(100.0 * hi)
 
 
 def _tq(alpha: float, df: float) -> float:
