@@ -3,9 +3,9 @@
 - misalignment grows with CoT training: an alignment metric at ``cot-sft`` against the last earlier
   stage present (``sft``, else ``cpt``, else ``init``); signed so that positive = more misaligned
   (``cosine_sid_title``, ``cka``, ``mknn`` fall; ``procrustes_residual``, ``centroid_distance`` rise);
-- verbalisation gap after CoT: ``logit_X - gen_X`` at ``cot-sft`` (questions asked by SID when a
-  ``query`` column says so), minus the same gap at the earlier stage when present; positive = the
-  model knows more than it can say;
+- verbalisation gap after CoT: chance-corrected ``logit_acc_cc - gen_acc_cc`` at ``cot-sft`` on the
+  world-knowledge questions (``query`` fact and title; SID questions are reported separately), minus
+  the same gap at the earlier stage when present; positive = the model knows more than it can say;
 - sensitivity to rationale quality: mean ``delta_recall@10`` (perturbed minus clean rationale) over the
   degrading perturbations (not ``oracle``/``upper_bound`` rows, not the ``paraphrase`` control), per
   user; negative = sensitive.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis import stats
+from pauserec import stats
 
 MISALIGNMENT = {"cosine_sid_title": -1, "cka": -1, "mknn": -1, "procrustes_residual": 1,
                 "centroid_distance": 1}
@@ -33,7 +33,8 @@ CONTROLS = {"paraphrase"}  # same meaning, other words: a control, not a degrada
 
 @dataclass
 class Estimate:
-    """A measured effect (``missing`` says why there is none)."""
+    """A measured effect (``missing`` says why there is none): one probe run per training seed gives
+    ``n_seeds`` seeds; the CI is over ``n_units`` items or users."""
 
     value: float = math.nan
     lo: float = math.nan
@@ -41,6 +42,13 @@ class Estimate:
     setting: str = "—"
     note: str = ""
     missing: str = ""
+    n_seeds: int = 1
+    n_units: int = 1
+    unit: str = "items"
+
+
+def _n_seeds(rows: pd.DataFrame) -> int:
+    return max(1, rows["train_seed"].nunique()) if "train_seed" in rows.columns else 1
 
 
 def _rows(probes: pd.DataFrame, probe: str, metrics: set[str] | None = None) -> pd.DataFrame:
@@ -76,9 +84,9 @@ def _keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     return [c for c in ("query", "field") if usable(c)] + ids if ids else []
 
 
-def difference(a: pd.DataFrame, b: pd.DataFrame, cfg: dict) -> tuple[float, float, float, str]:
+def difference(a: pd.DataFrame, b: pd.DataFrame, cfg) -> tuple[float, float, float, str]:
     """``mean(a.value) - mean(b.value)`` with a CI: paired by item/user ids when possible."""
-    n_res, seed = cfg.get("n_resamples", stats.N_RESAMPLES), cfg.get("seed", 0)
+    n_res, seed = cfg.n_resamples, cfg.seed
     keys = _keys(a, b)
     if keys:
         sa, sb = a.groupby(keys)["value"].mean(), b.groupby(keys)["value"].mean()
@@ -96,14 +104,14 @@ def _setting(rows: pd.DataFrame) -> str:
 
     n = next((rows[c].nunique() for c in ("item_id", "user_id") if c in rows.columns
               and rows[c].notna().any()), None)
-    return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {join('seed')}"
+    return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {join('train_seed')}"
 
 
 def _reference(rows: pd.DataFrame) -> str | None:
     return next((s for s in REFERENCE_STAGES if (rows["stage"] == s).any()), None)
 
 
-def alignment_claim(probes: pd.DataFrame, cfg: dict) -> Estimate:
+def alignment_claim(probes: pd.DataFrame, cfg) -> Estimate:
     """Change in misalignment from the last pre-CoT stage to ``cot-sft`` (positive = grows)."""
     rows = embedding_rows(_rows(probes, "alignment", set(MISALIGNMENT)))
     if not len(rows):
@@ -121,7 +129,8 @@ def alignment_claim(probes: pd.DataFrame, cfg: dict) -> Estimate:
         pause = m[m["stage"] == "pause-sft"]
         if len(pause):
             note += f"; pause-sft change {sign * (pause['value'].mean() - ref_mean):+.4f}"
-        return Estimate(sign * d, lo, hi, _setting(m), note)
+        n = cot["item_id"].nunique() if "item_id" in cot.columns else len(cot)
+        return Estimate(sign * d, lo, hi, _setting(m), note, n_seeds=_n_seeds(cot), n_units=n)
     return Estimate(missing="not run: alignment results need cot-sft and an earlier stage (sft/cpt/init)")
 
 
@@ -135,37 +144,40 @@ def _gaps(rows: pd.DataFrame, suffix: str) -> pd.DataFrame:
     return pd.DataFrame({"value": [logit["value"].mean() - gen["value"].mean()]})
 
 
-def verbalization_rows(probes: pd.DataFrame) -> pd.DataFrame:
-    """``gen_*`` / ``logit_*`` rows; only questions asked by SID (``query == "sid"``) when labelled."""
+WORLD = ("fact", "title")  # world-knowledge questions; SID questions are reported separately
+
+
+def verbalization_rows(probes: pd.DataFrame, queries: tuple[str, ...] = WORLD) -> pd.DataFrame:
+    """Per-question ``gen_*`` / ``logit_*`` rows of the given queries."""
     rows = _rows(probes, "verbalization")
     rows = rows[rows["metric"].astype(str).str.match(r"^(gen|logit)_")] if len(rows) else rows
-    if "query" in rows.columns and (rows["query"] == "sid").any():
-        rows = rows[rows["query"] == "sid"]
+    if "query" in rows.columns:
+        rows = rows[rows["query"].isin(queries)]
     return rows
 
 
-def verbalization_claim(probes: pd.DataFrame, cfg: dict) -> Estimate:
-    """Generation-vs-logit gap at ``cot-sft`` (minus the pre-CoT gap when measured)."""
-    rows = verbalization_rows(probes)
+def verbalization_claim(probes: pd.DataFrame, cfg, queries: tuple[str, ...] = WORLD) -> Estimate:
+    """Chance-corrected generation-vs-logit gap at ``cot-sft`` (minus the pre-CoT gap when measured)."""
+    rows = verbalization_rows(probes, queries)
     cot = rows[rows["stage"] == "cot-sft"] if len(rows) else rows
-    suffixes = sorted({m.split("_", 1)[1] for m in cot.get("metric", [])})
-    suffixes = [s for s in suffixes if {f"gen_{s}", f"logit_{s}"} <= set(cot["metric"])]
-    if not suffixes:
-        return Estimate(missing="not run: no gen_*/logit_* verbalisation results at cot-sft")
-    suffix = next((s for s in ("acc", "top1", "recall@10") if s in suffixes), suffixes[0])
+    names = set(cot.get("metric", []))
+    suffix = next((s for s in ("acc_cc", "acc") if {f"gen_{s}", f"logit_{s}"} <= names), None)
+    if suffix is None:
+        return Estimate(missing=f"not run: no gen_acc/logit_acc verbalisation results ({'/'.join(queries)}) "
+                                "at cot-sft")
     gap_cot = _gaps(cot, suffix)
+    n_units, seeds = len(gap_cot), _n_seeds(cot)
+    what = f"logit_{suffix} - gen_{suffix} on {'/'.join(queries)} questions"
     ref = _reference(rows[rows["metric"].isin([f"gen_{suffix}", f"logit_{suffix}"])])
     if ref is None:
-        mean, lo, hi = stats.bootstrap_mean_ci(gap_cot["value"], cfg.get("n_resamples", stats.N_RESAMPLES),
-                                               cfg.get("seed", 0))
-        note = f"logit_{suffix} - gen_{suffix} at cot-sft (no pre-CoT stage measured)"
-        return Estimate(mean, lo if len(gap_cot) > 1 else math.nan, hi if len(gap_cot) > 1 else math.nan,
-                        _setting(cot), note)
+        mean, lo, hi = stats.bootstrap_mean_ci(gap_cot["value"], cfg.n_resamples, cfg.seed)
+        ok = len(gap_cot) > 1
+        return Estimate(mean, lo if ok else math.nan, hi if ok else math.nan, _setting(cot),
+                        f"{what} at cot-sft (no pre-CoT stage measured)", n_seeds=seeds, n_units=n_units)
     gap_ref = _gaps(rows[rows["stage"] == ref], suffix)
     d, lo, hi, how = difference(gap_cot, gap_ref, cfg)
-    note = (f"gap logit_{suffix} - gen_{suffix}: cot-sft {gap_cot['value'].mean():+.4f} vs {ref} "
-            f"{gap_ref['value'].mean():+.4f} ({how})")
-    return Estimate(d, lo, hi, _setting(cot), note)
+    note = f"{what}: cot-sft {gap_cot['value'].mean():+.4f} vs {ref} {gap_ref['value'].mean():+.4f} ({how})"
+    return Estimate(d, lo, hi, _setting(cot), note, n_seeds=seeds, n_units=n_units)
 
 
 def degrading(rows: pd.DataFrame) -> pd.Series:
@@ -180,7 +192,7 @@ def degrading(rows: pd.DataFrame) -> pd.Series:
     return ok
 
 
-def rationale_claim(probes: pd.DataFrame, cfg: dict) -> Estimate:
+def rationale_claim(probes: pd.DataFrame, cfg) -> Estimate:
     """Mean ``delta_recall@10`` over degrading perturbations (cot variant when present)."""
     rows = _rows(probes, "rationale", {"delta_recall@10"})
     rows = rows[rows["metric"] == "delta_recall@10"] if len(rows) else rows
@@ -191,8 +203,7 @@ def rationale_claim(probes: pd.DataFrame, cfg: dict) -> Estimate:
         return Estimate(missing="not run: no delta_recall@10 rationale-probe results")
     by_user = "user_id" in kept.columns and kept["user_id"].notna().all()
     values = kept.groupby("user_id")["value"].mean() if by_user else kept["value"]
-    mean, lo, hi = stats.bootstrap_mean_ci(values, cfg.get("n_resamples", stats.N_RESAMPLES),
-                                           cfg.get("seed", 0))
+    mean, lo, hi = stats.bootstrap_mean_ci(values, cfg.n_resamples, cfg.seed)
     per = rows.groupby("perturbation")["value"].mean() if "perturbation" in rows.columns else pd.Series()
     excluded = sorted(set(per.index) - set(kept.get("perturbation", [])))
     note = "delta = perturbed - clean, averaged over degrading perturbations; " + ", ".join(
@@ -203,4 +214,4 @@ def rationale_claim(probes: pd.DataFrame, cfg: dict) -> Estimate:
         note += f"; WARNING: measured on {'/'.join(sorted(set(kept['variant'])))}, not a CoT checkpoint"
     if len(values) < 2:
         lo = hi = math.nan
-    return Estimate(mean, lo, hi, _setting(kept), note)
+    return Estimate(mean, lo, hi, _setting(kept), note, n_seeds=_n_seeds(kept), n_units=len(values), unit="users")

@@ -1,55 +1,53 @@
-"""Costs of the main conditions: training device-hours along each lineage, inference latency."""
+"""Costs of the conditions: whole-lineage training device-hours, inference latency per batch.
+
+Every checkpoint's ``pauserec.json`` records the timings of its whole lineage (its parent's stages,
+the pause-pretrain checkpoint a pause-sft took its pause row from, and its own stage; wall time
+accumulated across resumes), so a condition's training cost is the sum over its own record -- shared
+stages included and shown separately, never guessed from directory layouts.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import pandas as pd
 
-from analysis.collect import Collected, lineage_timings
-from analysis.conditions import with_labels
+SHARED = ("init", "cpt", "sft")  # stages the pause and cot lineages share
 
 
-def per_seed(frame: pd.DataFrame, labels: dict[str, str], value: Callable[[pd.DataFrame], float]) -> dict:
-    """{variant: {seed: value}} for the given main labels."""
-    out: dict[str, dict[int, float]] = {}
-    for variant, lab in labels.items():
-        rows = frame[frame["label"] == lab]
-        out[variant] = {int(s): value(g) for s, g in rows.groupby("seed")}
-    return out
+def training_rows(timings: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Timing rows of each labelled condition's checkpoints: role, cell, train_seed, timing_stage,
+    device_hours, device, shared (the stage is one of :data:`SHARED`)."""
+    frames = []
+    for role, cell in labels.items():
+        rows = timings[(timings["cell"] == cell) & (timings["stage"] != "init")] if len(timings) else timings
+        if len(rows):
+            frames.append(rows.assign(role=role, shared=rows["timing_stage"].isin(SHARED)))
+    cols = ["role", "cell", "train_seed", "timing_stage", "device_hours", "device", "shared"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[cols]
 
 
-def training_cost(data: Collected, labels: dict[str, str]) -> tuple[dict, str]:
-    """Device-hours per seed of the stages not shared by the pause and cot lineages."""
-    index = with_labels(data.index)
-    lineages: dict[str, dict[int, pd.DataFrame]] = {}
-    for variant in ("pause", "cot"):
-        rows = index[index["label"] == labels.get(variant, "")]
-        lineages[variant] = {int(r.seed): lineage_timings(data.timings, data.index, r.ckpt_path)
-                             for r in rows.itertuples()}
-    shared = set.intersection(*[set(t["timing_stage"]) for v in lineages.values() for t in v.values()]
-                              or [set()])
-    out = {v: {s: float(pd.to_numeric(t.loc[~t["timing_stage"].isin(shared), "device_hours"]).sum())
-               if len(t) else math.nan for s, t in per.items()} for v, per in lineages.items()}
-    devices = {d for per in lineages.values() for t in per.values() for d in t["device"] if d}
-    note = f"excludes shared stages {', '.join(sorted(shared)) or 'none'}"
-    if len(devices) > 1:
-        note += f"; WARNING: timed on different devices ({', '.join(sorted(devices))})"
-    return out, note
+def per_seed_hours(train: pd.DataFrame, role: str, shared: bool | None = None) -> dict[int, float]:
+    """{train_seed: device-hours} of a role's lineage (``shared``: only shared / only own stages)."""
+    rows = train[train["role"] == role]
+    if shared is not None:
+        rows = rows[rows["shared"] == shared]
+    hours = pd.to_numeric(rows["device_hours"], errors="coerce")
+    return {int(s): float(h) for s, h in hours.groupby(rows["train_seed"].fillna(0)).sum().items()}
 
 
-def cost_frames(data: Collected, labels: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows: variant, seed, timing_stage, device_hours, device -- each main condition's whole
-    lineage; latency rows: variant, seed, value in ms per user) for the figures and the cost table."""
-    index, train = with_labels(data.index), []
-    for variant, lab in labels.items():
-        for r in index[index["label"] == lab].itertuples():
-            t = lineage_timings(data.timings, data.index, r.ckpt_path)
-            train.append(t[["timing_stage", "device_hours", "device"]].assign(variant=variant, seed=r.seed))
-    runs = with_labels(data.runs)
-    lat = runs[runs["metric"] == "latency_ms_per_sample"] if len(runs) else runs
-    lat = pd.concat([lat[lat["label"] == lab].assign(variant=v) for v, lab in labels.items()] or [lat])
-    train_df = pd.concat(train, ignore_index=True) if train else pd.DataFrame(
-        columns=["timing_stage", "device_hours", "device", "variant", "seed"])
-    return train_df, lat.reindex(columns=["variant", "seed", "value"])
+def latency_rows(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Per-batch latency (ms per sample) of each labelled condition: role, cell, train_seed, batch, value,
+    device, dtype."""
+    rows = runs[runs["metric"] == "latency_batch_ms"] if len(runs) else runs
+    frames = [rows[rows["cell"] == cell].assign(role=role) for role, cell in labels.items()]
+    cols = ["role", "cell", "train_seed", "batch", "value", "device", "dtype"]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def devices(train: pd.DataFrame, latency: pd.DataFrame) -> str:
+    """Where the costs were measured, e.g. ``cpu, 2 thread(s) (bf16)``; several are listed."""
+    where = set(train["device"].dropna().astype(str)) if len(train) else set()
+    where |= {f"{d} ({t})" for d, t in zip(latency.get("device", []), latency.get("dtype", [])) if d}
+    return "; ".join(sorted(w for w in where if w)) or "—"

@@ -1,9 +1,9 @@
 """Figures of evaluation and cost results. Each takes tidy DataFrames and returns a Figure; no IO.
 
-Inputs are the tables of :mod:`analysis.collect` (``per_user`` = :func:`collect_eval` rows, with a
-``label`` column from :func:`analysis.conditions.with_labels` added when missing). Error bars are 95%
-bootstrap CIs over users (seeds averaged per user first), and each figure says so in its footnote.
-A figure whose data is absent raises :class:`NoData`; the report lists it as "not run".
+Inputs are the tables of :mod:`analysis.collect` (``per_user`` = :func:`eval_rows`; the ``label`` of a
+row is its cell). Error bars are 95% bootstrap CIs over users (seeds averaged per user first), and each
+figure says so in its footnote. Classical baselines are drawn as reference lines. A figure whose data is
+absent raises :class:`NoData`; the report lists it as "not run".
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import matplotlib.figure
 import numpy as np
 import pandas as pd
 
-from analysis import stats, theme
-from analysis.conditions import FINAL_STAGE, PAPER_K, PRIMARY, main_labels, with_labels
+from analysis import theme
+from analysis.conditions import BASELINES, PAPER_K, PRIMARY, main_labels, with_labels
+from pauserec import stats
 
 USER_CI = "Error bars: 95% bootstrap CIs over users (seeds averaged per user)."
-SEED_CI = "Error bars: 95% Student-t CIs across seeds (none with one seed)."
+SEED_CI = "Error bars: 95% CIs across seeds (training cost) and timed batches (latency)."
 
 
 class NoData(ValueError):
@@ -51,7 +52,20 @@ def stage_colors(stages) -> dict[str, str]:
 def _labelled(per_user: pd.DataFrame) -> pd.DataFrame:
     if not len(per_user):
         raise NoData("no per-user evaluation rows")
-    return per_user if "label" in per_user.columns else with_labels(per_user)
+    return with_labels(per_user)
+
+
+def _avg(df: pd.DataFrame, keys: list[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Per-user values averaged over training seeds (baselines without a seed count as one)."""
+    return stats.mean_over_seeds(df.assign(train_seed=df["train_seed"].fillna(-1)), keys, list(metrics),
+                                 seed="train_seed")
+
+
+def _baseline_lines(ax, df: pd.DataFrame, metric: str) -> None:
+    """Each classical baseline's mean as a dotted reference line."""
+    for i, name in enumerate(b for b in BASELINES if (df["label"] == b).any()):
+        mean = float(df.loc[df["label"] == name, metric].mean())
+        ax.axhline(mean, ls=":", lw=1, color=theme.colors(10)[7 + i % 3], label=f"{name} {mean:.3f}")
 
 
 def _order(labels: Sequence[str], variant_of: dict[str, str]) -> list[str]:
@@ -70,28 +84,32 @@ def _bars(ax, table: pd.DataFrame, x: str, colors: Sequence[str]) -> None:
 def metrics_by_variant(per_user: pd.DataFrame, metrics: Sequence[str] = ("recall@10", "ndcg@10"),
                        labels: Sequence[str] | None = None, n_resamples: int = stats.N_RESAMPLES,
                        seed: int = 0) -> matplotlib.figure.Figure:
-    """Bars per condition (default: the main plain/pause/cot), one panel per metric, with CIs."""
-    df = _labelled(per_user)
-    labels = list(labels or main_labels(df).values())
-    df = df[df["label"].isin(labels)]
+    """Bars per trained condition (default: the main plain/pause/cot and the controls), one panel per
+    metric, with CIs; the classical baselines as reference lines."""
+    all_rows = _labelled(per_user)
+    labels = list(labels or [c for r, c in main_labels(all_rows).items() if r not in BASELINES])
+    df = all_rows[all_rows["label"].isin(labels)]
     if not len(df):
         raise NoData("no evaluated plain/pause/cot condition")
     variant_of = df.groupby("label")["variant"].first().to_dict()
     order = _order(labels, variant_of)
-    avg = stats.mean_over_seeds(df, ["label"], list(metrics))
+    avg = _avg(df, ["label"], metrics)
     fig, axes = theme.figure(ncols=len(metrics), height=2.8, squeeze=False)
     colors = [theme.palette(variant_of.values())[variant_of[lab]] for lab in order]
     for ax, metric in zip(axes[0], metrics):
         table = stats.ci_table(avg, ["label"], metric, n_resamples, seed).set_index("label").loc[order]
         _bars(ax, table.reset_index(), "label", colors)
+        _baseline_lines(ax, all_rows, metric)
         ax.set_ylabel(metric)
+    axes[0][0].legend(fontsize=6)
     fig.suptitle(f"{', '.join(metrics)} by variant ({avg['user'].nunique():,} users)", fontsize=10)
     return footnote(fig, USER_CI)
 
 
 def _sweep_rows(per_user: pd.DataFrame) -> pd.DataFrame:
+    """Evaluated pause-sft cells with real pauses (not the controls)."""
     df = _labelled(per_user)
-    rows = df[(df["variant"] == "pause") & (df["stage"] == FINAL_STAGE["pause"])]
+    rows = df[(df["stage"] == "pause-sft") & df["label"].str.startswith("pause-k")]
     if not len(rows):
         raise NoData("no evaluated pause-sft condition")
     return rows
@@ -102,21 +120,22 @@ def k_sweep(per_user: pd.DataFrame, metric: str = PRIMARY, n_resamples: int = st
     """``metric`` against the number of pauses k (one line per pause init), plain/cot as references."""
     df = _labelled(per_user)
     rows = _sweep_rows(df)
-    if rows["k"].nunique() < 2:
-        raise NoData(f"pause evaluated at one k only ({sorted(rows['k'].unique())})")
+    if rows["n_pauses"].nunique() < 2:
+        raise NoData(f"pause evaluated at one pause count only ({sorted(rows['n_pauses'].unique())})")
     fig, ax = theme.figure(height=2.8)
     for i, (init, group) in enumerate(rows.groupby("pause_init", dropna=False)):
-        avg = stats.mean_over_seeds(group, ["k"], [metric])
-        t = stats.ci_table(avg, ["k"], metric, n_resamples, seed).sort_values("k")
+        avg = _avg(group, ["n_pauses"], [metric])
+        t = stats.ci_table(avg, ["n_pauses"], metric, n_resamples, seed).sort_values("n_pauses")
         color = theme.VARIANT_COLORS["pause"] if "pretrain" in str(init) else theme.colors(10)[4 + i % 6]
-        ax.errorbar(t["k"], t["mean"], yerr=np.vstack([t["mean"] - t["lo"], t["hi"] - t["mean"]]),
+        ax.errorbar(t["n_pauses"], t["mean"], yerr=np.vstack([t["mean"] - t["lo"], t["hi"] - t["mean"]]),
                     marker="o", capsize=3, color=color, label=f"pause, init={init or '?'}")
-    for variant, lab in main_labels(df).items():
-        if variant != "pause":
-            mean = stats.mean_over_seeds(df[df["label"] == lab], ["label"], [metric])[metric].mean()
-            ax.axhline(mean, ls="--", lw=1, color=theme.VARIANT_COLORS[variant], label=lab)
+    for role, lab in main_labels(df).items():
+        if role in ("plain", "cot"):
+            mean = _avg(df[df["label"] == lab], ["label"], [metric])[metric].mean()
+            ax.axhline(mean, ls="--", lw=1, color=theme.VARIANT_COLORS[role], label=lab)
+    _baseline_lines(ax, df, metric)
     ax.axvline(PAPER_K, color="#999999", lw=0.8, ls=":")
-    ax.set(xlabel="number of pauses k", ylabel=metric, title=f"{metric} vs k (paper: k={PAPER_K})")
+    ax.set(xlabel="number of pauses", ylabel=metric, title=f"{metric} vs pauses (paper: {PAPER_K})")
     ax.legend(loc="best")
     return footnote(fig, USER_CI + " Dashed: the main plain / cot conditions.")
 
@@ -126,64 +145,58 @@ def pause_init_ablation(per_user: pd.DataFrame, metric: str = PRIMARY,
     """Bars per pause-embedding initialisation, at the main condition's k."""
     df = _labelled(per_user)
     rows = _sweep_rows(df)
-    main = main_labels(df).get("pause")
-    k = rows.loc[rows["label"] == main, "k"].iloc[0] if main else rows["k"].mode().iloc[0]
-    rows = rows[rows["k"] == k]
+    rows = rows[rows["n_pauses"] == PAPER_K]
     if rows["pause_init"].nunique() < 2:
         raise NoData(f"one pause init only ({sorted(rows['pause_init'].astype(str).unique())})")
-    avg = stats.mean_over_seeds(rows, ["pause_init"], [metric])
+    avg = _avg(rows, ["pause_init"], [metric])
     table = stats.ci_table(avg, ["pause_init"], metric, n_resamples, seed).sort_values("mean")
     fig, ax = theme.figure(height=2.6)
     colors = [theme.VARIANT_COLORS["pause"] if "pretrain" in str(v) else "#f4a6a6"
               for v in table["pause_init"]]
     _bars(ax, table, "pause_init", colors)
-    ax.set(xlabel="pause embedding init", ylabel=metric, title=f"Pause-init ablation (k={k})")
+    ax.set(xlabel="pause embedding init", ylabel=metric, title=f"Pause-init ablation ({PAPER_K} pauses)")
     return footnote(fig, USER_CI)
 
 
 def cost(train: pd.DataFrame, latency: pd.DataFrame) -> matplotlib.figure.Figure:
-    """Training device-hours per variant (stacked by stage) and inference latency per variant.
+    """Training device-hours per condition (whole lineage, stacked by stage) and inference latency.
 
-    ``train``: variant, timing_stage, device_hours, seed (a variant's whole lineage). ``latency``:
-    variant, value (ms per sample), seed.
+    ``train``: :func:`analysis.costs.training_rows`; ``latency``: :func:`analysis.costs.latency_rows`.
     """
     if not len(train) and not len(latency):
         raise NoData("no timings and no latency measurements")
     fig, (ax1, ax2) = theme.figure(ncols=2, height=2.8)
     if len(train):
-        per = train.groupby(["variant", "timing_stage", "seed"])["device_hours"].sum()
-        per = per.groupby(["variant", "timing_stage"]).mean().unstack(fill_value=0.0)
-        per = per.loc[[v for v in theme.VARIANT_ORDER if v in per.index]]
+        per = train.groupby(["cell", "timing_stage", "train_seed"], dropna=False)["device_hours"].sum()
+        per = per.groupby(["cell", "timing_stage"]).mean().unstack(fill_value=0.0)
         bottom = np.zeros(len(per))
         for stage, color in stage_colors(per.columns).items():
             ax1.bar(per.index, per[stage], bottom=bottom, label=stage, color=color, alpha=0.85)
             bottom += per[stage].to_numpy()
         ax1.set_ylim(0, 1.45 * float(bottom.max() or 1.0))  # headroom for the legend
         ax1.legend(fontsize=6, loc="upper center", ncol=3)
+        ax1.tick_params(axis="x", labelsize=7, rotation=20)
     ax1.set(ylabel="device-hours (whole lineage)", title="Training cost")
     if len(latency):
-        t = pd.DataFrame([(v, *stats.seed_ci(g.groupby("seed")["value"].mean()))
-                          for v, g in latency.groupby("variant")], columns=["variant", "mean", "lo", "hi"])
-        t = t.set_index("variant").loc[[v for v in theme.VARIANT_ORDER if v in set(t["variant"])]]
-        t = t.reset_index()
-        t["lo"], t["hi"] = t["lo"].fillna(t["mean"]), t["hi"].fillna(t["mean"])
-        _bars(ax2, t, "variant", list(theme.palette(t["variant"]).values()))
-    ax2.set(ylabel="ms per user", title="Inference latency")
+        t = stats.ci_table(latency, ["cell"], "value")
+        _bars(ax2, t, "cell", theme.colors(len(t)))
+    ax2.set(ylabel="ms per sample", title="Inference latency (greedy, batch 16)")
     return footnote(fig, SEED_CI)
 
 
 def training_curves(logs: pd.DataFrame) -> matplotlib.figure.Figure:
-    """Training loss against step, one line per (stage, seed), coloured by stage."""
+    """Training loss against step, one line per (stage, cell, seed), coloured by stage."""
     if not len(logs) or not {"step", "loss"} <= set(logs.columns):
         raise NoData("no train_log.csv with step and loss")
     fig, ax = theme.figure(height=2.6)
     colors = stage_colors(logs["stage"])
-    first_seed = logs["seed"].min()
-    groups = logs.groupby(["stage", "variant", "seed"])
-    for stage, variant, seed in sorted(groups.groups, key=lambda k: (list(colors).index(k[0]), k[2])):
-        g = groups.get_group((stage, variant, seed)).sort_values("step")
+    logs = logs.assign(train_seed=logs["train_seed"].fillna(0))
+    first_seed = logs["train_seed"].min()
+    groups = logs.groupby(["stage", "cell", "train_seed"])
+    for stage, cell, seed in sorted(groups.groups, key=lambda k: (list(colors).index(k[0]), k[1], k[2])):
+        g = groups.get_group((stage, cell, seed)).sort_values("step")
         ax.plot(g["step"], g["loss"], color=colors[stage], lw=1, marker="o" if len(g) < 5 else None,
-                ms=3, label=f"{stage} ({variant})" if seed == first_seed else None)
+                ms=3, label=cell if seed == first_seed else None)
     loss = logs["loss"][logs["loss"] > 0]
     wide = len(loss) and loss.max() / loss.min() > 10
     ax.set(xlabel="step", ylabel="loss", title="Training loss by stage", yscale="log" if wide else "linear")

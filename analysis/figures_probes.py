@@ -30,91 +30,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from analysis import stats, theme
-from analysis.claims_probes import CLEAN, MISALIGNMENT, UPPER_BOUNDS, embedding_rows
+from analysis import theme
+from analysis.claims_probes import CLEAN, UPPER_BOUNDS
 from analysis.figures import NoData, footnote
+from analysis.rows import grid, metric_rows, stage_x
+from pauserec import stats
 
 ROW_CI = "Error bars: 95% bootstrap CIs over items/users."
-LINEAGE = {"plain": ("init", "cpt", "sft"), "pause": ("init", "cpt", "pause-pretrain", "pause-sft"),
-           "cot": ("init", "cpt", "sft", "cot-sft")}
 
 
-def _metric_rows(probes: pd.DataFrame, metrics) -> pd.DataFrame:
-    rows = probes[probes["metric"].isin(metrics)] if len(probes) else probes
-    if not len(rows):
-        raise NoData(f"no probe rows with metric {' / '.join(sorted(metrics))}")
-    return rows
 
 
-def _stage_x(stage: str) -> int:
-    return theme.STAGE_ORDER.index(stage) if stage in theme.STAGE_ORDER else len(theme.STAGE_ORDER)
 
 
-def _grid(n: int, height: float = 2.4):
-    ncols = min(n, 3)
-    nrows = -(-n // ncols)
-    fig, axes = theme.figure(ncols=ncols, nrows=nrows, height=height, squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
-
-
-def alignment_trajectory(probes: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES,
-                         seed: int = 0) -> matplotlib.figure.Figure:
-    """Alignment metrics across training stages, one line per variant's lineage, with CIs."""
-    names = set(MISALIGNMENT) | {f"{m}_baseline" for m in MISALIGNMENT}
-    rows = embedding_rows(_metric_rows(probes, names))
-    metrics = [m for m in MISALIGNMENT if (rows["metric"] == m).any()]
-    if not metrics:
-        raise NoData("only permutation baselines, no alignment metric")
-    fig, axes = _grid(len(metrics))
-    table = stats.ci_table(rows, ["metric", "stage", "variant"], "value", n_resamples, seed)
-    table["x"] = table["stage"].map(_stage_x)
-    for ax, metric in zip(axes, metrics):
-        t = table[table["metric"] == metric].sort_values("x")
-        for variant, stages in LINEAGE.items():
-            line = t[t["stage"].isin(stages) & t["variant"].isin([variant, "base", "plain"])]
-            if (line["variant"] == variant).any():
-                ax.plot(line["x"], line["mean"], color=theme.VARIANT_COLORS[variant], lw=1.2)
-        for variant, g in t.groupby("variant"):
-            ax.errorbar(g["x"], g["mean"], yerr=np.vstack([g["mean"] - g["lo"], g["hi"] - g["mean"]]),
-                        fmt="o", ms=4, capsize=2, color=theme.palette([variant])[variant], label=variant)
-        base = table[table["metric"] == f"{metric}_baseline"].sort_values("x")
-        if len(base):
-            ax.plot(base["x"], base["mean"], ls="--", marker="_", ms=14, color="#999999", lw=1,
-                    label="permutation baseline")
-        ax.set_xticks(t["x"].unique(), [theme.STAGE_ORDER[x] if x < len(theme.STAGE_ORDER) else "?"
-                                        for x in t["x"].unique()], rotation=30, ha="right")
-        ax.set(title=metric, ylabel=metric)
-    axes[0].legend(fontsize=6)
-    return footnote(fig, ROW_CI + " Lines join each variant's training lineage.")
-
-
-def attention_heatmap(probes: pd.DataFrame) -> matplotlib.figure.Figure:
-    """Mean ``attn_mass`` as layer x pause-index heatmaps, one per (checkpoint, key segment)."""
-    rows = _metric_rows(probes, {"attn_mass"})
-    if not {"layer", "pos"} <= set(rows.columns):
-        raise NoData("attn_mass rows lack layer/pos columns")
-    rows = rows.assign(segment=rows["segment"].fillna("all") if "segment" in rows.columns else "all")
-    panels = list(rows.groupby(["variant", "stage", "segment"], sort=False))[:6]
-    fig, axes = _grid(len(panels), height=2.6)
-    vmax = rows.groupby(["variant", "stage", "segment", "layer", "pos"])["value"].mean().max()
-    for ax, ((variant, stage, segment), g) in zip(axes, panels):
-        grid = g.pivot_table(index="layer", columns="pos", values="value", aggfunc="mean")
-        im = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=vmax)
-        ax.set_xticks(range(grid.shape[1]), [str(int(p)) for p in grid.columns])
-        ax.set_yticks(range(grid.shape[0])[:: max(1, grid.shape[0] // 8)],
-                      [str(int(v)) for v in grid.index][:: max(1, grid.shape[0] // 8)])
-        ax.set(xlabel="pause index", ylabel="layer", title=f"{variant} ({stage}) -> {segment}")
-        ax.grid(False)
-    footnote(fig, "Mean attention mass from each pause position, over heads and users.")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="attention mass")
-    return fig
 
 
 def logit_lens(probes: pd.DataFrame, n_resamples: int = 500, seed: int = 0) -> matplotlib.figure.Figure:
     """Logit-lens curves over layers, one line per pause index; rows = metric, columns = checkpoint."""
-    rows = _metric_rows(probes, {"lens_rank", "lens_top1"})
+    rows = metric_rows(probes, {"lens_rank", "lens_top1"})
     if not {"layer", "pos"} <= set(rows.columns):
         raise NoData("lens rows lack layer/pos columns")
     metrics = [m for m in ("lens_rank", "lens_top1") if (rows["metric"] == m).any()]
@@ -148,15 +81,15 @@ def verbalization_gap(probes: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES
     suffixes = [x for x in suffixes if f"gen_{x}" in names]
     if not suffixes:
         raise NoData("no paired gen_*/logit_* verbalisation metrics")
-    suffix = "acc" if "acc" in suffixes else suffixes[0]
+    suffix = next((x for x in ("acc_cc", "acc") if x in suffixes), suffixes[0])
     rows = rows[rows["metric"].isin([f"gen_{suffix}", f"logit_{suffix}"])]
     rows = rows.assign(query=rows["query"].fillna("all") if "query" in rows.columns else "all")
     queries = sorted(rows["query"].unique(), key=lambda q: (q != "sid", q))[:3]
-    fig, axes = _grid(len(queries), height=2.6)
+    fig, axes = grid(len(queries), height=2.6)
     t = stats.ci_table(rows, ["query", "stage", "variant", "metric"], "value", n_resamples, seed)
     for ax, query in zip(axes, queries):
         tq = t[t["query"] == query]
-        ckpts = sorted({(s, v) for s, v in zip(tq["stage"], tq["variant"])}, key=lambda sv: _stage_x(sv[0]))
+        ckpts = sorted({(s, v) for s, v in zip(tq["stage"], tq["variant"])}, key=lambda sv: stage_x(sv[0]))
         for i, (stage, variant) in enumerate(ckpts):
             for j, kind in enumerate(("gen", "logit")):
                 r = tq[(tq["stage"] == stage) & (tq["variant"] == variant)
@@ -182,7 +115,7 @@ def rationale_sensitivity(probes: pd.DataFrame, n_resamples: int = stats.N_RESAM
         raise NoData("no delta_*/kl rows with a perturbation column")
     rows = rows[~rows["perturbation"].fillna("").astype(str).str.lower().isin(CLEAN)]
     metrics = sorted(rows["metric"].unique(), key=lambda m: (m.startswith("kl"), "recall" not in m, m))[:4]
-    fig, axes = _grid(len(metrics), height=2.6)
+    fig, axes = grid(len(metrics), height=2.6)
     for ax, metric in zip(axes, metrics):
         g = rows[rows["metric"] == metric]
         t = stats.ci_table(g, ["perturbation", "variant"], "value", n_resamples, seed)
@@ -201,29 +134,45 @@ def rationale_sensitivity(probes: pd.DataFrame, n_resamples: int = stats.N_RESAM
     return footnote(fig, ROW_CI + " delta = perturbed - clean; * = upper bound (names the target).")
 
 
-def umap_map(probes: pd.DataFrame) -> matplotlib.figure.Figure:
-    """Tokens/items in a 2-D UMAP map, coloured by ``space``, one panel per checkpoint."""
-    rows = _metric_rows(probes, {"umap_x", "umap_y"})
-    if "item_id" not in rows.columns:
-        raise NoData("umap rows lack item_id")
-    if "matrix" in rows.columns and rows["matrix"].notna().any():
-        rows = rows[rows["matrix"].isna() | (rows["matrix"] == "input")]
-    rows = rows.assign(space=rows["space"].fillna("?") if "space" in rows.columns else "items")
-    wide = rows.pivot_table(index=["stage", "variant", "space", "item_id"], columns="metric",
-                            values="value").reset_index()
-    panels = sorted(wide.groupby(["stage", "variant"]).groups, key=lambda sv: _stage_x(sv[0]))[:3]
-    fig, axes = _grid(len(panels), height=2.8)
-    spaces = sorted(wide["space"].unique())
-    colors = dict(zip(spaces, theme.colors(len(spaces))))
-    for ax, (stage, variant) in zip(axes, panels):
-        g = wide[(wide["stage"] == stage) & (wide["variant"] == variant)]
-        for space, h in g.groupby("space"):  # rare spaces (pause, think tokens) drawn large, on top
-            rare = len(h) < 10
-            ax.scatter(h["umap_x"], h["umap_y"], s=60 if rare else 4, alpha=1.0 if rare else 0.5,
-                       marker="*" if rare else "o", color=colors[space], label=space, zorder=3 if rare else 2,
-                       edgecolors="black" if rare else "none", linewidths=0.5)
-        ax.set(title=f"{variant} ({stage})", xticks=[], yticks=[])
-    legend = axes[0].legend(fontsize=6)
-    for handle in legend.legend_handles:
-        handle.set_sizes([25])
-    return footnote(fig, "UMAP of embeddings; one point per token/item, coloured by space.")
+
+
+def rationale_quality(probes: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Mean ``delta_recall@K`` and ``kl`` per perturbation against the rationales' mean leakage and
+    history agreement (one point per checkpoint and perturbation; no error bars)."""
+    rows = probes[probes["metric"].astype(str).str.match(r"^(delta_recall@|kl$|quality_)")] if len(probes) \
+        else probes
+    if not len(rows) or "perturbation" not in rows.columns or not (rows["metric"] == "quality_leakage").any():
+        raise NoData("no rationale quality rows")
+    means = rows.pivot_table(index=["ckpt", "perturbation"], columns="metric", values="value").reset_index()
+    ys = [m for m in means.columns if str(m).startswith("delta_recall@")][:1] + (
+        ["kl"] if "kl" in means.columns else [])
+    if not ys:
+        raise NoData("no delta_recall@K or kl rows")
+    fig, axes = theme.figure(ncols=2, nrows=len(ys), squeeze=False, sharex="col", height=2.6)
+    colors = dict(zip(sorted(means["ckpt"].unique()), theme.colors(means["ckpt"].nunique())))
+    for row, y in zip(axes, ys):
+        for ax, q in zip(row, ("quality_leakage", "quality_agreement")):
+            for _, r in means.dropna(subset=[y]).iterrows():
+                ax.scatter(r[q], r[y], s=12, color=colors[r["ckpt"]])
+                ax.annotate(r["perturbation"], (r[q], r[y]), fontsize=6)
+            ax.set(xlabel=q, ylabel=y)
+    return footnote(fig, "Means per perturbation (no error bars); oracle names the target (upper bound).")
+
+
+def rationale_train(rows: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Final recall@K of cot-sft trained on each rationale condition against the training rationales'
+    leakage and history agreement (rows of the ``rationale-train`` driver)."""
+    rows = rows[rows.get("probe", pd.Series(dtype=str)) == "rationale_train"] if "probe" in rows else rows
+    if not len(rows) or not (rows["metric"] == "train_quality_leakage").any():
+        raise NoData("no training-time rationale rows")
+    t = rows.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="mean").reset_index()
+    recall = next((c for c in t.columns if str(c).startswith("recall@")), None)
+    if recall is None:
+        raise NoData("no recall@K rows")
+    fig, axes = theme.figure(ncols=2, squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], ("train_quality_leakage", "train_quality_agreement")):
+        ax.scatter(t[q], t[recall], s=12, color=theme.VARIANT_COLORS["cot"])
+        for _, r in t.iterrows():
+            ax.annotate(r["perturbation"], (r[q], r[recall]), fontsize=6)
+        ax.set(xlabel=q, ylabel=f"final {recall}")
+    return footnote(fig, "Mean over evaluated users per training condition (no error bars).")

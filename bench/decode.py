@@ -27,6 +27,7 @@ from pauserec import checkpoint, commands, data
 from pauserec.cli import run, setup_logging
 from pauserec.config import parse_args
 from pauserec.decode import build_prompts, pad_left, recommend
+from pauserec.device import name_of, resolve_device, resolve_dtype
 from pauserec.evaluate import examples_for
 from pauserec.prompts import PromptBuilder
 
@@ -52,8 +53,10 @@ class BenchArgs:
     beams: int = field(default=20, metadata={"help": "beam width (both)"})
     top_k: int = field(default=10, metadata={"help": "returned items per user (both)"})
     variant: str = field(default="plain", metadata={"help": "plain or pause"})
-    k: int = field(default=5, metadata={"help": "pauses for --variant pause"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+    n_pauses: int = field(default=5, metadata={"help": "pauses for --variant pause", "aliases": ("--k",)})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    dtype: str = field(default="fp32", metadata={"help": "weights of both: fp32 (exact match checks), bf16, "
+                                                       "fp16, auto"})
     repeats: int = field(default=1, metadata={"help": "time each side this often, keep the fastest"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     skip_baseline: bool = field(default=False, metadata={"help": "time ours only"})
@@ -125,14 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
-        ckpt = checkpoint.load(get_checkpoint(args, tmp), device=args.device)
-    builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
+        device = resolve_device(args.device)
+        ckpt = checkpoint.load(get_checkpoint(args, tmp), device=device, dtype=resolve_dtype(args.dtype, device))
+    builder = PromptBuilder.for_checkpoint(ckpt)
     exs = examples_for(ckpt, "test", args.n_users, seed=0)
     hs = [e.history for e in exs]
     print(f"model {ckpt.meta.get('backbone')} ({ckpt.path}), {len(ckpt.catalog):,} items x "
           f"{ckpt.catalog.n_levels} levels, {len(hs)} users, batch {args.batch_size}, {args.beams} beams, "
-          f"top {args.top_k}, {args.variant}, {args.device}, {torch.get_num_threads()} threads")
-    kw = dict(variant=args.variant, k=args.k, top_k=args.top_k, beams=args.beams, batch_size=args.batch_size)
+          f"top {args.top_k}, {args.variant}, {name_of(device)} {resolve_dtype(args.dtype, device)}")
+    kw = dict(variant=args.variant, n_pauses=args.n_pauses, top_k=args.top_k, beams=args.beams,
+              batch_size=args.batch_size)
     recommend(ckpt.model, builder, hs[:args.batch_size], **kw)  # warm-up
     ours, t_ours = timed(lambda: recommend(ckpt.model, builder, hs, **kw), args.repeats)
     print(f"ours:     {1000 * t_ours / len(hs):8.2f} ms/user  ({t_ours:.2f} s)")
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.skip_baseline:
         print(f"peak memory (RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         return result
-    encs, _ = build_prompts(ckpt.model, builder, hs, args.variant, args.k)
+    encs, _ = build_prompts(ckpt.model, builder, hs, args.variant, args.n_pauses)
     prompts = [e.input_ids[:e.prompt_len] for e in encs]
     hf = lambda ps: hf_baseline(ckpt.model, ckpt.tokenizer, ps, builder.item_ids, args.beams,  # noqa: E731
                                 args.top_k, args.batch_size)

@@ -33,6 +33,7 @@ class BenchArgs:
     align_ckpt: str = field(default="", metadata={"help": "Beauty-sized checkpoint ('' = skip)"})
     attn_ckpt: str = field(default="", metadata={"help": "SmolLM2 checkpoint ('' = skip)"})
     n_users: int = field(default=256, metadata={"help": "users of the attention probe"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
 
 
 def timed(fn) -> tuple[float, float]:
@@ -49,11 +50,12 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
             n = len(Catalog.read(f"{args.align_ckpt}/{checkpoint.CATALOG_FILE}"))
             print(f"alignment on {args.align_ckpt} ({n:,} items), --no-umap")
             results["alignment"] = timed(lambda: alignment.main([args.align_ckpt, "--out", f"{tmp}/a",
-                                                                  "--no-umap"]))
+                                                                  "--no-umap", "--device", args.device]))
         if args.attn_ckpt:
             print(f"attention on {args.attn_ckpt}, {args.n_users} users")
             results["attention"] = timed(lambda: attention.main([args.attn_ckpt, "--out", f"{tmp}/b",
-                                                                  "--n-users", str(args.n_users)]))
+                                                                  "--n-users", str(args.n_users),
+                                                                  "--device", args.device]))
     for name, (wall, cpu) in results.items():
         print(f"{name}: wall {wall:.1f} s, cpu {cpu:.1f} s, target {TARGETS[name]:.0f} s, "
               f"ratio wall/target {wall / TARGETS[name]:.2f}")

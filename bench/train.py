@@ -28,6 +28,7 @@ import torch
 from pauserec import checkpoint, commands, loop, train
 from pauserec.config import parse_args
 from pauserec.corpus import Corpus, subset
+from pauserec.device import autocast, name_of, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -42,7 +43,8 @@ class BenchArgs:
     n_seqs: int = field(default=1024, metadata={"help": "corpus size (a third each of cpt, sft, cot-sft)"})
     max_history: int = field(default=20, metadata={"help": "history length of the sft / cot windows"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    amp: str = field(default="auto", metadata={"help": "ours: auto (bf16 on GPU), bf16, off"})
+    dtype: str = field(default="auto", metadata={"help": "ours: auto (bf16 where native), bf16, fp16, fp32",
+                                                 "aliases": ("--amp",)})
     compile: bool = field(default=False, metadata={"help": "ours: torch.compile"})
     seed: int = field(default=0, metadata={"help": "corpus sample and batch order"})
 
@@ -62,6 +64,7 @@ class Runner:
 
     def __init__(self, model, data: Corpus, args: BenchArgs, device: torch.device, ours: bool, pad: int):
         self.model, self.data, self.args, self.device, self.ours, self.pad = model, data, args, device, ours, pad
+        self.dtype = resolve_dtype(args.dtype, device)
         cfg = loop.LoopConfig(lr=1e-5, weight_decay=0.01)
         if ours:
             self.opt = loop.make_optimizer(model, cfg, device, {})
@@ -84,7 +87,7 @@ class Runner:
         """One optimizer step; returns (real tokens, padded tokens)."""
         b = loop.collate(self.data, self._next(), self.pad, self.device)
         if self.ours:
-            with loop.autocast(self.device, self.args.amp):
+            with autocast(self.device, self.dtype):
                 loss_sum, n = self.net(b["input_ids"], b["labels"], b["attention_mask"])
             loss = loss_sum / n
         else:
@@ -123,7 +126,7 @@ def default_ckpt() -> str:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(BenchArgs, argv, "bench/train.py")
-    device = loop.resolve_device(args.device)
+    device = resolve_device(args.device)
     ckpt = checkpoint.load(args.ckpt or default_ckpt())
     data = corpus_mix(ckpt, args.n_seqs, args.max_history, args.seed)
     pad = ckpt.tokenizer.pad_token_id if ckpt.tokenizer.pad_token_id is not None else 0
@@ -132,9 +135,9 @@ def main(argv: list[str] | None = None) -> float:
         model = copy.deepcopy(ckpt.model).to(device).train()
         runners[name] = Runner(model, data, args, device, ours, pad)
         runners[name].run(args.warmup, timed=False)
-    print(f"device {train.device_name(device)}; backbone {ckpt.meta.get('backbone')}; corpus {len(data)} "
+    print(f"device {name_of(device)}; backbone {ckpt.meta.get('backbone')}; corpus {len(data)} "
           f"sequences (cpt/sft/cot-sft mix, mean {data.lengths().mean():.0f} tokens); batch "
-          f"{args.batch_size}; {args.rounds} rounds x {args.steps} steps; ours: amp {args.amp}, "
+          f"{args.batch_size}; {args.rounds} rounds x {args.steps} steps; ours: dtype {resolve_dtype(args.dtype, device)}, "
           f"compile {args.compile}")
     for r in range(args.rounds):
         order = ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")

@@ -1,4 +1,9 @@
-"""``python -m pauserec COMMAND ...``: one entry point for every workbench command."""
+"""``python -m pauserec COMMAND ...``: one entry point for every workbench command.
+
+This module is the program's entry point and sits above every layer: it names the library commands
+(``pauserec``) and the drivers (``driver``) by module path and imports only the one that runs. Nothing
+imports it.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ COMMANDS = {
     ("sid", "build"): ("pauserec.commands", "sid_build", "Semantic IDs for a catalog, with a quality report"),
     ("init-ckpt",): ("pauserec.commands", "init_ckpt", "an untrained checkpoint (backbone + SID tokens)"),
     ("train",): ("pauserec.train", "main", "one training stage: CKPT in, CKPT out"),
-    ("pipeline",): ("pauserec.pipeline", "main", "every stage in order, with timings"),
+    ("pipeline",): ("driver.pipeline", "main", "every stage in order, with timings"),
     ("evaluate",): ("pauserec.evaluate", "main", "Recall/NDCG@K with trie-constrained beam search"),
     ("rationales",): ("pauserec.rationales", "main", "generate and cache CoT rationales"),
-    ("experiment",): ("pauserec.experiment", "main", "the paper's matrix: train, evaluate, probe, report"),
-    ("demo",): ("pauserec.demo", "main", "the main job on the embedded defaults (make demo)"),
+    ("experiment",): ("driver.experiment", "main", "the paper's matrix: train, evaluate, probe, report"),
+    ("rationale-train",): ("driver.rationale_train", "main", "cot-sft per rationale condition vs quality"),
+    ("demo",): ("driver.demo", "main", "the main job on the embedded defaults (make demo)"),
 }
 
 

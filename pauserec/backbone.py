@@ -165,7 +165,7 @@ def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[in
         raise UserError(f"init '{init}' needs existing rows to average, and there are none")
     gen = torch.Generator().manual_seed(seed)
     idx = torch.tensor(ids)
-    for matrix in _embedding_matrices(model):
+    for matrix in (w.data for w in embedding_matrices(model).values()):
         src = matrix[torch.tensor(source)].float()  # (n_src, d_model)
         text = matrix[torch.tensor(groups["text"])].float()
         mean = src.mean(0)
@@ -180,10 +180,14 @@ def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[in
         matrix[idx] = new.to(matrix.dtype)
 
 
-def _embedding_matrices(model: PreTrainedModel) -> list[torch.Tensor]:
-    """The input embedding matrix, plus the output one when the head is not tied to it."""
+def embedding_matrices(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """``{"input": W_E}`` plus ``"output": W_U`` when the head is not tied to it; each (d_vocab, d_model).
+
+    The one place the workbench finds a model's token-embedding matrices (row init, pause-only
+    training, the probes).
+    """
     inp = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
     if out is None or out.weight.data_ptr() == inp.data_ptr():
-        return [inp.data]
-    return [inp.data, out.weight.data]
+        return {"input": inp}
+    return {"input": inp, "output": out.weight}

@@ -14,17 +14,10 @@ from pauserec.errors import UserError
 
 
 @dataclass(frozen=True)
-class CatalogItem:
-    item_id: str
-    sid: tuple[str, ...]  # one token per level, e.g. ("<a_12>", "<b_3>", "<c_200>", "<d_0>")
-    title: str
-    categories: str = ""
-    brand: str = ""
-    year: str = ""
+class CatalogItem(Item):
+    """A dataset item with its Semantic ID (the description is not kept in ``items.jsonl``)."""
 
-    @property
-    def display_title(self) -> str:
-        return self.title or f"untitled item {self.item_id}"
+    sid: tuple[str, ...] = ()  # one token per level, e.g. ("<a_12>", "<b_3>", "<c_200>", "<d_0>")
 
     @property
     def sid_string(self) -> str:
@@ -43,8 +36,8 @@ class Catalog:
 
     @classmethod
     def from_codes(cls, items: list[Item], codes: np.ndarray) -> Catalog:
-        return cls([CatalogItem(it.item_id, tuple(tokens.sid_tokens(row)), it.title, it.categories,
-                                it.brand, it.year) for it, row in zip(items, codes)])
+        return cls([CatalogItem(it.item_id, it.title, it.categories, it.brand, year=it.year,
+                                sid=tuple(tokens.sid_tokens(row))) for it, row in zip(items, codes)])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -65,20 +58,40 @@ class Catalog:
         return self.items[index].sid_string
 
     def write(self, path: str | Path) -> None:
-        with open(path, "w") as fh:
+        with open(path, "w", encoding="utf-8") as fh:
             for it in self.items:
-                fh.write(json.dumps({**asdict(it), "sid": list(it.sid)}) + "\n")
+                row = {k: v for k, v in asdict(it).items() if k != "description"}
+                fh.write(json.dumps({**row, "sid": list(it.sid)}, ensure_ascii=False) + "\n")
 
     @classmethod
     def read(cls, path: str | Path) -> Catalog:
         items = []
-        with open(path) as fh:
-            for n, line in enumerate(fh, 1):
-                try:
-                    row = json.loads(line)
-                    items.append(CatalogItem(**{**row, "sid": tuple(row["sid"])}))
-                except (json.JSONDecodeError, TypeError, KeyError) as err:
-                    raise UserError(f"corrupt catalog {path} line {n}: {err}") from None
+        try:
+            with open(path, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    items.append(_item(line, path, n))
+        except UnicodeDecodeError as err:
+            raise UserError(f"corrupt catalog {path}: not UTF-8 text ({err.reason})") from None
+        except OSError as err:
+            raise UserError(f"cannot read catalog {path}: {err.strerror}") from None
         if not items:
             raise UserError(f"catalog {path} is empty")
         return cls(items)
+
+
+def _item(line: str, path, n: int) -> CatalogItem:
+    """One ``items.jsonl`` line; every field a string, ``sid`` a list of SID tokens."""
+    try:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise TypeError("not an object")
+        sid = row.pop("sid")
+        if not isinstance(sid, list) or not sid or not all(isinstance(t, str) and tokens.is_sid_token(t)
+                                                              for t in sid):
+            raise TypeError(f"sid must be a list of SID tokens, got {sid!r}")
+        bad = [k for k, v in row.items() if not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"field(s) {', '.join(bad)} must be strings")
+        return CatalogItem(**row, sid=tuple(sid))
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise UserError(f"corrupt catalog {path} line {n}: {err}") from None

@@ -6,6 +6,8 @@ SID/pause/think tokens), ``items.jsonl`` (the catalog) and ``pauserec.json`` (wh
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import subprocess
 import time
@@ -24,17 +26,23 @@ from transformers import (
 
 from pauserec import files, tokens
 from pauserec.catalog import Catalog
+from pauserec.device import torch_dtype
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the pause count is "n_pauses" (was "k"); cell, train_seed, train_targets added
 META_FILE = "pauserec.json"
 CATALOG_FILE = "items.jsonl"
 KNOWN_KEYS = {
-    "format_version", "variant", "stage", "k", "backbone", "dataset", "sid", "configs", "metrics",
-    "timings", "git_commit", "parent", "created", "pause_init", "rationale",
+    "format_version", "variant", "stage", "cell", "n_pauses", "backbone", "dataset", "sid", "configs",
+    "metrics", "timings", "git_commit", "parent", "created", "pause_init", "pause_token", "control",
+    "rationale", "train_seed", "train_targets",
 }
 VARIANTS = ("base", "plain", "pause", "cot")
+# What every evaluation and probe row carries about the checkpoint it came from, so analysis never
+# guesses from paths (see :func:`identity`).
+IDENTITY = ("ckpt", "ckpt_hash", "dataset", "backbone", "variant", "stage", "cell", "n_pauses",
+            "pause_init", "rationale_source", "rationale_leaky", "train_seed", "train_targets", "sid_method")
 
 
 @dataclass
@@ -52,6 +60,13 @@ class Checkpoint:
     @property
     def stage(self) -> str:
         return self.meta.get("stage", "init")
+
+    @property
+    def n_pauses(self) -> int:
+        return int(self.meta.get("n_pauses") or 0)
+
+    def identity(self) -> dict[str, Any]:
+        return identity(self.meta, self.path)
 
 
 def git_commit() -> str | None:
@@ -80,26 +95,94 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """``pauserec.json`` of a checkpoint, validated (format version, known keys)."""
+    """``pauserec.json`` of a checkpoint, validated (format version, known keys, key types); a version-1
+    file is read as version 2."""
     path = Path(path)
     meta_path = path / META_FILE
     if not path.is_dir():
         raise UserError(f"checkpoint {path} is not a directory")
     if not meta_path.is_file():
         raise UserError(f"checkpoint {path} is missing {META_FILE}")
-    import json
-
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"checkpoint {path}: cannot read {META_FILE}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"checkpoint {path}: corrupt {META_FILE}: {err}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"checkpoint {path}: corrupt {META_FILE}: expected a JSON object, got "
+                        f"{type(meta).__name__}")
+    if meta.get("format_version") == 1:
+        meta = _from_v1(meta)
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path}: unknown format version {meta.get('format_version')!r} "
                         f"(this workbench reads {FORMAT_VERSION})")
+    _check_types(meta, path)
     unknown = sorted(set(meta) - KNOWN_KEYS)
     if unknown:
         warnings.warn(f"checkpoint {path}: unknown key(s) in {META_FILE}: {', '.join(unknown)}", stacklevel=2)
     return meta
+
+
+def _from_v1(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {**meta, "format_version": FORMAT_VERSION, "n_pauses": meta.get("k") or 0}
+    out.pop("k", None)
+    stage = out.get("stage", "init")
+    cfg = (out.get("configs") or {}).get(stage) or {}
+    out.setdefault("train_seed", cfg.get("seed") if isinstance(cfg, dict) else None)
+    out.setdefault("cell", stage)
+    return out
+
+
+_TYPES = {"variant": str, "stage": str, "cell": str, "n_pauses": int, "backbone": str, "dataset": dict,
+          "sid": dict, "configs": dict, "metrics": dict, "timings": dict, "rationale": (dict, type(None)),
+          "train_seed": (int, type(None))}
+
+
+def _check_types(meta: dict[str, Any], path: Path) -> None:
+    for key, tp in _TYPES.items():
+        if key in meta and not isinstance(meta[key], tp) or (tp is int and isinstance(meta.get(key), bool)):
+            want = tp.__name__ if isinstance(tp, type) else " or ".join(t.__name__ for t in tp)
+            raise UserError(f"checkpoint {path}: {META_FILE} key '{key}' must be {want}, got "
+                            f"{type(meta[key]).__name__}")
+    name = (meta.get("dataset") or {}).get("name")
+    if name is not None and not isinstance(name, str):
+        raise UserError(f"checkpoint {path}: {META_FILE} dataset name must be a string, got {name!r}")
+    if meta.get("variant", "base") not in VARIANTS:
+        raise UserError(f"checkpoint {path}: unknown variant {meta['variant']!r} (known: {', '.join(VARIANTS)})")
+
+
+def fingerprint(path: str | Path) -> str:
+    """A content hash of a checkpoint: metadata, catalog, config, and the weight files' sizes, headers
+    and first MiB (changes whenever the weights do, in practice; reading 540 MB would take seconds)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in (META_FILE, CATALOG_FILE, "config.json"):
+        p = path / name
+        if p.is_file():
+            h.update(p.read_bytes())
+    for p in sorted(path.glob("model*.safetensors")):
+        h.update(f"{p.name}:{p.stat().st_size}".encode())
+        with open(p, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def identity(meta: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
+    """The :data:`IDENTITY` columns of a checkpoint (``path`` gives its name and hash)."""
+    dataset = meta.get("dataset") or {}
+    rationale = meta.get("rationale") or {}
+    sid_cfg = (meta.get("sid") or {}).get("config") or {}
+    stage = meta.get("stage", "init")
+    return {
+        "ckpt": Path(path).name if path else "", "ckpt_hash": fingerprint(path) if path else "",
+        "dataset": str(dataset.get("name") or ""), "backbone": str(meta.get("backbone") or ""),
+        "variant": meta.get("variant", "base"), "stage": stage, "cell": meta.get("cell") or stage,
+        "n_pauses": int(meta.get("n_pauses") or 0), "pause_init": meta.get("pause_init") or "",
+        "rationale_source": str(rationale.get("source") or ""), "rationale_leaky": bool(rationale.get("leaky")),
+        "train_seed": meta.get("train_seed"), "train_targets": meta.get("train_targets") or "",
+        "sid_method": str(sid_cfg.get("method") or sid_cfg.get("source") or ""),
+    }
 
 
 def _check_files(path: Path) -> None:
@@ -114,12 +197,15 @@ def _check_files(path: Path) -> None:
         raise UserError(f"checkpoint {path} is missing {', '.join(missing)}")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
          attn_implementation: str | None = None) -> Checkpoint:
     """Load a checkpoint directory: the only loader anyone calls.
 
+    ``dtype``: ``"bf16"``/``"fp16"``/``"fp32"`` (or a torch dtype) for the weights; default fp32.
     ``attn_implementation="eager"`` where attention weights are read (sdpa returns none).
     """
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
     path = Path(path)
     meta = read_meta(path)
     _check_files(path)
@@ -130,7 +216,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 -- corrupt weights raise library-specific types (SafetensorError)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"checkpoint {path}: cannot load model/tokenizer: {first}") from None
     model.eval()
@@ -151,12 +237,3 @@ def check_consistent(model: PreTrainedModel, tok: PreTrainedTokenizerBase, catal
     too_big = max(vocab[t] for t in needed)
     if too_big >= rows:
         raise UserError(f"{where}: tokenizer has token id {too_big} but the model has only {rows} embedding rows")
-
-
-def update_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
-    """Set top-level keys of a saved checkpoint's ``pauserec.json`` (one atomic rewrite of that file)."""
-    path = Path(path)
-    meta = read_meta(path)
-    meta.update(changes)
-    files.write_json(path / META_FILE, meta)
-    return meta

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pauserec import backbone, checkpoint, data, files, sid, tokens
 from pauserec.backbone import INIT_STRATEGIES
 from pauserec.catalog import Catalog
 from pauserec.config import parse_args, to_dict
+from pauserec.device import describe, resolve_device
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class SidArgs(DataArgs):
     """Build Semantic IDs for a dataset's catalog and print their quality report."""
 
     out: str | None = field(default=None, metadata={"help": "write sids.json + report.json here"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     sid_source: str = field(default="rq-kmeans", metadata={"help": "rq-kmeans, or a path to an index json"})
     sid_levels: int = field(default=3, metadata={"help": "residual k-means levels (before de-dup)"})
     sid_codebook_size: int = field(default=256, metadata={"help": "codes per level (scaled down if small)"})
@@ -52,7 +55,11 @@ class InitArgs(SidArgs):
 
 
 def data_stats(argv: list[str] | None = None) -> dict:
-    args = parse_args(DataArgs, argv, "pauserec data stats")
+    return stats(parse_args(DataArgs, argv, "pauserec data stats"))
+
+
+def stats(args: DataArgs) -> dict:
+    """Print (and return) a dataset's size, sequence lengths and split sizes."""
     ds = data.load_dataset(args.dataset, args.data_root)
     s = data.stats(ds)
     s["split"] = {k: len(v) for k, v in data.split(ds, args.max_history).items()}
@@ -64,29 +71,38 @@ def data_stats(argv: list[str] | None = None) -> dict:
 
 def sid_build(argv: list[str] | None = None) -> dict:
     args = parse_args(SidArgs, argv, "pauserec sid build", section="sid")
+    if args.out and not args.overwrite and not files.is_empty(Path(args.out)):
+        with files.claim(args.out):  # refuses, before the SIDs are built
+            pass
     ds = data.load_dataset(args.dataset, args.data_root)
     start = time.perf_counter()
     codes = sid.build(ds.items, args.sid_config())
     report = {**sid.report(codes), "seconds": time.perf_counter() - start}
     print(sid.format_report(report))
     if args.out:
-        sid.write_index(f"{args.out}/sids.json", ds.items, codes, args.sid_config())
-        files.write_json(f"{args.out}/report.json", report)
+        with files.claim(args.out, overwrite=args.overwrite), files.atomic_dir(args.out) as tmp:
+            sid.write_index(tmp / "sids.json", ds.items, codes, args.sid_config())
+            files.write_json(tmp / "report.json", report)
         print(f"wrote {args.out}/sids.json and report.json")
     return report
 
 
 def init_ckpt(argv: list[str] | None = None) -> checkpoint.Checkpoint:
     args = parse_args(InitArgs, argv, "pauserec init-ckpt", section="sid")
-    if not args.out:
-        raise UserError("init-ckpt needs --out DIR")
     return create(args)
 
 
 def create(args: InitArgs) -> checkpoint.Checkpoint:
-    """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint."""
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
+    """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint (``args.out``)."""
+    if not args.out:
+        raise UserError("init-ckpt needs --out DIR")
+    with files.claim(args.out, overwrite=args.overwrite):
+        return _create(args)
+
+
+def _create(args: InitArgs) -> checkpoint.Checkpoint:
+    timings: dict[str, object] = {}
+    start = t = time.perf_counter()
     ds = data.load_dataset(args.dataset, args.data_root)
     codes = sid.build(ds.items, args.sid_config())
     report = sid.report(codes)
@@ -100,12 +116,15 @@ def create(args: InitArgs) -> checkpoint.Checkpoint:
     model, tok = backbone.load_backbone(args.backbone, corpus=corpus, seed=args.seed)
     timings["backbone_load_s"] = time.perf_counter() - t
     backbone.add_tokens(model, tok, tokens.special_tokens(catalog.codebook_sizes), args.init, args.seed)
+    wall = time.perf_counter() - start
+    timings.update(wall_s=wall, device_hours=wall / 3600, **describe(resolve_device("cpu"), "fp32"))
     meta = {
-        "variant": "base", "stage": "init", "k": 0, "backbone": args.backbone,
+        "variant": "base", "stage": "init", "cell": "init", "n_pauses": 0, "backbone": args.backbone,
         "dataset": {"name": args.dataset, "data_root": args.data_root, "max_history": args.max_history},
         "sid": {"config": to_dict(args.sid_config()), "report": report,
                 "codebook_sizes": catalog.codebook_sizes},
-        "configs": {"init": to_dict(args)}, "metrics": {}, "timings": timings, "parent": None,
+        "configs": {"init": to_dict(args)}, "metrics": {}, "timings": {"init": timings}, "parent": None,
+        "train_seed": None,
     }
     ckpt = checkpoint.Checkpoint(model, tok, catalog, meta)
     checkpoint.save(ckpt, args.out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,9 @@ from pauserec.errors import UserError
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+STAGES = ("cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft")  # training stages, in pipeline order
+# What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
+SECTIONS = ("sid", "pipeline", "experiment", "evaluate", "baselines", "gpu", *(f"train.{s}" for s in STAGES))
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -41,11 +45,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise UserError(f"config key '{key}': {value!r} is not of type {tp}")
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):  # a CLI flag: "1,3" -> [1, 3]
+            value = [_parse_scalar(v.strip(), item_tp, key) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key '{key}': expected a list, got {value!r}")
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, key) for v in value]
         return tuple(items) if origin is tuple else items
     if tp is Any:
@@ -71,9 +75,38 @@ def from_dict(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
             f"(known: {', '.join(sorted(known))})"
         )
     checked = {k: _coerce(v, known[k], k) for k, v in values.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in checked.items():
+        check_value(key, value, fields[key].metadata)
     if base is not None:
         return dataclasses.replace(base, **checked)
     return cls(**checked)
+
+
+def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    """A field's allowed range (``metadata`` ``min``/``max`` inclusive, ``gt`` exclusive) and ``choices``, for a scalar or
+    every item of a list; the message names the flag and what is allowed."""
+    flag = "--" + key.replace("_", "-")
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item is None:
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise UserError(f"{flag}: {item!r} is not a finite number")
+        if "gt" in meta and item <= meta["gt"]:
+            raise UserError(f"{flag}: {item!r} must be greater than {meta['gt']!r}")
+        if "min" in meta and item < meta["min"]:
+            raise UserError(f"{flag}: {item!r} is below the allowed minimum {meta['min']!r}")
+        if "max" in meta and item > meta["max"]:
+            raise UserError(f"{flag}: {item!r} is above the allowed maximum {meta['max']!r}")
+        if "choices" in meta and item not in meta["choices"]:
+            raise UserError(f"{flag}: unknown value {item!r} (known: {', '.join(map(str, meta['choices']))})")
+
+
+def build(cls: type[T], values: dict[str, Any], preset: str | None = None, section: str | None = None) -> T:
+    """``cls`` from ``values`` over the ``[section]`` of ``preset`` (when both are given): what drivers
+    call instead of building argv lists. Unknown keys, wrong types and out-of-range values are errors."""
+    base = preset_section(load_preset(preset), section) if preset and section else {}
+    return from_dict(cls, {**base, **values})
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -85,9 +118,27 @@ def load_preset(name: str) -> dict[str, Any]:
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
         raise UserError(f"unknown preset '{name}' (known: {', '.join(known)})")
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"preset {path} is not valid TOML: {err}") from None
+        preset = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise UserError(f"preset {path} cannot be read: {err}") from None
+    unknown = sorted(set(_section_names(preset)) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"preset {path}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)} "
+                        f"(known: {', '.join(SECTIONS)})")
+    return preset
+
+
+def _section_names(preset: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the tables that hold values (``train.sft``), not of their parents (``train``)."""
+    names = []
+    for key, value in preset.items():
+        if isinstance(value, dict):
+            inner = _section_names(value, f"{prefix}{key}.")
+            holds = any(not isinstance(v, dict) for v in value.values())
+            names += inner + ([f"{prefix}{key}"] if holds or not inner else [])
+        elif not prefix:
+            names.append(key)  # a bare top-level key is not a section either
+    return names
 
 
 def preset_section(preset: dict[str, Any], section: str) -> dict[str, Any]:
@@ -114,11 +165,12 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
             parser.add_argument(f.name, nargs=nargs, help=help_)
             continue
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")  # e.g. --from for from_ckpt
+        flags = [flag, *f.metadata.get("aliases", ())]  # old names keep working
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
+            parser.add_argument(*flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
     return parser
 
 
@@ -130,10 +182,10 @@ def parse_args(cls: type[T], argv: list[str] | None, prog: str, section: str | N
     for key, value in list(given.items()):
         if isinstance(value, str) and types_[key] is not str:
             given[key] = _parse_scalar(value, types_[key], key)
-    base: dict[str, Any] = {}
-    if section and given.get("preset"):
-        base = preset_section(load_preset(given["preset"]), section)
-    return from_dict(cls, {**base, **given})
+    preset = given.get("preset")
+    if preset is None:  # the dataclass's default preset supplies the section too
+        preset = next((f.default for f in dataclasses.fields(cls) if f.name == "preset"), None)
+    return build(cls, given, preset if isinstance(preset, str) else None, section)
 
 
 def _parse_scalar(text: str, tp: Any, key: str) -> Any:

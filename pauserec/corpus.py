@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from pauserec import data
 from pauserec.catalog import Catalog
 from pauserec.data import Example, Item
 from pauserec.errors import UserError
-from pauserec.prompts import IGNORE, PromptBuilder
+from pauserec.prompts import DEFAULT_PAUSES, IGNORE, PromptBuilder
 
 # The grounding templates: (question before the SID, question after the SID) and the answer's fields.
 SID_TO_TEXT = ("Describe the item", ".")
 TEXT_TO_SID = "Which item is this?"
+GROUNDING_FIELDS = ("title", "categories", "year", "description")  # what grounding teaches about an item
 
 
 @dataclass
@@ -40,17 +42,6 @@ class Corpus:
         return np.array([len(s) for s in self.ids])
 
 
-def describe(item: Item, desc_words: int) -> str:
-    """An item's text for grounding: ``Title: X. Categories: Y. Description: Z.`` (fields present)."""
-    parts = [f"Title: {item.display_title}."]
-    if item.categories:
-        parts.append(f"Categories: {item.categories}.")
-    if item.year:
-        parts.append(f"Year: {item.year}.")
-    words = item.description.split()[:desc_words]
-    if words:
-        parts.append(f"Description: {' '.join(words)}.")
-    return " ".join(parts)
 
 
 def grounding(tok: PreTrainedTokenizerBase, catalog: Catalog, items: list[Item], desc_words: int = 32,
@@ -65,7 +56,7 @@ def grounding(tok: PreTrainedTokenizerBase, catalog: Catalog, items: list[Item],
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     ids, labels = [], []
     for index, item in enumerate(items):
-        sid, text = builder.item_ids[index], enc(" " + describe(item, desc_words))
+        sid, text = builder.item_ids[index], enc(" " + item.text(GROUNDING_FIELDS, desc_words))
         if "sid2text" in directions:
             question, answer = builder.bos + before + sid + after, text + eos
             ids.append(question + answer)
@@ -103,25 +94,20 @@ def with_pauses(corpus: Corpus, pause_id: int, ratio: float, seed: int) -> Corpu
     return Corpus(ids, labels, {**corpus.info, "pause_ratio": ratio})
 
 
-def sample(n_total: int, n: int, seed: int) -> np.ndarray:
-    """A seeded subsample of ``n`` indices out of ``n_total`` (``n <= 0``: all), in order."""
-    if n <= 0 or n >= n_total:
-        return np.arange(n_total)
-    return np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False))
 
 
 def subset(corpus: Corpus, n: int, seed: int) -> Corpus:
-    keep = sample(len(corpus), n, seed)
+    keep = data.sample(len(corpus), n, seed)
     return Corpus([corpus.ids[i] for i in keep], [corpus.labels[i] for i in keep],
                   {**corpus.info, "available": len(corpus), "used": len(keep)})
 
 
-def recommendation(builder: PromptBuilder, examples: list[Example], variant: str, k: int = 5,
+def recommendation(builder: PromptBuilder, examples: list[Example], variant: str, n_pauses: int = DEFAULT_PAUSES,
                    rationales: list[str] | None = None, rationale_loss: bool = True) -> Corpus:
     """Next-item windows; labels on the target SID (and, for ``cot``, the rationale and ``</think>``)."""
     ids, labels = [], []
     for i, ex in enumerate(examples):
-        e = builder.encode(ex.history, ex.target, variant=variant, k=k,
+        e = builder.encode(ex.history, ex.target, variant=variant, n_pauses=n_pauses,
                            rationale=rationales[i] if rationales is not None else None,
                            rationale_loss=rationale_loss)
         ids.append(e.input_ids)

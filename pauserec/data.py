@@ -22,6 +22,7 @@ from pauserec.errors import UserError
 AMAZON = {"office": "Office", "beauty": "Beauty", "toys": "Toys"}
 DATA_ENV = "PAUSEREC_DATA"
 MIN_INTERACTIONS = 3  # test target + validation target + at least one history item
+TEXT_FIELDS = ("title", "categories", "brand", "description", "year")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,6 +40,22 @@ class Item:
     @property
     def display_title(self) -> str:
         return self.title or f"untitled item {self.item_id}"
+
+    def text(self, fields: tuple[str, ...] | list[str], desc_words: int | None = None) -> str:
+        """The item as text, e.g. ``"Title: X. Categories: Y. Brand: Z."`` (empty fields left out):
+        what the text encoder embeds for SIDs and what grounding teaches. ``desc_words`` caps the
+        description."""
+        unknown = set(fields) - set(TEXT_FIELDS)
+        if unknown:
+            raise UserError(f"unknown item text field(s) {sorted(unknown)} (known: {', '.join(TEXT_FIELDS)})")
+        parts = []
+        for name in fields:
+            value = self.display_title if name == "title" else getattr(self, name)
+            if name == "description" and desc_words is not None:
+                value = " ".join(value.split()[:desc_words])
+            if value:
+                parts.append(f"{name.capitalize()}: {value}.")
+        return " ".join(parts)
 
 
 @dataclass
@@ -169,22 +186,40 @@ def _validate(ds: Dataset) -> None:
             )
 
 
-def split(ds: Dataset, max_history: int = 20) -> dict[str, list[Example]]:
+TRAIN_TARGETS = ("all", "last")
+
+
+def split(ds: Dataset, max_history: int = 20, train_targets: str = "all") -> dict[str, list[Example]]:
     """Leave-one-out: last item = test, second-to-last = validation, earlier items = training targets.
 
-    Training examples slide over every prefix of the training part (targets ``seq[1:-2]``); each history
-    is truncated to its most recent ``max_history`` items.
+    ``train_targets="all"``: training examples slide over every prefix of the training part (targets
+    ``seq[1:-2]``); ``"last"`` (the paper's): one example per user, the third-to-last item with the
+    history before it. Each history is truncated to its most recent ``max_history`` items.
     """
     if max_history < 1:
         raise UserError("max_history must be at least 1")
+    if train_targets not in TRAIN_TARGETS:
+        raise UserError(f"unknown train targets '{train_targets}' (known: {', '.join(TRAIN_TARGETS)})")
     out: dict[str, list[Example]] = {"train": [], "valid": [], "test": []}
     for user, seq in ds.sequences.items():
-        for t in range(1, len(seq) - 2):
+        first = 1 if train_targets == "all" else len(seq) - 3
+        for t in range(first, len(seq) - 2):
             out["train"].append(Example(user, tuple(seq[max(0, t - max_history):t]), seq[t]))
         n = len(seq)
         out["valid"].append(Example(user, tuple(seq[max(0, n - 2 - max_history):n - 2]), seq[n - 2]))
         out["test"].append(Example(user, tuple(seq[max(0, n - 1 - max_history):n - 1]), seq[n - 1]))
     return out
+
+
+def sample(n_total: int, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of ``n`` out of ``n_total`` (``None`` or ``n <= 0``: all).
+
+    The one way anything is subsampled (training examples, evaluated users, probed users, rationales):
+    a prefix of one seeded permutation, so a larger ``n`` extends a smaller one's sample.
+    """
+    if n is None or n <= 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
 def stats(ds: Dataset) -> dict:

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from pauserec.errors import UserError
-from pauserec.prompts import PromptBuilder
+from pauserec.prompts import DEFAULT_PAUSES, PromptBuilder
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _segment_hit(segment: str, names: set[str]) -> bool:
 
 
 def build_prompts(model: PreTrainedModel, builder: PromptBuilder, histories: Sequence[Sequence[int]],
-                  variant: str = "plain", k: int = 5, rationales: Sequence[str] | None = None,
+                  variant: str = "plain", n_pauses: int = DEFAULT_PAUSES, rationales: Sequence[str] | None = None,
                   cot_max_new_tokens: int = 64, batch_size: int = 16):
     """Encoded prompts (target=None) for every history, and for ``cot`` the rationale texts used.
 
@@ -255,7 +255,7 @@ def build_prompts(model: PreTrainedModel, builder: PromptBuilder, histories: Seq
     if variant not in ("plain", "pause", "cot"):
         raise UserError(f"unknown variant '{variant}' (known: plain, pause, cot)")
     if variant != "cot":
-        return [builder.encode(h, variant=variant, k=k) for h in histories], None
+        return [builder.encode(h, variant=variant, n_pauses=n_pauses) for h in histories], None
     if rationales is not None:
         if len(rationales) != len(histories):
             raise UserError(f"{len(rationales)} rationales for {len(histories)} histories")
@@ -269,14 +269,15 @@ def build_prompts(model: PreTrainedModel, builder: PromptBuilder, histories: Seq
 
 
 def recommend(model: PreTrainedModel, builder: PromptBuilder, histories: Sequence[Sequence[int]], *,
-              variant: str = "plain", k: int = 5, rationales: Sequence[str] | None = None,
+              variant: str = "plain", n_pauses: int = DEFAULT_PAUSES, rationales: Sequence[str] | None = None,
               top_k: int = 10, beams: int = 20, batch_size: int = 16, cot_max_new_tokens: int = 64,
               constrained: bool = True, mask_segments: set[str] | None = None,
-              device: str | torch.device | None = None) -> Recommendations:
+              device: str | torch.device | None = None, trie: Trie | None = None) -> Recommendations:
     """Top-``top_k`` items per history by beam search over the full catalog's SID trie.
 
     ``mask_segments``: prompt positions whose segment (see ``PromptBuilder``) is in the set are hidden
-    as attention keys. ``device``: move the model there first (default: where it is). Users are
+    as attention keys. ``device``: move the model there first (default: where it is). ``trie``: the
+    catalog's trie on the model's device, when the caller built it already (timed loops). Users are
     decoded ``batch_size`` at a time, sorted by prompt length; if the device runs out of memory the
     batch is split, never the beams.
     """
@@ -286,8 +287,8 @@ def recommend(model: PreTrainedModel, builder: PromptBuilder, histories: Sequenc
         raise UserError("beams and batch_size must be at least 1")
     if device is not None:
         model.to(device)
-    trie = Trie(builder.item_ids).to(model_device(model))
-    encs, used = build_prompts(model, builder, histories, variant, k, rationales, cot_max_new_tokens,
+    trie = trie if trie is not None else Trie(builder.item_ids).to(model_device(model))
+    encs, used = build_prompts(model, builder, histories, variant, n_pauses, rationales, cot_max_new_tokens,
                                batch_size)
     prompts = [e.input_ids[:e.prompt_len] for e in encs]
     key_masks = None if not mask_segments else [

@@ -1,8 +1,12 @@
-"""Leak-free evaluation: trie-constrained beam search on held-out users, Recall/NDCG@K, latency.
+"""Leak-free evaluation: trie-constrained beam search on held-out users, Recall/NDCG@K, health, latency.
 
-``python -m pauserec evaluate CKPT --split test --out DIR`` writes ``DIR/metrics.json`` and
-``DIR/per_user.csv`` (one row per user, so checkpoints can be compared with paired tests) and records
-the summary in the checkpoint's ``pauserec.json`` under ``metrics[split]``.
+``python -m pauserec evaluate CKPT --split test --out DIR`` writes ``DIR/metrics.json`` (the summary with
+the checkpoint's identity, device and dtype) and ``DIR/per_user.csv`` (one row per user carrying the same
+identity columns, so checkpoints can be compared with paired tests and analysis never guesses from
+paths). The checkpoint itself is never written.
+
+Health of a recommender (``coverage@10``, ``distinct_lists@10``, ``popular_overlap@10``): a model whose
+top-10 lists do not depend on the user has not learned to recommend, whatever its recall says.
 """
 
 from __future__ import annotations
@@ -14,12 +18,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pauserec import checkpoint, data, files, metrics
+from pauserec import checkpoint, data, files, metrics, stages
 from pauserec.checkpoint import Checkpoint
 from pauserec.config import parse_args, to_dict
-from pauserec.decode import recommend
+from pauserec.decode import Trie, recommend
+from pauserec.device import (
+    DEVICES_HELP,
+    DTYPES,
+    describe,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+)
 from pauserec.errors import UserError
 from pauserec.prompts import PromptBuilder
 
@@ -27,25 +38,33 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 TOP_K = max(metrics.KS)  # every K in metrics.KS is read off one top-20 list
 LATENCY_BATCH = 16  # the paper's latency protocol: batches of 16, greedy SID decoding
+VARIANTS = ("plain", "pause", "cot")
 
 
 @dataclass
 class EvalArgs:
-    """Recall/NDCG@{1,5,10,20} of a checkpoint with trie-constrained beam search, plus latency."""
+    """Recall/NDCG@{1,5,10,20} of a checkpoint with trie-constrained beam search, health and latency."""
 
     ckpt: str = field(default="", metadata={"positional": True, "help": "checkpoint directory"})
-    out: str = field(default="", metadata={"help": "write metrics.json and per_user.csv here"})
-    split: str = field(default="test", metadata={"help": "test, valid or train"})
-    n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)"})
-    seed: int = field(default=0, metadata={"help": "seed of the user sample"})
-    beams: int = field(default=20, metadata={"help": "beam width (never shrinks)"})
-    batch_size: int = field(default=16, metadata={"help": "users decoded together"})
-    variant: str | None = field(default=None, metadata={"help": "plain, pause or cot (default: checkpoint's)"})
-    k: int | None = field(default=None, metadata={"help": "pause count (default: checkpoint's)"})
-    cot_max_new_tokens: int = field(default=64, metadata={"help": "cap on a generated rationale"})
-    latency_samples: int = field(default=128, metadata={"help": "users timed for latency (0: skip)"})
+    out: str = field(default="", metadata={"help": "write metrics.json and per_user.csv here (must not exist)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    split: str = field(default="test", metadata={"help": "test, valid or train", "choices": SPLITS})
+    n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1})
+    eval_seed: int = field(default=0, metadata={"help": "seed of the user sample", "min": 0,
+                                                "aliases": ("--seed",)})
+    beams: int = field(default=20, metadata={"help": "beam width (never shrinks)", "min": TOP_K})
+    batch_size: int = field(default=16, metadata={"help": "users decoded together", "min": 1})
+    variant: str | None = field(default=None, metadata={"help": "plain, pause or cot (default: checkpoint's)",
+                                                        "choices": VARIANTS})
+    n_pauses: int | None = field(default=None, metadata={"help": "pause count (default: checkpoint's)",
+                                                         "min": 0, "aliases": ("--k",)})
+    cot_max_new_tokens: int = field(default=64, metadata={"help": "cap on a generated rationale", "min": 1})
+    latency_samples: int = field(default=500, metadata={
+        "help": f"users timed for latency, in batches of {LATENCY_BATCH} (0: skip)", "min": 0})
     constrained: bool = field(default=True, metadata={"help": "decode under the catalog trie"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
+    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
+    dtype: str = field(default="auto", metadata={"help": "weights: auto (bf16 where native), bf16, fp16, fp32",
+                                                 "choices": DTYPES})
 
 
 def examples_for(ckpt: Checkpoint, split: str = "test", n_users: int | None = None,
@@ -55,79 +74,89 @@ def examples_for(ckpt: Checkpoint, split: str = "test", n_users: int | None = No
         raise UserError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
     if n_users is not None and n_users < 1:
         raise UserError("n_users must be at least 1")
-    spec = ckpt.meta.get("dataset") or {}
-    if not spec.get("name"):
-        raise UserError(f"checkpoint {ckpt.path} names no dataset in its metadata")
-    ds = data.load_dataset(spec["name"], spec.get("data_root"))
-    if [it.item_id for it in ds.items] != [it.item_id for it in ckpt.catalog.items]:
-        raise UserError(f"checkpoint {ckpt.path}: its catalog does not match dataset '{spec['name']}'")
-    examples = data.split(ds, spec.get("max_history", 20))[split]
-    if n_users is None or n_users >= len(examples):
-        return examples
-    keep = np.sort(np.random.default_rng(seed).choice(len(examples), n_users, replace=False))
-    return [examples[i] for i in keep]
+    ds = stages.dataset_of(ckpt)
+    examples = data.split(ds, ckpt.meta["dataset"].get("max_history", 20))[split]
+    return [examples[i] for i in data.sample(len(examples), n_users, seed)]
 
 
-def prompt_variant(ckpt: Checkpoint, variant: str | None = None, k: int | None = None) -> tuple[str, int]:
+def prompt_variant(ckpt: Checkpoint, variant: str | None = None,
+                   n_pauses: int | None = None) -> tuple[str, int]:
     """The decoding variant and pause count: overrides, else the checkpoint's (``base`` -> ``plain``)."""
     variant = variant or ckpt.variant
     variant = "plain" if variant == "base" else variant
-    k = int(ckpt.meta.get("k") or 0) if k is None else k
-    if variant == "pause" and k < 1:
-        raise UserError("variant 'pause' needs k >= 1 pauses")
-    return variant, k
+    n_pauses = ckpt.n_pauses if n_pauses is None else n_pauses
+    return variant, n_pauses if variant == "pause" else 0
+
+
+def popular_items(ckpt: Checkpoint, k: int = 10) -> list[int]:
+    """The ``k`` most frequent training targets (the most-popular baseline's list)."""
+    ds = stages.dataset_of(ckpt)
+    counts = np.bincount([ex.target for ex in data.split(ds, 1)["train"]], minlength=len(ds.items))
+    return np.argsort(-counts, kind="stable")[:k].tolist()
 
 
 def evaluate(ckpt: Checkpoint, split: str = "test", n_users: int | None = None, seed: int = 0,
              beams: int = 20, batch_size: int = 16, examples: list[data.Example] | None = None,
-             latency_samples: int = 128, **decode_kw: Any) -> tuple[dict[str, Any], pd.DataFrame]:
+             latency_samples: int = 0, **decode_kw: Any) -> tuple[dict[str, Any], pd.DataFrame]:
     """(summary, per-user frame) for ``examples`` (default: :func:`examples_for`).
 
-    ``decode_kw`` go to :func:`pauserec.decode.recommend` (``variant``, ``k``, ``rationales``,
-    ``constrained``, ``cot_max_new_tokens``, ``mask_segments``, ``device``).
+    ``decode_kw`` go to :func:`pauserec.decode.recommend` (``variant``, ``n_pauses``, ``rationales``,
+    ``constrained``, ``cot_max_new_tokens``, ``mask_segments``).
     """
     examples = examples if examples is not None else examples_for(ckpt, split, n_users, seed)
     if not examples:
         raise UserError(f"no {split} examples to evaluate")
-    variant, k = prompt_variant(ckpt, decode_kw.pop("variant", None), decode_kw.pop("k", None))
-    builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
+    variant, n_pauses = prompt_variant(ckpt, decode_kw.pop("variant", None), decode_kw.pop("n_pauses", None))
+    builder = PromptBuilder.for_checkpoint(ckpt)
     histories = [ex.history for ex in examples]
     start = time.perf_counter()
-    recs = recommend(ckpt.model, builder, histories, variant=variant, k=k, top_k=TOP_K, beams=beams,
-                     batch_size=batch_size, **decode_kw)
+    recs = recommend(ckpt.model, builder, histories, variant=variant, n_pauses=n_pauses, top_k=TOP_K,
+                     beams=beams, batch_size=batch_size, **decode_kw)
     seconds = time.perf_counter() - start
     targets = np.array([ex.target for ex in examples])
     r = metrics.ranks(targets, recs.items)
     summary: dict[str, Any] = {
-        "split": split, "n_users": len(examples), "seed": seed, "variant": variant, "k": k,
+        "split": split, "n_users": len(examples), "eval_seed": seed, "prompt": variant, "prompt_pauses": n_pauses,
         "beams": beams, "top_k": TOP_K, "constrained": decode_kw.get("constrained", True),
-        **metrics.summarize(r), "invalid_rate": recs.invalid_rate,
-        "beam_seconds": seconds, "throughput_users_per_s": len(examples) / seconds, "batch_size": batch_size,
-        "device": str(next(ckpt.model.parameters()).device),
+        **metrics.summarize(r), **metrics.health(recs.items, len(ckpt.catalog), popular_items(ckpt)),
+        "invalid_rate": recs.invalid_rate, "beam_seconds": seconds,
+        "throughput_users_per_s": len(examples) / seconds, "batch_size": batch_size,
     }
     if latency_samples:
-        summary.update(latency(ckpt, builder, histories[:latency_samples], variant, k, **decode_kw))
+        summary.update(latency(ckpt, builder, histories, latency_samples, variant, n_pauses, **decode_kw))
     return summary, per_user_frame(examples, r, recs)
 
 
-def latency(ckpt: Checkpoint, builder: PromptBuilder, histories, variant: str, k: int,
-            **decode_kw: Any) -> dict[str, Any]:
-    """The paper's protocol: greedy (1-beam) SID decoding in batches of 16, wall time per sample."""
-    decode_kw = {key: v for key, v in decode_kw.items() if key in ("rationales", "cot_max_new_tokens",
-                                                                      "mask_segments", "device")}
-    if decode_kw.get("rationales") is not None:
-        decode_kw["rationales"] = list(decode_kw["rationales"])[:len(histories)]
-    recommend(ckpt.model, builder, histories[:1], variant=variant, k=k, top_k=1, beams=1, **decode_kw)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    recommend(ckpt.model, builder, histories, variant=variant, k=k, top_k=1, beams=1,
-              batch_size=LATENCY_BATCH, **decode_kw)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"latency_ms_per_sample": 1000 * seconds / len(histories), "latency_samples": len(histories),
-            "latency_batch_size": LATENCY_BATCH}
+def latency(ckpt: Checkpoint, builder: PromptBuilder, histories, n_samples: int, variant: str,
+            n_pauses: int, **decode_kw: Any) -> dict[str, Any]:
+    """The paper's protocol: greedy (1-beam) SID decoding in batches of 16; wall time per sample.
+
+    ``n_samples`` users (cycling through ``histories`` when there are fewer), timed batch by batch after
+    one untimed full batch; the trie is built before timing. ``latency_batches_ms`` lists the per-sample
+    time of every batch, so analysis can give a CI over batches.
+    """
+    keep = ("rationales", "cot_max_new_tokens", "mask_segments")
+    decode_kw = {key: v for key, v in decode_kw.items() if key in keep}
+    device = next(ckpt.model.parameters()).device
+    trie = Trie(builder.item_ids).to(device)
+    users = [histories[i % len(histories)] for i in range(max(n_samples, LATENCY_BATCH))]
+    rats = decode_kw.pop("rationales", None)
+    rats = [rats[i % len(rats)] for i in range(len(users))] if rats is not None else None
+
+    def one(lo: int) -> float:
+        part = slice(lo, lo + LATENCY_BATCH)
+        synchronize(device)
+        t = time.perf_counter()
+        recommend(ckpt.model, builder, users[part], variant=variant, n_pauses=n_pauses, top_k=1, beams=1,
+                  batch_size=LATENCY_BATCH, trie=trie, rationales=None if rats is None else rats[part],
+                  **decode_kw)
+        synchronize(device)
+        return 1000 * (time.perf_counter() - t) / len(users[part])
+
+    one(0)  # warm-up: a full batch, untimed
+    per_batch = [one(lo) for lo in range(0, n_samples, LATENCY_BATCH)]
+    return {"latency_ms_per_sample": float(np.mean(per_batch)), "latency_samples": n_samples,
+            "latency_batch_size": LATENCY_BATCH, "latency_batches_ms": per_batch}
 
 
 def per_user_frame(examples: list[data.Example], ranks: np.ndarray, recs) -> pd.DataFrame:
@@ -144,37 +173,53 @@ def per_user_frame(examples: list[data.Example], ranks: np.ndarray, recs) -> pd.
     return frame
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(EvalArgs, argv, "pauserec evaluate")
+def write(out: str, ident: dict[str, Any], summary: dict[str, Any], frame: pd.DataFrame,
+          args: dict[str, Any]) -> None:
+    """``metrics.json`` and ``per_user.csv`` in one atomic directory; every row carries ``ident``."""
+    rows = frame.assign(**{k: v for k, v in ident.items() if k not in frame.columns},
+                        split=summary["split"], eval_seed=summary["eval_seed"])
+    rows = rows[[*ident, "split", "eval_seed", *frame.columns]]
+    with files.atomic_dir(out) as tmp:
+        files.write_json(tmp / "metrics.json", {**ident, **summary, "args": args})
+        files.write_csv(tmp / "per_user.csv", rows)
+
+
+def run(args: EvalArgs) -> dict[str, Any]:
+    """Evaluate ``args.ckpt`` and write ``args.out`` (see the module docstring)."""
     if not args.ckpt or not args.out:
         raise UserError("usage: python -m pauserec evaluate CKPT --out DIR [--split test]")
-    if args.split not in SPLITS:
-        raise UserError(f"unknown split '{args.split}' (known: {', '.join(SPLITS)})")
-    if args.n_users is not None and args.n_users < 1:
-        raise UserError("--n-users must be at least 1")
-    if args.beams < TOP_K:
-        raise UserError(f"--beams must be at least {TOP_K} (metrics read a top-{TOP_K} list)")
     checkpoint.read_meta(args.ckpt)  # fail fast on a bad checkpoint, before loading any weights
-    ckpt = checkpoint.load(args.ckpt, device=args.device)
-    summary, frame = evaluate(ckpt, args.split, args.n_users, args.seed, args.beams, args.batch_size,
-                              latency_samples=args.latency_samples, variant=args.variant, k=args.k,
-                              cot_max_new_tokens=args.cot_max_new_tokens, constrained=args.constrained)
-    with files.atomic_dir(args.out) as tmp:
-        files.write_json(tmp / "metrics.json", {"ckpt": str(args.ckpt), "args": to_dict(args), **summary})
-        files.write_csv(tmp / "per_user.csv", frame)
-    stored = checkpoint.read_meta(args.ckpt).get("metrics") or {}
-    checkpoint.update_meta(args.ckpt, metrics={**stored, args.split: summary})
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.ckpt]):
+        ckpt = checkpoint.load(args.ckpt, device=device, dtype=dtype)
+        summary, frame = evaluate(ckpt, args.split, args.n_users, args.eval_seed, args.beams, args.batch_size,
+                                  latency_samples=args.latency_samples, variant=args.variant,
+                                  n_pauses=args.n_pauses, cot_max_new_tokens=args.cot_max_new_tokens,
+                                  constrained=args.constrained)
+        summary.update(describe(device, dtype))
+        write(args.out, ckpt.identity(), summary, frame, to_dict(args))
     print(format_summary(summary))
-    print(f"wrote {args.out}/metrics.json and per_user.csv; recorded metrics['{args.split}'] in {args.ckpt}")
+    print(f"wrote {args.out}/metrics.json and per_user.csv")
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(parse_args(EvalArgs, argv, "pauserec evaluate"))
 
 
 def format_summary(s: dict[str, Any]) -> str:
     ks = metrics.KS
-    lines = [f"{s['split']}: {s['n_users']:,} users, variant {s['variant']} (k={s['k']}), {s['beams']} beams",
+    lines = [f"{s['split']}: {s['n_users']:,} users, prompt {s['prompt']} ({s['prompt_pauses']} pauses), "
+             f"{s['beams']} beams" + (f", {s['device']} {s['dtype']}" if "device" in s else ""),
              "recall " + "  ".join(f"@{k} {s[f'recall@{k}']:.4f}" for k in ks),
              "ndcg   " + "  ".join(f"@{k} {s[f'ndcg@{k}']:.4f}" for k in ks),
+             f"health coverage@10 {s['coverage@10']:.4f}  distinct lists {s['distinct_lists@10']:.4f}  "
+             f"overlap with most-popular {s['popular_overlap@10']:.4f}",
              f"invalid SIDs {s['invalid_rate']:.4f}; beam search {s['throughput_users_per_s']:.1f} users/s"]
+    if s.get("user_independent"):
+        lines.append("WARNING: every user gets (nearly) the same top-10 list: this model has not learned "
+                     "to condition on the user")
     if "latency_ms_per_sample" in s:
         lines.append(f"latency {s['latency_ms_per_sample']:.1f} ms/sample (greedy, batch "
                      f"{s['latency_batch_size']}, {s['latency_samples']} samples)")

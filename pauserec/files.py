@@ -1,17 +1,38 @@
-"""Atomic writes: a reader never sees a half-written file or directory."""
+"""Outputs users can rely on: atomic writes, and ``--out`` that never destroys what is already there.
+
+* Atomic: a reader never sees a half-written file or directory (temp file or directory + rename).
+* :func:`claim` is the output policy every command applies before any long work starts: an existing
+  non-empty ``--out`` is refused unless the user says ``--overwrite`` (or ``--resume``), an output is
+  never inside, equal to, or holding an input, its parent must be writable, and a lock file makes a
+  second writer of the same output fail at once instead of corrupting it.
+* Permissions follow the user's umask (temp files are created private, then opened up to what a plain
+  ``open()`` would have given).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from pauserec.errors import UserError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_up(path: str | Path, directory: bool = False) -> None:
+    """Give a temp file or directory the mode a plain open()/mkdir() would have (mkstemp: 0600)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -20,8 +41,9 @@ def write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _open_up(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -33,7 +55,8 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+def write_csv(path: str | Path, frame) -> None:
+    """A DataFrame as CSV (no index), atomically."""
     write_text(path, frame.to_csv(index=False))
 
 
@@ -46,6 +69,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _open_up(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
@@ -66,3 +90,68 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def is_empty(path: Path) -> bool:
+    """True for a missing path or an empty directory."""
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def _related(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+@contextlib.contextmanager
+def claim(out: str | Path, *, overwrite: bool = False, resume: bool = False,
+          inputs: Iterable[str | Path] = (), flag: str = "--out") -> Iterator[Path]:
+    """Check ``out`` against the output policy, then hold its lock while the caller writes it.
+
+    Raises :class:`UserError` (before any work) when ``out`` exists and is not empty without
+    ``overwrite``/``resume``, when it is, or lies inside, or contains an input, when its parent is not
+    writable, or when another process holds its lock.
+    """
+    out = Path(out)
+    if not str(out):
+        raise UserError(f"{flag} must name a path")
+    real = out.resolve()
+    for given in inputs:
+        if given and _related(real, Path(given).resolve()):
+            raise UserError(f"{flag} {out} overlaps the input {given}; write the output somewhere else")
+    if not is_empty(out) and not (overwrite or resume):
+        kind = "directory" if out.is_dir() else "file"
+        raise UserError(f"{flag} {out} exists and is a non-empty {kind}; pass --overwrite to replace it")
+    parent = _writable_parent(out, flag)
+    with _lock(parent / f".{out.name}.lock", out, flag):
+        yield out
+
+
+def _writable_parent(out: Path, flag: str) -> Path:
+    """The output's parent, created if missing; an error if it cannot be written."""
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder for {flag} ({parent}): {err.strerror}") from None
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {flag} {out}: its folder {parent} is not writable")
+    return parent
+
+
+@contextlib.contextmanager
+def _lock(lock_path: Path, out: Path, flag: str) -> Iterator[None]:
+    try:
+        fh = open(lock_path, "w")  # noqa: SIM115 -- closed below
+    except OSError as err:
+        raise UserError(f"cannot lock {flag} {out}: {err.strerror} ({lock_path})") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UserError(f"another process is writing {out} (lock {lock_path}); wait for it or pick "
+                        f"another {flag}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        fh.close()

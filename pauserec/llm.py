@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,27 @@ def _text(response: Any) -> str:
     return content
 
 
-def _attempt(client: openai.OpenAI, request: dict[str, Any]) -> str:
-    """One request; :class:`_Retryable` for transient failures, :class:`UserError` for permanent ones."""
+_DEADLINES = ThreadPoolExecutor(max_workers=32, thread_name_prefix="llm-deadline")
+
+
+def _attempt(client: openai.OpenAI, request: dict[str, Any], deadline: float,
+             check: Callable[[str], str | None] | None = None) -> str:
+    """One request within a total deadline (seconds; the client's own timeout is per read, so a server
+    dripping bytes could hold it far longer); :class:`_Retryable` for transient failures and for a
+    response ``check`` rejects, :class:`UserError` for permanent ones."""
+    future = _DEADLINES.submit(_request, client, request)
+    try:
+        text = future.result(timeout=deadline)
+    except FutureTimeout:
+        future.cancel()
+        raise _Retryable(f"timed out (no complete response within {deadline:g}s)") from None
+    problem = check(text) if check is not None else None
+    if problem:
+        raise _Retryable(f"unusable response: {problem}")
+    return text
+
+
+def _request(client: openai.OpenAI, request: dict[str, Any]) -> str:
     try:
         return _text(client.chat.completions.create(**request))
     except openai.APITimeoutError:
@@ -212,7 +232,8 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
              max_tokens: int = 128, temperature: float = 0.0, timeout: float = 30,
              max_retries: int = 5, concurrency: int = 1, backoff: float = 0.5,
              backoff_cap: float = 20.0, stop: list[str] | None = None, extra: dict | None = None,
-             seed: int = 0, on_result: Callable[[int, str], None] | None = None) -> list[str]:
+             seed: int = 0, on_result: Callable[[int, str], None] | None = None,
+             check: Callable[[str], str | None] | None = None) -> list[str]:
     """One completion per prompt (a single user message, after ``system`` if given), in order.
 
     Cached prompts are answered from ``cache_path`` without a request (``None``: no cache). Each
@@ -220,8 +241,13 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
     after the requests already in flight have finished (and been cached). ``extra`` is merged into
     the request body (e.g. ``{"response_format": {"type": "json_object"}}``) and is part of the cache
     key; ``seed`` only seeds the backoff jitter; ``on_result(i, text)`` runs after each new answer
-    is cached (``i``: the first prompt index with that text).
+    is cached (``i``: the first prompt index with that text). ``check(text)`` returns why a response is
+    unusable (then it is retried like a malformed one and never cached), or ``None``. ``timeout`` is
+    a total deadline per request, in seconds.
     """
+    if max_retries < 0 or timeout <= 0 or concurrency < 1:
+        raise UserError(f"max_retries must be >= 0 (got {max_retries}), timeout > 0 (got {timeout}) and "
+                        f"concurrency >= 1 (got {concurrency})")
     base_url, model, api_key = resolve(base_url, model, api_key)
     params = {"max_tokens": max_tokens, "temperature": temperature, "stop": stop, "extra": extra}
     keys = [cache_key(model, system, p, params) for p in prompts]
@@ -242,15 +268,17 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
                 request = {"model": model, "messages": messages, "max_tokens": max_tokens,
                            "temperature": temperature, "stop": stop or openai.omit,
                            "extra_body": extra}
-                text = _with_retries(lambda: _attempt(client, request), i, max_retries, backoff,
-                                     backoff_cap, rng)
+                text = _with_retries(lambda: _attempt(client, request, float(timeout), check), i,
+                                     max_retries, backoff, backoff_cap, rng)
                 cache.put(keys[i], text, model=model, prompt=prompts[i])
                 if on_result is not None:
                     on_result(i, text)
 
             _run_all(one, list(todo.values()), concurrency)
         results = [cache.get(key) for key in keys]
-    assert all(r is not None for r in results)
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        raise UserError(f"LLM: no response for prompt(s) {missing[:5]} (the cache {cache_path} was changed?)")
     return results  # type: ignore[return-value]
 
 

@@ -2,8 +2,8 @@
 
 * Length bucketing: batches hold sequences of similar length, so padding is rare (none when equal).
 * The LM head runs only on labelled positions (the vocabulary is ~49k; most positions carry no loss).
-* bf16 autocast (GPUs and CPUs with native bf16) with fp32 master weights, fused AdamW (GPU and CPU),
-  SDPA attention, optional ``torch.compile``.
+* bf16 autocast (``--dtype auto``: GPUs and CPUs with native bf16) with fp32 master weights, fused
+  AdamW (GPU and CPU), SDPA attention, optional ``torch.compile``.
 * ``torchrun`` DDP: each process takes its share of every global batch; the loss is normalised by the
   global number of labelled tokens, so N processes compute the gradient of one process with the whole batch.
 * Every ``save_every`` steps the trainable weights, optimizer, scheduler and RNG state go to ``OUT.partial``;
@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +28,19 @@ from tqdm.auto import tqdm
 
 from pauserec import trainstate
 from pauserec.corpus import Corpus
+from pauserec.device import (
+    DEVICES_HELP,
+    DTYPES,
+    autocast,
+    init_distributed,
+    resolve_device,
+    resolve_dtype,
+)
 from pauserec.errors import UserError
 from pauserec.prompts import IGNORE
 
 log = logging.getLogger(__name__)
 BUCKET_BATCHES = 64  # batches per sorting window: enough to find equal lengths, still well shuffled
-KILL_ENV = "PAUSEREC_KILL_AT_STEP"  # fault injection for the resume test: SIGKILL after this step
 
 
 class Diverged(UserError):
@@ -46,20 +51,27 @@ class Diverged(UserError):
 class LoopConfig:
     """Optimisation settings every stage shares (presets: ``[train.STAGE]`` in configs/*.toml)."""
 
-    epochs: int = field(default=3, metadata={"help": "passes over the corpus"})
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all processes"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "linear warm-up share, then cosine"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
-    max_steps: int = field(default=0, metadata={"help": "cap on optimizer steps (0: epochs decide)"})
-    seed: int = field(default=0, metadata={"help": "data order, subsamples, pause positions, init noise"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-    amp: str = field(default="auto", metadata={"help": "auto (bf16 where native: GPU, AVX512-BF16), bf16, off"})
+    epochs: int = field(default=3, metadata={"help": "passes over the corpus", "min": 1})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)", "gt": 0.0})
+    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all processes",
+                                                   "min": 1})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)",
+                                                         "min": 0.0})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "linear warm-up share, then cosine",
+                                                         "min": 0.0, "max": 1.0})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)", "min": 0.0})
+    max_steps: int = field(default=0, metadata={"help": "cap on optimizer steps (0: epochs decide)", "min": 0})
+    seed: int = field(default=0, metadata={"help": "training seed: data order, subsamples, pause "
+                                                   "positions, init noise", "min": 0})
+    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where native: GPU, "
+                                                       "AVX512-BF16), bf16, fp16, fp32",
+                                                 "choices": DTYPES, "aliases": ("--amp",)})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     bucket: bool = field(default=True, metadata={"help": "length bucketing (off: random batches)"})
-    save_every: int = field(default=200, metadata={"help": "resumable state every N steps (0: never)"})
-    log_every: int = field(default=10, metadata={"help": "CSV log / progress interval in steps"})
+    save_every: int = field(default=200, metadata={"help": "resumable state every N steps (0: never)",
+                                                   "min": 0})
+    log_every: int = field(default=10, metadata={"help": "CSV log / progress interval in steps", "min": 1})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
 
 
@@ -68,9 +80,11 @@ class Result:
     steps: int
     tokens: int  # input tokens trained on (no padding), all processes
     labelled: int  # tokens that carried loss
-    train_s: float
+    train_s: float  # seconds in the loop, all segments of a resumed run
     loss: float  # mean loss of the last log interval
     log: list[dict]
+    dtype: str = "fp32"  # the autocast precision the steps ran in
+    wall_before: float = 0.0  # wall seconds of earlier segments of a resumed run (up to their last save)
 
 
 # ---------------------------------------------------------------- batches
@@ -131,48 +145,8 @@ class LabelledLoss(nn.Module):
         return loss, keep.sum()
 
 
-# ---------------------------------------------------------------- devices, processes, precision
+# ---------------------------------------------------------------- optimiser
 
-
-def resolve_device(name: str) -> torch.device:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available")
-    return device
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world) -- joins the ``torchrun`` process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def native_bf16(device: torch.device) -> bool:
-    """GPUs, and CPUs with bf16 instructions (AVX512-BF16 or AMX), run bf16 matmuls natively."""
-    if device.type == "cuda":
-        return True
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check is not None and check() for check in checks)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast (fp32 master weights) for ``bf16``, or ``auto`` on hardware with native bf16."""
-    if amp not in ("auto", "bf16", "off"):
-        raise UserError(f"unknown --amp '{amp}' (known: auto, bf16, off)")
-    if amp == "bf16" or (amp == "auto" and native_bf16(device)):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def make_optimizer(model: nn.Module, cfg: LoopConfig, device: torch.device,
@@ -213,80 +187,88 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, out: str | Path, pad_id: int,
         row_masks: dict[str, torch.Tensor] | None = None, resume: bool = False,
-        fingerprint: dict | None = None) -> Result:
+        fingerprint: dict | None = None, on_step: Callable[[int], None] | None = None,
+        started: float | None = None) -> Result:
     """Train ``model`` in place on ``corpus``; resumable state lives in ``OUT.partial``.
 
     ``row_masks`` maps a parameter name to a bool vector over its rows: only those rows train.
+    ``on_step(step)`` runs after every optimizer step (tests use it to kill a run mid-way).
+    ``started``: when this segment of the stage began (``time.perf_counter()``), so saved states carry
+    the wall time spent so far and a resumed stage reports the wall time of all its segments.
     """
+    started = time.perf_counter() if started is None else started
     device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     rank, world = init_distributed(device)
-    row_masks = {k: v.to(device) for k, v in (row_masks or {}).items()}
+    masks = {k: v.to(device) for k, v in (row_masks or {}).items()}
     lengths = corpus.lengths()
     per_epoch = len(plan(lengths, cfg.batch_size, cfg.seed, 0, cfg.bucket, world))
     if per_epoch == 0:
         raise UserError(f"corpus of {len(corpus)} sequences gives no batch of {cfg.batch_size}")
     total = per_epoch * cfg.epochs if cfg.max_steps <= 0 else min(per_epoch * cfg.epochs, cfg.max_steps)
-    step = _Step(model, cfg, device, world, row_masks, total)
+    model.to(device).train()
+    net = wrap(model, cfg, device, world)
+    opt = make_optimizer(model, cfg, device, masks)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(total, cfg.warmup_ratio))
+    named = dict(model.named_parameters())
     partial = trainstate.partial_dir(out)
-    st = trainstate.start(partial, model, step.opt, step.sched, resume, fingerprint or {}, rank)
+    st = trainstate.start(partial, model, opt, sched, resume, fingerprint or {}, rank)
     logger = trainstate.CsvLog(partial / trainstate.LOG_FILE, st["log"], enabled=rank == 0)
     bar = tqdm(total=total, initial=st["step"], disable=not (cfg.progress and rank == 0), unit="step",
                dynamic_ncols=True, desc=Path(out).name)
-    kill_at, window, batches = int(os.environ.get(KILL_ENV, "0")), [0.0, 0.0], {}
-    t0 = time.perf_counter() - st["elapsed"]
+    window, batches, t0 = [0.0, 0.0], {}, time.perf_counter() - st["elapsed"]
+    wall_before = st.get("wall", 0.0)
     while st["step"] < total:
         epoch, pos = divmod(st["step"], per_epoch)
         if epoch not in batches:
             batches = {epoch: plan(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket, world)}
         batch = collate(corpus, batches[epoch][pos][rank::world], pad_id, device)
-        loss, n_lab, n_tok, grad_norm = step(batch, st, partial)
-        st.update(step=st["step"] + 1, tokens=st["tokens"] + n_tok, labelled=st["labelled"] + n_lab)
-        window = [window[0] + loss, window[1] + n_lab]
+        with autocast(device, dtype):  # forward: summed loss over this process's labelled tokens
+            loss_sum, n_lab = net(batch["input_ids"], batch["labels"], batch["attention_mask"])
+        g_loss, g_lab, g_tok = _all_sum([loss_sum.item(), n_lab.item(), batch["tokens"]], device)
+        _check_finite("loss", g_loss, st, partial)
+        opt.zero_grad(set_to_none=True)
+        (loss_sum * world / max(g_lab, 1.0)).backward()  # DDP averages: sum over all / global count
+        grad_norm = _clip(model, named, masks, cfg.grad_clip)
+        _check_finite("gradient norm", grad_norm, st, partial)
+        _update(named, opt, sched, masks, cfg.weight_decay)
+        st.update(step=st["step"] + 1, tokens=st["tokens"] + int(g_tok), labelled=st["labelled"] + int(g_lab))
+        window = [window[0] + g_loss, window[1] + g_lab]
         bar.update(1)
         if st["step"] % cfg.log_every == 0 or st["step"] == total:
-            row = _log_row(st, epoch, window, step.sched, grad_norm, time.perf_counter() - t0)
+            row = _log_row(st, epoch, window, sched, grad_norm, time.perf_counter() - t0)
             logger.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             window = [0.0, 0.0]
         if cfg.save_every and st["step"] % cfg.save_every == 0 and st["step"] < total:
             st["elapsed"] = time.perf_counter() - t0
-            trainstate.save(partial, model, step.opt, step.sched, st, rank)
-        if kill_at and st["step"] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            st["wall"] = wall_before + time.perf_counter() - started
+            trainstate.save(partial, model, opt, sched, st, rank)
+        if on_step is not None:
+            on_step(st["step"])
     bar.close()
     last = st["log"][-1]["loss"] if st["log"] else float("nan")
-    return Result(st["step"], st["tokens"], st["labelled"], time.perf_counter() - t0, last, st["log"])
+    return Result(st["step"], st["tokens"], st["labelled"], time.perf_counter() - t0, last, st["log"],
+                  dtype, wall_before)
 
 
-class _Step:
-    """Model wrapper, optimizer and scheduler; ``__call__`` runs one optimizer step on one batch."""
+def wrap(model: nn.Module, cfg: LoopConfig, device: torch.device, world: int) -> nn.Module:
+    """The module a step calls: the labelled-positions loss, under DDP when several processes train,
+    compiled when asked."""
+    net: nn.Module = LabelledLoss(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(net, dynamic=True) if cfg.compile else net
 
-    def __init__(self, model: nn.Module, cfg: LoopConfig, device: torch.device, world: int,
-                 row_masks: dict[str, torch.Tensor], total: int):
-        model.to(device).train()
-        net: nn.Module = LabelledLoss(model)
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-        self.net = torch.compile(net, dynamic=True) if cfg.compile else net
-        self.opt = make_optimizer(model, cfg, device, row_masks)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule(total, cfg.warmup_ratio))
-        self.model, self.cfg, self.device, self.world, self.row_masks = model, cfg, device, world, row_masks
-        self.named = dict(model.named_parameters())
 
-    def __call__(self, batch: dict, st: dict, partial: Path) -> tuple[float, int, int, float]:
-        """(summed loss, labelled tokens, tokens, grad norm), all processes; stops on non-finite values."""
-        with autocast(self.device, self.cfg.amp):
-            loss_sum, n_lab = self.net(batch["input_ids"], batch["labels"], batch["attention_mask"])
-        g_loss, g_lab, g_tok = _all_sum([loss_sum.item(), n_lab.item(), batch["tokens"]], self.device)
-        if not math.isfinite(g_loss):
-            raise Diverged(_diverged("loss", g_loss, st, partial))
-        self.opt.zero_grad(set_to_none=True)
-        (loss_sum * self.world / max(g_lab, 1.0)).backward()  # DDP averages: sum over all / global count
-        grad_norm = _clip(self.model, self.named, self.row_masks, self.cfg.grad_clip)
-        if not math.isfinite(grad_norm):
-            raise Diverged(_diverged("gradient norm", grad_norm, st, partial))
-        _update(self.named, self.opt, self.sched, self.row_masks, self.cfg.weight_decay)
-        return g_loss, int(g_lab), int(g_tok), grad_norm
+def _check_finite(what: str, value: float, st: dict, partial: Path) -> None:
+    if math.isfinite(value):
+        return
+    where = f"training stopped: {what} is {value} at step {st['step'] + 1}"
+    if st.get("saved_step"):
+        raise Diverged(f"{where}; the last good state (step {st['saved_step']}) is kept in {partial} "
+                       "(--resume retries from it); lower --lr and rerun to start over")
+    raise Diverged(f"{where}; no state was saved yet (see --save-every); lower --lr and rerun")
 
 
 def _clip(model, named, row_masks, max_norm: float) -> float:
@@ -321,9 +303,3 @@ def _log_row(st: dict, epoch: int, window: list[float], sched, grad_norm: float,
             "tokens_per_s": st["tokens"] / max(elapsed, 1e-9), "elapsed_s": elapsed}
 
 
-def _diverged(what: str, value: float, st: dict, partial: Path) -> str:
-    where = f"training stopped: {what} is {value} at step {st['step'] + 1}"
-    if st.get("saved_step"):
-        return (f"{where}; the last good state (step {st['saved_step']}) is kept in {partial} "
-                "(--resume retries from it); lower --lr and rerun to start over")
-    return f"{where}; no state was saved yet (see --save-every); lower --lr and rerun"

@@ -6,6 +6,7 @@ With one held-out target per user, Recall@K equals Hit@K, and NDCG@K is ``1 / lo
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,3 +47,24 @@ def summarize(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
     for k in ks:
         out[f"ndcg@{k}"] = float(ndcg_at_k(r, k).mean()) if r.size else 0.0
     return out
+
+
+def health(items: np.ndarray, n_catalog: int, popular: Sequence[int], k: int = 10) -> dict[str, float | bool]:
+    """Does the recommender depend on the user? From the (n_users, top_k) recommended item indices:
+
+    * ``coverage@K``: share of the catalog that appears in any top-K list;
+    * ``distinct_lists@K``: distinct top-K lists / users (1 = every user gets their own list);
+    * ``modal_list_share@K``: share of users who get the most common list;
+    * ``popular_overlap@K``: mean share of a user's top-K that is in the most-popular top-K (``popular``);
+    * ``user_independent``: the most common list goes to at least half of the users (10+ users).
+    """
+    top = np.asarray(items)[:, :k]
+    if not len(top):
+        return {}
+    lists = Counter(map(tuple, top.tolist()))
+    pop = set(int(i) for i in popular[:k])
+    modal = max(lists.values()) / len(top)
+    return {f"coverage@{k}": len(set(top[top >= 0].tolist())) / max(n_catalog, 1),
+            f"distinct_lists@{k}": len(lists) / len(top), f"modal_list_share@{k}": modal,
+            f"popular_overlap@{k}": float(np.mean([len(pop & set(r)) / k for r in top.tolist()])),
+            "user_independent": bool(len(top) >= 10 and modal >= 0.5)}

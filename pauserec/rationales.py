@@ -23,13 +23,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from pauserec import files, llm, tokens
+from pauserec import checkpoint, files, llm, tokens
 from pauserec.catalog import Catalog
 from pauserec.config import parse_args
 from pauserec.data import Example
+from pauserec.device import DEVICES_HELP, resolve_device
 from pauserec.errors import UserError
+from pauserec.prompts import chat_ids
 
 log = logging.getLogger(__name__)
 SOURCES = ("template", "template-leaky", "local", "local-leaky", "openai", "openai-leaky")
@@ -97,28 +97,28 @@ def via_openai(catalog: Catalog, examples: list[Example], leaky: bool, cache_pat
                **llm_options) -> list[str]:
     """Rationales from an OpenAI-compatible endpoint; ``llm_options`` go to :func:`llm.complete`."""
     texts = llm.complete(_prompts(catalog, examples, leaky), system=SYSTEM, cache_path=cache_path,
-                         **llm_options)
+                         check=_empty_after_cleaning, **llm_options)
     return [clean(t) for t in texts]
 
 
-def _fingerprint(ckpt) -> str:
-    """Identifies a checkpoint's weights cheaply: its path, weight-file sizes and mtimes."""
-    if ckpt.path is None:
-        digest = hashlib.sha256()
-        for t in ckpt.model.state_dict().values():
-            digest.update(t.detach().cpu().contiguous().view(-1).numpy().tobytes())
-        return "weights:" + digest.hexdigest()
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(ckpt.path).glob("*"))
-             if p.suffix == ".safetensors"]
-    return llm.cache_key(str(Path(ckpt.path).resolve()), stats)
+def _empty_after_cleaning(text: str) -> str | None:
+    """A reply made only of workbench tokens (or whitespace) is no rationale: retried, never cached."""
+    return None if clean(text) else f"empty after removing workbench tokens ({text[:60]!r})"
 
 
-def _chat_ids(tok, prompt: str) -> list[int]:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-    if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return tok.encode(text, add_special_tokens=False)
-    return tok.encode(f"{SYSTEM}\n\n{prompt}\nAnswer:")
+
+
+
+
+def _model_key(ckpt) -> str:
+    """What identifies the model that writes local rationales: its checkpoint's fingerprint (or, for a
+    checkpoint never saved, a hash of its weights)."""
+    if ckpt.path is not None:
+        return "ckpt:" + checkpoint.fingerprint(ckpt.path)
+    digest = hashlib.sha256()
+    for t in ckpt.model.state_dict().values():
+        digest.update(t.detach().float().cpu().contiguous().view(-1).numpy().tobytes())
+    return "weights:" + digest.hexdigest()
 
 
 def via_local(ckpt, examples: list[Example], leaky: bool, cache_path: str | Path | None,
@@ -128,7 +128,7 @@ def via_local(ckpt, examples: list[Example], leaky: bool, cache_path: str | Path
 
     tok = ckpt.tokenizer
     prompts = _prompts(ckpt.catalog, examples, leaky)
-    fp = _fingerprint(ckpt)
+    fp = _model_key(ckpt)
     keys = [llm.cache_key("local", fp, p, max_new_tokens) for p in prompts]
     stop = [i for i in (tok.eos_token_id, tok.convert_tokens_to_ids(tokens.THINK_CLOSE)) if i is not None]
     with llm.ResponseCache(cache_path) as cache:
@@ -140,7 +140,7 @@ def via_local(ckpt, examples: list[Example], leaky: bool, cache_path: str | Path
         log.info("local rationales: %d cached, %d to generate", len(prompts) - len(todo), len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            out = decode.generate(ckpt.model, tok, [_chat_ids(tok, prompts[i]) for i in batch],
+            out = decode.generate(ckpt.model, tok, [chat_ids(tok, prompts[i], SYSTEM) for i in batch],
                                   max_new_tokens=max_new_tokens, stop_ids=stop, batch_size=batch_size)
             for i, new in zip(batch, out):
                 cache.put(keys[i], clean(tok.decode(new, skip_special_tokens=True)), model=fp,
@@ -181,50 +181,55 @@ class Args:
 
     ckpt: str | None = field(default=None, metadata={"help": "checkpoint directory (catalog, dataset)"})
     out: str | None = field(default=None, metadata={"help": "output JSONL, one rationale per example"})
-    source: str = field(default="openai", metadata={"help": ", ".join(SOURCES)})
-    split: str = field(default="train", metadata={"help": "train, valid or test"})
-    n: int | None = field(default=None, metadata={"help": "a seeded sample of N examples (default all)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    source: str = field(default="openai", metadata={"help": ", ".join(SOURCES), "choices": SOURCES})
+    split: str = field(default="train", metadata={"help": "train, valid or test",
+                                                  "choices": ("train", "valid", "test")})
+    n: int | None = field(default=None, metadata={"help": "a seeded sample of N examples (default all)",
+                                                  "min": 1})
     seed: int = field(default=0, metadata={"help": "seed of the --n sample"})
     cache: str | None = field(default=None, metadata={"help": "response cache (default OUT.cache.jsonl)"})
     base_url: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_BASE_URL}"})
     model: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_MODEL}"})
-    max_tokens: int = field(default=96, metadata={"help": "longest rationale, in tokens"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds per request"})
-    max_retries: int = field(default=5, metadata={"help": "retries per request"})
-    concurrency: int = field(default=1, metadata={"help": "requests in flight"})
-    batch_size: int = field(default=16, metadata={"help": "local: prompts per generate() batch"})
-    device: str = field(default="cpu", metadata={"help": "local: torch device"})
+    max_tokens: int = field(default=96, metadata={"help": "longest rationale, in tokens", "min": 1})
+    timeout: float = field(default=60.0, metadata={"help": "total seconds per request", "gt": 0.0})
+    max_retries: int = field(default=5, metadata={"help": "retries per request", "min": 0})
+    concurrency: int = field(default=1, metadata={"help": "requests in flight", "min": 1, "max": 256})
+    batch_size: int = field(default=16, metadata={"help": "local: prompts per generate() batch", "min": 1})
+    device: str = field(default="auto", metadata={"help": "local: " + DEVICES_HELP})
 
 
-def select(examples: list[Example], n: int | None, seed: int) -> list[Example]:
-    """A seeded sample of ``n`` examples in split order; a larger ``n`` extends a smaller one's sample."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    order = np.random.default_rng(seed).permutation(len(examples))[:n]
-    return [examples[i] for i in sorted(order)]
 
 
 def main(argv: list[str] | None = None) -> list[Rationale]:
-    from pauserec import checkpoint, data
+    return run(parse_args(Args, argv, "pauserec rationales"))
 
-    args = parse_args(Args, argv, "pauserec rationales")
+
+def run(args: Args) -> list[Rationale]:
+    """Write one rationale per example of a checkpoint's split (see :class:`Args`)."""
     if not args.ckpt or not args.out:
         raise UserError("pauserec rationales: --ckpt and --out are required")
-    if args.source not in SOURCES:
-        raise UserError(f"unknown rationale source '{args.source}' (known: {', '.join(SOURCES)})")
+    for flag, path in (("--out", args.out), ("--cache", args.cache)):
+        if path and Path(path).is_dir():
+            raise UserError(f"{flag} {path} is a directory; name a .jsonl file")
     meta = checkpoint.read_meta(args.ckpt)
+    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.ckpt]):
+        return _write_all(args, meta)
+
+
+def _write_all(args: Args, meta: dict) -> list[Rationale]:
+    from pauserec import data
+
     ds_meta = meta.get("dataset") or {}
     if not ds_meta.get("name"):
         raise UserError(f"checkpoint {args.ckpt} does not record its dataset")
-    splits = data.split(data.load_dataset(ds_meta["name"], ds_meta.get("data_root")),
-                        ds_meta.get("max_history", 20))
-    if args.split not in splits:
-        raise UserError(f"unknown split '{args.split}' (known: {', '.join(splits)})")
-    examples = select(splits[args.split], args.n, args.seed)
+    pool = data.split(data.load_dataset(ds_meta["name"], ds_meta.get("data_root")),
+                      ds_meta.get("max_history", 20))[args.split]
+    examples = [pool[i] for i in data.sample(len(pool), args.n, args.seed)]
     cache = args.cache or str(Path(args.out).with_suffix(".cache.jsonl"))
     options: dict = {}
     if args.source.startswith("local"):
-        ckpt = checkpoint.load(args.ckpt, device=args.device)
+        ckpt = checkpoint.load(args.ckpt, device=resolve_device(args.device))
         catalog = ckpt.catalog
         options = {"ckpt": ckpt, "cache_path": cache, "max_new_tokens": args.max_tokens,
                    "batch_size": args.batch_size}

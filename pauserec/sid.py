@@ -22,7 +22,6 @@ from pauserec.errors import UserError
 from pauserec.files import cache_dir
 
 log = logging.getLogger(__name__)
-TEXT_FIELDS = ("title", "categories", "brand", "description", "year")
 
 
 @dataclass
@@ -37,17 +36,6 @@ class SIDConfig:
     seed: int = field(default=0, metadata={"help": "k-means seed"})
 
 
-def item_text(item: Item, fields: tuple[str, ...]) -> str:
-    """The text that is embedded for an item, e.g. ``"Title: X. Categories: Y. Brand: Z."``."""
-    unknown = set(fields) - set(TEXT_FIELDS)
-    if unknown:
-        raise UserError(f"unknown item text field(s) {sorted(unknown)} (known: {', '.join(TEXT_FIELDS)})")
-    parts = []
-    for name in fields:
-        value = item.display_title if name == "title" else getattr(item, name)
-        if value:
-            parts.append(f"{name.capitalize()}: {value}.")
-    return " ".join(parts)
 
 
 def encoder_path() -> Path:
@@ -178,7 +166,7 @@ def build(items: list[Item], cfg: SIDConfig) -> np.ndarray:
         return codes if dedup else add_dedup_level(codes)
     if cfg.levels < 1 or cfg.codebook_size < 2:
         raise UserError("SID build needs levels >= 1 and codebook_size >= 2")
-    emb = embed_texts([item_text(it, cfg.fields) for it in items])
+    emb = embed_texts([it.text(cfg.fields) for it in items])
     size = effective_codebook_size(len(items), cfg.codebook_size)
     if size != cfg.codebook_size:
         log.info("catalog of %d items: codebook scaled from %d to %d codes", len(items), cfg.codebook_size, size)

@@ -1,73 +1,102 @@
 """``python -m pauserec train --stage S --from CKPT --out DIR``: one training stage, checkpoint in and out.
 
-Stages (defaults: ``[train.STAGE]`` of ``--preset``, ``paper`` unless given; flags override single fields):
-
-* ``cpt`` -- SID grounding on the item corpus in both directions; loss on the answer part.
-* ``sft`` -- next-item SFT with the ``plain`` prompt; loss on the target SID only.
-* ``pause-pretrain`` -- from the CPT checkpoint: re-initialise ``<pause>`` at the mean of all text + SID
-  rows (noise variance 1e-9 x word-embedding variance), insert pauses into ~``pause_ratio`` of the CPT
-  corpus and train ONLY the pause row (every other weight, other rows included, stays bit-identical).
-* ``pause-sft`` -- from the SFT checkpoint: set the pause row (``--pause-init pretrained`` copies it from
-  ``--pause-from``, or mean-text / mean-sid / default), then fine-tune with ``<think>`` + k pauses +
-  ``</think>`` before the target; loss on the SID only.
-* ``cot-sft`` -- from the SFT checkpoint: ``<think>`` rationale ``</think>`` then the target; loss on
-  rationale and SID. ``--rationale`` names a source of :mod:`pauserec.rationales`.
+Stages and their surgery are in :mod:`pauserec.stages`; the loop every stage shares is
+:mod:`pauserec.loop`. Defaults come from ``[train.STAGE]`` of ``--preset`` (``paper`` unless given);
+flags override single fields. Drivers call :func:`run` with :func:`stage_args` instead of argv lists.
 
 Writes ``DIR`` (the checkpoint, with ``train_log.csv``) only when the stage finishes; meanwhile the live
-log and resumable state are in ``DIR.partial``. Launch with ``torchrun --nproc-per-node N -m pauserec
-train ...`` for data-parallel training on N GPUs (or CPU processes, gloo).
+log and resumable state are in ``DIR.partial``. An existing ``DIR`` is refused unless ``--overwrite``.
+Launch with ``torchrun --nproc-per-node N -m pauserec train ...`` for data-parallel training on N GPUs
+(or CPU processes, gloo).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-import torch
 import torch.distributed as dist
 
-from pauserec import backbone, checkpoint, corpus, data, files, rationales, tokens, trainstate
+from pauserec import checkpoint, files, rationales, stages, trainstate
 from pauserec.checkpoint import Checkpoint
-from pauserec.config import parse_args, to_dict
+from pauserec.config import STAGES, build, parse_args, to_dict
+from pauserec.data import TRAIN_TARGETS
+from pauserec.device import describe, resolve_device
 from pauserec.errors import UserError
-from pauserec.loop import LoopConfig, Result, fit, native_bf16, resolve_device
-from pauserec.prompts import PromptBuilder
+from pauserec.loop import LoopConfig, Result, fit
+from pauserec.prompts import DEFAULT_PAUSES
 
 log = logging.getLogger(__name__)
-VARIANT = {"cpt": "base", "sft": "plain", "pause-pretrain": "base", "pause-sft": "pause", "cot-sft": "cot"}
-PARENT = {"pause-pretrain": "cpt", "pause-sft": "sft", "cot-sft": "sft"}  # the expected source stage
-PAUSE_INITS = ("pretrained", "mean-text", "mean-sid", "default")
-NOT_FINGERPRINTED = ("resume", "progress", "device", "out", "save_every", "log_every", "preset")
+NOT_FINGERPRINTED = ("resume", "overwrite", "progress", "device", "out", "save_every", "log_every", "preset")
+GROUNDING = ("cpt", "pause-pretrain")  # stages that train on the item corpus, not on next-item targets
+CONTROL_NO_PAUSES = ("think-only", "sft-continued")
 
 
 @dataclass
 class TrainArgs(LoopConfig):
     """One training stage: a checkpoint in, a checkpoint out."""
 
-    stage: str = field(default="", metadata={"help": ", ".join(VARIANT)})
+    stage: str = field(default="", metadata={"help": ", ".join(STAGES), "choices": STAGES})
     from_ckpt: str = field(default="", metadata={"flag": "--from", "help": "source checkpoint directory"})
-    out: str = field(default="", metadata={"help": "output checkpoint directory"})
+    out: str = field(default="", metadata={"help": "output checkpoint directory (must not exist)"})
     preset: str = field(default="paper", metadata={"help": "configs/NAME.toml supplies [train.STAGE]"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT.partial after a kill"})
-    n_train: int = field(default=0, metadata={"help": "seeded sample of training sequences (0: all)"})
-    max_history: int = field(default=0, metadata={"help": "history truncation (0: the checkpoint's)"})
-    desc_words: int = field(default=32, metadata={"help": "cpt: description words per item"})
-    pause_ratio: float = field(default=0.1, metadata={"help": "pause-pretrain: pauses per token"})
-    k: int = field(default=5, metadata={"help": "pause-sft: pauses in the think block"})
-    pause_init: str = field(default="pretrained", metadata={"help": "pause-sft: " + ", ".join(PAUSE_INITS)})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing OUT"})
+    n_train: int = field(default=0, metadata={"help": "seeded sample of training sequences (0: all)",
+                                              "min": 0})
+    train_targets: str = field(default="all", metadata={
+        "help": "all (every prefix of the training part) or last (the paper: one example per user, the "
+                "third-to-last item)", "choices": TRAIN_TARGETS})
+    max_history: int = field(default=0, metadata={"help": "history truncation (0: the checkpoint's)", "min": 0})
+    desc_words: int = field(default=32, metadata={"help": "cpt: description words per item", "min": 0})
+    pause_ratio: float = field(default=0.1, metadata={"help": "pause-pretrain: pauses per token",
+                                                      "gt": 0.0, "max": 0.99})
+    n_pauses: int = field(default=DEFAULT_PAUSES, metadata={"help": "pause-sft: pauses in the think block",
+                                                            "min": 0, "max": 512, "aliases": ("--k",)})
+    pause_init: str = field(default="pretrained", metadata={"help": "pause-sft: " + ", ".join(stages.PAUSE_INITS),
+                                                            "choices": stages.PAUSE_INITS})
     pause_from: str = field(default="", metadata={"help": "pause-sft: the pause-pretrain checkpoint"})
-    rationale: str = field(default="template", metadata={"help": "cot-sft: " + ", ".join(rationales.SOURCES)})
+    control: str = field(default="", metadata={
+        "help": "pause-sft: a compute-matched control instead of pauses: " + ", ".join(stages.CONTROLS),
+        "choices": ("", *stages.CONTROLS)})
+    rationale: str = field(default="template", metadata={"help": "cot-sft: " + ", ".join(rationales.SOURCES),
+                                                         "choices": rationales.SOURCES})
     rationale_file: str = field(default="", metadata={"help": "cot-sft: JSONL from `pauserec rationales`"})
     rationale_loss: bool = field(default=True, metadata={"help": "cot-sft: loss on the rationale too"})
-    rationale_max_tokens: int = field(default=96, metadata={"help": "cot-sft local/openai: length cap"})
+    rationale_max_tokens: int = field(default=96, metadata={"help": "cot-sft local/openai: length cap",
+                                                            "min": 1})
     llm_base_url: str | None = field(default=None, metadata={"help": "cot-sft openai: endpoint"})
     llm_model: str | None = field(default=None, metadata={"help": "cot-sft openai: model name"})
+
+
+def stage_args(stage: str, preset: str = "paper", **values: Any) -> TrainArgs:
+    """The arguments of ``stage``: ``[train.STAGE]`` of ``preset``, then ``values`` (field names)."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    return check(build(TrainArgs, {**values, "stage": stage, "preset": preset}, preset, f"train.{stage}"))
+
+
+def check(args: TrainArgs) -> TrainArgs:
+    """Relations between fields that no single field's range can say."""
+    if not args.from_ckpt or not args.out:
+        raise UserError("usage: python -m pauserec train --stage S --from CKPT --out DIR [--preset P]")
+    if args.control and args.stage != "pause-sft":
+        raise UserError(f"--control {args.control} is a pause-sft control; --stage is {args.stage}")
+    if args.stage == "pause-sft" and not args.control and args.n_pauses < 1:
+        raise UserError("--n-pauses 0 is the think-only control: pass --control think-only")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues OUT.partial and --overwrite starts over: pass one of them")
+    return args
 
 
 def parse(argv: list[str] | None) -> TrainArgs:
@@ -78,130 +107,30 @@ def parse(argv: list[str] | None) -> TrainArgs:
         stage = next((a.split("=", 1)[1] for a in argv if a.startswith("--stage=")), None)
         if stage is None and "--stage" in argv[:-1]:
             stage = argv[argv.index("--stage") + 1]
-        if stage not in VARIANT:
-            raise UserError(f"pauserec train needs --stage, one of {', '.join(VARIANT)} (got {stage!r})")
-        if not any(a == "--preset" or a.startswith("--preset=") for a in argv):
-            argv += ["--preset", "paper"]
-    args = parse_args(TrainArgs, argv, "pauserec train", section=f"train.{stage}")
-    if not args.from_ckpt or not args.out:
-        raise UserError("usage: python -m pauserec train --stage S --from CKPT --out DIR [--preset P]")
-    if Path(args.from_ckpt).resolve() == Path(args.out).resolve():
-        raise UserError("--out must differ from --from (a checkpoint is never overwritten in place)")
-    if args.pause_init not in PAUSE_INITS:
-        raise UserError(f"unknown --pause-init '{args.pause_init}' (known: {', '.join(PAUSE_INITS)})")
-    if args.k < 1 or args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-        raise UserError("--k, --epochs and --batch-size must be at least 1 and --lr positive")
-    return args
+        if stage not in STAGES:
+            raise UserError(f"pauserec train needs --stage, one of {', '.join(STAGES)} (got {stage!r})")
+    return check(parse_args(TrainArgs, argv, "pauserec train", section=f"train.{stage}"))
 
 
-def pause_params(model) -> list[tuple[str, torch.Tensor]]:
-    """(name, weight) of the input embedding, and of the output one when it is not tied."""
-    mats = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight is not mats[0]:
-        mats.append(out.weight)
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [(names[id(m)], m) for m in mats]
-
-
-def freeze_all_but(model, rows: list[int]) -> dict[str, torch.Tensor]:
-    """Freeze every parameter except the embedding matrices, whose other rows get a zero-gradient mask."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    masks = {}
-    for name, weight in pause_params(model):
-        weight.requires_grad_(True)
-        mask = torch.zeros(weight.shape[0], dtype=torch.bool)
-        mask[rows] = True
-        masks[name] = mask
-    return masks
-
-
-@torch.no_grad()
-def init_pause(ckpt: Checkpoint, how: str, pause_from: str = "", seed: int = 0) -> None:
-    """Set the pause row(s): copied from a pause-pretrain checkpoint, or by a backbone init strategy."""
-    pid = ckpt.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
-    if how != "pretrained":
-        backbone.init_rows(ckpt.model, ckpt.tokenizer, [pid], how, seed)
-        return
-    if not pause_from:
-        raise UserError("--pause-init pretrained needs --pause-from PAUSE_PRETRAIN_CKPT")
-    src = checkpoint.load(pause_from)
-    if src.stage != "pause-pretrain":
-        log.warning("--pause-from %s is stage '%s', not pause-pretrain", pause_from, src.stage)
-    dst_params, src_params = pause_params(ckpt.model), pause_params(src.model)
-    same = (src.tokenizer.convert_tokens_to_ids(tokens.PAUSE) == pid and len(dst_params) == len(src_params)
-            and all(a.shape == b.shape for (_, a), (_, b) in zip(dst_params, src_params)))
-    if not same:
-        raise UserError(f"--pause-from {pause_from}: its vocabulary or embedding size differs from --from")
-    for (_, dst), (_, srcw) in zip(dst_params, src_params):
-        dst[pid] = srcw[pid].to(dst.device, dst.dtype)
-
-
-def prepare(ckpt: Checkpoint, args: TrainArgs) -> dict[str, torch.Tensor]:
-    """Stage-specific model surgery; returns the row masks of row-only training (pause-pretrain)."""
-    expected = PARENT.get(args.stage)
-    if expected and ckpt.stage != expected:
-        log.warning("stage %s expects a %s checkpoint; --from is stage '%s'", args.stage, expected, ckpt.stage)
-    pid = ckpt.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
-    if args.stage == "pause-pretrain":
-        backbone.init_rows(ckpt.model, ckpt.tokenizer, [pid], "mean-all", args.seed)
-        return freeze_all_but(ckpt.model, [pid])
+def cell_name(args: TrainArgs, rats: list) -> str:
+    """The experiment cell a checkpoint is: ``sft``, ``pause-k5``, ``pause-k5-mean-text``,
+    ``think-only``, ``sft-continued``, ``filler-k5``, ``cot-template`` ... (stage name otherwise)."""
     if args.stage == "pause-sft":
-        init_pause(ckpt, args.pause_init, args.pause_from, args.seed)
-    return {}
+        if args.control in ("think-only", "sft-continued"):
+            return args.control
+        if args.control == "filler":
+            return f"filler-k{args.n_pauses}"
+        return f"pause-k{args.n_pauses}" + ("" if args.pause_init == "pretrained" else f"-{args.pause_init}")
+    if args.stage == "cot-sft":
+        source = rats[0].source if rats and rats[0].source else args.rationale
+        return "cot-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", source)
+    return args.stage
 
 
-def build_corpus(ckpt: Checkpoint, args: TrainArgs) -> tuple[corpus.Corpus, list, list]:
-    """The stage's training sequences, plus (examples, rationales) for cot-sft."""
-    spec = ckpt.meta.get("dataset") or {}
-    if not spec.get("name"):
-        raise UserError(f"checkpoint {ckpt.path} names no dataset in its metadata")
-    ds = data.load_dataset(spec["name"], spec.get("data_root"))
-    if [it.item_id for it in ds.items] != [it.item_id for it in ckpt.catalog.items]:
-        raise UserError(f"checkpoint {ckpt.path}: its catalog does not match dataset '{spec['name']}'")
-    tok = ckpt.tokenizer
-    if args.stage in ("cpt", "pause-pretrain"):
-        c = corpus.subset(corpus.grounding(tok, ckpt.catalog, ds.items, args.desc_words), args.n_train,
-                          args.seed)
-        if args.stage == "pause-pretrain":
-            c = corpus.with_pauses(c, tok.convert_tokens_to_ids(tokens.PAUSE), args.pause_ratio, args.seed)
-        return c, [], []
-    windows = data.split(ds, args.max_history or spec.get("max_history", 20))["train"]
-    keep = corpus.sample(len(windows), args.n_train, args.seed)
-    examples = [windows[i] for i in keep]
-    builder = PromptBuilder(tok, ckpt.catalog)
-    rats = _rationales(ckpt, args, examples) if args.stage == "cot-sft" else []
-    variant = VARIANT[args.stage]
-    c = corpus.recommendation(builder, examples, variant, args.k,
-                              [r.text for r in rats] if rats else None, args.rationale_loss)
-    c.info.update(available=len(windows), used=len(examples))
-    return c, examples, rats
-
-
-def _rationales(ckpt: Checkpoint, args: TrainArgs, examples: list) -> list[rationales.Rationale]:
-    if args.rationale_file:
-        known = rationales.read(args.rationale_file)
-        missing = sum(ex not in known for ex in examples)
-        if missing:
-            raise UserError(f"{missing} of {len(examples)} training examples have no rationale in "
-                            f"{args.rationale_file} (write them with `python -m pauserec rationales`)")
-        return [known[ex] for ex in examples]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.rationale.split("-")[0] in ("local", "openai"):
-        raise UserError("under torchrun, write model rationales first (`python -m pauserec rationales`) "
-                        "and pass --rationale-file")
-    cache = str(Path(args.out).with_name(Path(args.out).name + ".rationales.jsonl"))
-    options: dict = {}
-    if args.rationale.startswith("local"):
-        options = {"ckpt": ckpt, "cache_path": cache, "max_new_tokens": args.rationale_max_tokens}
-    elif args.rationale.startswith("openai"):
-        options = {"cache_path": cache, "base_url": args.llm_base_url, "model": args.llm_model,
-                   "max_tokens": args.rationale_max_tokens}
-    return rationales.build(args.rationale, ckpt.catalog, examples, **options)
-
-
-def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: dict) -> dict:
-    """The new checkpoint's metadata: the parent's backbone, dataset and SIDs, plus this stage."""
+def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: dict,
+               pause_src: Checkpoint | None, tok) -> dict:
+    """The new checkpoint's metadata: the parent's backbone, dataset and SIDs, plus this stage; its
+    ``timings`` cover the whole lineage (parent's stages, the pause-pretrain source's, this one)."""
     meta = {key: parent[key] for key in ("backbone", "dataset", "sid") if key in parent}
     if args.max_history and args.stage not in ("cpt", "pause-pretrain"):
         meta["dataset"] = {**meta.get("dataset", {}), "max_history": args.max_history}
@@ -209,27 +138,27 @@ def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: di
     if rats:
         rationale = {"source": rats[0].source or args.rationale, "leaky": any(r.leaky for r in rats),
                      "file": args.rationale_file or None, "n": len(rats)}
-    pause_init = {"pause-pretrain": "mean-all", "pause-sft": args.pause_init}.get(args.stage)
-    meta.update(variant=VARIANT[args.stage], stage=args.stage, k=args.k if args.stage == "pause-sft" else 0,
-                pause_init=pause_init, rationale=rationale, metrics={}, parent=str(args.from_ckpt),
+    pause_init = {"pause-pretrain": "mean-all", "pause-sft": args.pause_init if not args.control else None}
+    n_pauses = 0 if args.stage != "pause-sft" or args.control in CONTROL_NO_PAUSES else args.n_pauses
+    lineage = {**parent.get("timings", {}), **(pause_src.meta.get("timings", {}) if pause_src else {})}
+    meta.update(variant=stages.variant_of(args.stage, args.control), stage=args.stage,
+                cell=cell_name(args, rats), n_pauses=n_pauses, pause_init=pause_init.get(args.stage),
+                pause_token=stages.filler_token(tok) if args.control == "filler" else None,
+                control=args.control or None, rationale=rationale, train_seed=args.seed,
+                train_targets=None if args.stage in GROUNDING else args.train_targets,
+                metrics={}, parent=str(args.from_ckpt),
                 configs={**parent.get("configs", {}), args.stage: {**to_dict(args), "corpus": info}},
-                timings={**parent.get("timings", {}), args.stage: timing})
+                timings={**lineage, args.stage: timing})
     return meta
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu, {torch.get_num_threads()} thread(s)"
-
-
-def timing(result: Result, wall_s: float, cpu_s: float, device: torch.device, amp: str) -> dict:
+def timing(result: Result, wall_s: float, cpu_s: float, device) -> dict:
+    """What a stage cost: wall time (all segments of a resumed run), device-hours, tokens, where."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    precision = "bf16 autocast" if amp == "bf16" or (amp == "auto" and native_bf16(device)) else "fp32"
     return {"wall_s": wall_s, "cpu_s": cpu_s, "device_hours": wall_s * world / 3600, "tokens": result.tokens,
             "labelled_tokens": result.labelled, "tokens_per_s": result.tokens / max(result.train_s, 1e-9),
-            "train_s": result.train_s, "steps": result.steps, "device": device_name(device),
-            "world_size": world, "precision": precision}
+            "train_s": result.train_s, "steps": result.steps, "world_size": world,
+            **describe(device, result.dtype)}
 
 
 def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list, rats: list) -> None:
@@ -243,32 +172,54 @@ def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list
     shutil.rmtree(trainstate.partial_dir(out), ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> Checkpoint:
-    args = parse(argv)
+def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkpoint:
+    """Train one stage (see the module docstring). ``on_step(step)`` runs after each optimizer step."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    ckpt = checkpoint.load(args.from_ckpt)
-    masks = prepare(ckpt, args)
-    data_, examples, rats = build_corpus(ckpt, args)
-    log.info("%s: %d sequences, %d tokens", args.stage, len(data_), int(data_.lengths().sum()))
-    tok = ckpt.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    fingerprint = {k: v for k, v in to_dict(args).items() if k not in NOT_FINGERPRINTED}
-    try:
-        result = fit(ckpt.model, data_, args, args.out, pad, masks, args.resume, fingerprint)
-        if dist.is_initialized() and dist.get_rank() != 0:
-            dist.barrier()  # rank 0 writes the checkpoint
-            return ckpt
-        ckpt.model.eval()
-        times = timing(result, time.perf_counter() - start, time.process_time() - cpu_start,
-                       resolve_device(args.device), args.amp)
-        ckpt.meta = meta = stage_meta(ckpt.meta, args, data_.info, rats, times)
-        save_stage(ckpt, args.out, result, examples, rats)
-        if dist.is_initialized():
-            dist.barrier()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    t = meta["timings"][args.stage]
+    checkpoint.read_meta(args.from_ckpt)  # a bad input fails before anything is claimed or loaded
+    if args.resume and (Path(args.out) / checkpoint.META_FILE).is_file():
+        raise UserError(f"{args.out} is a finished checkpoint: nothing to resume (--overwrite retrains it)")
+    inputs = [args.from_ckpt] + ([args.pause_from] if args.pause_from else [])
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns (and locks) the output
+    claim = files.claim(args.out, overwrite=args.overwrite, inputs=inputs) if rank0 else nullcontext()
+    with claim:
+        ckpt = checkpoint.load(args.from_ckpt)
+        masks, pause_src = stages.prepare(ckpt, args)
+        data_, examples, rats = stages.build_corpus(ckpt, args)
+        log.info("%s: %d sequences, %d tokens", args.stage, len(data_), int(data_.lengths().sum()))
+        tok = ckpt.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        fingerprint = {k: v for k, v in to_dict(args).items() if k not in NOT_FINGERPRINTED}
+        try:
+            result = _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, start)
+            if dist.is_initialized() and dist.get_rank() != 0:
+                dist.barrier()  # rank 0 writes the checkpoint
+                return ckpt
+            ckpt.model.eval()
+            times = timing(result, result.wall_before + time.perf_counter() - start,
+                           time.process_time() - cpu_start, resolve_device(args.device))
+            ckpt.meta = stage_meta(ckpt.meta, args, data_.info, rats, times, pause_src, tok)
+            save_stage(ckpt, args.out, result, examples, rats)
+            if dist.is_initialized():
+                dist.barrier()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    t = ckpt.meta["timings"][args.stage]
     print(f"wrote checkpoint {args.out} ({args.stage}: {t['steps']} steps, {t['tokens']:,} tokens, "
           f"{t['tokens_per_s']:.0f} tokens/s, loss {result.loss:.4f}, {t['wall_s']:.0f}s)")
     return ckpt
+
+
+def _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, start) -> Result:
+    """The loop; a run that fails before saving any resumable state leaves no ``OUT.partial`` behind."""
+    partial = trainstate.partial_dir(args.out)
+    try:
+        return fit(ckpt.model, data_, args, args.out, pad, masks, args.resume, fingerprint, on_step, start)
+    except BaseException:
+        if not (partial / trainstate.STATE_FILE).is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> Checkpoint:
+    return run(parse(argv))

@@ -49,7 +49,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def fresh(fingerprint: dict) -> dict[str, Any]:
-    return {"step": 0, "tokens": 0, "labelled": 0, "elapsed": 0.0, "log": [], "saved_step": 0,
+    return {"step": 0, "tokens": 0, "labelled": 0, "elapsed": 0.0, "wall": 0.0, "log": [], "saved_step": 0,
             "fingerprint": fingerprint}
 
 

@@ -1,13 +1,14 @@
 """What every probe shares: its argument base class, checkpoint loading and the results contract.
 
-Every probe writes, atomically, ``OUT/results.csv`` (tidy: one measurement per row, always ``variant,
-metric, value`` plus ``ckpt, stage`` and whichever of ``layer, head, pos, user_id, item_id, seed`` apply),
-``OUT/meta.json`` (args, versions, checkpoint hashes) and its figures as ``OUT/figures/NAME.{png,pdf}``.
+Every probe writes, atomically, ``OUT/results.csv`` (tidy: one measurement per row, ``metric, value``
+plus the identity of the checkpoint it came from -- :data:`pauserec.checkpoint.IDENTITY` -- and whichever
+of ``layer, head, pos, user_id, item_id`` apply) and ``OUT/meta.json`` (args, versions, device, each
+checkpoint's identity and health). Nothing else: figures are drawn by :mod:`analysis` from these files.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import platform
 import sys
 from collections.abc import Callable, Iterator
@@ -21,9 +22,13 @@ from pauserec import __version__, checkpoint, files
 from pauserec.checkpoint import Checkpoint
 from pauserec.cli import run, setup_logging
 from pauserec.config import parse_args, to_dict
+from pauserec.device import DEVICES_HELP, DTYPES, describe, resolve_device, resolve_dtype
 from pauserec.errors import UserError
 
+log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("variant", "metric", "value")
+RECOMMENDER_STAGES = ("sft", "pause-sft", "cot-sft")  # stages whose checkpoints recommend
+HEALTH_USERS = 16
 
 
 @dataclass
@@ -31,74 +36,106 @@ class ProbeArgs:
     """Base arguments of every probe."""
 
     ckpt: list[str] = field(default_factory=list, metadata={"positional": True, "help": "checkpoint dir(s)"})
-    out: str = field(default="", metadata={"help": "output directory (results.csv, meta.json, figures/)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
+    out: str = field(default="", metadata={"help": "output directory: results.csv and meta.json (must not exist)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    seed: int = field(default=0, metadata={"help": "seed of the probe's samples", "min": 0})
+    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
+    dtype: str = field(default="auto", metadata={"help": "weights: auto (bf16 where native), bf16, fp16, fp32",
+                                                 "choices": DTYPES})
 
 
 def parse(cls, argv: list[str] | None, prog: str):
-    args = parse_args(cls, argv, prog)
+    return check(parse_args(cls, argv, prog), prog)
+
+
+def check(args, prog: str = "probe"):
+    """Inputs readable and the output claimable, before any work."""
     if not args.out:
         raise UserError(f"{prog}: --out DIR is required")
+    if not args.ckpt:
+        raise UserError(f"{prog}: give at least one checkpoint directory")
     for path in args.ckpt:
         checkpoint.read_meta(path)  # fail fast, before any work, on a bad checkpoint
+    with files.claim(args.out, overwrite=args.overwrite, inputs=args.ckpt):
+        pass
     return args
 
 
-def iter_ckpts(paths: list[str], device: str = "cpu", **kwargs) -> Iterator[Checkpoint]:
-    """Load checkpoints one at a time (a trajectory of stages never sits in memory at once)."""
-    for path in paths:
-        yield checkpoint.load(path, device=device, **kwargs)
+def iter_ckpts(args, **kwargs) -> Iterator[Checkpoint]:
+    """Load ``args.ckpt`` one at a time (a trajectory of stages never sits in memory at once), on
+    ``args.device`` in ``args.dtype``."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    for path in args.ckpt:
+        yield checkpoint.load(path, device=device, dtype=dtype, **kwargs)
 
 
 def label(ckpt: Checkpoint) -> dict[str, Any]:
-    """Columns that identify a checkpoint in results: ``ckpt`` (dir name), ``stage``, ``variant``."""
-    name = ckpt.path.name if ckpt.path else "ckpt"
-    return {"ckpt": name, "stage": ckpt.stage, "variant": ckpt.variant}
+    """The identity columns every row of a probe's results carries (see ``checkpoint.IDENTITY``)."""
+    return ckpt.identity()
 
 
-def ckpt_hash(path: str | Path) -> str:
-    """Content hash of a checkpoint's metadata, catalog and config (cheap; weights by size)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for name in ("pauserec.json", "items.jsonl", "config.json"):
-        p = path / name
-        if p.is_file():
-            h.update(p.read_bytes())
-    for p in sorted(path.glob("model*.safetensors")):
-        h.update(f"{p.name}:{p.stat().st_size}".encode())
-        with open(p, "rb") as fh:  # header + first MiB: changes whenever the weights do, in practice
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()[:16]
+def health(ckpt: Checkpoint, seed: int = 0) -> dict[str, Any]:
+    """Whether a recommender checkpoint's top-10 lists depend on the user (beam search, 10 beams, on
+    :data:`HEALTH_USERS` test users); a probe run on one that does not says so next to its results."""
+    if ckpt.stage not in RECOMMENDER_STAGES:
+        return {}
+    from pauserec import evaluate
+
+    summary, _ = evaluate.evaluate(ckpt, "test", HEALTH_USERS, seed, beams=10, batch_size=HEALTH_USERS)
+    out = {k: summary[k] for k in ("distinct_lists@10", "modal_list_share@10", "user_independent")}
+    if out["user_independent"]:
+        log.warning("%s gives most users the same top-10 list: it has not learned to condition on the "
+                    "user, so read its probe results with care", ckpt.path)
+    return out
 
 
-def write_results(df: pd.DataFrame, args, figures: dict[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None) -> Path:
-    """Write results.csv, meta.json and figures into ``args.out`` in one atomic step."""
+
+
+def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,
+              **load: Any) -> pd.DataFrame:
+    """Load each checkpoint in turn, ``compute(ckpt, args)`` its rows, check its health, write the
+    results: the body of every probe's ``run``. ``load`` goes to :func:`pauserec.checkpoint.load`."""
+    frames, healths = [], {}
+    for ckpt in iter_ckpts(args, **load):
+        log.info("%s probe on %s (%s)", name, ckpt.path, ckpt.stage)
+        frames.append(compute(ckpt, args))
+        healths[ckpt.path.name] = health(ckpt, args.seed)
+    df = pd.concat(frames, ignore_index=True)
+    write_results(df, args, extra={"probe": name, "health": healths})
+    return df
+
+
+def write_results(df: pd.DataFrame, args, extra: dict[str, Any] | None = None) -> Path:
+    """Write results.csv and meta.json into ``args.out`` in one atomic step (figures are drawn by
+    :mod:`analysis` from these files)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"results lack required column(s) {missing}")
     import torch
     import transformers
 
+    device = resolve_device(args.device)
     meta = {
         "probe": getattr(args, "probe_name", "") or type(args).__module__.rsplit(".", 1)[-1],
         "args": to_dict(args),
         "versions": {"pauserec": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
-        "checkpoints": {str(p): ckpt_hash(p) for p in args.ckpt},
+        **describe(device, resolve_dtype(args.dtype, device)),
+        "checkpoints": [checkpoint.identity(checkpoint.read_meta(p), p) for p in args.ckpt],
         "rows": len(df),
         **(extra or {}),
     }
-    with files.atomic_dir(args.out) as tmp:
+    with files.claim(args.out, overwrite=args.overwrite, inputs=args.ckpt), files.atomic_dir(args.out) as tmp:
         df.to_csv(tmp / "results.csv", index=False)
         files.write_json(tmp / "meta.json", meta)
-        if figures:
-            from analysis.theme import save_figure
-
-            for name, fig in figures.items():
-                save_figure(fig, tmp / "figures" / name)
     return Path(args.out)
+
+
+def llm_cache_path(args) -> str | None:
+    if args.llm_cache:
+        return args.llm_cache
+    return str(Path(args.out).with_name(Path(args.out).name + ".llm-cache.jsonl")) if args.out else None
 
 
 def cli(main: Callable[[list[str] | None], object]) -> None:

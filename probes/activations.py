@@ -26,14 +26,6 @@ log = logging.getLogger(__name__)
 WORD = re.compile(r"[A-Za-z]{3,}")
 
 
-def embedding_matrices(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """``{"input": W_E}`` plus ``"output": W_U`` when the head is untied; each (d_vocab, d_model)."""
-    inp = model.get_input_embeddings().weight
-    out = model.get_output_embeddings()
-    mats = {"input": inp.detach()}
-    if out is not None and out.weight.data_ptr() != inp.data_ptr():
-        mats["output"] = out.weight.detach()
-    return mats
 
 
 def readable_words(tok: PreTrainedTokenizerBase, min_len: int = 3) -> dict[int, str]:

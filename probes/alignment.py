@@ -20,17 +20,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pauserec import tokens
+from pauserec import backbone, tokens
 from pauserec.checkpoint import Checkpoint
 from pauserec.errors import UserError
 from probes import activations as act
 from probes import similarity as sim
-from probes._common import ProbeArgs, cli, iter_ckpts, label, parse, write_results
+from probes._common import ProbeArgs, cli, label, parse, run_probe
 from probes.alignment_context import contextual, umap_rows
-from probes.figures import alignment_figures as figures
 
 log = logging.getLogger(__name__)
-__all__ = ["Args", "compute", "figures", "main"]
+__all__ = ["Args", "compute", "main", "run"]
 
 
 @dataclass
@@ -239,7 +238,7 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     sample = sorted(rng.choice(words, min(args.max_words, len(words)), replace=False).tolist())
     special = {t: tok.convert_tokens_to_ids(t) for t in (tokens.PAUSE, *tokens.THINK_TOKENS)}
     frames = []
-    for matrix, w in act.embedding_matrices(ckpt.model).items():
+    for matrix, w in backbone.embedding_matrices(ckpt.model).items():
         w = w.detach().float().cpu()
         rows = token_level(w, items, rng) + neighbours(w, items, readable, names, args.k, rng)
         rows += item_level(w, items, args.k, args.n_perm, args.max_items, rng)
@@ -255,15 +254,13 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     return df
 
 
+def run(args: Args) -> pd.DataFrame:
+    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
+    return run_probe(args, compute, "alignment")
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse(Args, argv, "python -m probes.alignment")
-    frames = []
-    for ckpt in iter_ckpts(args.ckpt, device=args.device):
-        log.info("alignment probe on %s (%s)", ckpt.path, ckpt.stage)
-        frames.append(compute(ckpt, args))
-    df = pd.concat(frames, ignore_index=True)
-    write_results(df, args, figures(df), extra={"probe": "alignment"})
-    return df
+    return run(parse(Args, argv, "python -m probes.alignment"))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def contextual(ckpt: Checkpoint, index: np.ndarray, n_items: int, rng: np.random
     the SID of one item vs the title of another."""
     if n_items <= 0:
         return []
-    builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
+    builder = PromptBuilder.for_checkpoint(ckpt)
     chosen = rng.choice(index, min(n_items, len(index)), replace=False)
     seqs = [pair for i in chosen for pair in mention_pairs(builder, int(i))]
     mention, last = [], []

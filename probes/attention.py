@@ -3,7 +3,7 @@
 * attention mass from each ``<pause>`` (``attn_mass``, ``pos`` = pause index) and from each
   SID-generating position (``attn_mass_sid``, ``pos`` = SID level) onto the prompt's segments, per
   ``layer`` and ``head``, averaged over users; early vs late pauses (``attn_mass_early/late``: the
-  first and the last ``k // 2`` pauses, mean over heads);
+  first and the last ``n_pauses // 2`` pauses, mean over heads);
 * relevance: correlation of the attention on each history item with how much it shares with the target
   (SID prefix / categories), against targets re-paired across users (``relevance_corr*``);
 * trie-restricted logit lens: each pause's residual stream after each block, through the final norm and
@@ -29,15 +29,14 @@ import torch
 from pauserec import data, evaluate, rationales
 from pauserec.checkpoint import Checkpoint
 from pauserec.errors import UserError
-from pauserec.prompts import Encoded, PromptBuilder
+from pauserec.prompts import DEFAULT_PAUSES, Encoded, PromptBuilder
 from probes import activations as act
 from probes import interventions
-from probes._common import ProbeArgs, cli, iter_ckpts, label, parse, write_results
-from probes.figures import attention_figures as figures
+from probes._common import ProbeArgs, cli, label, parse, run_probe
 from probes.relevance import relevance_rows
 
 log = logging.getLogger(__name__)
-__all__ = ["Args", "compute", "figures", "main"]
+__all__ = ["Args", "compute", "main", "run"]
 # PromptBuilder's segments, except that the first position (BOS, or the instruction's first token
 # where the tokenizer adds no BOS) is its own segment: it is the usual attention sink.
 SEGMENTS = ("first", "instruction", "history", "sep", "think", "pause", "rationale", "target")
@@ -51,7 +50,7 @@ class Args(ProbeArgs):
     split: str = field(default="test", metadata={"help": "test, valid or train"})
     variant: str = field(default="auto", metadata={"help": "prompt: pause, plain, cot; auto = the "
                                                            "checkpoint's (base -> pause)"})
-    k: int = field(default=-1, metadata={"help": "pauses; -1 = the checkpoint's (5 if it has none)"})
+    n_pauses: int = field(default=-1, metadata={"help": "pauses; -1 = the checkpoint's (5 if it has none)"})
     batch_size: int = field(default=8, metadata={"help": "users per forward pass"})
     n_perm: int = field(default=200, metadata={"help": "target re-pairings for the relevance baseline"})
     interventions: bool = field(default=False, metadata={"help": "also decode with pauses removed / "
@@ -66,14 +65,14 @@ def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:
     variant = "pause" if variant == "base" else variant
     if variant not in ("plain", "pause", "cot"):
         raise UserError(f"unknown variant '{variant}' (known: auto, plain, pause, cot)")
-    k = args.k if args.k >= 0 else int(ckpt.meta.get("k") or 0) or 5
-    return variant, k if variant == "pause" else 0
+    n_pauses = args.n_pauses if args.n_pauses >= 0 else ckpt.n_pauses or DEFAULT_PAUSES
+    return variant, n_pauses if variant == "pause" else 0
 
 
-def encode_all(builder: PromptBuilder, examples: list[data.Example], variant: str, k: int) -> list[Encoded]:
+def encode_all(builder: PromptBuilder, examples: list[data.Example], variant: str, n_pauses: int) -> list[Encoded]:
     """Teacher-forced prompts with the target SID (cot: the leak-free template rationale)."""
     why = lambda ex: rationales.template(builder.catalog, ex.history) if variant == "cot" else None  # noqa: E731
-    return [builder.encode(ex.history, ex.target, variant, k, rationale=why(ex)) for ex in examples]
+    return [builder.encode(ex.history, ex.target, variant, n_pauses, rationale=why(ex)) for ex in examples]
 
 
 @dataclass
@@ -109,8 +108,8 @@ class Recorder:
         self.where0 = torch.searchsorted(lens.level0, lens.target[:, 0].contiguous()).to(dev)
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
 
-    def start(self, query: torch.Tensor, seg: torch.Tensor, hist: torch.Tensor, users: range, k: int):
-        self.query, self.seg, self.hist_onehot, self.users, self.k = query, seg, hist, users, k
+    def start(self, query: torch.Tensor, seg: torch.Tensor, hist: torch.Tensor, users: range, n_pauses: int):
+        self.query, self.seg, self.hist_onehot, self.users, self.n_pauses = query, seg, hist, users, n_pauses
 
     def hooks(self) -> list:
         out = []
@@ -142,16 +141,16 @@ class Recorder:
     def _rank(self, normed: torch.Tensor) -> torch.Tensor:
         """1-based rank of the target code among the candidates, per user and query (batch, nq).
         The target's logit is read from the same product as its rivals' (no rounding mismatch)."""
-        lens, k, users = self.lens, self.k, list(self.users)
-        logits0 = normed[:, :k + 1] @ self.w0.T  # (batch, k + 1, n_codes0)
+        lens, n_pauses, users = self.lens, self.n_pauses, list(self.users)
+        logits0 = normed[:, :n_pauses + 1] @ self.w0.T  # (batch, n_pauses + 1, n_codes0)
         where0 = self.where0[users]  # (batch,)
-        target0 = logits0.gather(-1, where0[:, None, None].expand(-1, k + 1, 1))
+        target0 = logits0.gather(-1, where0[:, None, None].expand(-1, n_pauses + 1, 1))
         ranks = [1 + (logits0 > target0).sum(-1)]
         for j in range(1, lens.target.shape[1]):
             col = []
             for b, u in enumerate(users):
                 w, where = self._children(u, j)
-                logits = w @ normed[b, k + j]
+                logits = w @ normed[b, n_pauses + j]
                 col.append(1 + (logits > logits[where]).sum())
             ranks.append(torch.stack(col)[:, None])
         return torch.cat(ranks, 1)
@@ -165,8 +164,8 @@ class Recorder:
         return self.cache[(u, j)]
 
 
-def batch_tensors(encs: list[Encoded], k: int, n_levels: int, pad: int):
-    """ids (batch, pos); queries (batch, k + n_levels): pause positions, then the positions whose next
+def batch_tensors(encs: list[Encoded], n_pauses: int, n_levels: int, pad: int):
+    """ids (batch, pos); queries (batch, n_pauses + n_levels): pause positions, then the positions whose next
     token is SID level j; one-hot segments (batch, pos, n_segments) and history items (batch, pos, n_hist)."""
     ids, _ = act.pad_right([e.input_ids for e in encs], pad)
     n_hist = 1 + max(int(s.split(":")[1]) for e in encs for s in e.segments if s.startswith("history:"))
@@ -185,7 +184,7 @@ def batch_tensors(encs: list[Encoded], k: int, n_levels: int, pad: int):
 
 
 @torch.no_grad()
-def record(ckpt: Checkpoint, encs: list[Encoded], lens: Lens, k: int, batch_size: int) -> Recorder:
+def record(ckpt: Checkpoint, encs: list[Encoded], lens: Lens, n_pauses: int, batch_size: int) -> Recorder:
     """One bridge pass per batch; the hooks keep segment masses, history masses and lens ranks."""
     model = ckpt.model
     bridge = act.boot_bridge(model, ckpt.tokenizer, model.device)
@@ -195,48 +194,48 @@ def record(ckpt: Checkpoint, encs: list[Encoded], lens: Lens, k: int, batch_size
     n_levels = lens.target.shape[1]
     for start in range(0, len(encs), batch_size):
         chunk = encs[start:start + batch_size]
-        ids, query, seg, hist = batch_tensors(chunk, k, n_levels, pad)
+        ids, query, seg, hist = batch_tensors(chunk, n_pauses, n_levels, pad)
         dev = model.device
-        rec.start(query.to(dev), seg.to(dev), hist.to(dev), range(start, start + len(chunk)), k)
+        rec.start(query.to(dev), seg.to(dev), hist.to(dev), range(start, start + len(chunk)), n_pauses)
         bridge.run_with_hooks(ids.to(dev), fwd_hooks=rec.hooks())
         log.info("attention probe: %d/%d users", start + len(chunk), len(encs))
     del bridge
     return rec
 
 
-def mass_rows(rec: Recorder, n_users: int, k: int) -> list[dict]:
+def mass_rows(rec: Recorder, n_users: int, n_pauses: int) -> list[dict]:
     rows = []
     for layer, total in rec.seg_sum.items():
         mean = (total / n_users).cpu().numpy()  # (n_heads, nq, n_segments)
         for head in range(mean.shape[0]):
             for q in range(mean.shape[1]):
-                metric, pos = ("attn_mass", q) if q < k else ("attn_mass_sid", q - k)
+                metric, pos = ("attn_mass", q) if q < n_pauses else ("attn_mass_sid", q - n_pauses)
                 rows += [{"metric": metric, "layer": layer, "head": head, "pos": pos, "segment": s,
                           "value": float(mean[head, q, i])} for i, s in enumerate(SEGMENTS)]
-        if k >= 2:
-            for name, sel in (("attn_mass_early", slice(0, k // 2)), ("attn_mass_late", slice(k - k // 2, k))):
+        if n_pauses >= 2:
+            for name, sel in (("attn_mass_early", slice(0, n_pauses // 2)), ("attn_mass_late", slice(n_pauses - n_pauses // 2, n_pauses))):
                 part = mean[:, sel].mean((0, 1))
                 rows += [{"metric": name, "layer": layer, "segment": s, "value": float(part[i])}
                          for i, s in enumerate(SEGMENTS)]
     return rows
 
 
-def lens_rows(rec: Recorder, examples: list[data.Example], k: int) -> list[dict]:
+def lens_rows(rec: Recorder, examples: list[data.Example], n_pauses: int) -> list[dict]:
     ranks = torch.stack([torch.cat(rec.ranks[layer]) for layer in range(rec.n_layers)]).cpu().numpy()
     ranks = ranks.astype(float)  # (n_layers, n_users, nq)
     rows = []
     users = [ex.user for ex in examples]
     for layer in range(ranks.shape[0]):
-        for pos in range(k):
+        for pos in range(n_pauses):
             for u, r in zip(users, ranks[layer, :, pos]):
                 rows += [{"metric": "lens_rank", "layer": layer, "pos": pos, "user_id": u, "value": r},
                          {"metric": "lens_top1", "layer": layer, "pos": pos, "user_id": u, "value": float(r == 1)}]
-        for level in range(ranks.shape[2] - k):
-            r = ranks[layer, :, k + level]
+        for level in range(ranks.shape[2] - n_pauses):
+            r = ranks[layer, :, n_pauses + level]
             rows += [{"metric": "lens_rank_sid", "layer": layer, "pos": level, "value": float(r.mean())},
                      {"metric": "lens_top1_sid", "layer": layer, "pos": level, "value": float((r == 1).mean())}]
     top1 = ranks == 1  # (n_layers, n_users, nq)
-    for pos in range(k):
+    for pos in range(n_pauses):
         hit = top1[:, :, pos]
         reached = hit.any(0)
         first = hit.argmax(0)[reached]
@@ -253,39 +252,36 @@ def lens_rows(rec: Recorder, examples: list[data.Example], k: int) -> list[dict]
 def compute(ckpt: Checkpoint, args: Args, examples: list[data.Example] | None = None) -> pd.DataFrame:
     """All attention-probe measurements of one checkpoint (``examples``: default, a seeded sample
     of ``args.n_users`` users of ``args.split``)."""
-    variant, k = resolve_variant(ckpt, args)
+    variant, n_pauses = resolve_variant(ckpt, args)
     if examples is None:
         examples = evaluate.examples_for(ckpt, args.split, args.n_users, args.seed)
     if not examples:
         raise UserError("the attention probe needs at least one user")
-    builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
-    encs = encode_all(builder, examples, variant, k)
+    builder = PromptBuilder.for_checkpoint(ckpt)
+    encs = encode_all(builder, examples, variant, n_pauses)
     lens = lens_targets(builder, examples)
-    rec = record(ckpt, encs, lens, k, args.batch_size)
-    rows = mass_rows(rec, len(examples), k) + lens_rows(rec, examples, k)
-    rows += relevance_rows(rec.hist, examples, ckpt.catalog, k, args.n_perm, args.seed)
+    rec = record(ckpt, encs, lens, n_pauses, args.batch_size)
+    rows = mass_rows(rec, len(examples), n_pauses) + lens_rows(rec, examples, n_pauses)
+    rows += relevance_rows(rec.hist, examples, ckpt.catalog, n_pauses, args.n_perm, args.seed)
     if args.interventions:
         n = min(args.intervention_users or len(examples), len(examples))
-        pick = np.sort(np.random.default_rng(args.seed).choice(len(examples), n, replace=False))
-        rows += interventions.run(ckpt, builder, [examples[i] for i in pick], variant, k, args.beams,
+        pick = data.sample(len(examples), n, args.seed)
+        rows += interventions.run(ckpt, builder, [examples[i] for i in pick], variant, n_pauses, args.beams,
                                   args.batch_size, args.n_boot, args.seed)
     df = pd.DataFrame(rows)
-    df.insert(0, "k", k)
     for key, value in reversed(label(ckpt).items()):
         df.insert(0, key, value)
-    df["prompt"] = variant
+    df["prompt"], df["prompt_pauses"] = variant, n_pauses
     return df
+
+
+def run(args: Args) -> pd.DataFrame:
+    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
+    return run_probe(args, compute, "attention", attn_implementation="eager")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse(Args, argv, "python -m probes.attention")
-    frames = []
-    for ckpt in iter_ckpts(args.ckpt, device=args.device, attn_implementation="eager"):
-        log.info("attention probe on %s (%s)", ckpt.path, ckpt.stage)
-        frames.append(compute(ckpt, args))
-    df = pd.concat(frames, ignore_index=True)
-    write_results(df, args, figures(df), extra={"probe": "attention"})
-    return df
+    return run(parse(Args, argv, "python -m probes.attention"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Do the pauses matter? Decode the same users with the pauses removed (``k=0``), hidden as attention
+"""Do the pauses matter? Decode the same users with the pauses removed (``n_pauses=0``), hidden as attention
 keys, or with the ``<pause>`` embedding replaced (mean text embedding / zeros), and compare
 Recall@10 and NDCG@10 with the unmodified model, paired per user.
 
@@ -18,14 +18,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pauserec import backbone, data, metrics, tokens
+from pauserec import backbone, data, metrics, stats, tokens
 from pauserec.checkpoint import Checkpoint
 from pauserec.decode import recommend
 from pauserec.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("none", "no-pause", "mask-pause", "pause-mean-text", "pause-zeros")
-K = 10
+TOP_K = 10
 
 
 @contextlib.contextmanager
@@ -51,34 +51,25 @@ def pause_row(ckpt: Checkpoint, how: str | None) -> Iterator[None]:
             w[pid] = saved
 
 
-def paired_ci(delta: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Mean of per-user differences and its 95% bootstrap CI (users resampled with replacement)."""
-    if len(delta) == 0:
-        return float("nan"), float("nan"), float("nan")
-    means = delta[rng.integers(0, len(delta), (n_boot, len(delta)))].mean(1) if n_boot else delta[None]
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(delta.mean()), float(lo), float(hi)
-
-
-def decode(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example], condition: str, k: int,
+def decode(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example], condition: str, n_pauses: int,
            beams: int, batch_size: int) -> np.ndarray:
     """1-based rank of each user's target under ``condition`` (0 = not in the top 10)."""
     histories = [ex.history for ex in examples]
     replace = {"pause-mean-text": "mean-text", "pause-zeros": "zeros"}.get(condition)
     with pause_row(ckpt, replace):
-        rec = recommend(ckpt.model, builder, histories, variant="pause", k=0 if condition == "no-pause" else k,
-                        top_k=K, beams=max(beams, K), batch_size=batch_size,
+        rec = recommend(ckpt.model, builder, histories, variant="pause", n_pauses=0 if condition == "no-pause" else n_pauses,
+                        top_k=TOP_K, beams=max(beams, TOP_K), batch_size=batch_size,
                         mask_segments={"pause"} if condition == "mask-pause" else None)
     return metrics.ranks([ex.target for ex in examples], rec.items)
 
 
 @torch.no_grad()
 def target_logprob(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example], condition: str,
-                   k: int, batch_size: int) -> np.ndarray:
+                   n_pauses: int, batch_size: int) -> np.ndarray:
     """Summed log-probability of each user's target SID given the prompt under ``condition``.
     ``mask-pause`` hides the pause positions as keys (positions unchanged), as decoding does."""
     replace = {"pause-mean-text": "mean-text", "pause-zeros": "zeros"}.get(condition)
-    encs = [builder.encode(ex.history, ex.target, "pause", 0 if condition == "no-pause" else k) for ex in examples]
+    encs = [builder.encode(ex.history, ex.target, "pause", 0 if condition == "no-pause" else n_pauses) for ex in examples]
     out = np.zeros(len(encs))
     device = ckpt.model.device
     with pause_row(ckpt, replace):
@@ -100,32 +91,31 @@ def target_logprob(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data
     return out
 
 
-def run(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example], variant: str, k: int,
+def run(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example], variant: str, n_pauses: int,
         beams: int, batch_size: int, n_boot: int, seed: int) -> list[dict]:
     """Every condition's per-user metrics, paired deltas against ``none`` and their CIs."""
-    if variant != "pause" or k < 1:
-        log.warning("interventions need the pause prompt with k >= 1 (got %s, k=%d): skipped", variant, k)
+    if variant != "pause" or n_pauses < 1:
+        log.warning("interventions need the pause prompt with n_pauses >= 1 (got %s, n_pauses=%d): skipped", variant, n_pauses)
         return []
-    rng = np.random.default_rng(seed)
     users = [ex.user for ex in examples]
     per: dict[str, dict[str, np.ndarray]] = {}
     rows: list[dict] = []
     for condition in CONDITIONS:
-        ranks = decode(ckpt, builder, examples, condition, k, beams, batch_size)
-        per[condition] = {f"recall@{K}": metrics.recall_at_k(ranks, K), f"ndcg@{K}": metrics.ndcg_at_k(ranks, K),
-                          "target_logprob": target_logprob(ckpt, builder, examples, condition, k, batch_size)}
+        ranks = decode(ckpt, builder, examples, condition, n_pauses, beams, batch_size)
+        per[condition] = {f"recall@{TOP_K}": metrics.recall_at_k(ranks, TOP_K), f"ndcg@{TOP_K}": metrics.ndcg_at_k(ranks, TOP_K),
+                          "target_logprob": target_logprob(ckpt, builder, examples, condition, n_pauses, batch_size)}
         for metric, values in per[condition].items():
             rows += [{"metric": metric, "intervention": condition, "user_id": u, "value": float(v)}
                      for u, v in zip(users, values)]
-        log.info("intervention %s: recall@%d %.4f, target log-prob %.3f", condition, K,
-                 per[condition][f"recall@{K}"].mean(), per[condition]["target_logprob"].mean())
+        log.info("intervention %s: recall@%d %.4f, target log-prob %.3f", condition, TOP_K,
+                 per[condition][f"recall@{TOP_K}"].mean(), per[condition]["target_logprob"].mean())
     for condition in CONDITIONS[1:]:
         for metric in per["none"]:
             delta = per[condition][metric] - per["none"][metric]
             name = f"intervention_delta_{metric}"
             rows += [{"metric": name, "intervention": condition, "user_id": u, "value": float(d)}
                      for u, d in zip(users, delta)]
-            mean, lo, hi = paired_ci(delta, n_boot, rng)
+            mean, lo, hi = stats.bootstrap_mean_ci(delta, n_boot, seed)
             rows += [{"metric": f"{name}_{stat}", "intervention": condition, "value": v}
                      for stat, v in (("mean", mean), ("lo", lo), ("hi", hi))]
     return rows

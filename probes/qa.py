@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pauserec import decode
 from pauserec.catalog import Catalog, CatalogItem
 from pauserec.corpus import SID_TO_TEXT
 from pauserec.errors import UserError
-from pauserec.prompts import PromptBuilder
+from pauserec.prompts import PromptBuilder, chat_ids
 from pauserec.rationales import clean
 from pauserec.tokens import parse_sid, sid_tokens
 
@@ -205,10 +206,9 @@ class Asker:
         return self.tok.encode(text, add_special_tokens=False)
 
     def wrap(self, text: str) -> list[int]:
-        """Any question or instruction as a prompt (chat or plain)."""
+        """Any question or instruction as a prompt (chat or plain, see :func:`pauserec.prompts.chat_ids`)."""
         if self.chat:
-            return self._enc(self.tok.apply_chat_template([{"role": "user", "content": text}],
-                                                          add_generation_prompt=True, tokenize=False))
+            return chat_ids(self.tok, text)
         return self.bos + self._enc(f"Question: {text}\nAnswer:")
 
     def _grounded(self, q: Question) -> bool:
@@ -237,3 +237,14 @@ class Asker:
         if self.grounding:
             text = _NEXT_LABEL.split(text)[0]
         return clean(text)
+
+def generate_answers(model, asker: Asker, prompts: list[list[int]], max_new_tokens: int,
+                     batch_size: int = 16) -> list[str]:
+    """Greedy answers (read by ``asker``), prompts batched shortest first."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less left padding per batch
+    new = decode.generate(model, asker.tok, [prompts[i] for i in order], max_new_tokens, asker.stop,
+                          batch_size)
+    out = [""] * len(prompts)
+    for i, ids in zip(order, new):
+        out[i] = asker.read(ids)
+    return out

@@ -38,9 +38,8 @@ from pauserec.errors import UserError
 from pauserec.evaluate import examples_for
 from pauserec.prompts import PromptBuilder
 from probes import perturb
-from probes._common import ProbeArgs, cli, iter_ckpts, label, parse, write_results
-from probes.qa import Asker
-from probes.verbalization import generate_answers, llm_cache_path
+from probes._common import ProbeArgs, cli, label, llm_cache_path, parse, run_probe
+from probes.qa import Asker, generate_answers
 
 log = logging.getLogger(__name__)
 PARAPHRASE = ("Rewrite the following text in other words, keeping its meaning. Reply with the rewritten "
@@ -178,7 +177,7 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     examples = examples_for(ckpt, args.split, args.n_users, args.seed)
     clean, source = clean_rationales(ckpt, examples, args)
     texts = conditions(ckpt, examples, clean, args)
-    builder, k = PromptBuilder(ckpt.tokenizer, ckpt.catalog), args.top_k
+    builder, k = PromptBuilder.for_checkpoint(ckpt), args.top_k
     histories, targets = [ex.history for ex in examples], [ex.target for ex in examples]
     base = {**label(ckpt), "rationale_source": source}
     ids = {"user_id": [ex.user for ex in examples],
@@ -208,52 +207,14 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def figures(df: pd.DataFrame) -> dict:
-    """``rationale_sensitivity``: delta_recall@K, kl and kl_items per perturbation (bootstrap CIs);
-    ``rationale_quality``: mean delta_recall@K and kl against mean leakage / history agreement."""
-    import seaborn as sns
 
-    from analysis import theme
-
-    out: dict = {}
-    rows = df[df["perturbation"] != "clean"]
-    deltas = sorted(m for m in rows["metric"].unique() if str(m).startswith("delta_recall@"))
-    panels = [m for m in (*deltas[:1], "kl", "kl_items") if m in set(rows["metric"])]
-    if not panels:
-        return out
-    fig, axes = theme.figure(ncols=len(panels), squeeze=False, height=3.4)
-    order = list(dict.fromkeys(rows["perturbation"]))  # as run
-    for ax, metric in zip(axes[0], panels):
-        sns.barplot(data=rows[rows["metric"] == metric], x="perturbation", y="value", hue="ckpt",
-                    order=order, errorbar=("ci", 95), n_boot=500, seed=0, ax=ax,
-                    legend=ax is axes[0][0] and rows["ckpt"].nunique() > 1)
-        ax.axhline(0, color="#555555", lw=0.8)
-        ax.set(title=metric, ylabel="", xlabel="")
-        ax.tick_params(axis="x", rotation=90)
-    fig.subplots_adjust(wspace=0.35)
-    fig.text(0.5, -0.3, theme.CI_CAPTION + " oracle (names the target) is an upper bound.", ha="center",
-             fontsize=7)
-    out["rationale_sensitivity"] = fig
-    means = df.pivot_table(index=["ckpt", "perturbation"], columns="metric", values="value").reset_index()
-    ys = [m for m in (*deltas[:1], "kl") if m in means.columns]
-    if ys:
-        fig, axes = theme.figure(ncols=2, nrows=len(ys), squeeze=False, sharex="col", height=2.6)
-        for row, y in zip(axes, ys):
-            for ax, q in zip(row, ("quality_leakage", "quality_agreement")):
-                sns.scatterplot(data=means, x=q, y=y, hue="ckpt", ax=ax, legend=False)
-                for _, r in means.dropna(subset=[y]).iterrows():
-                    ax.annotate(r["perturbation"], (r[q], r[y]), fontsize=6)
-                ax.set(xlabel=q, ylabel=y)
-        fig.subplots_adjust(wspace=0.4)
-        out["rationale_quality"] = fig
-    return out
+def run(args: Args) -> pd.DataFrame:
+    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
+    return run_probe(args, compute, "rationale")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse(Args, argv, "probes.rationale")
-    df = pd.concat([compute(c, args) for c in iter_ckpts(args.ckpt, args.device)], ignore_index=True)
-    write_results(df, args, figures(df), extra={"probe": "rationale"})
-    return df
+    return run(parse(Args, argv, "python -m probes.rationale"))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,15 @@ inherit), plus a shipped set of general-knowledge facts (``query=fact``, ``resou
   log-likelihood (:func:`pauserec.decode.score_continuations`): ``logit_acc`` (truth strictly best),
   ``logit_mrr`` (ties share the rank).
 
-Rows: ``ckpt, stage, variant, query, field, item_id, metric, value`` (+ ``answer``, ``output``); per
-checkpoint, query and field (and ``field=all``), ``gap_acc`` / ``gap_mrr`` = logit - gen, the mean of
-per-question paired differences with a bootstrap CI (``ci_lo``, ``ci_hi``, ``n``).
+The two readouts have different chance floors (logits: 1 in n candidates; generation: ~0 -- an answer that
+knows nothing rarely beats 9 distractors), so a model that knows nothing would show a logit-minus-generation
+gap of about +0.1. Every question therefore also gets ``chance_gen_acc`` / ``chance_logit_acc`` (see
+:func:`chance_levels`) and the chance-corrected ``gen_acc_cc`` / ``logit_acc_cc`` = (acc - chance) /
+(1 - chance), on which gaps are read.
+
+Rows: the checkpoint's identity, ``query, field, item_id, metric, value`` (+ ``answer``, ``output``); per
+checkpoint, query and field (and ``field=all``), ``gap_acc`` / ``gap_acc_cc`` / ``gap_mrr`` = logit - gen,
+the mean of per-question paired differences with a bootstrap CI (``ci_lo``, ``ci_hi``, ``n``).
 """
 
 from __future__ import annotations
@@ -24,20 +30,21 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pauserec import decode, llm
+from pauserec import decode, llm, stats
 from pauserec.checkpoint import Checkpoint
 from pauserec.errors import UserError
-from probes._common import ProbeArgs, cli, iter_ckpts, label, parse, write_results
+from probes import activations as act
+from probes._common import ProbeArgs, cli, label, llm_cache_path, parse, run_probe
 from probes.qa import (
     Asker,
     Question,
     default_fields,
     fact_questions,
+    generate_answers,
     item_questions,
     rouge_l,
     token_f1,
@@ -77,16 +84,6 @@ class Args(ProbeArgs):
 
 # -- readouts -----------------------------------------------------------------------------------------
 
-def generate_answers(model, asker: Asker, prompts: list[list[int]], max_new_tokens: int,
-                     batch_size: int = 16) -> list[str]:
-    """Greedy answers (read by ``asker``), prompts batched shortest first."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less left padding per batch
-    new = decode.generate(model, asker.tok, [prompts[i] for i in order], max_new_tokens, asker.stop,
-                          batch_size)
-    out = [""] * len(prompts)
-    for i, ids in zip(order, new):
-        out[i] = asker.read(ids)
-    return out
 
 
 def logit_ranks(ckpt: Checkpoint, asker: Asker, questions: list[Question],
@@ -114,10 +111,6 @@ def parse_judge(reply: str) -> float:
     return float(said == {"yes"}) if len(said) == 1 else float("nan")
 
 
-def llm_cache_path(args) -> str | None:
-    if args.llm_cache:
-        return args.llm_cache
-    return str(Path(args.out).with_name(Path(args.out).name + ".llm-cache.jsonl")) if args.out else None
 
 
 def judge(questions: list[Question], outputs: list[str], args: Args) -> np.ndarray:
@@ -169,6 +162,11 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
         scores["gen_judge"] = judge(questions, outputs, args)
     scores["logit_acc"] = (np.array(l_ranks) == 1).astype(float)
     scores["logit_mrr"] = 1 / np.array(l_ranks)
+    chance = chance_levels(questions, outputs, args.seed)
+    for kind in ("gen", "logit"):
+        c = chance[f"chance_{kind}_acc"]
+        scores[f"{kind}_acc_cc"] = (scores[f"{kind}_acc"] - c) / np.where(c < 1, 1 - c, 1)
+        scores[f"chance_{kind}_acc"] = c
     base = label(ckpt)
     rows = [{**base, "query": q.query, "field": q.field, "item_id": q.item_id, "metric": m,
              "value": float(v[i]), "answer": q.answer, "output": outputs[i]}
@@ -178,59 +176,56 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     return pd.concat([df, gaps(df, args.n_boot, args.seed)], ignore_index=True)
 
 
-def gaps(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """``gap_X = logit_X - gen_X`` (X = acc, mrr) per checkpoint, query and field (and ``all``)."""
-    from analysis.stats import bootstrap_mean_ci
+def chance_levels(questions: list[Question], outputs: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """Per question, the accuracy each readout gets by chance, so the two can be compared:
 
+    * logits: the truth is strictly best among ``n`` candidates 1 time in ``n``;
+    * generation: an answer that knows nothing about *this* question -- the outputs re-paired with other
+      questions of the same query and field (a derangement) and scored the same way; the mean over the
+      group is every question's chance level (an empty answer scores 0 either way).
+    """
+    logit = np.array([1.0 / len(q.candidates) for q in questions])
+    gen = np.zeros(len(questions))
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, q in enumerate(questions):
+        groups.setdefault((q.query, q.field), []).append(i)
+    rng = np.random.default_rng(seed)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        other = [idx[j] for j in act.permutation(len(idx), rng)]
+        hits = [truth_rank([token_f1(outputs[o], c) for c in questions[i].candidates]) == 1
+                for i, o in zip(idx, other)]
+        gen[idx] = float(np.mean(hits))
+    return {"chance_logit_acc": logit, "chance_gen_acc": gen}
+
+
+def gaps(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``gap_X = logit_X - gen_X`` (X = acc, acc_cc (chance-corrected), mrr) per checkpoint, query and
+    field (and ``all``)."""
     rows = []
     keys = ["ckpt", "stage", "variant", "query"]
-    for suffix in ("acc", "mrr"):
+    for suffix in ("acc", "acc_cc", "mrr"):
         gen = df[df["metric"] == f"gen_{suffix}"].set_index([*keys, "field", "item_id"])["value"]
         logit = df[df["metric"] == f"logit_{suffix}"].set_index([*keys, "field", "item_id"])["value"]
         diff = (logit - gen).dropna().reset_index()
         groups = [(k, g) for k, g in diff.groupby([*keys, "field"])]
         groups += [((*k, "all"), g) for k, g in diff.groupby(keys)]
         for key, g in groups:
-            mean, lo, hi = bootstrap_mean_ci(g["value"].to_numpy(), n_boot, seed)
+            mean, lo, hi = stats.bootstrap_mean_ci(g["value"].to_numpy(), n_boot, seed)
             rows.append({**dict(zip([*keys, "field"], key)), "metric": f"gap_{suffix}", "value": mean,
                          "ci_lo": lo, "ci_hi": hi, "n": len(g)})
     return pd.DataFrame(rows)
 
 
-def figures(df: pd.DataFrame) -> dict:
-    """``verbalization_gap``: gen_acc vs logit_acc per stage, one panel per query; ``verbalization_gen``:
-    gen_f1 / gen_rougeL / gen_cosine per stage and query. Bars: means; error bars: bootstrap CIs."""
-    import seaborn as sns
 
-    from analysis import theme
-
-    out = {}
-    stages = [s for s in theme.STAGE_ORDER if s in set(df["stage"])] + sorted(
-        set(df["stage"]) - set(theme.STAGE_ORDER))
-    for name, metrics, col in (("verbalization_gap", ["gen_acc", "logit_acc"], "query"),
-                               ("verbalization_gen", ["gen_f1", "gen_rougeL", "gen_cosine"], "query")):
-        sub = df[df["metric"].isin(metrics)]
-        if sub.empty:
-            continue
-        panels = [q for q in QUERIES if q in set(sub[col])]
-        fig, axes = theme.figure(ncols=len(panels), squeeze=False, sharey=True)
-        for ax, q in zip(axes[0], panels):
-            sns.barplot(data=sub[sub[col] == q], x="stage", y="value", hue="metric", order=stages,
-                        hue_order=[m for m in metrics if m in set(sub["metric"])], errorbar=("ci", 95),
-                        n_boot=500, seed=0, ax=ax)
-            ax.set_title(f"query: {q}")
-            ax.set_ylim(0, 1.05)
-            ax.tick_params(axis="x", rotation=30)
-        fig.text(0.5, -0.12, theme.CI_CAPTION, ha="center", fontsize=7)
-        out[name] = fig
-    return out
+def run(args: Args) -> pd.DataFrame:
+    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
+    return run_probe(args, compute, "verbalization")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse(Args, argv, "probes.verbalization")
-    df = pd.concat([compute(c, args) for c in iter_ckpts(args.ckpt, args.device)], ignore_index=True)
-    write_results(df, args, figures(df), extra={"probe": "verbalization"})
-    return df
+    return run(parse(Args, argv, "python -m probes.verbalization"))
 
 
 if __name__ == "__main__":

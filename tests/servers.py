@@ -1,7 +1,8 @@
 """Real HTTP servers on loopback for the LLM-client tests.
 
 * :class:`ScriptedServer` speaks ``/v1/chat/completions`` and injects a scripted fault per request
-  (timeout, 429, 500, malformed JSON, no choices, empty content, a dropped connection), answering the
+  (timeout, 429, 500, malformed JSON, no choices, empty content, a dropped connection, a reply of only
+  workbench tokens, a body dripped a byte at a time), answering the
   rest itself or forwarding them to a real upstream server. It counts and records every request.
 * :func:`llama_cpp_server` runs ``python -m llama_cpp.server`` on the SmolLM2 GGUF;
   :func:`llama_server` is the session fixture around it (skipped only when llama_cpp is not installed).
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-FAULTS = ("timeout", "429", "500", "503", "400", "badjson", "nochoices", "nocontent", "empty", "drop")
+FAULTS = ("timeout", "429", "500", "503", "400", "badjson", "nochoices", "nocontent", "empty", "drop", "tokens",
+          "drip")
 Script = Callable[[int, str], "str | None"]  # (request number, prompt) -> fault or None for success
 
 
@@ -140,6 +142,19 @@ class ScriptedServer:
                 if fault == "timeout":
                     server._stop.wait(server.hang)  # past the client's timeout; it has gone by now
                     self._send(200, _completion(f"late reply to: {prompt}"))
+                elif fault == "drip":  # every read is quick, the whole reply takes ``hang`` seconds
+                    data = json.dumps(_completion(f"dripped reply to: {prompt}")).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for i in range(len(data)):
+                        if server._stop.wait(server.hang / len(data)):
+                            return
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                elif fault == "tokens":
+                    self._send(200, _completion("<pause> <a_1><b_2></think>"))
                 elif fault == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -30,7 +30,10 @@ def test_checkpoint_holds_every_token_and_metadata(tiny_ckpt):
     meta = tiny_ckpt.meta
     assert meta["dataset"]["name"] == "ml-100k" and meta["backbone"] == "tiny"
     assert meta["sid"]["report"]["unique_after_dedup"] == len(tiny_ckpt.catalog)
-    assert "sid_build_s" in meta["timings"]
+    assert meta["timings"]["init"]["sid_build_s"] > 0 and meta["timings"]["init"]["wall_s"] > 0
+    ident = tiny_ckpt.identity()
+    assert ident["cell"] == "init" and ident["dataset"] == "ml-100k" and len(ident["ckpt_hash"]) == 16
+    assert set(ident) == set(checkpoint.IDENTITY)
 
 
 @pytest.mark.parametrize("victim", ["pauserec.json", "items.jsonl", "model.safetensors", "tokenizer.json",
@@ -50,6 +53,10 @@ def test_unknown_format_and_mismatched_catalog(tiny_ckpt_path, tmp_path):
     (bad / "pauserec.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(UserError, match="unknown format version 99"):
         checkpoint.load(bad)
+    v1 = {**{k: v for k, v in meta.items() if k not in ("n_pauses", "cell")}, "format_version": 1, "k": 3}
+    (bad / "pauserec.json").write_text(json.dumps(v1))
+    old = checkpoint.read_meta(bad)  # a version-1 checkpoint is read as version 2
+    assert old["n_pauses"] == 3 and "k" not in old and old["cell"] == "init"
     (bad / "pauserec.json").write_text(json.dumps({**meta, "surprise": 1}))
     with pytest.warns(UserWarning, match="surprise"):
         checkpoint.read_meta(bad)

@@ -46,9 +46,9 @@ def test_presets_exist_and_unknown_ones_fail():
 
 def test_preset_section_supplies_defaults(tmp_path):
     p = tmp_path / "p.toml"
-    p.write_text("[s]\nepochs = 7\nlr = 0.5\n")
-    args = parse_args(Args, ["--preset", str(p), "--lr", "0.1"], "t", section="s")
+    p.write_text("[sid]\nepochs = 7\nlr = 0.5\n")
+    args = parse_args(Args, ["--preset", str(p), "--lr", "0.1"], "t", section="sid")
     assert args.epochs == 7 and args.lr == 0.1
-    p.write_text("[s]\nepochz = 7\n")
+    p.write_text("[sid]\nepochz = 7\n")
     with pytest.raises(UserError, match="epochz"):
-        parse_args(Args, ["--preset", str(p)], "t", section="s")
+        parse_args(Args, ["--preset", str(p)], "t", section="sid")

@@ -22,7 +22,7 @@ def one_thread():
 
 
 ARGS = ["--stage", "sft", "--n-train", "48", "--batch-size", "8", "--epochs", "1", "--max-steps", "4",
-        "--lr", "3e-3", "--warmup-ratio", "0", "--amp", "off", "--device", "cpu", "--no-progress",
+        "--lr", "3e-3", "--warmup-ratio", "0", "--dtype", "fp32", "--device", "cpu", "--no-progress",
         "--save-every", "0", "--log-every", "1"]
 
 

@@ -94,7 +94,7 @@ def test_beam_search_matches_reference_and_exhaustive(spread):
 def test_identical_across_batch_sizes_and_inside_catalog(spread, variant):
     ckpt, builder, hs = spread
     hs = hs[:7] if variant == "cot" else hs  # cot generates first; keep it short
-    runs = [recommend(ckpt.model, builder, hs, variant=variant, k=3, batch_size=bs, cot_max_new_tokens=4)
+    runs = [recommend(ckpt.model, builder, hs, variant=variant, n_pauses=3, batch_size=bs, cot_max_new_tokens=4)
             for bs in (1, 3, 16)]
     for r in runs[1:]:
         assert np.array_equal(r.items, runs[0].items)
@@ -110,7 +110,7 @@ def test_identical_across_batch_sizes_and_inside_catalog(spread, variant):
 def test_prompt_variant_changes_the_answer_and_rationales_are_teacher_forced(spread):
     ckpt, builder, hs = spread
     plain = recommend(ckpt.model, builder, hs[:4])
-    pause = recommend(ckpt.model, builder, hs[:4], variant="pause", k=5)
+    pause = recommend(ckpt.model, builder, hs[:4], variant="pause", n_pauses=5)
     assert not np.array_equal(plain.scores, pause.scores)
     forced = recommend(ckpt.model, builder, hs[:2], variant="cot", rationales=["likes drama", "likes war"])
     assert forced.rationales == ["likes drama", "likes war"]

@@ -215,3 +215,14 @@ def test_real_llama_cpp_server_completes_and_caches(llama_server, tmp_path):
         assert llm.complete(prompts, base_url=proxy.url, **opts) == out
         assert len(proxy.requests) == 3  # zero new requests on the rerun
     print(f"llama.cpp: 3 completions in {elapsed:.2f}s: {out}")
+
+
+def test_timeout_is_a_total_deadline_even_when_bytes_keep_dripping(tmp_path):
+    """A server that sends a byte every few ms never trips a per-read timeout; the deadline still holds."""
+    with ScriptedServer(scripted("drip"), hang=6.0) as srv:
+        start = time.monotonic()
+        out = llm.complete(["p"], base_url=srv.url, cache_path=tmp_path / "c.jsonl",
+                           **{**FAST, "timeout": 1.0})
+        took = time.monotonic() - start
+    assert out == ["reply to: p"] and took < 4.0  # the dripped attempt was abandoned after ~1 s
+    assert [r.fault for r in srv.requests] == ["drip", None]

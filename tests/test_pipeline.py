@@ -7,7 +7,9 @@ import time
 import pytest
 import torch
 
-from pauserec import checkpoint, pipeline, trainstate
+from driver import pipeline
+from pauserec import checkpoint, trainstate
+from pauserec.config import STAGES
 
 
 @pytest.fixture()
@@ -29,7 +31,7 @@ n_train = 24
 epochs = 1
 batch_size = 8
 {extra}device = "cpu"
-amp = "off"
+dtype = "fp32"
 progress = false
 save_every = 0
 log_every = 1
@@ -37,7 +39,7 @@ log_every = 1
 
 
 def write_preset(path, extra: str = "") -> str:
-    body = "\n".join(STAGE.format(stage=s, extra=extra) for s in pipeline.STAGES)
+    body = "\n".join(STAGE.format(stage=s, extra=extra) for s in STAGES)
     path.write_text(TINY_PRESET.format(stages=body))
     return str(path)
 
@@ -47,11 +49,12 @@ def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, cap
     shutil.copytree(tiny_ckpt_path, out / "init")  # a finished init stage: skipped, not rebuilt
     preset = write_preset(tmp_path / "tiny.toml")
     summary = pipeline.main(["--backbone", "tiny", "--preset", preset, "--out", str(out)])
-    assert [r["stage"] for r in summary["stages"]] == ["init", *pipeline.STAGES]
+    assert [r["stage"] for r in summary["stages"]] == ["init", *STAGES]
     assert [r["status"] for r in summary["stages"]] == ["skipped"] + ["ran"] * 5
-    for stage in pipeline.STAGES:
+    for stage in STAGES:
         meta = checkpoint.read_meta(out / stage)
         assert meta["stage"] == stage and meta["parent"] == str(out / pipeline.SOURCE[stage])
+        assert meta["train_seed"] == 0
         assert meta["timings"][stage]["wall_s"] > 0 and (out / stage / trainstate.LOG_FILE).is_file()
     assert checkpoint.read_meta(out / "pause-sft")["pause_init"] == "pretrained"
     assert checkpoint.read_meta(out / "cot-sft")["rationale"]["leaky"] is False  # template: history only
@@ -69,7 +72,7 @@ def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, cap
 def test_pipeline_rejects_unknown_stages_and_keys(tmp_path):
     from pauserec.errors import UserError
 
-    with pytest.raises(UserError, match="unknown stage"):
+    with pytest.raises(UserError, match="unknown value 'dance'"):
         pipeline.main(["--out", str(tmp_path / "r"), "--stages", "cpt,dance"])
     bad = tmp_path / "bad.toml"
     bad.write_text("[pipeline]\nmax_histroy = 5\n")
@@ -94,9 +97,10 @@ def test_quick_pipeline_on_smollm2_with_tiny_step_counts(tmp_path):
     preset.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
     summary = pipeline.main(["--dataset", "ml-100k", "--backbone", "smollm2-135m", "--preset", str(preset),
-                             "--out", str(out), "--evaluate-users", "0"])
+                             "--out", str(out)])
     assert [r["status"] for r in summary["stages"]] == ["ran"] * 6
     ps = checkpoint.load(out / "pause-sft")
-    assert ps.meta["k"] == quick["train"]["pause-sft"].get("k", 5) and ps.meta["backbone"] == "smollm2-135m"
+    assert ps.meta["n_pauses"] == quick["train"]["pause-sft"].get("n_pauses", 5)
+    assert ps.meta["backbone"] == "smollm2-135m"
     assert ps.meta["dataset"]["max_history"] == quick["pipeline"]["max_history"]
-    assert all(checkpoint.read_meta(out / s)["timings"][s]["steps"] == 2 for s in pipeline.STAGES)
+    assert all(checkpoint.read_meta(out / s)["timings"][s]["steps"] == 2 for s in STAGES)

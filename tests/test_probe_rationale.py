@@ -94,7 +94,7 @@ def test_known_answer_kl_is_zero_when_the_sid_head_cannot_see_the_rationale(tiny
         assert len(values) == 8 * 5 and values.abs().max() < 1e-6, (metric, values.abs().max())
 
 
-def test_cli_rows_flags_and_figures(tiny_ckpt_path, tmp_path):
+def test_cli_rows_and_flags(tiny_ckpt_path, tmp_path):
     out = tmp_path / "rat"
     df = rationale.main([str(tiny_ckpt_path), "--out", str(out), "--n-users", "4", "--beams", "10",
                          "--perturbations", "drop10,paraphrase,oracle", "--paraphrase-tokens", "6",
@@ -113,7 +113,7 @@ def test_cli_rows_flags_and_figures(tiny_ckpt_path, tmp_path):
     leak = saved[saved["metric"] == "quality_leakage"].groupby("perturbation")["value"].mean()
     assert leak["oracle"] == 1.0 and leak["clean"] < 1.0
     assert json.loads((out / "meta.json").read_text())["probe"] == "rationale"
-    assert (out / "figures" / "rationale_sensitivity.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "results.csv"]  # data only, no figures
 
 
 # -- openai paraphrases: real loopback servers ----------------------------------------------------------
@@ -159,7 +159,7 @@ def test_openai_paraphrase_against_real_llama_cpp_server(llama_server, tiny_ckpt
 
 
 def test_training_time_driver_trains_once_per_condition_and_tabulates(tiny_ckpt_path, tmp_path):
-    from probes import rationale_train
+    from driver import rationale_train
 
     argv = [str(tiny_ckpt_path), "--out", str(tmp_path / "rt"), "--conditions", "template,empty",
             "--max-steps", "2", "--n-train", "16", "--train-batch-size", "8", "--n-users", "3"]
@@ -172,6 +172,6 @@ def test_training_time_driver_trains_once_per_condition_and_tabulates(tiny_ckpt_
     assert src["template"] == "template" and src["empty"] == "template+empty"  # recorded by the trainer
     assert df[df["metric"] == "recall@10"].groupby("perturbation").size().eq(3).all()
     stamp = (work / "empty" / "pauserec.json").stat().st_mtime_ns
-    rationale_train.main(argv)  # a rerun reuses the trained checkpoints
+    rationale_train.main([*argv, "--overwrite"])  # a rerun reuses the trained checkpoints
     assert (work / "empty" / "pauserec.json").stat().st_mtime_ns == stamp
-    assert (tmp_path / "rt" / "figures" / "rationale_train.png").is_file()
+    assert json.loads((tmp_path / "rt" / "meta.json").read_text())["probe"] == "rationale_train"

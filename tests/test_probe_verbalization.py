@@ -149,7 +149,7 @@ def test_gap_is_the_paired_mean_difference_with_a_ci():
     assert set(out["field"]) == {"title", "all"}
 
 
-def test_cli_writes_tidy_results_meta_and_figures(tiny_ckpt_path, tmp_path):
+def test_cli_writes_tidy_results_and_meta(tiny_ckpt_path, tmp_path):
     out = tmp_path / "verb"
     df = verbalization.main([str(tiny_ckpt_path), "--out", str(out), "--n-items", "4", "--no-cosine",
                              "--max-new-tokens", "4"])
@@ -157,12 +157,16 @@ def test_cli_writes_tidy_results_meta_and_figures(tiny_ckpt_path, tmp_path):
     assert len(saved) == len(df)
     assert {"ckpt", "stage", "variant", "query", "field", "item_id", "metric", "value"} <= set(saved.columns)
     assert set(saved["query"]) == {"sid", "title", "fact"}
-    assert {"gen_f1", "gen_rougeL", "gen_acc", "gen_mrr", "logit_acc", "logit_mrr",
-            "gap_acc"} <= set(saved["metric"])
-    per_item = saved[saved["metric"].str.match(r"^(gen|logit)_")]
-    assert per_item["value"].between(0, 1).all() and per_item["item_id"].notna().all()
+    assert {"gen_f1", "gen_rougeL", "gen_acc", "gen_mrr", "logit_acc", "logit_mrr", "gap_acc", "gap_acc_cc",
+            "chance_gen_acc", "chance_logit_acc", "gen_acc_cc", "logit_acc_cc"} <= set(saved["metric"])
+    wide = saved[saved["item_id"].notna() & saved["metric"].str.match(r"^(gen|logit|chance)_")].pivot_table(
+        index=["query", "field", "item_id"], columns="metric", values="value")
+    items = wide.loc[["sid", "title"]]
+    assert np.allclose(items["chance_logit_acc"], 1 / 10)  # the truth + 9 catalog distractors
+    assert np.allclose(wide["logit_acc_cc"], (wide["logit_acc"] - wide["chance_logit_acc"])
+                       / (1 - wide["chance_logit_acc"]))
     assert json.loads((out / "meta.json").read_text())["probe"] == "verbalization"
-    assert (out / "figures" / "verbalization_gap.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "results.csv"]  # data only, no figures
 
 
 def test_bad_arguments_are_user_errors(tiny_ckpt_path, tmp_path):
@@ -235,3 +239,18 @@ def test_smollm2_checkpoint_knows_facts_in_its_logits(tmp_path):
     mean = df.groupby("metric")["value"].mean()
     chance = np.mean([1 / len(q.candidates) for q in qa.fact_questions()])
     assert mean["logit_acc"] > chance + 0.1, mean.to_dict()  # measured: 0.42 vs chance 0.2
+
+
+def test_chance_levels_make_the_two_readouts_comparable():
+    """A model that knows nothing: empty answers (generation at 0) and uniform logits (1 in n) -- the raw
+    gap is +1/n, the chance-corrected one is 0; perfect answers stay perfect after correction."""
+    qs = [qa.Question("sid", "title", str(i), f"q{i}", (f"truth{i}", "w1", "w2", "w3")) for i in range(20)]
+    chance = verbalization.chance_levels(qs, [""] * 20, seed=0)
+    assert np.allclose(chance["chance_logit_acc"], 0.25) and np.allclose(chance["chance_gen_acc"], 0.0)
+    right = verbalization.chance_levels(qs, [f"truth{i}" for i in range(20)], seed=0)
+    assert np.allclose(right["chance_gen_acc"], 0.0)  # another question's answer never wins here
+    same = verbalization.chance_levels(qs, ["w1"] * 20, seed=0)  # one fixed distractor: never the truth
+    assert np.allclose(same["chance_gen_acc"], 0.0)
+    leaky = [qa.Question("sid", "title", str(i), f"q{i}", ("common", f"x{i}")) for i in range(10)]
+    shared = verbalization.chance_levels(leaky, ["common"] * 10, seed=0)  # every answer is the same truth
+    assert np.allclose(shared["chance_gen_acc"], 1.0) and np.allclose(shared["chance_logit_acc"], 0.5)

@@ -12,6 +12,7 @@ from pauserec import data, decode, rationales
 from pauserec.checkpoint import Checkpoint
 from pauserec.cli import run
 from pauserec.errors import UserError
+from pauserec.prompts import chat_ids
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_local_source_is_the_models_own_greedy_text_and_is_cached(tiny_ckpt, tra
     out = rationales.build("local", tiny_ckpt.catalog, examples, ckpt=tiny_ckpt, cache_path=cache,
                            max_new_tokens=8, batch_size=2)
     tok = tiny_ckpt.tokenizer
-    prompt = rationales._chat_ids(tok, rationales.llm_prompt(tiny_ckpt.catalog, examples[3].history))
+    prompt = chat_ids(tok, rationales.llm_prompt(tiny_ckpt.catalog, examples[3].history), rationales.SYSTEM)
     (direct,) = decode.generate(tiny_ckpt.model, tok, [prompt], max_new_tokens=8,
                                 stop_ids=[tok.eos_token_id, tok.convert_tokens_to_ids("</think>")])
     assert out[3].text == rationales.clean(tok.decode(direct, skip_special_tokens=True))
@@ -106,7 +107,7 @@ def test_cli_is_resumable_after_a_persistent_fault(tiny_ckpt_path, tiny_ckpt, tr
     out = tmp_path / "r.jsonl"
     base = ["--ckpt", str(tiny_ckpt_path), "--source", "openai", "--split", "train", "--out", str(out),
             "--model", "m", "--timeout", "2", "--max-retries", "1"]
-    picked = rationales.select(train_examples, 6, 0)
+    picked = [train_examples[i] for i in data.sample(len(train_examples), 6, 0)]
     victim = rationales.llm_prompt(tiny_ckpt.catalog, picked[3].history)
     with ScriptedServer(fail_on(victim, "500")) as srv:
         assert cli(base + ["--n", "6", "--base-url", srv.url]) == 2
@@ -117,20 +118,42 @@ def test_cli_is_resumable_after_a_persistent_fault(tiny_ckpt_path, tiny_ckpt, tr
     with ScriptedServer() as srv:
         assert cli(base + ["--n", "6", "--base-url", srv.url]) == 0
         assert len(srv.requests) == 3  # only the three not yet answered
-        assert cli(base + ["--n", "8", "--base-url", srv.url]) == 0
+        assert cli(base + ["--n", "8", "--base-url", srv.url]) == 2  # the finished --out is kept...
+        assert cli(base + ["--n", "8", "--base-url", srv.url, "--overwrite"]) == 0  # ...unless told
         assert len(srv.requests) == 5  # a larger sample extends the smaller one
     rows = rationales.read(out)
-    assert list(rows) == rationales.select(train_examples, 8, 0)
+    assert list(rows) == [train_examples[i] for i in data.sample(len(train_examples), 8, 0)]
     assert all(r.source == "openai" and not r.leaky and r.text.startswith("reply to:") for r in rows.values())
     assert len({json.loads(line)["key"] for line in cache.read_text().splitlines()}) == 8
 
 
 def test_cli_rejects_bad_input(tiny_ckpt_path, tmp_path, capsys):
     assert cli(["--ckpt", str(tiny_ckpt_path), "--out", str(tmp_path / "x.jsonl"), "--source", "gpt"]) == 2
-    assert "unknown rationale source 'gpt'" in capsys.readouterr().err
+    assert "--source: unknown value 'gpt'" in capsys.readouterr().err
     assert cli(["--ckpt", str(tiny_ckpt_path), "--out", str(tmp_path / "x.jsonl"), "--split", "dev",
                 "--source", "template"]) == 2
-    assert "unknown split 'dev'" in capsys.readouterr().err
+    assert "--split: unknown value 'dev'" in capsys.readouterr().err
+    for extra, msg in ((["--n", "-3"], "--n: -3 is below the allowed minimum 1"),
+                       (["--max-retries", "-1"], "--max-retries: -1 is below the allowed minimum 0"),
+                       (["--cache", str(tmp_path)], "is a directory")):
+        assert cli(["--ckpt", str(tiny_ckpt_path), "--out", str(tmp_path / "x.jsonl"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+    assert cli(["--ckpt", str(tiny_ckpt_path), "--out", str(tmp_path), "--source", "template"]) == 2
+    assert "is a directory" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_reply_of_only_workbench_tokens_is_retried_and_never_cached(tiny_ckpt, train_examples, tmp_path):
+    cache = tmp_path / "c.jsonl"
+    victim = rationales.llm_prompt(tiny_ckpt.catalog, train_examples[1].history)
+    with ScriptedServer(fail_on(victim, "tokens")) as srv, pytest.raises(UserError, match="empty after removing"):
+        rationales.build("openai", tiny_ckpt.catalog, train_examples[:3], cache_path=cache, base_url=srv.url,
+                         model="m", max_retries=1, backoff=0.01)
+    assert victim not in cache.read_text()  # the unusable reply is not cached: a rerun repairs it
+    with ScriptedServer() as srv:
+        out = rationales.build("openai", tiny_ckpt.catalog, train_examples[:3], cache_path=cache,
+                               base_url=srv.url, model="m")
+        assert len(srv.requests) == 2 and all(r.text for r in out)  # the repaired one and the unsent one
 
 
 def test_openai_source_on_a_real_llama_cpp_server(llama_server, tiny_ckpt, train_examples, tmp_path):

@@ -59,7 +59,7 @@ def test_index_round_trip_and_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         sid.load_index(tmp_path / "missing.json", ds.items)
     with pytest.raises(UserError, match="unknown item text field"):
-        sid.item_text(ds.items[0], ("title", "colour"))
+        ds.items[0].text(("title", "colour"))
 
 
 @needs_amazon

@@ -1,4 +1,4 @@
-"""analysis.stats: hand-computed values, known answers and properties of the paired statistics."""
+"""pauserec.stats: hand-computed values, known answers and properties of the paired statistics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import stats
+from pauserec import stats
 
 
 def series(values, users=None) -> pd.Series:
@@ -17,20 +17,8 @@ def series(values, users=None) -> pd.Series:
     return pd.Series(np.asarray(values, dtype=float), index=index)
 
 
-def test_ranking_metrics_by_hand():
-    rank = np.array([1, 2, 0, 11, 10])
-    assert stats.recall_at(rank, 10).tolist() == [1, 1, 0, 0, 1]
-    expected = [1.0, 1 / math.log2(3), 0.0, 0.0, 1 / math.log2(11)]
-    assert np.allclose(stats.ndcg_at(rank, 10), expected)
-    assert stats.ndcg_at(rank, 1).tolist() == [1, 0, 0, 0, 0]
 
 
-def test_ranking_metrics_match_pauserec_metrics():
-    metrics = pytest.importorskip("pauserec.metrics")
-    rank = np.random.default_rng(0).integers(0, 30, 500)
-    for k in (1, 5, 10, 20):
-        assert np.array_equal(stats.recall_at(rank, k), metrics.recall_at_k(rank, k))
-        assert np.allclose(stats.ndcg_at(rank, k), metrics.ndcg_at_k(rank, k))
 
 
 def test_holm_on_known_pvalues():
@@ -145,3 +133,11 @@ def test_ci_table_and_compare_table():
     assert (comp["p_holm"].dropna() >= comp["p"].dropna()).all()
     assert comp.loc[0, "diff_lo"] > 0  # 0.4 vs 0.2 on 300 users
     assert "same users" in comp.loc[2, "error"]
+
+
+def test_bootstrap_mean_ci_width_matches_the_normal_theory():
+    rng = np.random.default_rng(0)
+    mean, lo, hi = stats.bootstrap_mean_ci(np.full(50, 0.25), 200, 0)
+    assert mean == lo == hi == 0.25
+    mean, lo, hi = stats.bootstrap_mean_ci(rng.normal(1.0, 1.0, 400), 1000, 1)
+    assert lo < 1.0 < hi and hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.25)

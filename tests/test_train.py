@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,18 @@ from pauserec import (
     train,
     trainstate,
 )
+from pauserec import stages as stages_mod
 from pauserec.config import to_dict
 from pauserec.errors import UserError
 from pauserec.prompts import IGNORE, PromptBuilder
+
+KILLER = Path(__file__).parent / "helpers" / "train_killed_at.py"
+
+
+def proc_wall_before_kill(out) -> float:
+    """The wall time the killed segment had saved into its state (at its last save)."""
+    state = torch.load(trainstate.partial_dir(out) / trainstate.STATE_FILE, weights_only=False)
+    return state["progress"]["wall"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +48,7 @@ def one_thread():
 
 
 FAST = ["--n-train", "32", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu",
-        "--save-every", "0", "--log-every", "1", "--amp", "off"]
+        "--save-every", "0", "--log-every", "1", "--dtype", "fp32"]
 
 
 def run_stage(stage: str, src, out, *extra: str) -> checkpoint.Checkpoint:
@@ -53,7 +63,7 @@ def stages(tiny_ckpt_path, tmp_path_factory):
     paths = {"init": tiny_ckpt_path}
     for stage, src, extra in [
         ("cpt", "init", []), ("sft", "cpt", []), ("pause-pretrain", "cpt", ["--lr", "1e-2"]),
-        ("pause-sft", "sft", ["--pause-from", str(root / "pause-pretrain"), "--k", "3"]),
+        ("pause-sft", "sft", ["--pause-from", str(root / "pause-pretrain"), "--n-pauses", "3"]),
         ("cot-sft", "sft", ["--rationale", "template-leaky"]),
     ]:
         run_stage(stage, paths[src], root / stage, *extra)
@@ -63,21 +73,26 @@ def stages(tiny_ckpt_path, tmp_path_factory):
 
 def test_every_stage_writes_a_checkpoint_with_its_metadata(stages):
     init = checkpoint.read_meta(stages["init"])
-    expect = {"cpt": ("base", 0, None), "sft": ("plain", 0, None), "pause-pretrain": ("base", 0, "mean-all"),
-              "pause-sft": ("pause", 3, "pretrained"), "cot-sft": ("cot", 0, None)}
-    for stage, (variant, k, pause_init) in expect.items():
+    expect = {"cpt": ("base", 0, None, "cpt"), "sft": ("plain", 0, None, "sft"),
+              "pause-pretrain": ("base", 0, "mean-all", "pause-pretrain"),
+              "pause-sft": ("pause", 3, "pretrained", "pause-k3"), "cot-sft": ("cot", 0, None, "cot-template-leaky")}
+    for stage, (variant, n_pauses, pause_init, cell) in expect.items():
         ckpt = checkpoint.load(stages[stage])
         meta = ckpt.meta
-        assert (meta["variant"], meta["stage"], meta["k"], meta["pause_init"]) == (variant, stage, k, pause_init)
+        assert (meta["variant"], meta["stage"], meta["n_pauses"], meta["pause_init"], meta["cell"]) == (
+            variant, stage, n_pauses, pause_init, cell)
+        assert meta["train_seed"] == 0 and ckpt.identity()["cell"] == cell
         assert meta["dataset"] == init["dataset"] and meta["sid"] == init["sid"]
         assert meta["configs"][stage]["stage"] == stage and meta["configs"][stage]["corpus"]["used"] == 32
         t = meta["timings"][stage]
         assert t["tokens"] > 0 and t["wall_s"] > 0 and t["device_hours"] > 0 and t["steps"] == 4
-        assert t["device"].startswith("cpu") and t["world_size"] == 1
+        assert t["device"].startswith("cpu") and t["world_size"] == 1 and t["dtype"] == "fp32"
         log = pd.read_csv(stages[stage] / trainstate.LOG_FILE)
         assert list(log["step"]) == [1, 2, 3, 4] and np.isfinite(log["loss"]).all()
         assert not trainstate.partial_dir(stages[stage]).exists()
-    assert checkpoint.read_meta(stages["pause-sft"])["parent"] == str(stages["sft"])
+    pause = checkpoint.read_meta(stages["pause-sft"])
+    assert pause["parent"] == str(stages["sft"])
+    assert list(pause["timings"]) == ["init", "cpt", "sft", "pause-pretrain", "pause-sft"]  # the whole lineage
     assert checkpoint.read_meta(stages["cot-sft"])["rationale"]["leaky"] is True
     assert (stages["cot-sft"] / "rationales.jsonl").is_file()
 
@@ -86,9 +101,9 @@ def test_labels_cover_only_targets_and_rationales(tiny_ckpt):
     builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
     ex = data.Example("u", (1, 2, 3), 4)
     target = builder.item_ids[4]
-    for variant, k, rationale in [("plain", 0, None), ("pause", 5, None), ("cot", 0, "drama again")]:
-        c = corpus.recommendation(builder, [ex], variant, k, [rationale] if rationale else None)
-        enc = builder.encode(ex.history, ex.target, variant, k, rationale)
+    for variant, n_pauses, rationale in [("plain", 0, None), ("pause", 5, None), ("cot", 0, "drama again")]:
+        c = corpus.recommendation(builder, [ex], variant, n_pauses, [rationale] if rationale else None)
+        enc = builder.encode(ex.history, ex.target, variant, n_pauses, rationale)
         labels, ids = c.labels[0], c.ids[0]
         for seg, y, t in zip(enc.segments, labels, ids):
             if seg in ("rationale", "target") or (seg == "think" and t == builder.think_close and rationale):
@@ -184,11 +199,11 @@ def test_pause_sft_init_strategies(stages):
     pid = src.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
     groups = {g: torch.tensor(ids) for g, ids in backbone.token_groups(src.tokenizer).items()}
     rows = {}
-    for how in train.PAUSE_INITS:
+    for how in stages_mod.PAUSE_INITS:
         ckpt = checkpoint.load(stages["sft"])
         emb = ckpt.model.get_input_embeddings().weight
         untouched = emb.detach().clone()
-        train.init_pause(ckpt, how, str(stages["pause-pretrain"]), seed=0)
+        stages_mod.init_pause(ckpt, how, str(stages["pause-pretrain"]), seed=0)
         rows[how] = emb[pid].detach().clone()
         others = torch.arange(emb.shape[0]) != pid
         assert torch.equal(emb[others], untouched[others])
@@ -199,19 +214,21 @@ def test_pause_sft_init_strategies(stages):
     assert torch.allclose(rows["mean-sid"], emb[groups["sid"]].mean(0), atol=1e-4)
     assert not torch.allclose(rows["default"], emb[groups["text"]].mean(0), atol=1e-4)
     with pytest.raises(UserError, match="needs --pause-from"):
-        train.init_pause(checkpoint.load(stages["sft"]), "pretrained")
-    with pytest.raises(UserError, match="unknown --pause-init"):
+        stages_mod.init_pause(checkpoint.load(stages["sft"]), "pretrained")
+    with pytest.raises(UserError, match="--pause-init: unknown value 'zeros'"):
         train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b", "--pause-init", "zeros"])
 
 
 def test_resume_after_kill_gives_identical_weights(stages, tmp_path):
     args = ["--stage", "sft", "--from", str(stages["cpt"]), *FAST, "--epochs", "2", "--save-every", "3"]
     killed = tmp_path / "killed"
-    env = {**os.environ, loop.KILL_ENV: "5", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pauserec", "train", *args, "--out", str(killed)], env=env,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(KILLER), "5", *args, "--out", str(killed)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not killed.exists() and (trainstate.partial_dir(killed) / trainstate.STATE_FILE).is_file()
+    before = proc_wall_before_kill(killed)
+    assert before > 0  # the killed segment saved the wall time it had spent
     resumed = train.main([*args, "--out", str(killed), "--resume"])
     straight = train.main([*args, "--out", str(tmp_path / "straight")])
     a, b = resumed.model.state_dict(), straight.model.state_dict()
@@ -219,6 +236,7 @@ def test_resume_after_kill_gives_identical_weights(stages, tmp_path):
     log_a, log_b = (pd.read_csv(p / trainstate.LOG_FILE) for p in (killed, tmp_path / "straight"))
     assert list(log_a["step"]) == list(range(1, 9)) and np.array_equal(log_a["loss"], log_b["loss"])
     assert resumed.meta["timings"]["sft"]["steps"] == 8
+    assert resumed.meta["timings"]["sft"]["wall_s"] > before  # both segments count
 
 
 def test_diverging_loss_stops_with_one_line_and_keeps_the_last_state(stages, tmp_path, capsys):
@@ -245,7 +263,11 @@ def test_config_errors_are_user_errors(stages, tmp_path, capsys):
             train.parse([*base, "--preset", str(preset)])
     for argv, msg in [([*base, "--bogus", "1"], "unrecognized"), (base[2:], "needs --stage"),
                       ([*base, "--epochs", "two"], "not a int"), ([*base[:4], "--out", str(stages["cpt"])],
-                                                                  "must differ")]:
+                                                                  "overlaps the input"),
+                      ([*base, "--lr", "nan"], "not a finite number"), ([*base, "--n-train", "-1"], "minimum 0"),
+                      ([*base, "--warmup-ratio", "2"], "maximum 1.0"),
+                      ([*base, "--control", "think-only"], "is a pause-sft control"),
+                      (["--stage", "pause-sft", *base[2:], "--n-pauses", "0"], "--control think-only")]:
         assert cli.run(train.main, argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and msg in err and len(err.strip().splitlines()) == 1
@@ -253,7 +275,8 @@ def test_config_errors_are_user_errors(stages, tmp_path, capsys):
     args = train.parse([*base, "--preset", str(preset), "--lr", "0.25"])
     assert (args.epochs, args.lr) == (7, 0.25)
     paper = train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b"])
-    assert (paper.k, paper.epochs, paper.lr, paper.weight_decay) == (5, 5, 5e-5, 0.01)
+    assert (paper.n_pauses, paper.epochs, paper.lr, paper.weight_decay) == (5, 5, 5e-5, 0.01)
+    assert train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b", "--k", "3"]).n_pauses == 3  # old flag
     assert json.loads(json.dumps(to_dict(paper)))["stage"] == "pause-sft"
 
 
@@ -270,3 +293,40 @@ def test_cot_sft_reads_a_rationale_file(stages, tmp_path):
     path.write_text("\n".join(lines[:5]) + "\n")
     with pytest.raises(UserError, match="have no rationale"):
         run_stage("cot-sft", stages["sft"], tmp_path / "cot2", "--rationale-file", str(path))
+
+
+@pytest.mark.parametrize("control, variant, n_pauses, cell", [
+    ("think-only", "pause", 0, "think-only"), ("sft-continued", "plain", 0, "sft-continued"),
+    ("filler", "pause", 3, "filler-k3")])
+def test_compute_matched_controls_use_the_pause_sft_recipe(stages, tmp_path, control, variant, n_pauses, cell):
+    ckpt = run_stage("pause-sft", stages["sft"], tmp_path / control, "--control", control, "--n-pauses", "3")
+    meta = ckpt.meta
+    assert (meta["variant"], meta["n_pauses"], meta["cell"], meta["control"]) == (variant, n_pauses, cell, control)
+    recipe = ("from_ckpt", "epochs", "lr", "n_train", "batch_size", "seed", "weight_decay", "train_targets")
+    ref = checkpoint.read_meta(stages["pause-sft"])["configs"]["pause-sft"]
+    assert {k: meta["configs"]["pause-sft"][k] for k in recipe} == {k: ref[k] for k in recipe}
+    assert meta["configs"]["pause-sft"]["corpus"]["used"] == ref["corpus"]["used"] == 32  # the same data
+    builder = PromptBuilder.for_checkpoint(ckpt)
+    enc = builder.encode((1, 2), 3, variant, n_pauses)
+    think = [t for t, s in zip(enc.input_ids, enc.segments) if s in ("think", "pause")]
+    if control == "filler":
+        filler = ckpt.tokenizer.convert_tokens_to_ids(meta["pause_token"])
+        assert think[1:-1] == [filler] * 3 and filler != ckpt.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
+    else:
+        assert len(think) == (2 if control == "think-only" else 0)
+
+
+def test_one_training_seed_repeats_exactly_and_two_seeds_differ(stages, tmp_path):
+    a, b, c = (run_stage("sft", stages["cpt"], tmp_path / name, "--seed", seed)
+               for name, seed in (("a", "1"), ("b", "1"), ("c", "2")))
+    sa, sb, sc = (x.model.state_dict() for x in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert (a.meta["train_seed"], c.meta["train_seed"]) == (1, 2)
+
+
+def test_paper_training_targets_are_one_per_user(stages, tmp_path):
+    ckpt = run_stage("sft", stages["cpt"], tmp_path / "last", "--train-targets", "last", "--n-train", "0",
+                     "--max-steps", "1")
+    info = ckpt.meta["configs"]["sft"]["corpus"]
+    assert ckpt.meta["train_targets"] == "last" and info["available"] == info["used"] == 943

@@ -1,7 +1,7 @@
 """Training-time rationale sensitivity: train ``cot-sft`` once per rationale condition, then tabulate the
 final Recall/NDCG against the quality of the rationales it was trained on.
 
-``python -m probes.rationale_train SFT_CKPT --out DIR [--conditions template,template-leaky,drop50,...]``
+``python -m pauserec rationale-train SFT_CKPT --out DIR [--conditions template,template-leaky,drop50,...]``
 
 A condition is either a rationale source of :mod:`pauserec.rationales` (``template``, ``template-leaky``,
 ``local``, ``openai``, ...: the trainer builds them, ``--rationale SOURCE``) or a perturbation of
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pauserec import checkpoint, corpus, data, metrics, rationales, train
+from pauserec import checkpoint, data, metrics, rationales, stages, train
+from pauserec.device import resolve_device
 from pauserec.errors import UserError
 from pauserec.evaluate import evaluate, examples_for
 from probes import perturb
@@ -56,27 +57,26 @@ class Args(ProbeArgs):
     top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K"})
 
 
-def train_argv(args: Args, condition: str, out: Path, rationale_file: Path | None) -> list[str]:
-    argv = ["--stage", "cot-sft", "--from", args.ckpt[0], "--out", str(out), "--preset", args.preset,
-            "--device", args.device, "--seed", str(args.seed), "--no-progress", "--resume"]
-    for flag, value in (("--max-steps", args.max_steps), ("--n-train", args.n_train),
-                        ("--batch-size", args.train_batch_size)):
-        argv += [flag, str(value)] if value else []
-    return argv + (["--rationale-file", str(rationale_file)] if rationale_file else ["--rationale", condition])
+def train_args(args: Args, condition: str, out: Path, rationale_file: Path | None) -> train.TrainArgs:
+    values = {"from_ckpt": args.ckpt[0], "out": str(out), "device": args.device, "seed": args.seed,
+              "progress": False, "resume": True}
+    values |= {k: v for k, v in (("max_steps", args.max_steps), ("n_train", args.n_train),
+                                 ("batch_size", args.train_batch_size)) if v}
+    values |= {"rationale_file": str(rationale_file)} if rationale_file else {"rationale": condition}
+    return train.stage_args("cot-sft", args.preset, **values)
 
 
 def training_examples(sft: checkpoint.Checkpoint, targs: train.TrainArgs) -> list[data.Example]:
-    """The examples ``cot-sft`` trains on (the trainer's own window sample; it refuses a file missing any)."""
-    spec = sft.meta.get("dataset") or {}
-    ds = data.load_dataset(spec["name"], spec.get("data_root"))
-    windows = data.split(ds, targs.max_history or spec.get("max_history", 20))["train"]
-    return [windows[i] for i in corpus.sample(len(windows), targs.n_train, targs.seed)]
+    """The examples ``cot-sft`` trains on (the trainer's own sample; it refuses a file missing any)."""
+    windows = data.split(stages.dataset_of(sft), targs.max_history or sft.meta["dataset"].get("max_history", 20),
+                         targs.train_targets)["train"]
+    return [windows[i] for i in data.sample(len(windows), targs.n_train, targs.seed)]
 
 
-def write_perturbed(args: Args, condition: str, argv: list[str], path: Path) -> None:
+def write_perturbed(args: Args, condition: str, targs: train.TrainArgs, path: Path) -> None:
     """The base source's rationales of the training examples, perturbed, as a rationale file."""
     sft = checkpoint.load(args.ckpt[0])
-    examples = training_examples(sft, train.parse(argv))
+    examples = training_examples(sft, targs)
     base = rationales.build(args.base_source, sft.catalog, examples)
     rng = np.random.default_rng([args.seed, *condition.encode()])
     texts = perturb.apply(condition, [r.text for r in base], examples, sft.catalog, rng)
@@ -93,14 +93,14 @@ def train_condition(args: Args, condition: str, work: Path) -> Path:
     file = None
     if condition not in rationales.SOURCES:
         file = work / f"{condition}.rationales.jsonl"
-        write_perturbed(args, condition, train_argv(args, condition, out, file), file)
-    train.main(train_argv(args, condition, out, file))
+        write_perturbed(args, condition, train_args(args, condition, out, file), file)
+    train.run(train_args(args, condition, out, file))
     return out
 
 
 def condition_rows(args: Args, condition: str, path: Path) -> pd.DataFrame:
     """Per-user final metrics and test-rationale quality, and the training rationales' mean quality."""
-    ckpt = checkpoint.load(path, args.device)
+    ckpt = checkpoint.load(path, resolve_device(args.device))
     examples = examples_for(ckpt, "test", args.n_users, args.seed)
     _, frame = evaluate(ckpt, examples=examples, beams=args.beams, latency_samples=0)
     k, cat = args.top_k, ckpt.catalog
@@ -128,29 +128,11 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     return df.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="mean")
 
 
-def figures(df: pd.DataFrame) -> dict:
-    """``rationale_train``: final recall@K against the training rationales' leakage and agreement."""
-    import seaborn as sns
 
-    from analysis import theme
-
-    t = table(df).reset_index()
-    recall = next((c for c in t.columns if str(c).startswith("recall@")), None)
-    if recall is None or len(t) == 0:
-        return {}
-    fig, axes = theme.figure(ncols=2, squeeze=False, sharey=True)
-    for ax, q in zip(axes[0], ("train_quality_leakage", "train_quality_agreement")):
-        sns.scatterplot(data=t, x=q, y=recall, ax=ax)
-        for _, r in t.iterrows():
-            ax.annotate(r["perturbation"], (r[q], r[recall]), fontsize=6)
-        ax.set(xlabel=q, ylabel=f"final {recall}")
-    return {"rationale_train": fig}
-
-
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse(Args, argv, "probes.rationale_train")
+def run(args: Args) -> pd.DataFrame:
+    """Train, evaluate and tabulate every condition; write ``args.out`` (results.csv, meta.json)."""
     if len(args.ckpt) != 1:
-        raise UserError("probes.rationale_train takes exactly one SFT checkpoint")
+        raise UserError("rationale-train takes exactly one SFT checkpoint")
     unknown = [c for c in args.conditions if c not in rationales.SOURCES]
     perturb.check(unknown)
     if "paraphrase" in unknown:
@@ -161,9 +143,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                    ignore_index=True)
     summary = table(df)
     print(summary.round(4).to_string())
-    write_results(df, args, figures(df),
+    write_results(df, args,
                   extra={"probe": "rationale_train", "table": summary.reset_index().to_dict("records")})
     return df
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    return run(parse(Args, argv, "pauserec rationale-train"))
 
 
 if __name__ == "__main__":

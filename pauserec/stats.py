@@ -1,5 +1,8 @@
 """Paired statistics across users: bootstrap CIs, Wilcoxon signed-rank, seeds, Holm correction.
 
+The one place statistics live: probes (CIs of their own measurements) and analysis (claims, tables,
+figures) both import it.
+
 Every comparison is *paired*: two variants evaluated on the same users, aligned by user id (an error if
 the user sets differ). ``diff = mean(treatment) - mean(baseline)``; ``rel = 100 * diff / mean(baseline)``
 (percent relative improvement). Bootstrap CIs are percentile intervals over users resampled with
@@ -20,19 +23,6 @@ from scipy import stats as sps
 N_RESAMPLES = 2000
 LEVEL = 0.95
 _CHUNK = 4_000_000  # resample-index entries held at once: (chunk, n_users) int64
-
-
-def recall_at(rank: np.ndarray, k: int) -> np.ndarray:
-    """Per-user hit@k (= recall@k with one target) from 1-based ranks, 0 = miss."""
-    rank = np.asarray(rank)
-    return ((rank > 0) & (rank <= k)).astype(float)
-
-
-def ndcg_at(rank: np.ndarray, k: int) -> np.ndarray:
-    """Per-user NDCG@k with one target: ``1 / log2(rank + 1)`` if ``0 < rank <= k`` else 0."""
-    rank = np.asarray(rank, dtype=float)
-    hit = (rank > 0) & (rank <= k)
-    return np.where(hit, 1.0 / np.log2(np.where(hit, rank, 1.0) + 1.0), 0.0)
 
 
 @dataclass(frozen=True)

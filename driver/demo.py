@@ -1,0 +1,37 @@
+"""The main job on the embedded defaults -- what ``make demo`` runs.
+
+Dataset stats, then the ``quick`` experiment (SIDs, every training stage with the real SmolLM2 backbone,
+the compute-matched controls, the classical baselines, evaluation, every probe) and the report, all on
+CPU. It is ``pauserec experiment`` with the demo's defaults, so a rerun skips what is finished.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from driver import experiment
+from driver.pipeline import RunArgs
+from pauserec import commands
+from pauserec.config import build, parse_args
+
+
+@dataclass
+class DemoArgs(RunArgs):
+    """The quick experiment on the embedded default dataset, end to end, with a report."""
+
+    out: str = field(default="runs/demo", metadata={"help": "run directory"})
+
+
+def run(args: DemoArgs) -> None:
+    start = time.perf_counter()
+    print(f"== dataset {args.dataset}", flush=True)
+    commands.stats(build(commands.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
+    values = {"out": args.out, "dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
+              "data_root": args.data_root, "device": args.device}
+    report = experiment.run(build(experiment.ExperimentArgs, values, args.preset, "experiment"))
+    print(f"demo finished in {time.perf_counter() - start:.0f}s -- open {report / 'REPORT.html'} in a browser")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(DemoArgs, argv, "pauserec demo"))

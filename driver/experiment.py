@@ -1,0 +1,164 @@
+"""``python -m pauserec experiment``: the paper's matrix -- train, evaluate, probe, report -- resumable.
+
+Layout of ``--out``::
+
+    init/                                        shared: backbone + SID tokens (SIDs fixed per dataset)
+    seed{S}/{cpt,sft,pause-pretrain}/            shared stages of seed S (every stage trains with seed S)
+    seed{S}/{CELL}/                              the cells: pause-k{K}, pause-k5-{INIT}, the controls
+                                                 (think-only, sft-continued, filler-k5), cot-{SOURCE}
+    seed{S}/eval/{CELL}/metrics.json, per_user.csv
+    baselines/{NAME}-seed{S}/metrics.json, per_user.csv      popularity, markov, sasrec
+    probes/{alignment,attention,verbalization,rationale}/    probes (seed 0)
+    report/REPORT.md                                         analysis.make_report
+
+Every finished piece (a checkpoint, an evaluation, a probe) is skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis import make_report
+from driver import pipeline
+from driver.pipeline import RunArgs
+from pauserec import evaluate, rationales, stages, train
+from pauserec.config import build, parse_args
+from pauserec.errors import UserError
+from pauserec.prompts import DEFAULT_PAUSES
+from probes import alignment, attention, rationale, verbalization
+
+log = logging.getLogger(__name__)
+PROBES = {"alignment": alignment, "attention": attention, "verbalization": verbalization,
+          "rationale": rationale}
+
+
+@dataclass
+class ExperimentArgs(RunArgs):
+    """Run the paper's matrix (plain, pause k-sweep and inits, compute-matched controls, CoT sources,
+    classical baselines), evaluate, probe, report."""
+
+    seeds: int = field(default=1, metadata={"help": "training seeds (0..N-1); verdicts need 3+", "min": 1})
+    pause_counts: tuple[int, ...] = field(default=(1, 3, 5, 10), metadata={
+        "help": "pause counts (init pretrained)", "min": 1, "aliases": ("--ks",)})
+    pause_inits: tuple[str, ...] = field(default=("mean-text", "mean-sid", "default"), metadata={
+        "help": f"other pause inits, at {DEFAULT_PAUSES} pauses", "choices": stages.PAUSE_INITS})
+    controls: tuple[str, ...] = field(default=stages.CONTROLS, metadata={
+        "help": "compute-matched controls of pause-sft", "choices": stages.CONTROLS})
+    rationales: tuple[str, ...] = field(default=("template", "template-leaky", "local", "openai"), metadata={
+        "help": "cot-sft rationale sources", "choices": rationales.SOURCES})
+    main_rationale: str = field(default="template", metadata={
+        "help": "the CoT source the claims compare against", "choices": rationales.SOURCES})
+    baselines: tuple[str, ...] = field(default=("popularity", "markov", "sasrec"), metadata={
+        "help": "classical baselines on the same split"})
+    eval_users: int = field(default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0})
+    beams: int = field(default=20, metadata={"help": "beam width for evaluation", "min": evaluate.TOP_K})
+    latency_samples: int = field(default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0})
+    probes: tuple[str, ...] = field(default=tuple(PROBES), metadata={"help": "probes to run (seed 0)",
+                                                                      "choices": tuple(PROBES)})
+    probe_users: int = field(default=64, metadata={"help": "users for attention/rationale probes", "min": 2})
+    probe_items: int = field(default=100, metadata={"help": "items for the verbalization probe", "min": 1})
+    umap: bool = field(default=True, metadata={"help": "alignment probe: the UMAP map of SID and words"})
+    report: str = field(default="", metadata={"help": "report directory (default OUT/report)"})
+
+
+def cells(args: ExperimentArgs) -> dict[str, dict[str, Any]]:
+    """Cell name -> the stage arguments that train it (``sft`` is trained by the shared stages)."""
+    specs: list[dict[str, Any]] = [{"stage": "pause-sft", "n_pauses": k} for k in args.pause_counts]
+    specs += [{"stage": "pause-sft", "pause_init": i} for i in args.pause_inits]
+    specs += [{"stage": "pause-sft", "control": c} for c in args.controls]
+    for source in args.rationales:
+        if source.startswith("openai") and not os.environ.get("PAUSEREC_OPENAI_BASE_URL"):
+            log.warning("cot-%s skipped: set PAUSEREC_OPENAI_BASE_URL (and _MODEL) to an endpoint", source)
+            continue
+        specs.append({"stage": "cot-sft", "rationale": source})
+    out: dict[str, dict[str, Any]] = {"sft": {}}
+    for spec in specs:
+        probe = train.TrainArgs(**{"n_pauses": DEFAULT_PAUSES, **spec})
+        out.setdefault(train.cell_name(probe, []), spec)
+    return out
+
+
+def run_seed(args: ExperimentArgs, seed: int) -> Path:
+    """Shared stages, then every cell, then their evaluation, for one training seed."""
+    root = Path(args.out) / f"seed{seed}"
+    shared = build(pipeline.PipelineArgs, {"out": str(root), "dataset": args.dataset, "backbone": args.backbone,
+                                           "preset": args.preset, "data_root": args.data_root,
+                                           "device": args.device, "seed": seed,
+                                           "stages": ("cpt", "sft", "pause-pretrain"),
+                                           "init": str(Path(args.out) / "init")}, args.preset, "pipeline")
+    pipeline.run(shared)
+    for name, spec in cells(args).items():
+        path = root / name
+        if spec and not pipeline.done(path):
+            print(f"== seed {seed}: train {name}", flush=True)
+            extra = {"pause_from": str(root / "pause-pretrain")} if spec["stage"] == "pause-sft" else {}
+            extra |= {"device": args.device} if args.device else {}
+            train.run(train.stage_args(spec["stage"], args.preset, **{k: v for k, v in spec.items() if k != "stage"},
+                                       from_ckpt=str(root / "sft"), out=str(path), seed=seed, resume=True,
+                                       **extra))
+        run_eval(args, path, root / "eval" / name)
+    return root
+
+
+def run_eval(args: ExperimentArgs, ckpt: Path, out: Path) -> None:
+    if (out / "metrics.json").is_file():
+        return
+    print(f"== evaluate {ckpt.parent.name}/{ckpt.name}", flush=True)
+    values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "latency_samples": args.latency_samples,
+              "n_users": args.eval_users or None, "device": args.device or "auto"}
+    evaluate.run(build(evaluate.EvalArgs, values))
+
+
+def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
+    """Probe -> its arguments (checkpoints + options). Trajectories run over the stages of seed 0."""
+    main_pause = f"pause-k{DEFAULT_PAUSES}" if DEFAULT_PAUSES in args.pause_counts else None
+    pause = next((c for c in (main_pause, *(f"pause-k{k}" for k in args.pause_counts)) if c and (root / c).is_dir()),
+                 None)
+    cot = f"cot-{args.main_rationale}" if (root / f"cot-{args.main_rationale}").is_dir() else None
+    trajectory = [str(p) for p in (Path(args.out) / "init", *(root / s for s in ("cpt", "sft", pause, cot) if s))
+                  if (p / "pauserec.json").is_file()]
+    common = {"device": args.device or "auto", "seed": 0}
+    plan = {
+        "alignment": {"ckpt": trajectory, "umap": args.umap},
+        "attention": {"ckpt": [str(root / pause)], "n_users": args.probe_users, "interventions": True,
+                      "intervention_users": min(args.probe_users, 64)} if pause else None,
+        "verbalization": {"ckpt": trajectory, "n_items": args.probe_items},
+        "rationale": {"ckpt": [str(root / cot)], "n_users": args.probe_users} if cot else None,
+    }
+    return {name: {**values, **common} for name, values in plan.items() if name in args.probes and values}
+
+
+def run_probes(args: ExperimentArgs, root: Path) -> None:
+    for name, values in probe_args(args, root).items():
+        out = Path(args.out) / "probes" / name
+        if (out / "results.csv").is_file():
+            print(f"== probe {name}: finished earlier, skipped", flush=True)
+            continue
+        print(f"== probe {name}", flush=True)
+        t = time.perf_counter()
+        module = PROBES[name]
+        module.run(build(module.Args, {**values, "out": str(out)}))
+        print(f"   {name} took {time.perf_counter() - t:.0f}s", flush=True)
+
+
+def run(args: ExperimentArgs) -> Path:
+    """The whole matrix for every seed, the probes on seed 0, then the report."""
+    if not args.out:
+        raise UserError("pauserec experiment needs --out DIR")
+    start = time.perf_counter()
+    roots = [run_seed(args, seed) for seed in range(args.seeds)]
+    run_probes(args, roots[0])
+    report = Path(args.report or Path(args.out) / "report")
+    make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(report), "overwrite": True,
+                                             "main_rationale": args.main_rationale}))
+    print(f"experiment finished in {time.perf_counter() - start:.0f}s; report: {report / 'REPORT.md'}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return run(parse_args(ExperimentArgs, argv, "pauserec experiment", section="experiment"))
