@@ -34,10 +34,14 @@ import pandas as pd
 from pauserec import data, metrics
 from pauserec.baselines._common import training_sequences
 from pauserec.baselines.counts import Markov, Popularity
+from pauserec.baselines.sasrec import SASRec
+from pauserec.config import from_dict
 from pauserec.errors import UserError
 
 NAMES = ("popularity", "markov", "sasrec")
-__all__ = ["NAMES", "Baseline", "Markov", "Popularity", "evaluate_baseline", "make", "training_sequences"]
+CLASSES = {"popularity": Popularity, "markov": Markov, "sasrec": SASRec}
+__all__ = ["CLASSES", "NAMES", "Baseline", "Markov", "Popularity", "SASRec", "evaluate_baseline", "make",
+           "training_sequences"]
 
 
 class Baseline(Protocol):
@@ -52,19 +56,11 @@ class Baseline(Protocol):
         ...
 
 
-def _classes() -> dict[str, type]:
-    from pauserec.baselines.sasrec import SASRec  # torch is imported only when SASRec is asked for
-
-    return {"popularity": Popularity, "markov": Markov, "sasrec": SASRec}
-
-
 def make(name: str, **options: Any) -> Baseline:
     """An unfitted baseline by name; ``options`` set its fields (unknown keys, wrong types: UserError)."""
-    from pauserec.config import from_dict
-
     if name not in NAMES:
         raise UserError(f"unknown baseline '{name}' (known: {', '.join(NAMES)})")
-    return from_dict(_classes()[name], options)
+    return from_dict(CLASSES[name], options)
 
 
 def evaluate_baseline(model: Baseline, examples: list[data.Example],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from pauserec import data
 from pauserec.errors import UserError
@@ -47,11 +48,24 @@ def rank(scores: np.ndarray, top_k: int, tie_order: np.ndarray) -> tuple[np.ndar
     """(items, scores), both (n_users, top_k), best first; equal scores follow ``tie_order``.
 
     ``tie_order`` lists every item index, best first (the baselines pass popularity order), so ties --
-    items a model cannot tell apart -- are broken the same way by every baseline.
+    items a model cannot tell apart -- are broken the same way by every baseline. Exact, and as fast as
+    ``torch.topk``: the items strictly above the k-th best score come first (sorted by score, then tie
+    order), then the items tied with it, in tie order.
     """
-    s = scores[:, tie_order]  # (n_users, n_items), columns in tie order
-    best = np.argsort(-s, axis=1, kind="stable")[:, :top_k]  # stable: ties keep tie order
-    return tie_order[best], np.take_along_axis(s, best, 1)
+    s = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64))  # (n_users, n_items)
+    pos = torch.empty(s.shape[1], dtype=torch.float64)
+    pos[torch.from_numpy(np.asarray(tie_order))] = torch.arange(s.shape[1], dtype=torch.float64)
+    kth = s.topk(top_k, dim=1).values[:, -1:]  # (n_users, 1)
+    above = s > kth
+    a_val, a_idx = torch.where(above, s, -torch.inf).topk(top_k, dim=1)  # (n_users, top_k)
+    t_idx = torch.where(s == kth, -pos, -torch.inf).topk(top_k, dim=1).indices  # ties, tie order first
+    n_above = above.sum(1, keepdim=True).numpy()  # (n_users, 1)
+    j = np.arange(top_k)[None, :]
+    group = np.concatenate([np.where(j < n_above, 0, 2), np.where(j < top_k - n_above, 1, 2)], 1)
+    idx = torch.cat([a_idx, t_idx], 1).numpy()  # (n_users, 2 top_k) candidates
+    val = np.concatenate([a_val.numpy(), np.repeat(kth.numpy(), top_k, 1)], 1)
+    order = np.lexsort((pos.numpy()[idx], -val, group), axis=1)[:, :top_k]
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(val, order, 1)
 
 
 def check_request(n_items: int | None, top_k: int) -> None:

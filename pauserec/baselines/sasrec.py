@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pauserec import data
-from pauserec.baselines._common import batches, check_request, mask_histories, training_sequences
+from pauserec.baselines._common import (
+    batches,
+    check_request,
+    mask_histories,
+    rank,
+    training_sequences,
+)
+from pauserec.baselines.counts import item_counts
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,7 @@ class SASRec:
     exclude_history: bool = False  # never recommend an item already in the user's history
     device: str = "cpu"
     net: Any = field(default=None, init=False, repr=False)  # SASRecNet after fit
+    order: Any = field(default=None, init=False, repr=False)  # (n_items,) popularity order (tie-break)
     info: dict = field(default_factory=dict, init=False, repr=False)
 
     def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0) -> SASRec:
@@ -118,6 +126,7 @@ class SASRec:
         if self.dim % self.heads:
             raise UserError(f"sasrec dim {self.dim} must be divisible by heads {self.heads}")
         seqs = training_sequences(train)
+        self.order = np.argsort(-item_counts(seqs, len(ds.items)), kind="stable")  # ties: popularity
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
             torch.manual_seed(seed)
             self.net = SASRecNet(len(ds.items), self.max_len, self.dim, self.layers, self.heads,
@@ -172,12 +181,12 @@ class SASRec:
         items, scores = [np.zeros((0, top_k), np.int64)], [np.zeros((0, top_k))]
         for sl in batches(len(histories), 1024):
             tokens = pad_left(histories[sl], self.max_len).to(self.device)  # (batch, max_len)
-            s = self.net.logits(self.net(tokens)[:, -1])  # (batch, n_items)
+            s = self.net.logits(self.net(tokens)[:, -1]).double().cpu().numpy()  # (batch, n_items)
             if self.exclude_history:
-                s = torch.from_numpy(mask_histories(s.double().cpu().numpy(), histories[sl]))
-            v, i = s.topk(top_k, dim=1)
-            items.append(i.cpu().numpy())
-            scores.append(v.double().cpu().numpy())
+                mask_histories(s, histories[sl])
+            i, v = rank(s, top_k, self.order)
+            items.append(i)
+            scores.append(v)
         return np.concatenate(items), np.concatenate(scores)
 
     def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
