@@ -10,7 +10,7 @@ import torch
 from pauserec import data
 from pauserec.errors import UserError
 
-RANK_BATCH = 512  # users ranked together: (RANK_BATCH, n_items) float64 scores in memory at once
+RANK_BATCH = 128  # users ranked together; (128, n_items) float64 stays below malloc's mmap threshold
 
 
 def training_sequences(examples: Iterable[data.Example]) -> list[list[int]]:

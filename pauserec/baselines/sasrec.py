@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -119,6 +119,8 @@ class SASRec:
     net: Any = field(default=None, init=False, repr=False)  # SASRecNet after fit
     order: Any = field(default=None, init=False, repr=False)  # (n_items,) popularity order (tie-break)
     info: dict = field(default_factory=dict, init=False, repr=False)
+    # called as on_epoch(epoch, train_seconds) after every epoch (e.g. a learning curve); set after make()
+    on_epoch: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
 
     def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0) -> SASRec:
         if min(self.dim, self.layers, self.heads, self.max_len, self.batch_size) < 1 or self.epochs < 0:
@@ -142,28 +144,40 @@ class SASRec:
         return {k: getattr(self, k) for k in keys}
 
     def _train(self, seqs: list[list[int]], gen: torch.Generator) -> dict[str, Any]:
+        """Epochs until ``epochs`` or ``max_seconds`` of training (``on_epoch`` time not counted)."""
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.98))
-        self.net.train()
-        start, steps, epoch, loss, out_of_time = time.perf_counter(), 0, 0, float("nan"), False
+        seconds, steps, epoch, loss, out_of_time = 0.0, 0, 0, float("nan"), False
         while epoch < self.epochs and not out_of_time:
-            win = windows(seqs, self.max_len, gen)
-            perm = torch.randperm(len(win), generator=gen)
-            total, n = 0.0, 0
-            for sl in batches(len(win), self.batch_size):
-                w = win[perm[sl]].to(self.device)  # (batch, max_len + 1)
-                step_loss = self._loss(w[:, :-1], w[:, 1:])
-                opt.zero_grad(set_to_none=True)
-                step_loss.backward()
-                opt.step()
-                steps, total, n = steps + 1, total + step_loss.item(), n + 1
-                out_of_time = self.max_seconds is not None and time.perf_counter() - start > self.max_seconds
-                if out_of_time:
-                    break
-            epoch, loss = epoch + 1, total / max(n, 1)
-            log.info("sasrec epoch %d: loss %.4f, %.0f s", epoch, loss, time.perf_counter() - start)
+            budget = None if self.max_seconds is None else self.max_seconds - seconds
+            start = time.perf_counter()
+            loss, n, out_of_time = self._epoch(seqs, gen, opt, budget)
+            seconds, steps, epoch = seconds + time.perf_counter() - start, steps + n, epoch + 1
+            log.info("sasrec epoch %d: loss %.4f, %.0f s", epoch, loss, seconds)
+            if self.on_epoch is not None:
+                self.net.eval()
+                self.on_epoch(epoch, seconds)
         self.net.eval()
         return {"epochs_run": epoch, "steps": steps, "final_loss": loss, "out_of_time": out_of_time,
-                "fit_seconds": time.perf_counter() - start}
+                "fit_seconds": seconds}
+
+    def _epoch(self, seqs: list[list[int]], gen: torch.Generator, opt: torch.optim.Optimizer,
+               budget: float | None) -> tuple[float, int, bool]:
+        """(mean loss, steps, ran out of time) of one pass over freshly cut windows."""
+        self.net.train()
+        start = time.perf_counter()
+        win = windows(seqs, self.max_len, gen)  # (n_windows, max_len + 1)
+        perm = torch.randperm(len(win), generator=gen)
+        total, n = 0.0, 0
+        for sl in batches(len(win), self.batch_size):
+            w = win[perm[sl]].to(self.device)  # (batch, max_len + 1)
+            loss = self._loss(w[:, :-1], w[:, 1:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item(), n + 1
+            if budget is not None and time.perf_counter() - start > budget:
+                return total / n, n, True
+        return total / max(n, 1), n, False
 
     def _loss(self, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over all items, at every position with a real input item."""
@@ -179,7 +193,7 @@ class SASRec:
         self.net.eval()
         histories = [tuple(h) for h in histories]
         items, scores = [np.zeros((0, top_k), np.int64)], [np.zeros((0, top_k))]
-        for sl in batches(len(histories), 1024):
+        for sl in batches(len(histories)):
             tokens = pad_left(histories[sl], self.max_len).to(self.device)  # (batch, max_len)
             s = self.net.logits(self.net(tokens)[:, -1]).double().cpu().numpy()  # (batch, n_items)
             if self.exclude_history:
