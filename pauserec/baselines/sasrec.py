@@ -25,13 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pauserec import data
-from pauserec.baselines._common import (
-    batches,
-    check_request,
-    mask_histories,
-    rank,
-    training_sequences,
-)
+from pauserec.baselines._common import batches, check_request, rank_histories, training_sequences
 from pauserec.baselines.counts import item_counts
 from pauserec.errors import UserError
 
@@ -140,7 +134,7 @@ class SASRec:
 
     def _options(self) -> dict[str, Any]:
         keys = ("dim", "layers", "heads", "max_len", "dropout", "lr", "batch_size", "epochs",
-                "max_seconds", "exclude_history")
+                "max_seconds", "exclude_history", "device")
         return {k: getattr(self, k) for k in keys}
 
     def _train(self, seqs: list[list[int]], gen: torch.Generator) -> dict[str, Any]:
@@ -186,22 +180,17 @@ class SASRec:
         return F.cross_entropy(self.net.logits(hidden), tgt[keep] - 1)
 
     @torch.no_grad()
+    def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """(n_users, n_items) output logits after the last ``max_len`` items of each history."""
+        self.net.eval()
+        tokens = pad_left(histories, self.max_len).to(self.device)  # (n_users, max_len)
+        return self.net.logits(self.net(tokens)[:, -1]).double().cpu().numpy()
+
     def recommend_scored(self, histories: Sequence[Sequence[int]],
                          top_k: int = 20) -> tuple[np.ndarray, np.ndarray]:
         """(items, scores) (n_users, top_k), best first; the score is the output logit."""
         check_request(None if self.net is None else self.net.item.num_embeddings - 1, top_k)
-        self.net.eval()
-        histories = [tuple(h) for h in histories]
-        items, scores = [np.zeros((0, top_k), np.int64)], [np.zeros((0, top_k))]
-        for sl in batches(len(histories)):
-            tokens = pad_left(histories[sl], self.max_len).to(self.device)  # (batch, max_len)
-            s = self.net.logits(self.net(tokens)[:, -1]).double().cpu().numpy()  # (batch, n_items)
-            if self.exclude_history:
-                mask_histories(s, histories[sl])
-            i, v = rank(s, top_k, self.order)
-            items.append(i)
-            scores.append(v)
-        return np.concatenate(items), np.concatenate(scores)
+        return rank_histories(self.scores, histories, top_k, self.order, self.exclude_history)
 
     def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
         return self.recommend_scored(histories, top_k)[0]
