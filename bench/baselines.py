@@ -10,6 +10,12 @@ where the issue gives a reference Recall@10 (fitted on ``train``, history kept).
 
 Runs on ``--threads`` torch threads (default 1: the machine is shared). Timings on a busy machine are
 inflated; the CPU seconds of this process are printed beside wall time.
+
+Measured (fit on train, history kept, all test users, 1 thread, seed 0; Recall@10 / NDCG@10):
+
+    dataset  popularity       markov (L=3, 0.5)  sasrec (2x64, hist 20, full softmax)
+    ml-100k  0.0498 / 0.0224  0.1198 / 0.0644    0.1357 / 0.0610 after 120 s (beats popularity at 8 s)
+    beauty   0.0114 / 0.0053  0.0706 / 0.0444    0.0825 / 0.0413 after 900 s (18 epochs, busy machine)
 """
 
 from __future__ import annotations

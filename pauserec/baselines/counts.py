@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,7 +33,7 @@ def transition_counts(seqs: Sequence[Sequence[int]], n_items: int) -> sp.csr_mat
 class Popularity:
     """Most-popular items: counts of every interaction in the training sequences; ties by item index."""
 
-    name: ClassVar[str] = "popularity"
+    name: str = field(default="popularity", init=False)
     exclude_history: bool = False  # never recommend an item already in the user's history
     counts: Any = field(default=None, init=False, repr=False)  # (n_items,) training counts
     order: Any = field(default=None, init=False, repr=False)  # (n_items,) item indices, most popular first
@@ -73,7 +73,7 @@ class Markov:
     history item leads to) are ordered by training popularity.
     """
 
-    name: ClassVar[str] = "markov"
+    name: str = field(default="markov", init=False)
     window: int = 3  # most recent history items that vote
     decay: float = 0.5  # weight of the l-th most recent item: decay ** (l - 1)
     exclude_history: bool = False  # never recommend an item already in the user's history

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def pad_left(histories: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
 class SASRec:
     """Self-attentive sequential recommendation, trained with full-softmax cross-entropy on CPU."""
 
-    name: ClassVar[str] = "sasrec"
+    name: str = field(default="sasrec", init=False)
     dim: int = 64  # d_model, also the feed-forward width
     layers: int = 2
     heads: int = 1
