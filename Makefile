@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made steps ~5x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-fast test-gpu lint clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) --out $(OUT)
 
+# Every CPU tier (what CI runs: .ci/run). The fast tier alone: make test-fast (under 3 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# Device-only checks, on a machine with a CUDA GPU.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pauserec import checkpoint, commands, loop, train
+from pauserec import checkpoint, commands, loop, stages, train
 from pauserec.config import parse_args
 from pauserec.corpus import Corpus, subset
 from pauserec.device import autocast, name_of, resolve_device, resolve_dtype
@@ -55,7 +55,7 @@ def corpus_mix(ckpt: checkpoint.Checkpoint, n: int, max_history: int, seed: int)
     for stage in ("cpt", "sft", "cot-sft"):
         args = train.TrainArgs(stage=stage, from_ckpt="-", out="/tmp/bench-unused", n_train=n // 3,
                                max_history=max_history, seed=seed)
-        parts.append(subset(train.build_corpus(ckpt, args)[0], n // 3, seed))
+        parts.append(subset(stages.build_corpus(ckpt, args)[0], n // 3, seed))
     return Corpus([s for p in parts for s in p.ids], [s for p in parts for s in p.labels], {"kind": "mix"})
 
 

@@ -7,7 +7,7 @@ Layout of ``--out``::
     seed{S}/{CELL}/                              the cells: pause-k{K}, pause-k5-{INIT}, the controls
                                                  (think-only, sft-continued, filler-k5), cot-{SOURCE}
     seed{S}/eval/{CELL}/metrics.json, per_user.csv
-    baselines/{NAME}-seed{S}/metrics.json, per_user.csv      popularity, markov, sasrec
+    baselines/{popularity,markov,sasrec-seed{S}}/             classical baselines, evaluation format
     probes/{alignment,attention,verbalization,rationale}/    probes (seed 0)
     report/REPORT.md                                         analysis.make_report
 
@@ -26,10 +26,13 @@ from typing import Any
 from analysis import make_report
 from driver import pipeline
 from driver.pipeline import RunArgs
-from pauserec import evaluate, rationales, stages, train
+from pauserec import evaluate, stages, train
+from pauserec.baselines import NAMES as BASELINES
+from pauserec.baselines import command
 from pauserec.config import build, parse_args
 from pauserec.errors import UserError
 from pauserec.prompts import DEFAULT_PAUSES
+from pauserec.rationales import SOURCES
 from probes import alignment, attention, rationale, verbalization
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,14 @@ class ExperimentArgs(RunArgs):
     controls: tuple[str, ...] = field(default=stages.CONTROLS, metadata={
         "help": "compute-matched controls of pause-sft", "choices": stages.CONTROLS})
     rationales: tuple[str, ...] = field(default=("template", "template-leaky", "local", "openai"), metadata={
-        "help": "cot-sft rationale sources", "choices": rationales.SOURCES})
+        "help": "cot-sft rationale sources", "choices": SOURCES})
     main_rationale: str = field(default="template", metadata={
-        "help": "the CoT source the claims compare against", "choices": rationales.SOURCES})
-    baselines: tuple[str, ...] = field(default=("popularity", "markov", "sasrec"), metadata={
-        "help": "classical baselines on the same split"})
+        "help": "the CoT source the claims compare against", "choices": SOURCES})
+    baselines: tuple[str, ...] = field(default=BASELINES, metadata={
+        "help": "classical baselines on the same split", "choices": BASELINES})
+    sasrec_seconds: float | None = field(default=None, metadata={"help": "sasrec's training time budget "
+                                                                         "per seed (default: its epochs)",
+                                                                 "gt": 0.0})
     eval_users: int = field(default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0})
     beams: int = field(default=20, metadata={"help": "beam width for evaluation", "min": evaluate.TOP_K})
     latency_samples: int = field(default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0})
@@ -114,6 +120,20 @@ def run_eval(args: ExperimentArgs, ckpt: Path, out: Path) -> None:
     evaluate.run(build(evaluate.EvalArgs, values))
 
 
+def run_baselines(args: ExperimentArgs) -> None:
+    """Each classical baseline on the evaluated users (sasrec once per training seed)."""
+    for name in args.baselines:
+        for seed in range(args.seeds) if name == "sasrec" else [None]:
+            out = Path(args.out) / "baselines" / (name if seed is None else f"{name}-seed{seed}")
+            if (out / "metrics.json").is_file():
+                continue
+            print(f"== baseline {out.name}", flush=True)
+            values = {"model": name, "dataset": args.dataset, "data_root": args.data_root, "out": str(out),
+                      "n_users": args.eval_users or None, "seed": seed or 0,
+                      "sasrec_seconds": args.sasrec_seconds, "device": args.device or "auto"}
+            command.run(build(command.BaselineArgs, values))
+
+
 def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
     """Probe -> its arguments (checkpoints + options). Trajectories run over the stages of seed 0."""
     main_pause = f"pause-k{DEFAULT_PAUSES}" if DEFAULT_PAUSES in args.pause_counts else None
@@ -152,6 +172,7 @@ def run(args: ExperimentArgs) -> Path:
         raise UserError("pauserec experiment needs --out DIR")
     start = time.perf_counter()
     roots = [run_seed(args, seed) for seed in range(args.seeds)]
+    run_baselines(args)
     run_probes(args, roots[0])
     report = Path(args.report or Path(args.out) / "report")
     make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(report), "overwrite": True,

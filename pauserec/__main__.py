@@ -22,6 +22,7 @@ COMMANDS = {
     ("pipeline",): ("driver.pipeline", "main", "every stage in order, with timings"),
     ("evaluate",): ("pauserec.evaluate", "main", "Recall/NDCG@K with trie-constrained beam search"),
     ("rationales",): ("pauserec.rationales", "main", "generate and cache CoT rationales"),
+    ("baseline",): ("pauserec.baselines.command", "main", "popularity, markov or sasrec on the same split"),
     ("experiment",): ("driver.experiment", "main", "the paper's matrix: train, evaluate, probe, report"),
     ("rationale-train",): ("driver.rationale_train", "main", "cot-sft per rationale condition vs quality"),
     ("demo",): ("driver.demo", "main", "the main job on the embedded defaults (make demo)"),

@@ -80,16 +80,18 @@ def health(ckpt: Checkpoint, seed: int = 0) -> dict[str, Any]:
     :data:`HEALTH_USERS` test users); a probe run on one that does not says so next to its results."""
     if ckpt.stage not in RECOMMENDER_STAGES:
         return {}
-    from pauserec import evaluate
+    from pauserec import decode, evaluate, metrics
+    from pauserec.prompts import PromptBuilder
 
-    summary, _ = evaluate.evaluate(ckpt, "test", HEALTH_USERS, seed, beams=10, batch_size=HEALTH_USERS)
-    out = {k: summary[k] for k in ("distinct_lists@10", "modal_list_share@10", "user_independent")}
-    if out["user_independent"]:
+    examples = evaluate.examples_for(ckpt, "test", HEALTH_USERS, seed)
+    variant, n_pauses = evaluate.prompt_variant(ckpt)
+    recs = decode.recommend(ckpt.model, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
+                            variant=variant, n_pauses=n_pauses, top_k=10, beams=10, batch_size=HEALTH_USERS)
+    out = metrics.health(recs.items, len(ckpt.catalog), evaluate.popular_items(ckpt))
+    if out.get("user_independent"):
         log.warning("%s gives most users the same top-10 list: it has not learned to condition on the "
                     "user, so read its probe results with care", ckpt.path)
     return out
-
-
 
 
 def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,

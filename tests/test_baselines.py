@@ -177,3 +177,26 @@ def test_beauty_popularity_reference_numbers():
     summary, _ = baselines.evaluate_baseline(baselines.make("popularity").fit(ds, sp["train"]), sp["test"])
     assert summary["recall@10"] == pytest.approx(0.011, abs=0.001)
     assert summary["ndcg@10"] == pytest.approx(0.005, abs=0.001)
+
+
+def test_baseline_command_writes_the_evaluation_format_on_the_llms_users(tiny_ckpt_path, tmp_path):
+    """The CLI's rows carry the baseline's identity and the same users as `evaluate` samples."""
+    import json
+
+    import pandas as pd
+
+    from pauserec import checkpoint, evaluate
+    from pauserec.baselines import command
+    from pauserec.cli import run
+
+    out = tmp_path / "markov"
+    assert run(command.main, ["--model", "markov", "--dataset", "ml-100k", "--out", str(out), "--n-users", "50",
+                              "--eval-seed", "3"]) == 0
+    rows = pd.read_csv(out / "per_user.csv")
+    users = [ex.user for ex in evaluate.examples_for(checkpoint.load(tiny_ckpt_path), "test", 50, seed=3)]
+    assert sorted(rows["user"].astype(str)) == sorted(users)  # pairable with a checkpoint's evaluation
+    assert set(rows["cell"]) == {"markov"} and set(rows["stage"]) == {"baseline"} and rows["train_seed"].isna().all()
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["recall@10"] == pytest.approx(((rows["rank"] > 0) & (rows["rank"] <= 10)).mean())
+    assert "coverage@10" in summary and summary["variant"] == "baseline"
+    assert run(command.main, ["--model", "markov", "--out", str(out)]) == 2  # the output is kept

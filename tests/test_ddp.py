@@ -11,6 +11,8 @@ import torch
 
 from pauserec import checkpoint, train, trainstate
 
+pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -202,6 +202,7 @@ def test_backoff_grows_is_capped_jittered_and_respects_retry_after():
     assert llm.backoff_delay(0, 0.5, 4.0, retry_after=1e6, rng=rng) == llm.RETRY_AFTER_MAX
 
 
+@pytest.mark.slow
 def test_real_llama_cpp_server_completes_and_caches(llama_server, tmp_path):
     cache = tmp_path / "c.jsonl"
     prompts = ["Name a colour.", "Name a fruit.", "Name an animal."]

@@ -10,6 +10,8 @@ from nbclient import NotebookClient
 
 from pauserec import train
 
+pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 

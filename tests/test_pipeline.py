@@ -11,6 +11,8 @@ from driver import pipeline
 from pauserec import checkpoint, trainstate
 from pauserec.config import STAGES
 
+pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
+
 
 @pytest.fixture()
 def one_thread():

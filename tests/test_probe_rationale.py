@@ -158,6 +158,7 @@ def test_openai_paraphrase_against_real_llama_cpp_server(llama_server, tiny_ckpt
     print("llama.cpp paraphrases:", [json.loads(x)["response"] for x in cache.read_text().splitlines()])
 
 
+@pytest.mark.slow
 def test_training_time_driver_trains_once_per_condition_and_tabulates(tiny_ckpt_path, tmp_path):
     from driver import rationale_train
 

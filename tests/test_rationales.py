@@ -156,6 +156,7 @@ def test_a_reply_of_only_workbench_tokens_is_retried_and_never_cached(tiny_ckpt,
         assert len(srv.requests) == 2 and all(r.text for r in out)  # the repaired one and the unsent one
 
 
+@pytest.mark.slow
 def test_openai_source_on_a_real_llama_cpp_server(llama_server, tiny_ckpt, train_examples, tmp_path):
     cat, examples = tiny_ckpt.catalog, unleaked(tiny_ckpt.catalog, train_examples, 3)[1:]
     opts = {"model": "smollm2", "cache_path": tmp_path / "c.jsonl", "max_tokens": 24, "timeout": 120}

@@ -219,6 +219,7 @@ def test_pause_sft_init_strategies(stages):
         train.parse(["--stage", "pause-sft", "--from", "a", "--out", "b", "--pause-init", "zeros"])
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_identical_weights(stages, tmp_path):
     args = ["--stage", "sft", "--from", str(stages["cpt"]), *FAST, "--epochs", "2", "--save-every", "3"]
     killed = tmp_path / "killed"
@@ -280,6 +281,7 @@ def test_config_errors_are_user_errors(stages, tmp_path, capsys):
     assert json.loads(json.dumps(to_dict(paper)))["stage"] == "pause-sft"
 
 
+@pytest.mark.slow
 def test_cot_sft_reads_a_rationale_file(stages, tmp_path):
     """The path for model-written rationales: `pauserec rationales` writes them, cot-sft reads them."""
     path = tmp_path / "r.jsonl"
@@ -298,6 +300,7 @@ def test_cot_sft_reads_a_rationale_file(stages, tmp_path):
 @pytest.mark.parametrize("control, variant, n_pauses, cell", [
     ("think-only", "pause", 0, "think-only"), ("sft-continued", "plain", 0, "sft-continued"),
     ("filler", "pause", 3, "filler-k3")])
+@pytest.mark.slow
 def test_compute_matched_controls_use_the_pause_sft_recipe(stages, tmp_path, control, variant, n_pauses, cell):
     ckpt = run_stage("pause-sft", stages["sft"], tmp_path / control, "--control", control, "--n-pauses", "3")
     meta = ckpt.meta
@@ -316,6 +319,7 @@ def test_compute_matched_controls_use_the_pause_sft_recipe(stages, tmp_path, con
         assert len(think) == (2 if control == "think-only" else 0)
 
 
+@pytest.mark.slow
 def test_one_training_seed_repeats_exactly_and_two_seeds_differ(stages, tmp_path):
     a, b, c = (run_stage("sft", stages["cpt"], tmp_path / name, "--seed", seed)
                for name, seed in (("a", "1"), ("b", "1"), ("c", "2")))
@@ -325,6 +329,7 @@ def test_one_training_seed_repeats_exactly_and_two_seeds_differ(stages, tmp_path
     assert (a.meta["train_seed"], c.meta["train_seed"]) == (1, 2)
 
 
+@pytest.mark.slow
 def test_paper_training_targets_are_one_per_user(stages, tmp_path):
     ckpt = run_stage("sft", stages["cpt"], tmp_path / "last", "--train-targets", "last", "--n-train", "0",
                      "--max-steps", "1")
