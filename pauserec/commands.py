@@ -29,18 +29,28 @@ class SidArgs(DataArgs):
     """Build Semantic IDs for a dataset's catalog and print their quality report."""
 
     out: str | None = field(default=None, metadata={"help": "write sids.json + report.json here"})
-    sid_source: str = field(default="rq-kmeans", metadata={"help": "rq-kmeans, or a path to an index json"})
-    sid_levels: int = field(default=3, metadata={"help": "residual k-means levels (before de-dup)"})
+    sid_source: str = field(default="build", metadata={"help": "build (with --sid-method), or a path to an index json"})
+    sid_method: str = field(default="rq-kmeans", metadata={"help": "rq-kmeans, rq-kmeans-balanced or rq-vae"})
+    sid_levels: int = field(default=3, metadata={"help": "residual quantisation levels (before de-dup)"})
     sid_codebook_size: int = field(default=256, metadata={"help": "codes per level (scaled down if small)"})
     sid_fields: tuple[str, ...] = field(default=("title", "categories", "brand"),
                                         metadata={"help": "comma-separated item text fields"})
     sid_iters: int = field(default=50, metadata={"help": "k-means iterations per level"})
+    sid_epochs: int = field(default=30, metadata={"help": "RQ-VAE training epochs"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     preset: str | None = field(default=None, metadata={"help": "configs/NAME.toml supplies defaults"})
 
     def sid_config(self) -> sid.SIDConfig:
         return sid.SIDConfig(self.sid_source, self.sid_levels, self.sid_codebook_size, tuple(self.sid_fields),
-                             self.sid_iters, self.seed)
+                             self.sid_iters, self.seed, method=self.sid_method, epochs=self.sid_epochs)
+
+
+@dataclass
+class SidBuildArgs(SidArgs):
+    """Build Semantic IDs for a dataset's catalog and print their quality report."""
+
+    compare: str | None = field(default=None, metadata={"help": "a published index (X.index.*.json) of the "
+                                                         "same catalog, reported side by side"})
 
 
 @dataclass
@@ -63,12 +73,21 @@ def data_stats(argv: list[str] | None = None) -> dict:
 
 
 def sid_build(argv: list[str] | None = None) -> dict:
-    args = parse_args(SidArgs, argv, "pauserec sid build", section="sid")
+    args = parse_args(SidBuildArgs, argv, "pauserec sid build", section="sid")
     ds = data.load_dataset(args.dataset, args.data_root)
+    if args.compare:
+        sid.load_index(args.compare, ds.items)  # a bad --compare fails before the build
     start = time.perf_counter()
     codes = sid.build(ds.items, args.sid_config())
     report = {**sid.report(codes), "seconds": time.perf_counter() - start}
     print(sid.format_report(report))
+    what = args.sid_method if args.sid_source in sid.BUILD_SOURCES else args.sid_source
+    print(f"built in {report['seconds']:.1f} s ({what}, seed {args.seed})")
+    if args.compare:
+        from pauserec import sidcompare
+
+        report["comparison"] = sidcompare.compare(ds.items, codes, args.compare, args.sid_config())
+        print(sidcompare.format_comparison(report["comparison"], f"ours ({what})"))
     if args.out:
         sid.write_index(f"{args.out}/sids.json", ds.items, codes, args.sid_config())
         files.write_json(f"{args.out}/report.json", report)
