@@ -67,8 +67,7 @@ def data_stats(argv: list[str] | None = None) -> dict:
     s = data.stats(ds)
     s["split"] = {k: len(v) for k, v in data.split(ds, args.max_history).items()}
     print(data.format_stats(s))
-    print(f"split         train {s['split']['train']:,}  valid {s['split']['valid']:,}  test {s['split']['test']:,}"
-          f"  (leave-one-out, history <= {args.max_history})")
+    print(data.format_split(s["split"], args.max_history))
     return s
 
 
