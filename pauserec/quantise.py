@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pauserec.errors import UserError
 from pauserec.files import cache_dir
@@ -47,19 +48,34 @@ def cache_key(method: str, levels: int, size: int, iters: int, epochs: int, seed
 
 def compute(emb: np.ndarray, method: str, levels: int, size: int, iters: int, epochs: int,
             seed: int) -> np.ndarray:
-    """Codes ``(n_items, levels)`` without the cache."""
+    """Codes ``(n_items, levels)`` without the cache.
+
+    The new methods run on one CPU thread: their codes then do not depend on the machine's core count,
+    and on a shared 2-core machine one thread is faster than two (small matrices, no contention).
+    """
     check_method(method)
-    if method == "rq-kmeans":
+    if method == "rq-kmeans":  # unchanged since before methods had a name
         from pauserec.sid import rq_kmeans
 
         return rq_kmeans(emb, levels, size, iters, seed)
-    if method == "rq-kmeans-balanced":
-        from pauserec.balanced import rq_kmeans_balanced
+    with one_thread():
+        if method == "rq-kmeans-balanced":
+            from pauserec.balanced import rq_kmeans_balanced
 
-        return rq_kmeans_balanced(emb, levels, size, iters, seed)
-    from pauserec.rqvae import train_codes
+            return rq_kmeans_balanced(emb, levels, size, iters, seed)
+        from pauserec.rqvae import train_codes
 
-    return train_codes(emb, levels, size, epochs, seed)
+        return train_codes(emb, levels, size, epochs, seed)
+
+
+@contextlib.contextmanager
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def codes(emb: np.ndarray, method: str, levels: int, size: int, iters: int, epochs: int,

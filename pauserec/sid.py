@@ -176,6 +176,11 @@ def write_index(path: str | Path, items: list[Item], codes: np.ndarray, cfg: SID
                       "sids": {it.item_id: tokens.sid_tokens(row) for it, row in zip(items, codes)}})
 
 
+def embeddings(items: list[Item], cfg: SIDConfig) -> np.ndarray:
+    """The text embeddings ``(n_items, 384)`` that SIDs are built from (cached)."""
+    return embed_texts([item_text(it, cfg.fields) for it in items])
+
+
 def build(items: list[Item], cfg: SIDConfig) -> np.ndarray:
     """Unique codes ``(n_items, levels + 1)`` for a catalog (the last level de-duplicates)."""
     from pauserec import quantise
@@ -188,7 +193,7 @@ def build(items: list[Item], cfg: SIDConfig) -> np.ndarray:
     quantise.check_method(cfg.method)
     if cfg.levels < 1 or cfg.codebook_size < 2 or cfg.epochs < 0:
         raise UserError("SID build needs levels >= 1, codebook_size >= 2 and epochs >= 0")
-    emb = embed_texts([item_text(it, cfg.fields) for it in items])
+    emb = embeddings(items, cfg)
     size = effective_codebook_size(len(items), cfg.codebook_size)
     if size != cfg.codebook_size:
         log.info("catalog of %d items: codebook scaled from %d to %d codes", len(items), cfg.codebook_size, size)

@@ -53,7 +53,7 @@ def compare(items: list[Item], ours: np.ndarray, path: str | Path, cfg: sid.SIDC
     if dedup:
         theirs = theirs[:, :-1]
     depth = min(ours.shape[1] - 1, theirs.shape[1])
-    emb = sid.embed_texts([sid.item_text(it, cfg.fields) for it in items])
+    emb = sid.embeddings(items, cfg)
     return {
         "depth": depth, "items": len(items), "published": str(path), "random_pair_cosine": mean_pair_cosine(emb),
         "ours": summarise(ours[:, :depth], emb), "theirs": summarise(theirs[:, :depth], emb),
