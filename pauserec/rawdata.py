@@ -88,7 +88,7 @@ def read_lines(path: Path, parse: Callable[[str], object], notes: list[str], str
                 if (header and number == 1) or not raw.strip():
                     continue
                 try:
-                    yield parse(_decode(raw, encodings))
+                    yield parse(_decode(raw, encodings).rstrip("\r\n"))
                 except (ValueError, SyntaxError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
                     why = f"missing field {err}" if isinstance(err, KeyError) else str(err).split("\n")[0][:120]
                     if strict:
@@ -116,10 +116,12 @@ def _review_2014(line: str) -> tuple[str, str, float, float]:
 
 def _meta_2014(line: str) -> tuple[str, dict]:
     m = _literal(line)
-    paths = m.get("categories") or []
-    cats = [c for path in paths for c in (path if isinstance(path, list) else [path])]
+    cats: list[str] = []
+    for path in m.get("categories") or []:  # a path repeats no names of the paths before it
+        earlier = set(cats)
+        cats += [text(c) for c in (path if isinstance(path, list) else [path]) if text(c) not in earlier]
     return _id(m["asin"]), {"title": text(m.get("title")), "description": text(m.get("description")),
-                            "brand": text(m.get("brand")), "categories": ", ".join(dict.fromkeys(map(text, cats)))}
+                            "brand": text(m.get("brand")), "categories": ", ".join(cats)}
 
 
 def _review_2023(line: str) -> tuple[str, str, float, float]:
@@ -138,7 +140,7 @@ def _split_fields(line: str, sep: str, n: int) -> list[str]:
     if sep == ",":
         parts = next(csv.reader([line]))
     else:
-        parts = line.rstrip("\r\n").split(sep)
+        parts = line.split(sep)
     if len(parts) != n:
         raise ValueError(f"expected {n} fields, got {len(parts)}")
     return parts
