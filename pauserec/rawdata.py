@@ -174,7 +174,9 @@ def find_files(fmt: str, raw_dir: Path, category: str | None) -> tuple[Path, Pat
     if not raw_dir.is_dir():
         raise UserError(f"raw data folder {raw_dir} not found")
     if fmt == "movielens":
-        folders = [raw_dir, *sorted(p for p in raw_dir.iterdir() if p.is_dir())]
+        named = raw_dir / category if category else None  # e.g. raw/ml-1m/ as the archive unpacks
+        folders = [named] if named and named.is_dir() else [raw_dir, *sorted(p for p in raw_dir.iterdir()
+                                                                              if p.is_dir())]
         for folder in folders:
             for ext in (".dat", ".csv"):
                 pair = _first(folder, [f"ratings{ext}"]), _first(folder, [f"movies{ext}"])

@@ -4,6 +4,7 @@ import gzip
 import html
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +78,22 @@ def test_movielens_titles_years_and_encodings(case, tmp_path):
     assert [(it.title, it.year) for it in ds.items] == [
         ("Alien", "1979"), ("Café Society", "2016"), ("Good, the Bad and the Ugly, The", "1966")]
     assert ds.items[0].categories == "Drama, Comedy"
+
+
+def test_gzipped_2023_files_and_movielens_archive_folders(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("Mini.jsonl", "meta_Mini.jsonl"):
+        (raw / "a").mkdir(parents=True, exist_ok=True)
+        with gzip.open(raw / "a" / f"{name}.gz", "wb") as fh:
+            fh.write((RAW / "amazon2023" / name).read_bytes())
+    ds = prepare.main(["--format", "amazon2023", "--raw", str(raw / "a"), "--category", "Mini", "--kcore", "3",
+                       "--out", str(tmp_path / "A")])
+    assert ds.sequences == {"0": [0, 1, 2], "1": [1, 0, 2], "2": [0, 1, 2]}
+    for name, folder in (("ml-1m", "ml-dat"), ("ml-latest-small", "ml-csv")):  # as the zips unpack
+        shutil.copytree(RAW / folder, raw / "ml" / name)
+    ds = prepare.main(["--format", "movielens", "--raw", str(raw / "ml"), "--category", "ml-latest-small",
+                       "--kcore", "3", "--out", str(tmp_path / "M")])
+    assert json.loads((tmp_path / "M" / "M.prepare.json").read_text())["files"][0].endswith("ratings.csv")
 
 
 def test_strict_names_file_and_line_and_writes_nothing(tmp_path):
