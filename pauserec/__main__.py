@@ -16,6 +16,8 @@ from pauserec.errors import UserError
 # command words -> (module, function, one-line help); modules are imported only when their command runs
 COMMANDS = {
     ("data", "stats"): ("pauserec.commands", "data_stats", "users, items, interactions, sequence lengths"),
+    ("data", "prepare"): ("pauserec.prepare", "main", "raw Amazon / MovieLens files -> the LC-Rec layout"),
+    ("data", "export"): ("pauserec.export", "main", "a dataset in RecBole's atomic-file format"),
     ("sid", "build"): ("pauserec.commands", "sid_build", "Semantic IDs for a catalog, with a quality report"),
     ("init-ckpt",): ("pauserec.commands", "init_ckpt", "an untrained checkpoint (backbone + SID tokens)"),
     ("train",): ("pauserec.train", "main", "one training stage: CKPT in, CKPT out"),

@@ -168,6 +168,14 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _sid_method(cfg: dict[str, Any]) -> str:
+    """How the SIDs were made: the build method, or ``index:FILE`` for a published index."""
+    source = str(cfg.get("source") or "build")
+    if source in ("build", "rq-kmeans"):
+        return str(cfg.get("method") or "rq-kmeans")
+    return f"index:{Path(source).name}"
+
+
 def identity(meta: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
     """The :data:`IDENTITY` columns of a checkpoint (``path`` gives its name and hash)."""
     dataset = meta.get("dataset") or {}
@@ -181,7 +189,7 @@ def identity(meta: dict[str, Any], path: str | Path | None = None) -> dict[str, 
         "n_pauses": int(meta.get("n_pauses") or 0), "pause_init": meta.get("pause_init") or "",
         "rationale_source": str(rationale.get("source") or ""), "rationale_leaky": bool(rationale.get("leaky")),
         "train_seed": meta.get("train_seed"), "train_targets": meta.get("train_targets") or "",
-        "sid_method": str(sid_cfg.get("method") or sid_cfg.get("source") or ""),
+        "sid_method": _sid_method(sid_cfg),
     }
 
 

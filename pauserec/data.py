@@ -141,7 +141,7 @@ def _load_lcrec(directory: Path) -> Dataset:
         if not isinstance(meta, dict):
             raise UserError(f"corrupt item {key!r} in {directory}: expected an object")
         items.append(Item(key, _clean(meta.get("title")), _clean(meta.get("categories")),
-                          _clean(meta.get("brand")), _clean(meta.get("description"))))
+                          _clean(meta.get("brand")), _clean(meta.get("description")), _clean(meta.get("year"))))
     index = {key: i for i, key in enumerate(ids)}
     sequences = {}
     for user, seq in raw_inter.items():
@@ -251,3 +251,9 @@ def format_stats(s: dict) -> str:
         f"seq length    min {q['min']}  p25 {q['p25']:g}  median {q['median']:g}  mean {q['mean']:.1f}"
         f"  p75 {q['p75']:g}  max {q['max']}",
     ])
+
+
+def format_split(counts: dict[str, int], max_history: int) -> str:
+    """The split line under :func:`format_stats` (``counts``: examples per part of :func:`split`)."""
+    return (f"split         train {counts['train']:,}  valid {counts['valid']:,}  test {counts['test']:,}"
+            f"  (leave-one-out, history <= {max_history})")

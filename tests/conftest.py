@@ -22,7 +22,8 @@ needs_amazon = pytest.mark.skipif(AMAZON_ROOT is None, reason="Amazon data (../s
 def tiny_ckpt_path(tmp_path_factory) -> Path:
     """An untrained tiny-Llama checkpoint on ml-100k, written by the real ``init-ckpt`` command."""
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    commands.init_ckpt(["--backbone", "tiny", "--dataset", "ml-100k", "--out", str(out)])
+    commands.init_ckpt(["--backbone", "tiny", "--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced",
+                        "--out", str(out)])
     return out
 
 
