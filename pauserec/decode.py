@@ -1,11 +1,9 @@
-"""Generation, written once: greedy free text, continuation scoring and trie-constrained beam search.
+"""Generation, written once: greedy free text, continuation scoring and trie-constrained recommendation
+(the trie and the beam search itself are in :mod:`pauserec.trie`).
 
 Nothing here reads a model's ``generation_config``: decoding is greedy or beam search over log-softmax
 scores, with no sampling, top-k/top-p or temperature, so results are deterministic.
 
-Beam search runs the prompt once per user and never copies its KV cache across beams. Each step feeds
-every beam's last token as one more block of query positions ("tree attention"): a custom 4-D mask lets
-a beam token see its user's prompt, its own ancestors and itself, and position ids continue the prompt's.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from pauserec.errors import UserError
 from pauserec.prompts import DEFAULT_PAUSES, PromptBuilder
+from pauserec.trie import Trie, beam_search, think_then_search  # noqa: F401 -- re-exported
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,15 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
 
 
 def _generate_batch(model, prompts, max_new_tokens: int, stops: set[int]) -> list[list[int]]:
+    return generate_state(model, prompts, max_new_tokens, stops)[0]
+
+
+def generate_state(model, prompts, max_new_tokens: int, stops: set[int]):
+    """Greedy generation that keeps its KV cache: (new tokens per row, cache, key mask (B, T), next
+    position id per row (B,)). A row that has stopped feeds no more keys: later columns of its key mask
+    are 0, so the cache can be continued from as if each row had been generated alone."""
     logits, cache, attn = prefill(model, prompts)
-    pos = torch.as_tensor([len(p) for p in prompts], device=attn.device)  # next position id
+    pos = torch.as_tensor([len(p) for p in prompts], device=attn.device)  # next position id, per row
     out: list[list[int]] = [[] for _ in prompts]
     done = [max_new_tokens <= 0] * len(prompts)
     for _ in range(max_new_tokens):
@@ -87,11 +93,12 @@ def _generate_batch(model, prompts, max_new_tokens: int, stops: set[int]) -> lis
                     done[b] = len(out[b]) >= max_new_tokens
         if all(done):
             break
-        attn = torch.cat([attn, attn.new_ones((len(prompts), 1))], 1)
+        live = torch.as_tensor([not d for d in done], device=attn.device)
+        attn = torch.cat([attn, live[:, None].to(attn.dtype)], 1)
         step = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos[:, None], cache=cache,
                      use_cache=True)
-        logits, cache, pos = step.logits[:, -1].float(), step.cache, pos + 1
-    return out
+        logits, cache, pos = step.logits[:, -1].float(), step.cache, pos + live.long()
+    return out, cache, attn, pos
 
 
 @torch.no_grad()
@@ -146,100 +153,6 @@ class Recommendations:
     rationales: list[str] | None = None  # cot: the rationale each user's SID was decoded after
 
 
-class Trie:
-    """The catalog's SIDs as per-level child tables, so a beam step is a gather, not a Python loop.
-
-    Level ``s`` has ``n_s`` distinct prefixes of ``s`` tokens (level 0: the empty prefix). For prefix
-    ``p``: ``tok[s][p]`` (C_s,) child token ids, ``nxt[s][p]`` the child's prefix index at level ``s+1``
-    (at the last level: the item index) and ``ok[s][p]`` which of the C_s slots are real.
-    """
-
-    def __init__(self, item_ids: Sequence[Sequence[int]]):
-        ids = np.asarray(item_ids, dtype=np.int64)  # (n_items, n_levels)
-        if ids.ndim != 2:
-            raise ValueError("every SID must have the same number of levels")
-        self.n_items, self.n_levels = ids.shape
-        self.tok, self.nxt, self.ok, self.sizes = [], [], [], []
-        parent = np.zeros(len(ids), dtype=np.int64)  # prefix index of each item at the current level
-        for s in range(self.n_levels):
-            last = s == self.n_levels - 1
-            child = np.arange(len(ids)) if last else np.unique(ids[:, :s + 1], axis=0, return_inverse=True)[1]
-            pairs = np.unique(np.stack([parent, ids[:, s], child.ravel()], 1), axis=0)  # sorted by parent
-            n_par = int(parent.max()) + 1
-            counts = np.bincount(pairs[:, 0], minlength=n_par)
-            slot = np.arange(len(pairs)) - np.repeat(np.cumsum(counts) - counts, counts)
-            tok = np.zeros((n_par, counts.max()), dtype=np.int64)
-            nxt, ok = np.zeros_like(tok), np.zeros(tok.shape, dtype=bool)
-            tok[pairs[:, 0], slot], nxt[pairs[:, 0], slot], ok[pairs[:, 0], slot] = pairs[:, 1], pairs[:, 2], True
-            self.tok.append(torch.from_numpy(tok))
-            self.nxt.append(torch.from_numpy(nxt))
-            self.ok.append(torch.from_numpy(ok))
-            self.sizes.append(n_par)
-            parent = child.ravel()
-        self.sizes.append(self.n_items)  # sizes[s] = number of prefixes of s tokens
-
-    def to(self, device: torch.device) -> Trie:
-        for tables in (self.tok, self.nxt, self.ok):
-            tables[:] = [t.to(device) for t in tables]
-        return self
-
-
-def _tree_mask(prompt_keys: torch.Tensor, seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (B, 1, W, T + K + W): beam j sees its prompt keys, its ancestors' slots, itself."""
-    b, w, _ = seen.shape
-    own = torch.eye(w, dtype=torch.bool, device=seen.device).expand(b, w, w)
-    keys = torch.cat([prompt_keys.bool()[:, None, :].expand(b, w, -1), seen, own], 2)
-    return torch.zeros(keys.shape, dtype=dtype, device=seen.device).masked_fill_(
-        ~keys, torch.finfo(dtype).min)[:, None]
-
-
-def _select(cand: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``width`` of (B, N) candidate scores, best first; ties keep the lower index (stable)."""
-    scores, idx = torch.sort(cand, dim=1, descending=True, stable=True)
-    return scores[:, :width], idx[:, :width]
-
-
-@torch.no_grad()
-def beam_search(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie: Trie, beams: int,
-                constrained: bool = True, key_masks: Sequence[Sequence[int]] | None = None):
-    """One batch of prompts -> (tokens (B, W, L), item indices or -1 (B, W), scores (B, W)), best first.
-
-    Constrained: only trie paths, so the number of live beams at level s is min(beams, prefixes of
-    s+1 tokens) and every final beam is an item. Unconstrained: ``beams`` best paths over the vocab.
-    """
-    logits, cache, keys = prefill(model, prompts, key_masks)
-    n, device, dtype = len(prompts), logits.device, model.dtype
-    pos = keys.new_tensor([len(p) for p in prompts])[:, None]  # (B, 1) next position id
-    score = logits.new_zeros((n, 1))  # (B, W) summed log-probs of the live beams
-    prefix = torch.zeros((n, 1), dtype=torch.long, device=device)  # (B, W) trie prefix index
-    toks = torch.zeros((n, 1, 0), dtype=torch.long, device=device)  # (B, W, s)
-    seen = torch.zeros((n, 1, 0), dtype=torch.bool, device=device)  # (B, W, K) visible tree slots
-    logp = torch.log_softmax(logits, -1)[:, None]  # (B, 1, V)
-    for s in range(trie.n_levels):
-        if s:  # feed every live beam's last token as one block of queries
-            out = model(input_ids=toks[:, :, -1], attention_mask=_tree_mask(keys, seen, dtype),
-                        position_ids=(pos + s - 1).expand(-1, toks.shape[1]), cache=cache, use_cache=True)
-            cache, logp = out.cache, torch.log_softmax(out.logits.float(), -1)  # (B, W, V)
-            seen = torch.cat([seen, torch.eye(toks.shape[1], dtype=torch.bool, device=device)
-                              .expand(n, -1, -1)], 2)
-        if constrained:
-            cand_tok = trie.tok[s][prefix]  # (B, W, C)
-            lp = logp.gather(-1, cand_tok).masked_fill_(~trie.ok[s][prefix], -torch.inf)
-            width = min(beams, trie.sizes[s + 1])
-        else:
-            cand_tok, lp, width = None, logp, beams
-        c = lp.shape[-1]
-        score, idx = _select((score[:, :, None] + lp).flatten(1), width)  # (B, W')
-        parent, child = idx // c, idx % c
-        new_tok = child if cand_tok is None else cand_tok.flatten(1).gather(1, idx)
-        if constrained:
-            prefix = trie.nxt[s][prefix.gather(1, parent), child]
-        toks = torch.cat([toks.gather(1, parent[..., None].expand(-1, -1, s)), new_tok[..., None]], 2)
-        seen = seen.gather(1, parent[..., None].expand(-1, -1, seen.shape[2]))
-    items = prefix if constrained else torch.full_like(score, -1, dtype=torch.long)
-    return toks, items, score
-
-
 def _segment_hit(segment: str, names: set[str]) -> bool:
     return segment in names or segment.split(":")[0] in names  # "history" matches "history:3"
 
@@ -288,6 +201,11 @@ def recommend(model: PreTrainedModel, builder: PromptBuilder, histories: Sequenc
     if device is not None:
         model.to(device)
     trie = trie if trie is not None else Trie(builder.item_ids).to(model_device(model))
+    if variant == "cot" and rationales is None:
+        if mask_segments:
+            raise UserError("mask_segments needs given rationales for the cot variant")
+        return _recommend_thinking(model, builder, histories, trie, top_k, beams, batch_size, cot_max_new_tokens,
+                                   constrained)
     encs, used = build_prompts(model, builder, histories, variant, n_pauses, rationales, cot_max_new_tokens,
                                batch_size)
     prompts = [e.input_ids[:e.prompt_len] for e in encs]
@@ -297,25 +215,50 @@ def recommend(model: PreTrainedModel, builder: PromptBuilder, histories: Sequenc
     scores = np.full((len(prompts), top_k), -np.inf)
     lookup = {tuple(t): i for i, t in enumerate(builder.item_ids)}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for rows, (toks, found, score) in _batches(model, prompts, key_masks, order, trie, beams,
-                                               constrained, batch_size):
+    search = lambda rows: beam_search(model, [prompts[i] for i in rows], trie, beams, constrained,  # noqa: E731
+                                      None if key_masks is None else [key_masks[i] for i in rows])
+    for rows, (toks, found, score) in _batches(order, batch_size, beams, search):
         w = min(top_k, found.shape[1])
         if not constrained:
             found = torch.tensor([[lookup.get(tuple(t), -1) for t in user] for user in toks.tolist()])
         items[rows, :w], scores[rows, :w] = found[:, :w].cpu().numpy(), score[:, :w].cpu().numpy()
+    return _results(items, scores, used)
+
+
+def _results(items: np.ndarray, scores: np.ndarray, rationales: list[str] | None) -> Recommendations:
     real = np.isfinite(scores)
     invalid = float(((items < 0) & real).sum() / max(real.sum(), 1))
-    return Recommendations(items, scores, invalid, used)
+    return Recommendations(items, scores, invalid, rationales)
 
 
-def _batches(model, prompts, key_masks, order, trie, beams, constrained, batch_size):
-    """Yield (row indices, beam_search result) over ``order``; halve the batch on out-of-memory."""
+def _recommend_thinking(model, builder: PromptBuilder, histories, trie: Trie, top_k: int, beams: int,
+                        batch_size: int, max_new_tokens: int, constrained: bool) -> Recommendations:
+    """``recommend`` for the cot variant with generated rationales (see :func:`think_then_search`)."""
+    starts = [builder.encode(h, variant="cot", rationale=[]).input_ids[:-1] for h in histories]  # ..<think>
+    items = np.full((len(starts), top_k), -1, dtype=np.int64)
+    scores = np.full((len(starts), top_k), -np.inf)
+    used = [""] * len(starts)
+    lookup = {tuple(t): i for i, t in enumerate(builder.item_ids)}
+    order = sorted(range(len(starts)), key=lambda i: len(starts[i]))
+    run = lambda rows: think_then_search(model, builder, [starts[i] for i in rows], trie, beams,  # noqa: E731
+                                         max_new_tokens, constrained)
+    for rows, ((toks, found, score), made) in _batches(order, batch_size, beams, run):
+        w = min(top_k, found.shape[1])
+        if not constrained:
+            found = torch.tensor([[lookup.get(tuple(t), -1) for t in user] for user in toks.tolist()])
+        items[rows, :w], scores[rows, :w] = found[:, :w].cpu().numpy(), score[:, :w].cpu().numpy()
+        for i, ids in zip(rows, made):
+            used[i] = builder.tok.decode(ids).strip()
+    return _results(items, scores, used)
+
+
+def _batches(order: list[int], batch_size: int, beams: int, fn):
+    """Yield (row indices, ``fn(rows)``) over ``order`` in batches; halve the batch on out-of-memory."""
     start = 0
     while start < len(order):
         rows = order[start:start + batch_size]
         try:
-            result = beam_search(model, [prompts[i] for i in rows], trie, beams, constrained,
-                                 None if key_masks is None else [key_masks[i] for i in rows])
+            result = fn(rows)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise

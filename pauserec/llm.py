@@ -25,8 +25,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-import openai
-
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -171,7 +169,7 @@ def _text(response: Any) -> str:
 _DEADLINES = ThreadPoolExecutor(max_workers=32, thread_name_prefix="llm-deadline")
 
 
-def _attempt(client: openai.OpenAI, request: dict[str, Any], deadline: float,
+def _attempt(client: Any, request: dict[str, Any], deadline: float,
              check: Callable[[str], str | None] | None = None) -> str:
     """One request within a total deadline (seconds; the client's own timeout is per read, so a server
     dripping bytes could hold it far longer); :class:`_Retryable` for transient failures and for a
@@ -188,7 +186,9 @@ def _attempt(client: openai.OpenAI, request: dict[str, Any], deadline: float,
     return text
 
 
-def _request(client: openai.OpenAI, request: dict[str, Any]) -> str:
+def _request(client: Any, request: dict[str, Any]) -> str:
+    import openai
+
     try:
         return _text(client.chat.completions.create(**request))
     except openai.APITimeoutError:
@@ -219,11 +219,13 @@ def resolve(base_url: str | None, model: str | None, api_key: str | None) -> tup
 
 
 @functools.lru_cache(maxsize=8)
-def _client(base_url: str | None, api_key: str, timeout: float) -> openai.OpenAI:
+def _client(base_url: str | None, api_key: str, timeout: float) -> Any:
     """One client per endpoint, reused across calls (building one takes a few hundred ms).
 
     The client's own retries are off: :func:`_with_retries` is the only retry loop.
     """
+    import openai  # an extra: only the LLM sources and judges need it, never training or evaluation
+
     return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
 
@@ -266,7 +268,7 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
                 messages = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompts[i]}]
                 request = {"model": model, "messages": messages, "max_tokens": max_tokens,
-                           "temperature": temperature, "stop": stop or openai.omit,
+                           "temperature": temperature, "stop": stop or _omit(),
                            "extra_body": extra}
                 text = _with_retries(lambda: _attempt(client, request, float(timeout), check), i,
                                      max_retries, backoff, backoff_cap, rng)
@@ -280,6 +282,12 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
     if missing:
         raise UserError(f"LLM: no response for prompt(s) {missing[:5]} (the cache {cache_path} was changed?)")
     return results  # type: ignore[return-value]
+
+
+def _omit():
+    import openai
+
+    return openai.omit
 
 
 def _with_retries(call: Callable[[], str], index: int, max_retries: int, backoff: float, cap: float,

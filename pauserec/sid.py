@@ -63,9 +63,13 @@ def embed_texts(texts: list[str], batch_size: int = 128) -> np.ndarray:
     path = cache_dir("embeddings") / f"{digest}.npy"
     if path.is_file():
         return np.load(path)
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(encoder_path()), device="cpu")
+    where = encoder_path()
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ModuleNotFoundError:
+        raise UserError("building Semantic IDs needs sentence-transformers (pip install sentence-transformers), "
+                        "or pass --sid-source with a precomputed index") from None
+    model = SentenceTransformer(str(where), device="cpu")
     emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     emb = np.asarray(emb, dtype=np.float32)
     tmp = path.with_suffix(".tmp.npy")

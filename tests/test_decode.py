@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pauserec import checkpoint, data
-from pauserec.decode import Trie, beam_search, generate, recommend, score_continuations
+from pauserec.decode import Trie, beam_search, generate, recommend, score_continuations, think_then_search
 from pauserec.prompts import PromptBuilder
 
 
@@ -161,3 +161,45 @@ def test_bad_arguments_are_user_errors(spread):
         recommend(ckpt.model, builder, hs[:1], top_k=30, beams=20)
     with pytest.raises(UserError):
         recommend(ckpt.model, builder, hs[:1], variant="loud")
+
+
+def test_cot_search_continues_from_the_rationales_cache(spread):
+    """Generated CoT: searching on the generation's KV cache gives what re-reading prompt + rationale gives,
+    even when the rows of a batch stop thinking at different steps (finished rows feed no keys)."""
+    from pauserec.decode import generate_state
+
+    ckpt, builder, hs = spread
+    starts = [builder.encode(h, variant="cot", rationale=[]).input_ids[:-1] for h in hs[:6]]
+    stops = {builder.think_close, ckpt.tokenizer.eos_token_id}
+    (toks, items, score), made = think_then_search(ckpt.model, builder, starts, Trie(builder.item_ids), 10, 6)
+    alone = [generate_state(ckpt.model, [s], 6, stops)[0][0] for s in starts]
+    assert made == alone  # batching does not change any row's rationale
+    full = [s + m + [builder.think_close] for s, m in zip(starts, made)]
+    ref_toks, ref_items, ref_score = beam_search(ckpt.model, full, Trie(builder.item_ids), 10)
+    assert torch.equal(items, ref_items) and torch.equal(toks, ref_toks)
+    torch.testing.assert_close(score, ref_score, atol=1e-4, rtol=1e-4)
+    recs = recommend(ckpt.model, builder, hs[:6], variant="cot", beams=10, cot_max_new_tokens=6)
+    assert recs.rationales == [ckpt.tokenizer.decode(m).strip() for m in made]
+
+
+def test_cot_search_when_every_row_stops_thinking_at_once(tiny_ckpt_path):
+    """A model that closes the think block at once: empty rationales, and the search continues from the
+    prompt's own cache exactly as re-reading prompt + </think> would."""
+    from pauserec.decode import generate_state
+
+    ckpt = checkpoint.load(tiny_ckpt_path)
+    with torch.no_grad():  # distinct item scores, as in the spread fixture
+        w = ckpt.model.get_input_embeddings().weight
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+    builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
+    hs = [ex.history[-3:] for ex in data.split(data.load_dataset("ml-100k"), 20)["test"][:4]]
+    starts = [builder.encode(h, variant="cot", rationale=[]).input_ids[:-1] for h in hs]
+    first = {m[0] for m in generate_state(ckpt.model, starts, 1, set())[0]}
+    with torch.no_grad():  # tied head: </think> now outscores what the random model would say first
+        w[builder.think_close] = 1.5 * w[first.pop()]
+    assert not first  # (every row would have said the same token)
+    (toks, items, score), made = think_then_search(ckpt.model, builder, starts, Trie(builder.item_ids), 8, 5)
+    assert made == [[]] * 4
+    ref = beam_search(ckpt.model, [s + [builder.think_close] for s in starts], Trie(builder.item_ids), 8)
+    assert torch.equal(items, ref[1])
+    torch.testing.assert_close(score, ref[2], atol=1e-4, rtol=1e-4)
