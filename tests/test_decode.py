@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from pauserec import checkpoint, data
-from pauserec.decode import Trie, beam_search, generate, recommend, score_continuations, think_then_search
+from pauserec.decode import (
+    Trie,
+    beam_search,
+    generate,
+    recommend,
+    score_continuations,
+    think_then_search,
+)
 from pauserec.prompts import PromptBuilder
 
 
