@@ -28,6 +28,8 @@ COMMANDS = {
     ("experiment",): ("driver.experiment", "main", "the paper's matrix: train, evaluate, probe, report"),
     ("rationale-train",): ("driver.rationale_train", "main", "cot-sft per rationale condition vs quality"),
     ("demo",): ("driver.demo", "main", "the main job on the embedded defaults (make demo)"),
+    ("gpu", "prepare"): ("driver.gpu_prepare", "main", "prepare the one-command GPU run (on the CPU)"),
+    ("gpu", "run"): ("driver.gpu_run", "main", "the paper's comparison in one time-boxed GPU command"),
 }
 
 

@@ -40,11 +40,14 @@ def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype
     """(model, tokenizer) for a named backbone, a Hugging Face model id or a local directory.
 
     ``corpus`` only matters for ``tiny``: its words become the tiny word-level tokenizer's vocabulary.
+    A path to a ``.gguf`` file is dequantised once, like the named GGUF backbones.
     """
     if name in ("tiny", "tiny-untied"):
         return build_tiny(corpus or [], tied=name == "tiny", seed=seed)
     if name in GGUF_BACKBONES:
-        path = _dequantised(name)
+        path = _dequantised(gguf_file(name), name)
+    elif name.endswith(".gguf") and Path(name).is_file():
+        path = _dequantised(Path(name), f"{Path(name).stem}-{Path(name).stat().st_size}")
     else:
         path = name
     try:
@@ -71,12 +74,14 @@ def gguf_file(name: str) -> Path:
     return path
 
 
-def _dequantised(name: str) -> Path:
-    """Dequantise the GGUF once into safetensors under the cache; later loads take about a second."""
-    target = cache_dir("backbones") / name
+def _dequantised(gguf: Path, key: str) -> Path:
+    """Dequantise a GGUF file once into safetensors under the cache (``key`` names the cache entry);
+    later loads take about a second."""
+    target = cache_dir("backbones") / key
     if (target / "model.safetensors").is_file():
         return target
-    gguf = gguf_file(name)
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"reading {gguf.name} needs the package gguf (pip install gguf)")
     log.info("dequantising %s once into %s", gguf.name, target)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

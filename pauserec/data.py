@@ -100,9 +100,25 @@ def resolve_dir(name: str, data_root: str | None = None) -> Path:
     )
 
 
+def folder_name(name: str) -> str:
+    """The folder a named dataset lives in under a data root (``beauty`` -> ``Beauty``)."""
+    return AMAZON.get(name.lower(), name)
+
+
 def load_dataset(name: str, data_root: str | None = None) -> Dataset:
-    """Load a dataset by name (``ml-100k``, ``office``, ``beauty``, ``toys``) or LC-Rec directory."""
-    ds = _load_movielens() if name.lower() == "ml-100k" else _load_lcrec(resolve_dir(name, data_root))
+    """Load a dataset by name (``ml-100k``, ``office``, ``beauty``, ``toys``) or LC-Rec directory.
+
+    With ``data_root``, ``DATA_ROOT/<folder>`` in LC-Rec layout wins for any name -- ml-100k too, so a
+    machine without the recbole wheel can read a copy (``python -m pauserec gpu prepare`` writes one).
+    """
+    copy = Path(data_root) / folder_name(name) if data_root else None
+    if copy is not None and copy.is_dir():
+        ds = _load_lcrec(copy)
+        ds.name = name.lower()
+    elif name.lower() == "ml-100k":
+        ds = _load_movielens()
+    else:
+        ds = _load_lcrec(resolve_dir(name, data_root))
     _validate(ds)
     return ds
 
