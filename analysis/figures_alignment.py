@@ -47,12 +47,16 @@ def by_stage(df: pd.DataFrame):
     return fig
 
 
+def _two_panels(df: pd.DataFrame, metric: str, missing: str):
+    """(checkpoints in order, fig, axes) of a two-panel figure of ``metric``; NoData when it is absent."""
+    if not (df["metric"] == metric).any():
+        raise NoData(missing)
+    return (ckpt_order(df), *theme.figure(ncols=2, height=2.6, squeeze=False, layout="constrained"))
+
+
 def contextual(df: pd.DataFrame):
     """Cosine of SID vs title mentions in the residual stream, per layer."""
-    if not (df["metric"] == "context_cosine").any():
-        raise NoData("no context_cosine rows")
-    order = ckpt_order(df)
-    fig, axes = theme.figure(ncols=2, height=2.6, squeeze=False, layout="constrained")
+    order, fig, axes = _two_panels(df, "context_cosine", "no context_cosine rows")
     colors = dict(zip(order, theme.colors(len(order))))
     for ax, space in zip(axes.flat, ("mention", "last")):
         for key in order:
@@ -68,10 +72,7 @@ def contextual(df: pd.DataFrame):
 
 def geometry(df: pd.DataFrame):
     """Embedding norms per group and where <pause> sits between the SID and word clouds."""
-    if not (df["metric"] == "norm_q50").any():
-        raise NoData("no embedding-norm rows")
-    order = ckpt_order(df)
-    fig, axes = theme.figure(ncols=2, height=2.6, squeeze=False, layout="constrained")
+    order, fig, axes = _two_panels(df, "norm_q50", "no embedding-norm rows")
     ax = axes[0][0]
     groups = [g for g in ("sid", "word", "<pause>") if (col(df, "group") == g).any()]
     colors = dict(zip(groups, theme.colors(len(groups))))

@@ -15,20 +15,19 @@ import numpy as np
 import pandas as pd
 
 Block = tuple[Any, ...]
-CSS = """
-body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
-       margin: 2em auto; padding: 0 1em; color: #222; }
-h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
-code, pre { font-family: Menlo, Consolas, monospace; font-size: 13px; background: #f5f5f5; }
-pre { padding: .6em; overflow-x: auto; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 13px; color: #555; }
-.reproduced { color: #137333; font-weight: 600; } .not-reproduced { color: #b3261e; font-weight: 600; }
-.inconclusive { color: #8a6d00; }
-"""
+CSS = (  # one line in the page
+    'body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: '
+    '1100px; margin: 2em auto; padding: 0 1em; color: #222; } h1, h2, h3 { line-height: 1.2; } h2 '
+    '{ border-bottom: 1px solid #ddd; padding-bottom: .2em; } table { border-collapse: collapse; '
+    'margin: 1em 0; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 3px 7px; '
+    'text-align: left; vertical-align: top; }th { background: #f3f3f3; } tr:nth-child(even) td { '
+    'background: #fafafa; } code, pre { font-family: Menlo, Consolas, monospace; font-size: 13px; '
+    'background: #f5f5f5; } pre { padding: .6em; overflow-x: auto; } figure { margin: 1.5em 0; } '
+    'figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 13px; color: '
+    '#555; } .reproduced { color: #137333; font-weight: 600; }.not-reproduced { color: #b3261e; '
+    'font-weight: 600; } .inconclusive { color: #8a6d00; } '
+)
+
 
 
 def cell(value: Any) -> str:

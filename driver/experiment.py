@@ -29,15 +29,15 @@ from driver.pipeline import RunArgs
 from pauserec import evaluate, stages, train
 from pauserec.baselines import NAMES as BASELINES
 from pauserec.baselines import command
-from pauserec.config import build, parse_args
+from pauserec.config import PROBE_NAMES, build, parse_args
 from pauserec.errors import UserError
 from pauserec.prompts import DEFAULT_PAUSES
 from pauserec.rationales import SOURCES
 from probes import alignment, attention, rationale, verbalization
 
 log = logging.getLogger(__name__)
-PROBES = {"alignment": alignment, "attention": attention, "verbalization": verbalization,
-          "rationale": rationale}
+PROBES = dict(zip(PROBE_NAMES, (alignment, attention, verbalization, rationale)))
+TRAJECTORY = ("init", "cpt", "sft", "pause", "cot")
 
 
 @dataclass
@@ -69,6 +69,12 @@ class ExperimentArgs(RunArgs):
     probe_users: int = field(default=64, metadata={"help": "users for attention/rationale probes", "min": 2})
     probe_items: int = field(default=100, metadata={"help": "items for the verbalization probe", "min": 1})
     umap: bool = field(default=True, metadata={"help": "alignment probe: the UMAP map of SID and words"})
+    alignment_stages: tuple[str, ...] = field(default=TRAJECTORY, metadata={
+        "help": "checkpoints the alignment probe follows", "choices": TRAJECTORY})
+    verbalization_stages: tuple[str, ...] = field(default=TRAJECTORY, metadata={
+        "help": "checkpoints the verbalisation probe asks", "choices": TRAJECTORY})
+    latency_roles: tuple[str, ...] = field(default=("plain", "pause", "cot"), metadata={
+        "help": "which main conditions are timed for latency", "choices": ("plain", "pause", "cot")})
     report: str = field(default="", metadata={"help": "report directory (default OUT/report)"})
 
 
@@ -115,8 +121,10 @@ def run_eval(args: ExperimentArgs, ckpt: Path, out: Path) -> None:
     if (out / "metrics.json").is_file():
         return
     print(f"== evaluate {ckpt.parent.name}/{ckpt.name}", flush=True)
-    values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "latency_samples": args.latency_samples,
-              "n_users": args.eval_users or None, "device": args.device or "auto"}
+    mains = {"plain": "sft", "pause": f"pause-k{DEFAULT_PAUSES}", "cot": f"cot-{args.main_rationale}"}
+    timed = ckpt.name in {mains[r] for r in args.latency_roles}
+    values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "n_users": args.eval_users or None,
+              "latency_samples": args.latency_samples if timed else 0, "device": args.device or "auto"}
     evaluate.run(build(evaluate.EvalArgs, values))
 
 
@@ -140,14 +148,18 @@ def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
     pause = next((c for c in (main_pause, *(f"pause-k{k}" for k in args.pause_counts)) if c and (root / c).is_dir()),
                  None)
     cot = f"cot-{args.main_rationale}" if (root / f"cot-{args.main_rationale}").is_dir() else None
-    trajectory = [str(p) for p in (Path(args.out) / "init", *(root / s for s in ("cpt", "sft", pause, cot) if s))
-                  if (p / "pauserec.json").is_file()]
+    where = {"init": Path(args.out) / "init", "cpt": root / "cpt", "sft": root / "sft",
+             "pause": root / pause if pause else None, "cot": root / cot if cot else None}
+
+    def trajectory(names: tuple[str, ...]) -> list[str]:
+        return [str(where[n]) for n in TRAJECTORY if n in names and where[n] and (where[n] / "pauserec.json").is_file()]
+
     common = {"device": args.device or "auto", "seed": 0}
     plan = {
-        "alignment": {"ckpt": trajectory, "umap": args.umap},
-        "attention": {"ckpt": [str(root / pause)], "n_users": args.probe_users, "interventions": True,
-                      "intervention_users": min(args.probe_users, 64)} if pause else None,
-        "verbalization": {"ckpt": trajectory, "n_items": args.probe_items},
+        "alignment": {"ckpt": trajectory(args.alignment_stages), "umap": args.umap},
+        "attention": {"ckpt": [str(root / pause)], "n_users": args.probe_users, "interventions": True}
+        if pause else None,
+        "verbalization": {"ckpt": trajectory(args.verbalization_stages), "n_items": args.probe_items},
         "rationale": {"ckpt": [str(root / cot)], "n_users": args.probe_users} if cot else None,
     }
     return {name: {**values, **common} for name, values in plan.items() if name in args.probes and values}
@@ -161,8 +173,8 @@ def run_probes(args: ExperimentArgs, root: Path) -> None:
             continue
         print(f"== probe {name}", flush=True)
         t = time.perf_counter()
-        module = PROBES[name]
-        module.run(build(module.Args, {**values, "out": str(out)}))
+        module = PROBES[name]  # [probes.NAME] of the preset tunes the probe; the plan names its checkpoints
+        module.run(build(module.Args, {**values, "out": str(out)}, args.preset, f"probes.{name}"))
         print(f"   {name} took {time.perf_counter() - t:.0f}s", flush=True)
 
 

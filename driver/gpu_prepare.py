@@ -52,7 +52,7 @@ class PrepareArgs:
                                                           "index when there is one, else rq-vae built here)"})
     preset: str = field(default="gpu", metadata={"help": "configs/NAME.toml: [train.*] of the run"})
     max_history: int = field(default=20, metadata={"help": "history length", "min": 1})
-    part_mib: int = field(default=60, metadata={"help": "size of the first GGUF part, MiB", "min": 1,
+    part_mib: int = field(default=56, metadata={"help": "size of the first GGUF part, MiB", "min": 1,
                                                 "max": CARRY_MIB - 1})
     tokens_per_s: float = field(default=250_000.0, metadata={"help": "assumed training throughput on the GPU "
                                                                     "(the run measures its own)", "gt": 0.0})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pauserec.sid import kmeans
+from pauserec.sid import kmeans, rq_kmeans
 
 SINKHORN_EPS = 0.05  # entropic regularisation, relative to the mean centred cost (smaller: harder balance)
 SINKHORN_ITERS = 30
@@ -58,11 +58,4 @@ def balanced_kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator,
 
 def rq_kmeans_balanced(emb: np.ndarray, levels: int, size: int, iters: int, seed: int) -> np.ndarray:
     """Residual balanced k-means codes ``(n_items, levels)``."""
-    gen = torch.Generator().manual_seed(seed)
-    residual = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
-    codes = []
-    for _ in range(levels):
-        centroids, assign = balanced_kmeans(residual, size, iters, gen)
-        codes.append(assign.numpy())
-        residual = residual - centroids[assign]
-    return np.stack(codes, 1).astype(np.int64)
+    return rq_kmeans(emb, levels, size, iters, seed, cluster=balanced_kmeans, dtype=np.float32)

@@ -21,7 +21,9 @@ T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 STAGES = ("cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft")  # training stages, in pipeline order
 # What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
-SECTIONS = ("sid", "pipeline", "experiment", "evaluate", "baselines", "gpu", *(f"train.{s}" for s in STAGES))
+PROBE_NAMES = ("alignment", "attention", "verbalization", "rationale")
+SECTIONS = ("sid", "pipeline", "experiment", "evaluate", "baselines", "gpu", *(f"train.{s}" for s in STAGES),
+            *(f"probes.{p}" for p in PROBE_NAMES))
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -110,13 +110,15 @@ def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[t
     return centroids, assign
 
 
-def rq_kmeans(emb: np.ndarray, levels: int, size: int, iters: int, seed: int) -> np.ndarray:
-    """Residual k-means codes ``(n_items, levels)``: each level clusters the previous level's residual."""
+def rq_kmeans(emb: np.ndarray, levels: int, size: int, iters: int, seed: int, cluster=None,
+              dtype=np.float64) -> np.ndarray:
+    """Residual k-means codes ``(n_items, levels)``: each level clusters the previous level's residual
+    (``cluster``: the clustering of one level, :func:`kmeans` by default)."""
     gen = torch.Generator().manual_seed(seed)
-    residual = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float64))
+    residual = torch.from_numpy(np.ascontiguousarray(emb, dtype=dtype))
     codes = []
     for _ in range(levels):
-        centroids, assign = kmeans(residual, size, iters, gen)
+        centroids, assign = (cluster or kmeans)(residual, size, iters, gen)
         codes.append(assign.numpy())
         residual = residual - centroids[assign]
     return np.stack(codes, 1).astype(np.int64)

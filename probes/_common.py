@@ -108,6 +108,18 @@ def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: st
     return df
 
 
+def entry(cls, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str, **load: Any):
+    """A probe module's ``(run, main)``: ``run(args)`` computes every checkpoint's rows and writes them,
+    ``main(argv)`` parses ``python -m probes.NAME`` flags into ``cls`` first."""
+    def run(args) -> pd.DataFrame:
+        return run_probe(args, compute, name, **load)
+
+    def main(argv: list[str] | None = None) -> pd.DataFrame:
+        return run(parse(cls, argv, f"python -m probes.{name}"))
+
+    return run, main
+
+
 def write_results(df: pd.DataFrame, args, extra: dict[str, Any] | None = None) -> Path:
     """Write results.csv and meta.json into ``args.out`` in one atomic step (figures are drawn by
     :mod:`analysis` from these files)."""

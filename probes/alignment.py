@@ -25,7 +25,7 @@ from pauserec.checkpoint import Checkpoint
 from pauserec.errors import UserError
 from probes import activations as act
 from probes import similarity as sim
-from probes._common import ProbeArgs, cli, label, parse, run_probe
+from probes._common import ProbeArgs, cli, entry, label
 from probes.alignment_context import contextual, umap_rows
 
 log = logging.getLogger(__name__)
@@ -254,13 +254,7 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     return df
 
 
-def run(args: Args) -> pd.DataFrame:
-    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
-    return run_probe(args, compute, "alignment")
-
-
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    return run(parse(Args, argv, "python -m probes.alignment"))
+run, main = entry(Args, compute, "alignment")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pauserec.errors import UserError
 from pauserec.prompts import DEFAULT_PAUSES, Encoded, PromptBuilder
 from probes import activations as act
 from probes import interventions
-from probes._common import ProbeArgs, cli, label, parse, run_probe
+from probes._common import ProbeArgs, cli, entry, label
 from probes.relevance import relevance_rows
 
 log = logging.getLogger(__name__)
@@ -275,13 +275,7 @@ def compute(ckpt: Checkpoint, args: Args, examples: list[data.Example] | None = 
     return df
 
 
-def run(args: Args) -> pd.DataFrame:
-    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
-    return run_probe(args, compute, "attention", attn_implementation="eager")
-
-
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    return run(parse(Args, argv, "python -m probes.attention"))
+run, main = entry(Args, compute, "attention", attn_implementation="eager")
 
 
 if __name__ == "__main__":

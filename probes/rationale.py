@@ -38,7 +38,7 @@ from pauserec.errors import UserError
 from pauserec.evaluate import examples_for
 from pauserec.prompts import PromptBuilder
 from probes import perturb
-from probes._common import ProbeArgs, cli, label, llm_cache_path, parse, run_probe
+from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
 from probes.qa import Asker, generate_answers
 
 log = logging.getLogger(__name__)
@@ -208,13 +208,7 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
 
 
 
-def run(args: Args) -> pd.DataFrame:
-    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
-    return run_probe(args, compute, "rationale")
-
-
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    return run(parse(Args, argv, "python -m probes.rationale"))
+run, main = entry(Args, compute, "rationale")
 
 
 if __name__ == "__main__":

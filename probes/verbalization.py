@@ -38,7 +38,7 @@ from pauserec import decode, llm, stats
 from pauserec.checkpoint import Checkpoint
 from pauserec.errors import UserError
 from probes import activations as act
-from probes._common import ProbeArgs, cli, label, llm_cache_path, parse, run_probe
+from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
 from probes.qa import (
     Asker,
     Question,
@@ -219,13 +219,7 @@ def gaps(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
 
 
 
-def run(args: Args) -> pd.DataFrame:
-    """Every checkpoint's rows, written to ``args.out`` (results.csv, meta.json)."""
-    return run_probe(args, compute, "verbalization")
-
-
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    return run(parse(Args, argv, "python -m probes.verbalization"))
+run, main = entry(Args, compute, "verbalization")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,15 @@ def lcrec(tmp_path):
 
 
 from servers import llama_server  # noqa: E402,F401 -- session fixture: a real llama.cpp server (tests/servers.py)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all overhead: one intra-op thread is several times faster than two on a busy
+    2-core machine. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

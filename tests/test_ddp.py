@@ -11,16 +11,9 @@ import torch
 
 from pauserec import checkpoint, train, trainstate
 
-pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # starts processes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is all overhead: one thread is several times faster than two on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 ARGS = ["--stage", "sft", "--n-train", "48", "--batch-size", "8", "--epochs", "1", "--max-steps", "4",

@@ -5,7 +5,6 @@ import shutil
 import time
 
 import pytest
-import torch
 
 from driver import pipeline
 from pauserec import checkpoint, trainstate
@@ -14,13 +13,6 @@ from pauserec.config import STAGES
 pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
 
 
-@pytest.fixture()
-def one_thread():
-    """The tiny model is all overhead: one thread is several times faster than two on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 TINY_PRESET = """

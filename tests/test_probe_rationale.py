@@ -17,17 +17,12 @@ from pauserec.data import Example
 from pauserec.errors import UserError
 from probes import perturb, rationale
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
+
 TEXT = "The user likes dark comedy films. They watched many of them. The next one should be similar."
 FAST_LLM = ("--llm-timeout", "0.5", "--llm-backoff", "0.01")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_word_dropout_rate_and_shuffles_keep_the_words():

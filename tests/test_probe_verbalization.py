@@ -18,16 +18,11 @@ from pauserec.errors import UserError
 from probes import qa, verbalization
 from probes.qa import Asker, lcs, rouge_l, token_f1, truth_rank
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
+
 FAST_LLM = ("--llm-timeout", "0.5", "--llm-backoff", "0.01")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_text_scores_by_hand():

@@ -29,6 +29,8 @@ from pauserec.config import to_dict
 from pauserec.errors import UserError
 from pauserec.prompts import IGNORE, PromptBuilder
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
+
 KILLER = Path(__file__).parent / "helpers" / "train_killed_at.py"
 
 
@@ -38,13 +40,6 @@ def proc_wall_before_kill(out) -> float:
     return state["progress"]["wall"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is all overhead: one thread is several times faster than two on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 FAST = ["--n-train", "32", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu",
