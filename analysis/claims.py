@@ -87,10 +87,9 @@ def _setting(per_user: pd.DataFrame, cells: list[str]) -> str:
     rows = per_user[per_user["label"].isin(cells)]
     if not len(rows):
         return "—"
-    seeds = sorted({int(s) for s in rows["train_seed"].dropna()})
     return (f"{'/'.join(sorted(set(rows['dataset'].astype(str))))}, "
             f"{'/'.join(sorted(set(rows['backbone'].astype(str)) - {''})) or '—'}; "
-            f"{rows['user'].nunique():,} users; seeds {','.join(map(str, seeds)) or '—'}")
+            f"{rows['user'].nunique():,} users; seeds {_seeds(rows['train_seed'])}")
 
 
 def with_seeds(per_user: pd.DataFrame, treat: str) -> pd.DataFrame:
@@ -122,6 +121,10 @@ def quality(claim: Claim, per_user: pd.DataFrame, treat: str | None, base: str |
     claim.setting = _setting(per_user, [treat, base])
     claim.why = note
     return claim
+
+
+def _seeds(values) -> str:
+    return ",".join(str(int(s)) for s in sorted({float(v) for v in values if v == v})) or "—"
 
 
 def best_other(per_user: pd.DataFrame, cells: list[str], metric: str) -> str | None:
@@ -157,6 +160,7 @@ def latency(claim: Claim, lat: pd.DataFrame, margin: float) -> Claim:
         return claim
     claim.effect = verdicts.replicate_effect(sides["pause"], sides["cot"])
     claim.compared, (claim.measured, claim.ci) = "pause vs cot", _fmt(claim.effect, True)
+    claim.why = ""
     n = int(lat.groupby("role").size().min()) * 16
     claim.setting = f"{costs.devices(pd.DataFrame(), lat)}; {n} timed samples per side, batch 16, greedy"
     return claim
@@ -169,7 +173,7 @@ def probe(claim: Claim, est: Estimate, cfg: Config, direction: int) -> Claim:
         claim.why = est.missing
         return claim
     claim.effect = Effect(est.value, est.lo, est.hi, n_seeds=est.n_seeds, n_units=est.n_units,
-                          unit=est.unit, method=est.note or "probe estimate")
+                          unit=est.unit, method=f"a CI over {est.n_units:,} {est.unit}")
     claim.measured, claim.ci = _fmt(claim.effect, False)
     claim.setting, claim.why = est.setting, est.note
     return claim

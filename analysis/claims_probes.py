@@ -104,7 +104,8 @@ def _setting(rows: pd.DataFrame) -> str:
 
     n = next((rows[c].nunique() for c in ("item_id", "user_id") if c in rows.columns
               and rows[c].notna().any()), None)
-    return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {join('train_seed')}"
+    seeds = ",".join(str(int(float(v))) for v in sorted({float(v) for v in rows.get("train_seed", []) if v == v}))
+    return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {seeds or '—'}"
 
 
 def _reference(rows: pd.DataFrame) -> str | None:

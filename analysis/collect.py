@@ -82,7 +82,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def read_csv(path: Path, need: set[str]) -> pd.DataFrame | None:
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, low_memory=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         log.warning("skipping %s: %s", path, err)
         return None

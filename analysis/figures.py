@@ -121,7 +121,7 @@ def k_sweep(per_user: pd.DataFrame, metric: str = PRIMARY, n_resamples: int = st
     df = _labelled(per_user)
     rows = _sweep_rows(df)
     if rows["n_pauses"].nunique() < 2:
-        raise NoData(f"pause evaluated at one pause count only ({sorted(rows['n_pauses'].unique())})")
+        raise NoData(f"pause evaluated at one pause count only ({sorted(int(x) for x in rows['n_pauses'].unique())})")
     fig, ax = theme.figure(height=2.8)
     for i, (init, group) in enumerate(rows.groupby("pause_init", dropna=False)):
         avg = _avg(group, ["n_pauses"], [metric])

@@ -105,7 +105,8 @@ def umap(df: pd.DataFrame):
     """UMAP maps of SID, word and special tokens, one panel per checkpoint (first three)."""
     if not (df["metric"] == "umap_x").any():
         raise NoData("no UMAP rows (the alignment probe ran with --no-umap)")
-    order = ckpt_order(df)[:3]
+    order = ckpt_order(df)
+    order = order if len(order) <= 3 else [order[0], *order[-2:]]  # the start and the two variants
     rows = df[df["metric"].isin(["umap_x", "umap_y"]) & (col(df, "matrix") == "input")]
     fig, axes = theme.figure(ncols=len(order), height=2.8, squeeze=False, layout="constrained")
     spaces = sorted(rows["space"].dropna().unique())

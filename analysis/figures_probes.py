@@ -162,7 +162,6 @@ def rationale_quality(probes: pd.DataFrame) -> matplotlib.figure.Figure:
 def rationale_train(rows: pd.DataFrame) -> matplotlib.figure.Figure:
     """Final recall@K of cot-sft trained on each rationale condition against the training rationales'
     leakage and history agreement (rows of the ``rationale-train`` driver)."""
-    rows = rows[rows.get("probe", pd.Series(dtype=str)) == "rationale_train"] if "probe" in rows else rows
     if not len(rows) or not (rows["metric"] == "train_quality_leakage").any():
         raise NoData("no training-time rationale rows")
     t = rows.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="mean").reset_index()

@@ -102,40 +102,42 @@ def probe_specs(probes: pd.DataFrame, args: Args) -> list[Figure]:
     n, s = args.n_resamples, args.seed
     fa, ft, fp = figures_alignment, figures_attention, figures_probes
     items = "error bars are 95% bootstrap CIs over items"
+    by = {name: probes[probes["probe"] == name] if "probe" in probes.columns else probes
+          for name in ("alignment", "attention", "verbalization", "rationale", "rationale_train")}
     return [
         Figure("alignment", "SID-word alignment across stages",
                "Agreement of SID-token and title-word embeddings per stage; dashed: items re-paired at "
-               "random; dotted: random SID rows with the same codes.", lambda: fa.by_stage(probes)),
+               "random; dotted: random SID rows with the same codes.", lambda: fa.by_stage(by["alignment"])),
         Figure("alignment_context", "SID vs title in the residual stream",
                "Cosine of the residual stream for an item mentioned by SID vs by title, per layer; dashed: "
-               "another item's title.", lambda: fa.contextual(probes)),
+               "another item's title.", lambda: fa.contextual(by["alignment"])),
         Figure("geometry", "Embedding geometry", "Embedding norms per token group and where <pause> sits "
-               "between the SID and word clouds.", lambda: fa.geometry(probes)),
+               "between the SID and word clouds.", lambda: fa.geometry(by["alignment"])),
         Figure("umap", "UMAP map of SID and word tokens", "UMAP (cosine) of input embeddings: SID tokens, "
-               "sampled word tokens, and <pause>/<think> as stars.", lambda: fa.umap(probes)),
+               "sampled word tokens, and <pause>/<think> as stars.", lambda: fa.umap(by["alignment"])),
         Figure("attention", "Attention from pause and SID positions", "Mean attention mass per layer onto "
-               "each prompt segment, averaged over heads and users.", lambda: ft.segments(probes)),
+               "each prompt segment, averaged over heads and users.", lambda: ft.segments(by["attention"])),
         Figure("early_vs_late", "Early vs late pauses", "Segment masses of the first and the last half of "
-               "the pauses.", lambda: ft.early_vs_late(probes)),
+               "the pauses.", lambda: ft.early_vs_late(by["attention"])),
         Figure("relevance", "Attention vs relevance to the target", "Position-adjusted correlation of "
                "attention with what a history item shares with the target; dashed: targets re-paired.",
-               lambda: ft.relevance(probes)),
+               lambda: ft.relevance(by["attention"])),
         Figure("logit_lens", "Logit lens at pause positions", "Top-1 rate and rank of the target's first "
                "SID code read from each pause's residual stream; bands are 95% bootstrap CIs over users.",
-               lambda: fp.logit_lens(probes, min(n, 500), s)),
+               lambda: fp.logit_lens(by["attention"], min(n, 500), s)),
         Figure("interventions", "Pause interventions", "Paired change when the pauses are removed, masked "
-               "or replaced; error bars are 95% bootstrap CIs over users.", lambda: ft.interventions(probes)),
+               "or replaced; error bars are 95% bootstrap CIs over users.", lambda: ft.interventions(by["attention"])),
         Figure("verbalization", "Verbalisation: generation vs logits", f"What the model says (hatched) vs "
                f"what it ranks (solid), chance-corrected where available; {items}.",
-               lambda: fp.verbalization_gap(probes, n, s)),
+               lambda: fp.verbalization_gap(by["verbalization"], n, s)),
         Figure("rationale", "Sensitivity to rationale quality", "Change when the rationale is perturbed "
                "(perturbed - clean); error bars are 95% bootstrap CIs over users.",
-               lambda: fp.rationale_sensitivity(probes, n, s)),
+               lambda: fp.rationale_sensitivity(by["rationale"], n, s)),
         Figure("rationale_quality", "Rationale quality vs effect", "Mean change per perturbation against the "
-               "rationales' leakage and history agreement.", lambda: fp.rationale_quality(probes)),
+               "rationales' leakage and history agreement.", lambda: fp.rationale_quality(by["rationale"])),
         Figure("rationale_train", "Training-time rationale quality", "Final recall of cot-sft trained on each "
                "rationale condition against the training rationales' quality.",
-               lambda: fp.rationale_train(probes)),
+               lambda: fp.rationale_train(by["rationale_train"])),
     ]
 
 

@@ -38,7 +38,9 @@ def setting_lines(data: Collected, per_user: pd.DataFrame, runs: list[str]) -> l
         vals = sorted({str(v) for v in df.get(col, pd.Series(dtype=str)).dropna() if str(v)})
         return ", ".join(vals) or "—"
 
-    seeds = uniq(data.ckpts[data.ckpts["stage"] != "init"], "train_seed") if len(data.ckpts) else "—"
+    trained = data.ckpts[data.ckpts["stage"] != "init"] if len(data.ckpts) else data.ckpts
+    seeds = ", ".join(str(int(s)) for s in sorted(trained["train_seed"].dropna().unique())) if len(trained) else ""
+    seeds = seeds or "—"
     where = sorted({f"{d} ({t})" for d, t in zip(data.runs.get("device", []), data.runs.get("dtype", [])) if d})
     trained = sorted({f"{d} ({t})" for d, t in zip(data.ckpts.get("device", []), data.ckpts.get("dtype", []))
                       if isinstance(d, str) and d})
@@ -56,7 +58,7 @@ def health_lines(data: Collected, per_user: pd.DataFrame) -> list[str]:
     """Conditions that have not learned: user-independent lists, or below the most-popular baseline."""
     lines = []
     flagged = data.health[data.health["user_independent"]] if len(data.health) else data.health
-    for cell in sorted(set(flagged.get("cell", []))):
+    for cell in sorted(set(flagged.get("cell", [])) - set(BASELINES)):  # most-popular is so by design
         lines.append(f"`{cell}` gives most users the same top-10 list: it has not learned to condition on "
                      "the user; read its metrics and its probe results with care.")
     if len(per_user) and (per_user["label"] == "popularity").any():
@@ -89,7 +91,8 @@ def comparisons(per_user: pd.DataFrame, metric: str, main_rationale: str) -> pd.
     if not len(per_user):
         return pd.DataFrame()
     labels = main_labels(per_user, main_rationale)
-    refs = [r for r in (labels.get("sft-continued"), labels.get("plain"), strongest_baseline(per_user, metric)) if r]
+    refs = [r for r in (labels.get("sft-continued"), labels.get("plain"), labels.get("think-only"),
+                        strongest_baseline(per_user, metric)) if r]
     cells = [c for c in dict.fromkeys(per_user["label"]) if c not in BASELINES]
     rows, effects = [], []
     for treat in cells:
@@ -104,7 +107,8 @@ def comparisons(per_user: pd.DataFrame, metric: str, main_rationale: str) -> pd.
             effects.append(e)
             rows.append({"treatment": treat, "baseline": base, "metric": metric, "seeds": e.n_seeds,
                          "users": e.n_units, "diff [95% CI]": f"{e.value:+.4f} [{e.lo:+.4f}, {e.hi:+.4f}]",
-                         "relative [95% CI]": f"{e.rel:+.1f}% [{e.rel_lo:+.1f}, {e.rel_hi:+.1f}]",
+                         "relative [95% CI]": (f"{e.rel:+.1f}% [{e.rel_lo:+.1f}, {e.rel_hi:+.1f}]"
+                                               if np.isfinite(e.rel_lo) else "—"),
                          "p": e.p})
     if not rows:
         return pd.DataFrame()
