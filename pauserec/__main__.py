@@ -35,7 +35,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: python -m pauserec COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {' '.join(k):<14} {help_}" for k, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {' '.join(k):<16} {help_}" for k, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
