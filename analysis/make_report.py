@@ -214,6 +214,10 @@ def check_roots(paths: list[str]) -> list[Path]:
 def run(args: Args) -> Path:
     """Write the report of ``args.runs`` into ``args.out`` (one atomic directory)."""
     roots = check_roots(args.runs)
+    out = Path(args.out).resolve()
+    for root in roots:  # a report may live inside a runs dir (experiment: OUT/report), never replace one
+        if root.resolve().is_relative_to(out):
+            raise UserError(f"--out {args.out} overlaps the runs directory {root}; write the report elsewhere")
     with files.claim(args.out, overwrite=args.overwrite):
         data = collect(roots)
         if data.empty():

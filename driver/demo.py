@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from driver import experiment
+from driver import experiment, pipeline
 from driver.pipeline import RunArgs
 from pauserec import commands
 from pauserec.config import build, parse_args
@@ -25,6 +25,7 @@ class DemoArgs(RunArgs):
 
 def run(args: DemoArgs) -> None:
     start = time.perf_counter()
+    pipeline.check_run(args.out)  # before the dataset stats; experiment.run claims it
     print(f"== dataset {args.dataset}", flush=True)
     commands.stats(build(commands.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
     values = {"out": args.out, "dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,

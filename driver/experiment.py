@@ -183,12 +183,13 @@ def run(args: ExperimentArgs) -> Path:
     if not args.out:
         raise UserError("pauserec experiment needs --out DIR")
     start = time.perf_counter()
-    roots = [run_seed(args, seed) for seed in range(args.seeds)]
-    run_baselines(args)
-    run_probes(args, roots[0])
-    report = Path(args.report or Path(args.out) / "report")
-    make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(report), "overwrite": True,
-                                             "main_rationale": args.main_rationale}))
+    with pipeline.claim_run(args.out, "experiment"):  # a run directory: resumed, never replaced
+        roots = [run_seed(args, seed) for seed in range(args.seeds)]
+        run_baselines(args)
+        run_probes(args, roots[0])
+        report = Path(args.report or Path(args.out) / "report")
+        make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(report), "overwrite": True,
+                                                 "main_rationale": args.main_rationale}))
     print(f"experiment finished in {time.perf_counter() - start:.0f}s; report: {report / 'REPORT.md'}")
     return report
 

@@ -5,12 +5,19 @@ the ``[train.<stage>]`` settings of the preset and one training seed (``--seed``
 checkpoint exists) is skipped on a rerun and an interrupted one resumes from its saved state, so rerunning
 the command continues. Each stage's wall time and device-hours are in its ``pauserec.json``;
 ``runs/NAME/pipeline.json`` sums up.
+
+``--out`` is a run directory, always resumed: it may be missing, empty, or a run this workbench made (it
+holds ``run.json``, written when a run starts; runs from before that are recognised by ``pipeline.json``
+or a checkpoint one level down). Anything else -- a file, a folder of other things -- is refused, and so is
+a second run into the same directory while one is running (``pipeline``, ``experiment`` and ``demo`` alike).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +55,36 @@ class PipelineArgs(RunArgs):
                                                     "OUT/init, built when missing)"})
 
 
+RUN_MARKER = "run.json"
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory this workbench made (see the module docstring)."""
+    return ((path / RUN_MARKER).is_file() or (path / "pipeline.json").is_file()
+            or any(done(p) for p in path.iterdir() if p.is_dir()))
+
+
+def check_run(out: str) -> Path:
+    """``out`` as a run directory to create or resume; a file or someone else's folder is refused."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out} is a file, not a workbench run directory; pick another --out")
+    if not files.is_empty(path) and not is_run(path):
+        raise UserError(f"--out {out} exists and is not a workbench run (no {RUN_MARKER}); a run directory is "
+                        "resumed, never replaced: pick another --out")
+    return path
+
+
+@contextlib.contextmanager
+def claim_run(out: str, kind: str) -> Iterator[Path]:
+    """Check ``out`` (:func:`check_run`), hold its lock while the run writes it, and mark it as a run."""
+    path = check_run(out)
+    with files.claim(path, resume=True):
+        if not (path / RUN_MARKER).is_file():
+            files.write_json(path / RUN_MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        yield path
+
+
 def done(path: Path) -> bool:
     return (path / checkpoint.META_FILE).is_file()
 
@@ -77,6 +114,11 @@ def run(args: PipelineArgs) -> dict:
     """Every stage in order (init first); finished ones are skipped."""
     if not args.out:
         raise UserError("usage: python -m pauserec pipeline --dataset D --backbone B --preset P --out DIR")
+    with claim_run(args.out, "pipeline"):
+        return _run(args)
+
+
+def _run(args: PipelineArgs) -> dict:
     order = ["init", *[s for s in STAGES if s in args.stages]]
     rows, start = [], time.perf_counter()
     for n, stage in enumerate(order, 1):

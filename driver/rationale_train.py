@@ -31,7 +31,7 @@ import pandas as pd
 from pauserec import checkpoint, data, metrics, rationales, stages, train
 from pauserec.device import resolve_device
 from pauserec.errors import UserError
-from pauserec.evaluate import evaluate, examples_for
+from pauserec.evaluate import TOP_K, evaluate, examples_for
 from probes import perturb
 from probes._common import ProbeArgs, cli, label, parse, write_results
 
@@ -46,15 +46,17 @@ class Args(ProbeArgs):
 
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
         "help": "rationale sources and/or perturbations (paraphrase excluded)"})
-    base_source: str = field(default="template", metadata={"help": "source the perturbations start from"})
+    base_source: str = field(default="template", metadata={"help": "source the perturbations start from",
+                                                           "choices": rationales.SOURCES})
     preset: str = field(default="quick", metadata={"help": "configs/NAME.toml supplies [train.cot-sft]"})
     work: str = field(default="", metadata={"help": "trained checkpoints (default OUT.runs)"})
-    max_steps: int = field(default=0, metadata={"help": "trainer --max-steps (0: the preset's)"})
-    n_train: int = field(default=0, metadata={"help": "trainer --n-train (0: the preset's)"})
-    train_batch_size: int = field(default=0, metadata={"help": "trainer --batch-size (0: the preset's)"})
-    n_users: int = field(default=64, metadata={"help": "test users evaluated per condition"})
-    beams: int = field(default=20, metadata={"help": "beam width"})
-    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K"})
+    max_steps: int = field(default=0, metadata={"help": "trainer --max-steps (0: the preset's)", "min": 0})
+    n_train: int = field(default=0, metadata={"help": "trainer --n-train (0: the preset's)", "min": 0})
+    train_batch_size: int = field(default=0, metadata={"help": "trainer --batch-size (0: the preset's)",
+                                                       "min": 0})
+    n_users: int = field(default=64, metadata={"help": "test users evaluated per condition", "min": 1})
+    beams: int = field(default=20, metadata={"help": "beam width", "min": TOP_K})
+    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": TOP_K})
 
 
 def train_args(args: Args, condition: str, out: Path, rationale_file: Path | None) -> train.TrainArgs:

@@ -6,12 +6,14 @@ SID/pause/think tokens), ``items.jsonl`` (the catalog) and ``pauserec.json`` (wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,18 +220,31 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     meta = read_meta(path)
     _check_files(path)
     catalog = Catalog.read(path / CATALOG_FILE)
-    try:
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    with _loading(path, "the tokenizer (tokenizer.json, tokenizer_config.json)"):
         tok = AutoTokenizer.from_pretrained(path)
-        kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
+    weights = ", ".join(p.name for p in sorted(path.glob("model*.safetensors")))
+    with _loading(path, f"the model (config.json, {weights})"):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    except Exception as err:  # noqa: BLE001 -- corrupt weights raise library-specific types (SafetensorError)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"checkpoint {path}: cannot load model/tokenizer: {first}") from None
     model.eval()
     check_consistent(model, tok, catalog, where=str(path))
     return Checkpoint(model, tok, catalog, meta, path)
+
+
+@contextlib.contextmanager
+def _loading(path: Path, what: str) -> Iterator[None]:
+    """A library error while loading ``what`` of a checkpoint becomes one line naming the files."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- corrupt files raise library-specific types (SafetensorError)
+        if type(err).__name__ == "OutOfMemoryError":
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UserError(f"checkpoint {path}: cannot load {what}: {first}") from None
 
 
 def check_consistent(model: PreTrainedModel, tok: PreTrainedTokenizerBase, catalog: Catalog,

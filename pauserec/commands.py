@@ -23,7 +23,8 @@ class DataArgs:
 
     dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
     data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    max_history: int = field(default=20, metadata={"help": "history truncation for the split counts"})
+    max_history: int = field(default=20, metadata={"help": "history truncation for the split counts",
+                                                   "min": 1})
 
 
 @dataclass
@@ -66,7 +67,8 @@ class InitArgs(SidArgs):
     """Write an untrained checkpoint: backbone + SID/pause/think tokens + the catalog."""
 
     backbone: str = field(default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"})
-    init: str = field(default="mean-all", metadata={"help": "new-row init: " + ", ".join(INIT_STRATEGIES)})
+    init: str = field(default="mean-all", metadata={"help": "new-row init: " + ", ".join(INIT_STRATEGIES),
+                                                    "choices": INIT_STRATEGIES})
 
 
 def data_stats(argv: list[str] | None = None) -> dict:
@@ -85,9 +87,9 @@ def stats(args: DataArgs) -> dict:
 
 def sid_build(argv: list[str] | None = None) -> dict:
     args = parse_args(SidBuildArgs, argv, "pauserec sid build", section="sid")
-    if args.out and not args.overwrite and not files.is_empty(Path(args.out)):
-        with files.claim(args.out):  # refuses, before the SIDs are built
-            pass
+    if args.out:
+        with files.claim(args.out, overwrite=args.overwrite, inputs=inputs_of(args)):
+            pass  # the output policy, checked before the SIDs are built
     ds = data.load_dataset(args.dataset, args.data_root)
     if args.compare:
         sid.load_index(args.compare, ds.items)  # a bad --compare fails before the build
@@ -103,11 +105,21 @@ def sid_build(argv: list[str] | None = None) -> dict:
         report["comparison"] = sidcompare.compare(ds.items, codes, args.compare, args.sid_config())
         print(sidcompare.format_comparison(report["comparison"], f"ours ({what})"))
     if args.out:
-        with files.claim(args.out, overwrite=args.overwrite), files.atomic_dir(args.out) as tmp:
+        claim = files.claim(args.out, overwrite=args.overwrite, inputs=inputs_of(args))
+        with claim, files.atomic_dir(args.out) as tmp:
             sid.write_index(tmp / "sids.json", ds.items, codes, args.sid_config())
             files.write_json(tmp / "report.json", report)
         print(f"wrote {args.out}/sids.json and report.json")
     return report
+
+
+def inputs_of(args: SidArgs) -> list[str]:
+    """The paths a SID or init command reads (an output may not overlap them): the dataset folder, the
+    SID index, the ``--compare`` index, a backbone folder."""
+    paths = [args.dataset, getattr(args, "backbone", ""), getattr(args, "compare", None)]
+    if args.sid_source not in sid.BUILD_SOURCES:
+        paths.append(args.sid_source)
+    return [p for p in paths if p and Path(p).exists()]
 
 
 def init_ckpt(argv: list[str] | None = None) -> checkpoint.Checkpoint:
@@ -119,7 +131,7 @@ def create(args: InitArgs) -> checkpoint.Checkpoint:
     """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint (``args.out``)."""
     if not args.out:
         raise UserError("init-ckpt needs --out DIR")
-    with files.claim(args.out, overwrite=args.overwrite):
+    with files.claim(args.out, overwrite=args.overwrite, inputs=inputs_of(args)):
         return _create(args)
 
 

@@ -147,6 +147,31 @@ def _clean(text) -> str:
     return " ".join(html.unescape(str(text or "")).split())
 
 
+def _text(value, name: str, key: str, directory: Path) -> str:
+    """An item's text field: a string or number, or a list of them (joined with spaces, as ``data
+    prepare`` joins Amazon 2023 descriptions); anything else is refused rather than stored as its repr."""
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return _clean(" ".join(_clean(v) for v in value))
+    if value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return _clean(value)
+    raise UserError(f"corrupt item {key!r} in {directory}: {name} is {type(value).__name__} {value!r:.60}; "
+                    "expected text or a list of text")
+
+
+def _categories(value, key: str, directory: Path) -> str:
+    """Categories as one ``"A, B, C"`` string: a string as is; a list, or a list of category paths
+    (Amazon 2014: ``[["Beauty", "Skin Care"], ["Beauty", "Hair"]]``), joined the way ``data prepare``
+    joins them -- each path drops the names the paths before it already gave."""
+    if not isinstance(value, list):
+        return _text(value, "categories", key, directory)
+    names: list[str] = []
+    for path in value:
+        earlier = set(names)
+        parts = path if isinstance(path, list) else [path]
+        names += [n for n in (_text(c, "categories", key, directory) for c in parts) if n and n not in earlier]
+    return ", ".join(names)
+
+
 def _load_lcrec(directory: Path) -> Dataset:
     raw_items = _read_json(_find_one(directory, ".item.json"))
     raw_inter = _read_json(_find_one(directory, ".inter.json"))
@@ -156,8 +181,10 @@ def _load_lcrec(directory: Path) -> Dataset:
         meta = raw_items[key]
         if not isinstance(meta, dict):
             raise UserError(f"corrupt item {key!r} in {directory}: expected an object")
-        items.append(Item(key, _clean(meta.get("title")), _clean(meta.get("categories")),
-                          _clean(meta.get("brand")), _clean(meta.get("description")), _clean(meta.get("year"))))
+        text = {name: _text(meta.get(name), name, key, directory)
+                for name in ("title", "brand", "description", "year")}
+        items.append(Item(key, text["title"], _categories(meta.get("categories"), key, directory), text["brand"],
+                          text["description"], text["year"]))
     index = {key: i for i, key in enumerate(ids)}
     sequences = {}
     for user, seq in raw_inter.items():

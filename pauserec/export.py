@@ -28,10 +28,12 @@ class ExportArgs:
 
     dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
     data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    format: str = field(default="recbole", metadata={"help": "recbole (atomic files + a yaml)"})
+    format: str = field(default="recbole", metadata={"help": "recbole (atomic files + a yaml)",
+                                                     "choices": FORMATS})
     out: str | None = field(default=None, metadata={"help": "output folder"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --out"})
-    max_history: int = field(default=20, metadata={"help": "history truncation (MAX_ITEM_LIST_LENGTH)"})
+    max_history: int = field(default=20, metadata={"help": "history truncation (MAX_ITEM_LIST_LENGTH)",
+                                                   "min": 1})
 
 
 def _field(value: str) -> str:
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.out:
         raise UserError("data export needs --out DIR")
     out = Path(args.out)
-    with files.claim(out, overwrite=args.overwrite):
+    inputs = [args.dataset] if Path(args.dataset).exists() else []
+    with files.claim(out, overwrite=args.overwrite, inputs=inputs):
         pass  # the output policy, checked before any reading
     if args.max_history < 1:
         raise UserError("--max-history must be at least 1")

@@ -187,7 +187,7 @@ class Args:
                                                   "choices": ("train", "valid", "test")})
     n: int | None = field(default=None, metadata={"help": "a seeded sample of N examples (default all)",
                                                   "min": 1})
-    seed: int = field(default=0, metadata={"help": "seed of the --n sample"})
+    seed: int = field(default=0, metadata={"help": "seed of the --n sample", "min": 0})
     cache: str | None = field(default=None, metadata={"help": "response cache (default OUT.cache.jsonl)"})
     base_url: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_BASE_URL}"})
     model: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_MODEL}"})

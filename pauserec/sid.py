@@ -134,18 +134,22 @@ def add_dedup_level(codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codes, extra[:, None]], 1)
 
 
+MAX_CODE = 65535  # the largest code a level may hold (the codebook size's maximum, less one)
+
+
 def load_index(path: str | Path, items: list[Item]) -> tuple[np.ndarray, bool]:
     """Codes ``(n_items, levels)`` from an index file, and whether they already end in a de-dup level.
 
     Reads a published ``{"<item>": ["<a_70>", ...]}`` index, or this workbench's own ``sids.json``
-    (``{"dedup": true, "sids": {...}}``, written by ``sid build``).
+    (``{"dedup": true, "sids": {...}}``, written by ``sid build``). Every entry must be SID tokens and
+    nothing else, one per level in order, each code at most :data:`MAX_CODE`.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"SID index file {path} not found")
     try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"corrupt SID index file {path}: {err}") from None
     if not isinstance(index, dict):
         raise UserError(f"corrupt SID index file {path}: expected a JSON object")
@@ -155,16 +159,36 @@ def load_index(path: str | Path, items: list[Item]) -> tuple[np.ndarray, bool]:
     for item in items:
         if item.item_id not in index:
             raise UserError(f"SID index {path} has no entry for item {item.item_id}")
-        parsed = tokens.parse_sid("".join(index[item.item_id]))
-        if [lvl for lvl, _ in parsed] != list(range(len(parsed))) or not parsed:
-            raise UserError(f"SID index {path}: malformed SID for item {item.item_id}")
-        rows.append([code for _, code in parsed])
+        rows.append(_parse_entry(index[item.item_id], item.item_id, path))
     if len({len(r) for r in rows}) != 1:
         raise UserError(f"SID index {path}: items have SIDs of different lengths")
+    levels = len(rows[0]) + (0 if dedup else 1)  # a de-dup level is appended when the index has none
+    if levels > len(tokens.LEVEL_LETTERS):
+        raise UserError(f"SID index {path}: {len(rows[0])} levels" + ("" if dedup else " plus a de-dup level")
+                        + f" is more than the {len(tokens.LEVEL_LETTERS)} a SID can have")
     codes = np.asarray(rows, dtype=np.int64)
     if dedup and len(set(map(tuple, codes))) != len(codes):
         raise UserError(f"SID index {path} claims de-duplicated SIDs but has collisions")
     return codes, dedup
+
+
+def _parse_entry(entry: object, item_id: str, path: Path) -> list[int]:
+    """One item's codes from its index entry (a list of SID tokens, or one string of them)."""
+    if isinstance(entry, str):
+        entry = [entry]
+    if not isinstance(entry, list) or not entry or not all(isinstance(t, str) for t in entry):
+        raise UserError(f"SID index {path}: item {item_id} has {entry!r}; expected a list of SID tokens "
+                        "like [\"<a_1>\", \"<b_7>\"]")
+    text = "".join(entry)
+    parsed = tokens.parse_sid(text)
+    rebuilt = "".join(f"<{tokens.LEVEL_LETTERS[level]}_{code}>" for level, code in parsed)
+    if not parsed or rebuilt != text or [level for level, _ in parsed] != list(range(len(parsed))):
+        raise UserError(f"SID index {path}: malformed SID {text!r} for item {item_id} (expected SID tokens "
+                        "<a_N><b_N>... and nothing else)")
+    too_big = [code for _, code in parsed if code > MAX_CODE]
+    if too_big:
+        raise UserError(f"SID index {path}: item {item_id} has code {too_big[0]}, above the maximum {MAX_CODE}")
+    return [code for _, code in parsed]
 
 
 def write_index(path: str | Path, items: list[Item], codes: np.ndarray, cfg: SIDConfig) -> None:

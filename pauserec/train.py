@@ -178,6 +178,8 @@ def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkp
     checkpoint.read_meta(args.from_ckpt)  # a bad input fails before anything is claimed or loaded
     if args.resume and (Path(args.out) / checkpoint.META_FILE).is_file():
         raise UserError(f"{args.out} is a finished checkpoint: nothing to resume (--overwrite retrains it)")
+    if args.resume:
+        trainstate.check(trainstate.partial_dir(args.out))  # a cut-short state fails before any loading
     inputs = [args.from_ckpt] + ([args.pause_from] if args.pause_from else [])
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns (and locks) the output
     claim = files.claim(args.out, overwrite=args.overwrite, inputs=inputs) if rank0 else nullcontext()

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,49 @@ def fresh(fingerprint: dict) -> dict[str, Any]:
             "fingerprint": fingerprint}
 
 
+STATE_KEYS = ("params", "optimizer", "scheduler", "rng", "progress")
+
+
+def _unusable(partial: Path, why: str) -> UserError:
+    return UserError(f"cannot resume from {partial / STATE_FILE}: {why}; delete {partial} (or rerun without "
+                     "--resume) to start over")
+
+
+def check(partial: Path) -> None:
+    """Fail fast, before a model is loaded, on a saved state that is cut short (a torch file is a zip
+    archive whose directory is at its end) or unreadable."""
+    path = partial / STATE_FILE
+    if not path.is_file():
+        return
+    try:
+        whole = zipfile.is_zipfile(path)
+    except OSError as err:
+        raise _unusable(partial, err.strerror or type(err).__name__) from None
+    if not whole:
+        raise _unusable(partial, "the file is truncated or not a training state")
+
+
+def read(partial: Path) -> dict[str, Any]:
+    """The saved state in ``partial``, checked to be one; a broken file is a :class:`UserError`."""
+    check(partial)
+    try:
+        state = torch.load(partial / STATE_FILE, map_location="cpu", weights_only=False)
+    except OSError as err:
+        raise _unusable(partial, err.strerror or type(err).__name__) from None
+    except Exception as err:  # noqa: BLE001 -- torch/pickle raise many types for a corrupt file
+        raise _unusable(partial, f"corrupt file ({type(err).__name__})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["progress"], dict) or "fingerprint" not in state["progress"]:
+        raise _unusable(partial, f"not a training state (missing {', '.join(missing) or 'progress'})")
+    return state
+
+
 def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint: dict,
           rank: int = 0) -> dict[str, Any]:
     """Progress to continue from: the saved state (``resume`` and one exists), else a fresh start."""
     path = partial / STATE_FILE
     if resume and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read(partial)
         progress = state["progress"]
         changed = sorted(k for k in set(fingerprint) | set(progress["fingerprint"])
                          if fingerprint.get(k) != progress["fingerprint"].get(k))

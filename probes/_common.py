@@ -108,10 +108,14 @@ def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: st
     return df
 
 
-def entry(cls, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str, **load: Any):
+def entry(cls, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,
+          check: Callable[[Any], None] | None = None, **load: Any):
     """A probe module's ``(run, main)``: ``run(args)`` computes every checkpoint's rows and writes them,
-    ``main(argv)`` parses ``python -m probes.NAME`` flags into ``cls`` first."""
+    ``main(argv)`` parses ``python -m probes.NAME`` flags into ``cls`` first. ``check(args)`` validates
+    what no single field can, before any checkpoint loads."""
     def run(args) -> pd.DataFrame:
+        if check is not None:
+            check(args)
         return run_probe(args, compute, name, **load)
 
     def main(argv: list[str] | None = None) -> pd.DataFrame:

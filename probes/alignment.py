@@ -36,13 +36,16 @@ __all__ = ["Args", "compute", "main", "run"]
 class Args(ProbeArgs):
     """SID-token vs word-token embedding alignment (token, item, geometry and contextual levels)."""
 
-    k: int = field(default=10, metadata={"help": "nearest words per SID token, and k of mutual k-NN"})
-    n_perm: int = field(default=20, metadata={"help": "permutations for each baseline"})
-    max_words: int = field(default=5000, metadata={"help": "word tokens sampled for the geometry"})
-    max_items: int = field(default=4000, metadata={"help": "items sampled for CKA, k-NN, Procrustes"})
-    n_context: int = field(default=32, metadata={"help": "items for the contextual (hidden-state) probe"})
+    k: int = field(default=10, metadata={"help": "nearest words per SID token, and k of mutual k-NN",
+                                         "min": 1})
+    n_perm: int = field(default=20, metadata={"help": "permutations for each baseline", "min": 1})
+    max_words: int = field(default=5000, metadata={"help": "word tokens sampled for the geometry", "min": 2})
+    max_items: int = field(default=4000, metadata={"help": "items sampled for CKA, k-NN, Procrustes",
+                                                   "min": 3})
+    n_context: int = field(default=32, metadata={"help": "items for the contextual (hidden-state) probe",
+                                                 "min": 1})
     umap: bool = field(default=True, metadata={"help": "UMAP map of SID and word tokens (slower)"})
-    umap_words: int = field(default=2000, metadata={"help": "word tokens in the UMAP map"})
+    umap_words: int = field(default=2000, metadata={"help": "word tokens in the UMAP map", "min": 2})
 
 
 @dataclass

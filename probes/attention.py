@@ -46,18 +46,22 @@ SEGMENTS = ("first", "instruction", "history", "sep", "think", "pause", "rationa
 class Args(ProbeArgs):
     """Attention from pause / SID positions, relevance, logit lens and pause interventions."""
 
-    n_users: int = field(default=256, metadata={"help": "test users sampled (seeded)"})
-    split: str = field(default="test", metadata={"help": "test, valid or train"})
+    n_users: int = field(default=256, metadata={"help": "test users sampled (seeded)", "min": 1})
+    split: str = field(default="test", metadata={"help": "test, valid or train",
+                                                 "choices": ("test", "valid", "train")})
     variant: str = field(default="auto", metadata={"help": "prompt: pause, plain, cot; auto = the "
-                                                           "checkpoint's (base -> pause)"})
-    n_pauses: int = field(default=-1, metadata={"help": "pauses; -1 = the checkpoint's (5 if it has none)"})
-    batch_size: int = field(default=8, metadata={"help": "users per forward pass"})
-    n_perm: int = field(default=200, metadata={"help": "target re-pairings for the relevance baseline"})
+                                                           "checkpoint's (base -> pause)",
+                                                   "choices": ("auto", "plain", "pause", "cot")})
+    n_pauses: int = field(default=-1, metadata={"help": "pauses; -1 = the checkpoint's (5 if it has none)",
+                                                "min": -1, "max": 512})
+    batch_size: int = field(default=8, metadata={"help": "users per forward pass", "min": 1})
+    n_perm: int = field(default=200, metadata={"help": "target re-pairings for the relevance baseline",
+                                               "min": 1})
     interventions: bool = field(default=False, metadata={"help": "also decode with pauses removed / "
                                                                  "masked / replaced (slow)"})
-    intervention_users: int = field(default=0, metadata={"help": "users decoded (0 = n_users)"})
-    beams: int = field(default=20, metadata={"help": "beam width of the intervention decoding"})
-    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples of paired CIs"})
+    intervention_users: int = field(default=0, metadata={"help": "users decoded (0 = n_users)", "min": 0})
+    beams: int = field(default=20, metadata={"help": "beam width of the intervention decoding", "min": 1})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples of paired CIs", "min": 1})
 
 
 def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:

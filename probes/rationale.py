@@ -50,29 +50,33 @@ PARAPHRASE = ("Rewrite the following text in other words, keeping its meaning. R
 class Args(ProbeArgs):
     """Perturb the teacher-forced rationale of a CoT checkpoint; measure Recall/NDCG change and KL."""
 
-    n_users: int = field(default=64, metadata={"help": "users of the split (seeded sample)"})
-    split: str = field(default="test", metadata={"help": "train, valid or test"})
+    n_users: int = field(default=64, metadata={"help": "users of the split (seeded sample)", "min": 1})
+    split: str = field(default="test", metadata={"help": "train, valid or test",
+                                                 "choices": ("train", "valid", "test")})
     perturbations: tuple[str, ...] = field(default=perturb.PERTURBATIONS, metadata={
         "help": ", ".join(perturb.PERTURBATIONS) + " (any dropNN)"})
     rationale_source: str = field(default="", metadata={
         "help": "clean rationales: " + ", ".join(rationales.SOURCES)
-        + " (default: the checkpoint's, else template)"})
-    paraphrase: str = field(default="local", metadata={"help": "local (a checkpoint's model) or openai"})
+        + " (default: the checkpoint's, else template)", "choices": ("", *rationales.SOURCES)})
+    paraphrase: str = field(default="local", metadata={"help": "local (a checkpoint's model) or openai",
+                                                       "choices": ("local", "openai")})
     paraphrase_ckpt: str = field(default="", metadata={
         "help": "local paraphraser (default: the probed checkpoint)"})
-    paraphrase_tokens: int = field(default=64, metadata={"help": "longest paraphrase, in tokens"})
-    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K and of the kl_items union"})
-    beams: int = field(default=20, metadata={"help": "beam width"})
-    batch_size: int = field(default=16, metadata={"help": "users per decoding batch"})
+    paraphrase_tokens: int = field(default=64, metadata={"help": "longest paraphrase, in tokens", "min": 1})
+    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K and of the kl_items union",
+                                             "min": 1})
+    beams: int = field(default=20, metadata={"help": "beam width", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "users per decoding batch", "min": 1})
     kl_items: bool = field(default=True, metadata={"help": "also KL over the union of top-K items"})
     llm_base_url: str | None = field(default=None, metadata={
         "help": f"openai endpoint (else ${llm.ENV_BASE_URL})"})
     llm_model: str | None = field(default=None, metadata={"help": f"openai model (else ${llm.ENV_MODEL})"})
     llm_cache: str | None = field(default=None, metadata={
         "help": "response cache (default OUT.llm-cache.jsonl)"})
-    llm_timeout: float = field(default=60.0, metadata={"help": "seconds per request"})
-    llm_max_retries: int = field(default=5, metadata={"help": "retries per request"})
-    llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)"})
+    llm_timeout: float = field(default=60.0, metadata={"help": "total seconds per request", "gt": 0.0})
+    llm_max_retries: int = field(default=5, metadata={"help": "retries per request", "min": 0})
+    llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)",
+                                                      "min": 0.0})
 
 
 def _llm_options(args: Args) -> dict:
@@ -208,7 +212,7 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
 
 
 
-run, main = entry(Args, compute, "rationale")
+run, main = entry(Args, compute, "rationale", check=lambda args: perturb.check(args.perturbations))
 
 
 if __name__ == "__main__":

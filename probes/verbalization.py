@@ -40,6 +40,7 @@ from pauserec.errors import UserError
 from probes import activations as act
 from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
 from probes.qa import (
+    QUESTIONS,
     Asker,
     Question,
     default_fields,
@@ -60,14 +61,17 @@ JUDGE_SYSTEM = "You grade answers to quiz questions. Reply with exactly one word
 class Args(ProbeArgs):
     """Item knowledge (from the SID and from the title) and general facts: generation vs logits."""
 
-    n_items: int = field(default=100, metadata={"help": "catalog items asked about (seeded sample)"})
-    queries: tuple[str, ...] = field(default=QUERIES, metadata={"help": "sid, title, fact"})
+    n_items: int = field(default=100, metadata={"help": "catalog items asked about (seeded sample)",
+                                                "min": 1})
+    queries: tuple[str, ...] = field(default=QUERIES, metadata={"help": "sid, title, fact", "choices": QUERIES})
     fields: tuple[str, ...] = field(default=(), metadata={
-        "help": "title, category, year, brand (default: those the dataset has; ml-100k: title,category,year)"})
-    n_distractors: int = field(default=9, metadata={"help": "catalog distractors per item question"})
-    max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer"})
+        "help": "title, category, year, brand (default: those the dataset has; ml-100k: title,category,year)",
+        "choices": tuple(QUESTIONS)})
+    n_distractors: int = field(default=9, metadata={"help": "catalog distractors per item question", "min": 1})
+    max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer", "min": 1})
     template: str = field(default="auto", metadata={
-        "help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)"})
+        "help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)",
+        "choices": ("auto", "chat", "plain", "grounding")})
     cosine: bool = field(default=True, metadata={"help": "score generations by MiniLM cosine"})
     judge: bool = field(default=False, metadata={"help": "also grade generations with an LLM judge"})
     llm_base_url: str | None = field(default=None, metadata={
@@ -75,11 +79,12 @@ class Args(ProbeArgs):
     llm_model: str | None = field(default=None, metadata={"help": f"judge model (else ${llm.ENV_MODEL})"})
     llm_cache: str | None = field(default=None, metadata={
         "help": "judge response cache (default OUT.llm-cache.jsonl)"})
-    llm_timeout: float = field(default=60.0, metadata={"help": "seconds per judge request"})
-    llm_max_retries: int = field(default=5, metadata={"help": "retries per judge request"})
-    llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)"})
-    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples of the gap CIs"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per generate() batch"})
+    llm_timeout: float = field(default=60.0, metadata={"help": "total seconds per judge request", "gt": 0.0})
+    llm_max_retries: int = field(default=5, metadata={"help": "retries per judge request", "min": 0})
+    llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)",
+                                                      "min": 0.0})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples of the gap CIs", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generate() batch", "min": 1})
 
 
 # -- readouts -----------------------------------------------------------------------------------------

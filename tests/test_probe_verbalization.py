@@ -165,7 +165,7 @@ def test_cli_writes_tidy_results_and_meta(tiny_ckpt_path, tmp_path):
 
 
 def test_bad_arguments_are_user_errors(tiny_ckpt_path, tmp_path):
-    with pytest.raises(UserError, match="unknown query"):
+    with pytest.raises(UserError, match="--queries: unknown value .nope."):
         verbalization.main([str(tiny_ckpt_path), "--out", str(tmp_path / "x"), "--queries", "sid,nope"])
     with pytest.raises(UserError, match="no chat template"):
         verbalization.main([str(tiny_ckpt_path), "--out", str(tmp_path / "x"), "--template", "chat"])
