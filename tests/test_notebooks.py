@@ -32,6 +32,8 @@ def tiny_runs(tiny_ckpt_path, tmp_path_factory) -> dict[str, str]:
 
 def test_notebooks_are_committed_without_outputs():
     assert len(NOTEBOOKS) == 5
+    assert sum("figure" in c.get("metadata", {}).get("tags", []) for p in NOTEBOOKS
+               for c in nbformat.read(p, as_version=4).cells) >= 6  # the figure cells the test checks
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), path.name
@@ -46,3 +48,7 @@ def test_notebook_executes(path, tiny_runs, monkeypatch):
                    resources={"metadata": {"path": str(path.parent.parent)}}).execute()
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert outputs and not any(o.get("output_type") == "error" for o in outputs)
+    for cell in book.cells:  # a figure shows as a picture, once -- not as "<Figure size ...>"
+        if "figure" in cell.get("metadata", {}).get("tags", []):
+            pngs = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]
+            assert len(pngs) == 1, (path.name, cell["source"][:80], cell["outputs"])
