@@ -2,7 +2,9 @@
 time), token-budget steps, plans that are pure functions of (seed, epoch), packed training equal to
 unpacked, and torch.compile over packed rows."""
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +200,37 @@ def test_two_processes_with_packed_token_budget_steps_match_one(tiny_ckpt_path, 
     one = train.main([*args, "--out", str(tmp_path / "one")]).model.state_dict()
     two = checkpoint.load(tmp_path / "ddp").model.state_dict()
     assert all(close(two[k], one[k], 1e-4) for k in one)
+
+
+def bench_train():
+    """bench/train.py as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).parents[1] / "bench" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_counts_model_flops_by_hand(tiny_ckpt):
+    """Tiny Llama: d_model 32, 2 layers, 4 heads of 8, 2 kv heads, MLP 64, vocab 2884 (tied)."""
+    count = bench_train().FlopCounter(tiny_ckpt.model)
+    per_layer = 32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64 + 2 * 32  # q, o; k, v; gate, up, down; 2 norms
+    assert (count.dense, count.attn, count.head) == (2 * per_layer + 32, 2 * 4 * 8, 32 * 2884)
+    dense, attn, head = 6 * 18592 * 8, 6 * 64 * (3 * 4 + 5 * 6), 6 * 92288 * 4
+    assert count(np.array([3, 5]), labelled=4) == dense + attn + head == 3123456
+
+
+@pytest.mark.slow
+def test_bench_prints_mfu_packing_and_speedup(tiny_ckpt_path):
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "bench/train.py", "--ckpt", str(tiny_ckpt_path), "--steps", "2",
+                           "--rounds", "1", "--warmup", "1", "--n-seqs", "48", "--batch-size", "8", "--pack",
+                           "--device", "cpu", "--dtype", "fp32", "--peak-seconds", "0.2"],
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    mfu = re.search(r"^mfu: ([0-9.]+) of the measured fp32 matmul peak \(([0-9]+) GFLOP/s\)", out, re.M)
+    assert mfu and 0 < float(mfu.group(1)) < 1 and int(mfu.group(2)) > 0, out
+    for line in ("packing", "speedup per CPU-second", "speedup"):
+        assert float(re.search(rf"^{line}: ([0-9.]+)", out, re.M).group(1)) > 0, out
