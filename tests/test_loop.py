@@ -15,6 +15,7 @@ import torch
 
 from pauserec import batches, checkpoint, loop, train
 from pauserec.corpus import Corpus
+from pauserec.device import autocast
 from pauserec.prompts import IGNORE
 
 CPU = torch.device("cpu")
@@ -234,3 +235,46 @@ def test_bench_prints_mfu_packing_and_speedup(tiny_ckpt_path):
     assert mfu and 0 < float(mfu.group(1)) < 1 and int(mfu.group(2)) > 0, out
     for line in ("packing", "speedup per CPU-second", "speedup"):
         assert float(re.search(rf"^{line}: ([0-9.]+)", out, re.M).group(1)) > 0, out
+
+
+def on_gpu(test):
+    """The gpu tier (``make test-gpu``); skipped without a CUDA device."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@on_gpu
+def test_gpu_autocast_steps_fp32_master_weights_with_fused_adamw(tiny_ckpt, dtype):
+    device = torch.device("cuda")
+    model = tiny_ckpt.model.to(device).train()
+    cfg = loop.LoopConfig(lr=3e-3)
+    opt = loop.make_optimizer(model, cfg, device, {})
+    assert all(g["fused"] for g in opt.param_groups)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
+    net = loop.LabelledLoss(model)
+    data = toy_corpus([30, 11, 9, 25, 5, 17, 3], model.config.vocab_size)
+    batch = batches.collate(data, batches.pack(range(7), data.lengths(), 32), 0, device)
+    losses = []
+    for _ in range(5):
+        with autocast(device, dtype):
+            loss, _ = net(batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"])
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss / batch["labelled"]).backward()
+        assert all(p.dtype == p.grad.dtype == torch.float32 for p in model.parameters())
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@on_gpu
+def test_gpu_packed_row_equals_one_sequence_at_a_time(tiny_ckpt):
+    device = torch.device("cuda")
+    model = tiny_ckpt.model.to(device).train()
+    net = loop.LabelledLoss(model)
+    data = toy_corpus([7, 19, 4, 12], model.config.vocab_size)
+    packed = batches.collate(data, batches.pack(range(4), data.lengths(), 64), 0, device)
+    loss, _, grads = loss_and_grads(net, model, packed)
+    singles = [loss_and_grads(net, model, batches.collate(data, [[i]], 0, device)) for i in range(4)]
+    assert close(loss, sum(s[0] for s in singles), 1e-4)
+    assert all(close(g, sum(s[2][k] for s in singles), 1e-3) for k, g in grads.items())
