@@ -1,7 +1,7 @@
 """The one training loop every stage shares, fast by construction.
 
 * Length bucketing: steps hold sequences of similar length, so padding is rare (none when equal).
-* Packing (``pack``, for GPUs): a step's sequences share rows of ``pack_len`` tokens, attention kept within
+* Packing (``pack``, meant for GPUs): a step's sequences share rows of ``pack_len`` tokens, attention kept within
   each sequence; the same sequences and the same loss as unpacked, without the padding
   (:mod:`pauserec.batches`).
 * Steps of ``batch_size`` sequences, or of ``batch_tokens`` tokens (big steps that fill a GPU without
@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pauserec import trainstate
-from pauserec.batches import BUCKET_BATCHES, collate, pack, plan  # noqa: F401 -- loop.plan, loop.collate
+from pauserec.batches import collate, pack, plan
 from pauserec.corpus import Corpus
 from pauserec.device import (
     DEVICES_HELP,
@@ -66,7 +66,7 @@ class LoopConfig:
         "min": 0})
     pack: bool = field(default=False, metadata={
         "help": "pack a step's sequences into rows of --pack-len tokens, attention kept within each "
-                "(same loss, no padding; pays on GPUs)"})
+                "(same steps and loss, no padding; meant for GPUs, slower on a 2-core CPU)"})
     pack_len: int = field(default=0, metadata={"help": "--pack: tokens per row (0: the longest sequence)",
                                                 "min": 0})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)",
