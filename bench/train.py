@@ -22,6 +22,10 @@ Model FLOPs of a training step (forward + backward = 3 x forward), on real token
 Not counted: embedding lookups, elementwise work (norms, activations, softmax, RoPE), the optimizer.
 MFU = model FLOPs per second / the measured matmul peak of the precision ours trains in.
 
+On a GPU give steps that fill it (``--batch-size 256``, the paper preset's, or ``--batch-tokens``): at 16
+sequences a step is bound by kernel launches, not FLOPs. There each line also gives the peak GPU memory
+(every method's weights and optimizer states included).
+
 Both (all three) train their own copy of the same checkpoint on the same corpus (a seeded mix of the cpt,
 sft and cot-sft sequences). Rounds alternate the order (the machine may be shared); throughput counts real
 input tokens per wall-clock second, and per CPU-second of this process (fairer when other jobs share the
@@ -65,7 +69,7 @@ class BenchArgs:
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
     batch_tokens: int = field(default=0, metadata={"help": "ours: tokens per step instead (0: off)"})
     pack: bool = field(default=False, metadata={"help": "also run ours packed, and print the ratio"})
-    pack_len: int = field(default=0, metadata={"help": "packed: tokens per row (0: the longest sequence)"})
+    pack_len: int = field(default=0, metadata={"help": "packed: tokens per row (0: the step's longest)"})
     n_seqs: int = field(default=1024, metadata={"help": "corpus size (a third each of cpt, sft, cot-sft)"})
     max_history: int = field(default=20, metadata={"help": "history length of the sft / cot windows"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
@@ -136,7 +140,7 @@ class Runner:
         self.ours = kind != "baseline"
         self.dtype = resolve_dtype(args.dtype, device) if self.ours else "fp32"
         self.lengths = data.lengths()
-        self.pack_len = (args.pack_len or int(self.lengths.max())) if kind == "packed" else 0
+        self.packed = kind == "packed"
         self.flops = FlopCounter(model)
         cfg = loop.LoopConfig(lr=1e-5, weight_decay=0.01)
         if self.ours:
@@ -147,21 +151,22 @@ class Runner:
             self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.batches, self.epoch = [], 0
         self.tokens = self.padded = 0
-        self.seconds = self.cpu_seconds = self.model_flops = 0.0
+        self.seconds = self.cpu_seconds = self.model_flops = self.memory = 0.0
 
     def _next(self) -> np.ndarray:
         if not self.batches:
             a = self.args
             self.batches = batches.plan(self.lengths, a.batch_size, a.seed, self.epoch, bucket=self.ours,
                                         batch_tokens=a.batch_tokens if self.ours else 0,
-                                        pack=self.kind == "packed")
+                                        pack=self.packed)
             self.epoch += 1
         return self.batches.pop(0)
 
     def step(self) -> tuple[int, int, float]:
         """One optimizer step; returns (real tokens, padded tokens, model FLOPs)."""
         idx = self._next()
-        b = batches.collate(self.data, batches.pack(idx, self.lengths, self.pack_len), self.pad, self.device)
+        width = (self.args.pack_len or int(self.lengths[idx].max())) if self.packed else 0
+        b = batches.collate(self.data, batches.pack(idx, self.lengths, width), self.pad, self.device)
         if self.ours:
             with autocast(self.device, self.dtype):
                 loss_sum, _ = self.net(b["input_ids"], b["labels"], b["attention_mask"], b["position_ids"])
@@ -177,9 +182,13 @@ class Runner:
 
     def run(self, steps: int, timed: bool) -> None:
         synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         start, cpu = time.perf_counter(), time.process_time()
         counts = [self.step() for _ in range(steps)]
         synchronize(self.device)
+        if self.device.type == "cuda":  # what a step needs, to size --batch-size / --batch-tokens
+            self.memory = max(self.memory, torch.cuda.max_memory_allocated(self.device) / 2**30)
         if timed:
             self.seconds += time.perf_counter() - start
             self.cpu_seconds += time.process_time() - cpu
@@ -191,7 +200,8 @@ class Runner:
         waste = 1 - self.tokens / max(self.padded, 1)
         return (f"{self.kind:<9} {self.tokens / self.seconds:9.1f} tokens/s  {self.tokens / self.cpu_seconds:9.1f} "
                 f"tokens/CPU-s  {self.model_flops / self.seconds / 1e9:7.1f} model GFLOP/s  "
-                f"({self.tokens:,} tokens in {self.seconds:.1f}s, {waste:.0%} padding, {self.dtype})")
+                f"({self.tokens:,} tokens in {self.seconds:.1f}s, {waste:.0%} padding, {self.dtype}"
+                + (f", peak memory {self.memory:.1f} GiB)" if self.memory else ")"))
 
 
 def default_ckpt() -> str:
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> float:
           f"parameters, LM head {f.head / 1e6:.1f}M); corpus {len(data)} sequences (cpt/sft/cot-sft mix, mean "
           f"{data.lengths().mean():.0f} tokens); steps of {step}; {args.rounds} rounds x {args.steps} steps; "
           f"ours: dtype {ours.dtype}, compile {args.compile}"
-          + (f"; packed rows of {runners['packed'].pack_len} tokens" if args.pack else ""))
+          + (f"; packed rows of {args.pack_len or 'the longest in the step'} tokens" if args.pack else ""))
     peaks = {"fp32": [], "bf16": []}
     for r in range(args.rounds):
         for name in peaks:

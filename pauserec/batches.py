@@ -5,11 +5,14 @@
   Bucketing sorts windows of steps by length, so a step holds sequences of similar length.
 * :func:`pack` -- a step's sequences laid out in rows of at most ``pack_len`` tokens (best-fit decreasing);
   unpacked, each sequence is a row of its own. Packing changes the layout only: a step trains the same
-  sequences with the same loss either way.
+  sequences with the same loss either way. With ``pack_len`` = the step's longest sequence (the loop's
+  default) no row is wider than unpacked and there are no more rows, so packing never adds padding; it
+  removes most of it from steps of mixed lengths (no bucketing, or big ``batch_tokens`` steps).
 * :func:`collate` -- rows as right-padded tensors. In a packed row ``position_ids`` restart at 0 at every
-  sequence; transformers (SDPA, eager, flex, flash-attention-2) turns that into attention kept within each
-  sequence (a block-diagonal causal mask; varlen kernels for flash-attention-2). The first token of a
-  sequence is never a target, so no label crosses from one sequence into the next.
+  sequence; transformers turns that into attention kept within each sequence (SDPA, eager, flex: a
+  block-diagonal causal mask; flash-attention-2: varlen kernels, once :class:`~pauserec.loop.LabelledLoss`
+  has joined the rows into one). The first token of a sequence is never a target, so no label crosses
+  from one sequence into the next.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class LoopConfig:
     pack: bool = field(default=False, metadata={
         "help": "pack a step's sequences into rows of --pack-len tokens, attention kept within each "
                 "(same steps and loss, no padding; meant for GPUs, slower on a 2-core CPU)"})
-    pack_len: int = field(default=0, metadata={"help": "--pack: tokens per row (0: the longest sequence)",
+    pack_len: int = field(default=0, metadata={"help": "--pack: tokens per row (0: the step's longest "
+                                                        "sequence, so no row is wider than unpacked)",
                                                 "min": 0})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)",
                                                          "min": 0.0})
@@ -110,7 +111,6 @@ class Steps:
 
     def __init__(self, lengths: np.ndarray, cfg: LoopConfig, rank: int = 0, world: int = 1):
         self.lengths, self.cfg, self.rank, self.world = lengths, cfg, rank, world
-        self.pack_len = (cfg.pack_len or int(lengths.max(initial=1))) if cfg.pack else 0
         self.ends = np.cumsum([len(self.epoch(e)) for e in range(cfg.epochs)])  # (epochs,) cumulative
         self._cached: tuple[int, list[np.ndarray]] = (-1, [])
 
@@ -128,7 +128,10 @@ class Steps:
         epoch, pos = self.locate(step)
         if self._cached[0] != epoch:
             self._cached = (epoch, self.epoch(epoch))
-        return pack(self._cached[1][pos][self.rank::self.world], self.lengths, self.pack_len)
+        share = self._cached[1][pos][self.rank::self.world]
+        if not self.cfg.pack:
+            return pack(share, self.lengths, 0)
+        return pack(share, self.lengths, self.cfg.pack_len or int(self.lengths[share].max()))
 
 
 class LabelledLoss(nn.Module):
@@ -140,6 +143,10 @@ class LabelledLoss(nn.Module):
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if position_ids is not None and "flash" in str(self.model.config._attn_implementation):
+            # flash-attention finds the sequences of a packed batch (varlen) only in a single row; the
+            # rows joined end to end stay exact: each row starts a sequence, whose first token is no target
+            input_ids, labels, position_ids = (t.reshape(1, -1) for t in (input_ids, labels, position_ids))
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                           position_ids=position_ids,
                                           use_cache=False).last_hidden_state  # (B, T, d_model)

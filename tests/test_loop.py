@@ -2,6 +2,7 @@
 time), token-budget steps, plans that are pure functions of (seed, epoch), packed training equal to
 unpacked, and torch.compile over packed rows."""
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -93,6 +94,19 @@ def test_packed_padded_rows_equal_unpacked_padded_rows(tiny_ckpt):
     assert all(close(a[2][k], b[2][k], 1e-4) for k in a[2])
 
 
+def test_packed_rows_joined_into_one_row_give_the_same_loss(tiny_ckpt):
+    """What LabelledLoss does for flash-attention (varlen reads one row): joining rows end to end, padding
+    tails included, keeps every sequence and every target."""
+    model = tiny_ckpt.model.train()
+    net = loop.LabelledLoss(model)
+    data = toy_corpus([30, 11, 9, 25, 5, 17, 3], model.config.vocab_size, seed=2)
+    rows = batches.collate(data, batches.pack(range(7), data.lengths(), 32), 0, CPU)
+    assert rows["input_ids"].shape[0] > 1
+    joined = {k: rows[k].reshape(1, -1) for k in ("input_ids", "labels", "position_ids")}
+    a, b = net(**joined), net(rows["input_ids"], rows["labels"], position_ids=rows["position_ids"])
+    assert a[1] == b[1] == rows["labelled"] and close(a[0], b[0])
+
+
 def test_pack_fits_rows_and_is_deterministic():
     lengths = np.random.default_rng(0).integers(5, 200, size=300)
     idx = np.random.default_rng(1).permutation(300)[:100]
@@ -103,6 +117,10 @@ def test_pack_fits_rows_and_is_deterministic():
     assert rows == batches.pack(idx.copy(), lengths, 256)
     assert batches.pack([3, 1], lengths, 0) == [[3], [1]]  # unpacked: a row per sequence
     assert batches.pack([0, 1], np.array([300, 10]), 256) == [[0], [1]]  # too long: a row of its own
+    for seed in range(20):  # the loop's default width, the step's longest: never more padded tokens
+        step = np.random.default_rng(seed).choice(300, size=16, replace=False)
+        rows = batches.pack(step, lengths, int(lengths[step].max()))
+        assert len(rows) * max(lengths[r].sum() for r in rows) <= 16 * lengths[step].max()
 
 
 @pytest.mark.parametrize("pack", [False, True])
@@ -146,6 +164,10 @@ def test_steps_find_their_place_across_epochs_of_different_sizes():
         rows = steps.rows(step)
         assert sorted(i for r in rows for i in r) == sorted(flat[step].tolist())
         assert all(lengths[r].sum() <= 512 for r in rows)
+    auto = loop.Steps(lengths, dataclasses.replace(cfg, pack_len=0))  # rows as wide as a step's longest
+    for rows in (auto.rows(step) for step in range(20)):
+        assert all(lengths[r].sum() <= max(lengths[i] for r in rows for i in r) for r in rows)
+    assert sum(len(r) > 1 for step in range(20) for r in auto.rows(step)) > 10
     shares = [loop.Steps(lengths, cfg, rank, 2).rows(5) for rank in (0, 1)]
     assert sorted(i for s in shares for r in s for i in r) == sorted(loop.Steps(lengths, cfg, 0, 2)
                                                                       .epoch(0)[5].tolist())
