@@ -1,16 +1,36 @@
-"""Training tokens/s: a plain Hugging Face loop vs the workbench loop, side by side in one run.
+"""Training throughput: a plain Hugging Face loop vs the workbench loop side by side in one run, and the
+workbench's model FLOPs utilisation (MFU) against a matmul peak measured on the same machine in the same run.
 
-    python bench/train.py [--ckpt CKPT] [--steps 8] [--rounds 3] [--batch-size 16] [--device auto]
+    python bench/train.py [--ckpt CKPT] [--steps 8] [--rounds 3] [--batch-size 16] [--batch-tokens N]
+                          [--pack] [--pack-len N] [--compile] [--dtype auto] [--device auto] [--threads N]
 
 * baseline -- what a plain HF fine-tuning loop does: random batches padded to the batch max, fp32,
   ``model(input_ids, attention_mask, labels=...)`` (logits for every position), torch's default AdamW.
-* ours -- :mod:`pauserec.loop`: length bucketing, the LM head only on labelled positions, bf16 autocast and
-  fused AdamW on GPU (``--amp`` to choose), optional ``--compile``.
+* ours -- :mod:`pauserec.loop`: length bucketing, the LM head only on labelled positions, autocast in
+  ``--dtype`` (auto: bf16 where native, else fp32), fused AdamW, optional ``--compile``; steps of
+  ``--batch-size`` sequences or of ``--batch-tokens`` tokens.
+* packed (``--pack``) -- ours with the same steps packed into rows of ``--pack-len`` tokens.
+* peak -- the best GFLOP/s of n x n matmuls in fp32 and bf16 (n doubles from 256 until one matmul takes
+  a tenth of ``--peak-seconds``), measured at the start of every round, so load from other jobs hits the
+  peak and the trainers alike.
 
-Both train their own copy of the same checkpoint on the same corpus (a seeded mix of the cpt, sft and
-cot-sft sequences). Rounds alternate the order of the two (the machine may be shared); throughput counts
-real (non-pad) input tokens per wall-clock second, and per CPU-second of this process (fairer when
-other jobs share the cores). Prints ``speedup: X.XX`` (ours / baseline, wall clock).
+Model FLOPs of a training step (forward + backward = 3 x forward), on real tokens only (padding is waste):
+  * dense: 6 x N x tokens, N = non-embedding parameters (attention and MLP matrices, norms);
+  * attention: 6 x n_layers x d_attn x L (L + 1) per sequence of length L -- scores and values over the
+    causal triangle within the sequence (d_attn = n_heads x head_dim), whatever the row layout;
+  * LM head: 6 x d_model x d_vocab x labelled tokens (ours runs it only there).
+Not counted: embedding lookups, elementwise work (norms, activations, softmax, RoPE), the optimizer.
+MFU = model FLOPs per second / the measured matmul peak of the precision ours trains in.
+
+On a GPU give steps that fill it (``--batch-size 256``, the paper preset's, or ``--batch-tokens``): at 16
+sequences a step is bound by kernel launches, not FLOPs. There each line also gives the peak GPU memory
+(every method's weights and optimizer states included).
+
+Both (all three) train their own copy of the same checkpoint on the same corpus (a seeded mix of the cpt,
+sft and cot-sft sequences). Rounds alternate the order (the machine may be shared); throughput counts real
+input tokens per wall-clock second, and per CPU-second of this process (fairer when other jobs share the
+cores). Prints ``mfu: X.XX of the measured <dtype> matmul peak (N GFLOP/s)``, ``packing: X.XX`` (with
+``--pack``: packed / ours), ``speedup per CPU-second: X.XX`` and ``speedup: X.XX`` (ours / baseline).
 """
 
 from __future__ import annotations
@@ -25,27 +45,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pauserec import checkpoint, commands, loop, stages, train
+from pauserec import batches, checkpoint, commands, loop, stages, train
 from pauserec.config import parse_args
 from pauserec.corpus import Corpus, subset
-from pauserec.device import autocast, name_of, resolve_device, resolve_dtype
+from pauserec.device import (
+    autocast,
+    name_of,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+    torch_dtype,
+)
 
 
 @dataclass
 class BenchArgs:
-    """Plain HF training loop vs pauserec's, tokens/s side by side."""
+    """Plain HF training loop vs pauserec's: tokens/s side by side, MFU against a measured matmul peak."""
 
     ckpt: str = field(default="", metadata={"help": "checkpoint (default: a fresh SmolLM2 init on ml-100k)"})
     steps: int = field(default=8, metadata={"help": "timed optimizer steps per method per round"})
     warmup: int = field(default=2, metadata={"help": "untimed steps per method first"})
     rounds: int = field(default=3, metadata={"help": "rounds, alternating which method goes first"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
+    batch_tokens: int = field(default=0, metadata={"help": "ours: tokens per step instead (0: off)"})
+    pack: bool = field(default=False, metadata={"help": "also run ours packed, and print the ratio"})
+    pack_len: int = field(default=0, metadata={"help": "packed: tokens per row (0: the step's longest)"})
     n_seqs: int = field(default=1024, metadata={"help": "corpus size (a third each of cpt, sft, cot-sft)"})
     max_history: int = field(default=20, metadata={"help": "history length of the sft / cot windows"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     dtype: str = field(default="auto", metadata={"help": "ours: auto (bf16 where native), bf16, fp16, fp32",
                                                  "aliases": ("--amp",)})
     compile: bool = field(default=False, metadata={"help": "ours: torch.compile"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    peak_seconds: float = field(default=1.0, metadata={"help": "time per matmul-peak measurement"})
     seed: int = field(default=0, metadata={"help": "corpus sample and batch order"})
 
 
@@ -59,14 +91,59 @@ def corpus_mix(ckpt: checkpoint.Checkpoint, n: int, max_history: int, seed: int)
     return Corpus([s for p in parts for s in p.ids], [s for p in parts for s in p.labels], {"kind": "mix"})
 
 
-class Runner:
-    """One method's model, optimizer and endless batch stream."""
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float) -> tuple[float, float, int]:
+    """(GFLOP/s, GFLOP per CPU-second, n): the best of n x n matmuls repeated for ``seconds``."""
+    cap = 8192 if device.type == "cuda" else 4096
+    n = 256
+    while True:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        a @ b  # warm-up at this size
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if time.perf_counter() - start >= seconds / 10 or n >= cap:
+            break
+        n *= 2
+    best, flops, cpu, end = 0.0, 0.0, time.process_time(), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+        flops += 2 * n**3
+    return best, flops / 1e9 / max(time.process_time() - cpu, 1e-9), n
 
-    def __init__(self, model, data: Corpus, args: BenchArgs, device: torch.device, ours: bool, pad: int):
-        self.model, self.data, self.args, self.device, self.ours, self.pad = model, data, args, device, ours, pad
-        self.dtype = resolve_dtype(args.dtype, device)
+
+class FlopCounter:
+    """Model FLOPs of one training step (see the module docstring for what counts)."""
+
+    def __init__(self, model: torch.nn.Module):
+        c = model.config
+        skip = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+        self.dense = sum(p.numel() for p in model.parameters() if id(p) not in skip)
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.attn = c.num_hidden_layers * c.num_attention_heads * head_dim
+        self.head = c.hidden_size * model.get_output_embeddings().weight.shape[0]
+
+    def __call__(self, lengths: np.ndarray, labelled: int) -> float:
+        lengths = lengths.astype(np.float64)
+        return 6.0 * (self.dense * lengths.sum() + self.attn * (lengths * (lengths + 1)).sum()
+                      + self.head * labelled)
+
+
+class Runner:
+    """One method's model, optimizer and endless step stream."""
+
+    def __init__(self, model, data: Corpus, args: BenchArgs, device: torch.device, kind: str, pad: int):
+        self.model, self.data, self.args, self.device, self.kind, self.pad = model, data, args, device, kind, pad
+        self.ours = kind != "baseline"
+        self.dtype = resolve_dtype(args.dtype, device) if self.ours else "fp32"
+        self.lengths = data.lengths()
+        self.packed = kind == "packed"
+        self.flops = FlopCounter(model)
         cfg = loop.LoopConfig(lr=1e-5, weight_decay=0.01)
-        if ours:
+        if self.ours:
             self.opt = loop.make_optimizer(model, cfg, device, {})
             self.net = loop.LabelledLoss(model)
             self.net = torch.compile(self.net, dynamic=True) if args.compile else self.net
@@ -74,22 +151,26 @@ class Runner:
             self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.batches, self.epoch = [], 0
         self.tokens = self.padded = 0
-        self.seconds = self.cpu_seconds = 0.0
+        self.seconds = self.cpu_seconds = self.model_flops = self.memory = 0.0
 
     def _next(self) -> np.ndarray:
         if not self.batches:
-            self.batches = loop.plan(self.data.lengths(), self.args.batch_size, self.args.seed, self.epoch,
-                                     bucket=self.ours)
+            a = self.args
+            self.batches = batches.plan(self.lengths, a.batch_size, a.seed, self.epoch, bucket=self.ours,
+                                        batch_tokens=a.batch_tokens if self.ours else 0,
+                                        pack=self.packed)
             self.epoch += 1
         return self.batches.pop(0)
 
-    def step(self) -> tuple[int, int]:
-        """One optimizer step; returns (real tokens, padded tokens)."""
-        b = loop.collate(self.data, self._next(), self.pad, self.device)
+    def step(self) -> tuple[int, int, float]:
+        """One optimizer step; returns (real tokens, padded tokens, model FLOPs)."""
+        idx = self._next()
+        width = (self.args.pack_len or int(self.lengths[idx].max())) if self.packed else 0
+        b = batches.collate(self.data, batches.pack(idx, self.lengths, width), self.pad, self.device)
         if self.ours:
             with autocast(self.device, self.dtype):
-                loss_sum, n = self.net(b["input_ids"], b["labels"], b["attention_mask"])
-            loss = loss_sum / n
+                loss_sum, _ = self.net(b["input_ids"], b["labels"], b["attention_mask"], b["position_ids"])
+            loss = loss_sum / max(b["labelled"], 1)
         else:
             mask = b["attention_mask"] if b["attention_mask"] is not None else torch.ones_like(b["input_ids"])
             loss = self.model(input_ids=b["input_ids"], attention_mask=mask, labels=b["labels"]).loss
@@ -97,24 +178,30 @@ class Runner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        return b["tokens"], b["input_ids"].numel()
+        return b["tokens"], b["input_ids"].numel(), self.flops(self.lengths[idx], b["labelled"])
 
     def run(self, steps: int, timed: bool) -> None:
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        sync()
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         start, cpu = time.perf_counter(), time.process_time()
         counts = [self.step() for _ in range(steps)]
-        sync()
+        synchronize(self.device)
+        if self.device.type == "cuda":  # what a step needs, to size --batch-size / --batch-tokens
+            self.memory = max(self.memory, torch.cuda.max_memory_allocated(self.device) / 2**30)
         if timed:
             self.seconds += time.perf_counter() - start
             self.cpu_seconds += time.process_time() - cpu
             self.tokens += sum(c[0] for c in counts)
             self.padded += sum(c[1] for c in counts)
+            self.model_flops += sum(c[2] for c in counts)
 
-    def report(self, name: str) -> str:
+    def report(self) -> str:
         waste = 1 - self.tokens / max(self.padded, 1)
-        return (f"{name:<9} {self.tokens / self.seconds:9.1f} tokens/s  {self.tokens / self.cpu_seconds:9.1f} "
-                f"tokens/CPU-s  ({self.tokens:,} tokens in {self.seconds:.1f}s, {waste:.0%} padding)")
+        return (f"{self.kind:<9} {self.tokens / self.seconds:9.1f} tokens/s  {self.tokens / self.cpu_seconds:9.1f} "
+                f"tokens/CPU-s  {self.model_flops / self.seconds / 1e9:7.1f} model GFLOP/s  "
+                f"({self.tokens:,} tokens in {self.seconds:.1f}s, {waste:.0%} padding, {self.dtype}"
+                + (f", peak memory {self.memory:.1f} GiB)" if self.memory else ")"))
 
 
 def default_ckpt() -> str:
@@ -126,31 +213,56 @@ def default_ckpt() -> str:
 
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(BenchArgs, argv, "bench/train.py")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = checkpoint.load(args.ckpt or default_ckpt())
     data = corpus_mix(ckpt, args.n_seqs, args.max_history, args.seed)
     pad = ckpt.tokenizer.pad_token_id if ckpt.tokenizer.pad_token_id is not None else 0
     runners = {}
-    for name, ours in (("baseline", False), ("ours", True)):
+    for kind in ("baseline", "ours", *(("packed",) if args.pack else ())):
         model = copy.deepcopy(ckpt.model).to(device).train()
-        runners[name] = Runner(model, data, args, device, ours, pad)
-        runners[name].run(args.warmup, timed=False)
-    print(f"device {name_of(device)}; backbone {ckpt.meta.get('backbone')}; corpus {len(data)} "
-          f"sequences (cpt/sft/cot-sft mix, mean {data.lengths().mean():.0f} tokens); batch "
-          f"{args.batch_size}; {args.rounds} rounds x {args.steps} steps; ours: dtype {resolve_dtype(args.dtype, device)}, "
-          f"compile {args.compile}")
+        runners[kind] = Runner(model, data, args, device, kind, pad)
+        runners[kind].run(args.warmup, timed=False)
+    ours = runners["ours"]
+    f = ours.flops
+    step = f"{args.batch_tokens} tokens" if args.batch_tokens else f"{args.batch_size} sequences"
+    print(f"device {name_of(device)}; backbone {ckpt.meta.get('backbone')} ({f.dense / 1e6:.1f}M non-embedding "
+          f"parameters, LM head {f.head / 1e6:.1f}M); corpus {len(data)} sequences (cpt/sft/cot-sft mix, mean "
+          f"{data.lengths().mean():.0f} tokens); steps of {step}; {args.rounds} rounds x {args.steps} steps; "
+          f"ours: dtype {ours.dtype}, compile {args.compile}"
+          + (f"; packed rows of {args.pack_len or 'the longest in the step'} tokens" if args.pack else ""))
+    peaks = {"fp32": [], "bf16": []}
     for r in range(args.rounds):
-        order = ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")
-        for name in order:
-            runners[name].run(args.steps, timed=True)
-        print(f"round {r + 1}: " + "  ".join(f"{n} {x.tokens / x.seconds:.0f} tok/s" for n, x in runners.items()))
-    for name, runner in runners.items():
-        print(runner.report(name))
-    base, ours = (runners[n].tokens / runners[n].seconds for n in ("baseline", "ours"))
-    base_cpu, ours_cpu = (runners[n].tokens / runners[n].cpu_seconds for n in ("baseline", "ours"))
-    print(f"speedup per CPU-second: {ours_cpu / base_cpu:.2f}  (the fairer number on a shared machine)")
-    print(f"speedup: {ours / base:.2f}")
-    return ours / base
+        for name in peaks:
+            peaks[name].append(matmul_peak(torch_dtype(name), device, args.peak_seconds))
+        before = {k: (x.tokens, x.seconds) for k, x in runners.items()}
+        for kind in list(runners) if r % 2 == 0 else list(reversed(runners)):
+            runners[kind].run(args.steps, timed=True)
+        rates = {k: (x.tokens - before[k][0]) / (x.seconds - before[k][1]) for k, x in runners.items()}
+        print(f"round {r + 1}: matmul peak " + ", ".join(f"{n} {p[-1][0]:.1f}" for n, p in peaks.items())
+              + " GFLOP/s; " + "  ".join(f"{k} {v:.0f} tok/s" for k, v in rates.items()))
+    for runner in runners.values():
+        print(runner.report())
+    mean = {n: [float(np.mean([x[i] for x in p])) for i in range(2)] for n, p in peaks.items()}
+    print("matmul peak: " + ", ".join(f"{n} {m[0]:.1f} GFLOP/s ({m[1]:.1f} per CPU-second; n = {p[0][2]})"
+                                      for (n, m), p in zip(mean.items(), peaks.values()))
+          + f"; mean of {args.rounds} rounds")
+    prec = "fp32" if ours.dtype == "fp32" else "bf16"  # fp16 (old GPUs) runs at about the bf16 rate
+    peak = mean[prec]
+    wall_mfu = ours.model_flops / ours.seconds / 1e9 / peak[0]
+    cpu_mfu = ours.model_flops / ours.cpu_seconds / 1e9 / peak[1]
+    print(f"mfu: {wall_mfu:.2f} of the measured {prec} matmul peak ({peak[0]:.0f} GFLOP/s)")
+    print(f"mfu per CPU-second: {cpu_mfu:.2f}")
+    if args.pack:
+        print(f"packing: {runners['packed'].tokens / runners['packed'].seconds / (ours.tokens / ours.seconds):.2f}"
+              "  (packed / ours, tokens/s)")
+    base = runners["baseline"]
+    print(f"speedup per CPU-second: {(ours.tokens / ours.cpu_seconds) / (base.tokens / base.cpu_seconds):.2f}  "
+          "(the fairer number on a shared machine)")
+    speedup = (ours.tokens / ours.seconds) / (base.tokens / base.seconds)
+    print(f"speedup: {speedup:.2f}")
+    return speedup
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """The one training loop every stage shares, fast by construction.
 
-* Length bucketing: batches hold sequences of similar length, so padding is rare (none when equal).
+* Length bucketing: steps hold sequences of similar length, so padding is rare (none when equal).
+* Packing (``pack``, meant for GPUs): a step's sequences share rows of ``pack_len`` tokens, attention kept within
+  each sequence; the same sequences and the same loss as unpacked, without the padding
+  (:mod:`pauserec.batches`).
+* Steps of ``batch_size`` sequences, or of ``batch_tokens`` tokens (big steps that fill a GPU without
+  running out of memory on the long ones).
 * The LM head runs only on labelled positions (the vocabulary is ~49k; most positions carry no loss).
 * bf16 autocast (``--dtype auto``: GPUs and CPUs with native bf16) with fp32 master weights, fused
-  AdamW (GPU and CPU), SDPA attention, optional ``torch.compile``.
-* ``torchrun`` DDP: each process takes its share of every global batch; the loss is normalised by the
-  global number of labelled tokens, so N processes compute the gradient of one process with the whole batch.
+  AdamW (GPU and CPU), SDPA attention, optional ``torch.compile``; fp16 (old GPUs) with loss scaling.
+* ``torchrun`` DDP: each process takes its share of every global step; the loss is normalised by the
+  global number of labelled tokens, so N processes compute the gradient of one process with the whole step.
 * Every ``save_every`` steps the trainable weights, optimizer, scheduler and RNG state go to ``OUT.partial``;
-  ``resume=True`` continues from there with the same batches, so the final weights are identical.
+  ``resume=True`` continues from there with the same steps, so the final weights are identical.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pauserec import trainstate
+from pauserec.batches import collate, pack, plan
 from pauserec.corpus import Corpus
 from pauserec.device import (
     DEVICES_HELP,
@@ -40,7 +46,6 @@ from pauserec.errors import UserError
 from pauserec.prompts import IGNORE
 
 log = logging.getLogger(__name__)
-BUCKET_BATCHES = 64  # batches per sorting window: enough to find equal lengths, still well shuffled
 
 
 class Diverged(UserError):
@@ -55,6 +60,16 @@ class LoopConfig:
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)", "gt": 0.0})
     batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all processes",
                                                    "min": 1})
+    batch_tokens: int = field(default=0, metadata={
+        "help": "tokens per optimizer step, all processes, instead of --batch-size (0: off): a step takes "
+                "sequences while they fit, counted padded to its longest (real tokens with --pack)",
+        "min": 0})
+    pack: bool = field(default=False, metadata={
+        "help": "pack a step's sequences into rows of --pack-len tokens, attention kept within each "
+                "(same steps and loss, no padding; meant for GPUs, slower on a 2-core CPU)"})
+    pack_len: int = field(default=0, metadata={"help": "--pack: tokens per row (0: the step's longest "
+                                                        "sequence, so no row is wider than unpacked)",
+                                                "min": 0})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)",
                                                          "min": 0.0})
     warmup_ratio: float = field(default=0.03, metadata={"help": "linear warm-up share, then cosine",
@@ -87,45 +102,36 @@ class Result:
     wall_before: float = 0.0  # wall seconds of earlier segments of a resumed run (up to their last save)
 
 
-# ---------------------------------------------------------------- batches
+class Steps:
+    """Every epoch's steps, and this process's rows of each: pure functions of (seed, epoch, step).
 
-
-def plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool = True,
-         world: int = 1) -> list[np.ndarray]:
-    """One epoch's batches of sequence indices, a pure function of (seed, epoch).
-
-    Bucketing shuffles, sorts windows of ``BUCKET_BATCHES`` batches by length, cuts them into batches
-    and shuffles the batch order. Batches smaller than ``world`` are dropped (every process needs one).
+    Under ``batch_tokens`` the number of steps differs between epochs; all are counted up front so the
+    schedule knows the total and a resumed run finds its place.
     """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    if not bucket:
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    else:
-        batches = []
-        window = batch_size * BUCKET_BATCHES
-        for start in range(0, len(order), window):
-            part = order[start:start + window]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return [b for b in batches if len(b) >= world]
 
+    def __init__(self, lengths: np.ndarray, cfg: LoopConfig, rank: int = 0, world: int = 1):
+        self.lengths, self.cfg, self.rank, self.world = lengths, cfg, rank, world
+        self.ends = np.cumsum([len(self.epoch(e)) for e in range(cfg.epochs)])  # (epochs,) cumulative
+        self._cached: tuple[int, list[np.ndarray]] = (-1, [])
 
-def collate(corpus: Corpus, idx, pad_id: int, device: torch.device) -> dict[str, torch.Tensor | None]:
-    """Right-padded tensors; ``attention_mask`` is None when every sequence has the same length."""
-    width = max(len(corpus.ids[i]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(corpus.ids[i])
-        ids[row, :n] = torch.tensor(corpus.ids[i])
-        labels[row, :n] = torch.tensor(corpus.labels[i])
-        mask[row, :n] = 1
-    padded = bool((mask == 0).any())
-    return {"input_ids": ids.to(device), "labels": labels.to(device),
-            "attention_mask": mask.to(device) if padded else None, "tokens": int(mask.sum())}
+    def epoch(self, epoch: int) -> list[np.ndarray]:
+        c = self.cfg
+        return plan(self.lengths, c.batch_size, c.seed, epoch, c.bucket, self.world, c.batch_tokens, c.pack)
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, position in it) of the global ``step``."""
+        epoch = int(np.searchsorted(self.ends, step, side="right"))
+        return epoch, step - (int(self.ends[epoch - 1]) if epoch else 0)
+
+    def rows(self, step: int) -> list[list[int]]:
+        """This process's share of ``step``, laid out in rows."""
+        epoch, pos = self.locate(step)
+        if self._cached[0] != epoch:
+            self._cached = (epoch, self.epoch(epoch))
+        share = self._cached[1][pos][self.rank::self.world]
+        if not self.cfg.pack:
+            return pack(share, self.lengths, 0)
+        return pack(share, self.lengths, self.cfg.pack_len or int(self.lengths[share].max()))
 
 
 class LabelledLoss(nn.Module):
@@ -135,8 +141,14 @@ class LabelledLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, labels, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if position_ids is not None and "flash" in str(self.model.config._attn_implementation):
+            # flash-attention finds the sequences of a packed batch (varlen) only in a single row; the
+            # rows joined end to end stay exact: each row starts a sequence, whose first token is no target
+            input_ids, labels, position_ids = (t.reshape(1, -1) for t in (input_ids, labels, position_ids))
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids,
                                           use_cache=False).last_hidden_state  # (B, T, d_model)
         target = labels[:, 1:]  # (B, T-1): position t predicts token t+1
         keep = target != IGNORE
@@ -148,10 +160,13 @@ class LabelledLoss(nn.Module):
 # ---------------------------------------------------------------- optimiser
 
 
-
 def make_optimizer(model: nn.Module, cfg: LoopConfig, device: torch.device,
                    row_masks: dict[str, torch.Tensor]) -> torch.optim.AdamW:
-    """Fused AdamW with decay on matrices (not norms, not row-masked ones: their rows decay by hand)."""
+    """Fused AdamW with decay on matrices (not norms, not row-masked ones: their rows decay by hand).
+
+    The parameters stay fp32 under autocast (master weights), so the fused kernels step fp32 tensors
+    on CUDA and CPU alike; fp16 steps go through the loss scaler (``GradScaler.step`` unscales first).
+    """
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -201,37 +216,41 @@ def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, out: str | Path, pad_
     dtype = resolve_dtype(cfg.dtype, device)
     rank, world = init_distributed(device)
     masks = {k: v.to(device) for k, v in (row_masks or {}).items()}
-    lengths = corpus.lengths()
-    per_epoch = len(plan(lengths, cfg.batch_size, cfg.seed, 0, cfg.bucket, world))
-    if per_epoch == 0:
-        raise UserError(f"corpus of {len(corpus)} sequences gives no batch of {cfg.batch_size}")
-    total = per_epoch * cfg.epochs if cfg.max_steps <= 0 else min(per_epoch * cfg.epochs, cfg.max_steps)
+    steps = Steps(corpus.lengths(), cfg, rank, world)
+    if steps.ends[-1] == 0:
+        size = f"{cfg.batch_tokens} tokens" if cfg.batch_tokens else f"{cfg.batch_size}"
+        raise UserError(f"corpus of {len(corpus)} sequences gives no batch of {size}")
+    total = int(steps.ends[-1]) if cfg.max_steps <= 0 else min(int(steps.ends[-1]), cfg.max_steps)
     model.to(device).train()
     net = wrap(model, cfg, device, world)
     opt = make_optimizer(model, cfg, device, masks)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(total, cfg.warmup_ratio))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")  # bf16 / fp32 need no scaling
     named = dict(model.named_parameters())
     partial = trainstate.partial_dir(out)
     st = trainstate.start(partial, model, opt, sched, resume, fingerprint or {}, rank)
+    if st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
     logger = trainstate.CsvLog(partial / trainstate.LOG_FILE, st["log"], enabled=rank == 0)
     bar = tqdm(total=total, initial=st["step"], disable=not (cfg.progress and rank == 0), unit="step",
                dynamic_ncols=True, desc=Path(out).name)
-    window, batches, t0 = [0.0, 0.0], {}, time.perf_counter() - st["elapsed"]
+    window, t0 = [0.0, 0.0], time.perf_counter() - st["elapsed"]
     wall_before = st.get("wall", 0.0)
     while st["step"] < total:
-        epoch, pos = divmod(st["step"], per_epoch)
-        if epoch not in batches:
-            batches = {epoch: plan(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket, world)}
-        batch = collate(corpus, batches[epoch][pos][rank::world], pad_id, device)
+        epoch = steps.locate(st["step"])[0]
+        batch = collate(corpus, steps.rows(st["step"]), pad_id, device)
         with autocast(device, dtype):  # forward: summed loss over this process's labelled tokens
-            loss_sum, n_lab = net(batch["input_ids"], batch["labels"], batch["attention_mask"])
-        g_loss, g_lab, g_tok = _all_sum([loss_sum.item(), n_lab.item(), batch["tokens"]], device)
+            loss_sum, _ = net(batch["input_ids"], batch["labels"], batch["attention_mask"],
+                              batch["position_ids"])
+        g_loss, g_lab, g_tok = _all_sum([loss_sum.item(), batch["labelled"], batch["tokens"]], device)
         _check_finite("loss", g_loss, st, partial)
         opt.zero_grad(set_to_none=True)
-        (loss_sum * world / max(g_lab, 1.0)).backward()  # DDP averages: sum over all / global count
+        scaler.scale(loss_sum * world / max(g_lab, 1.0)).backward()  # DDP averages: sum over all / count
+        scaler.unscale_(opt)
         grad_norm = _clip(model, named, masks, cfg.grad_clip)
-        _check_finite("gradient norm", grad_norm, st, partial)
-        _update(named, opt, sched, masks, cfg.weight_decay)
+        if not scaler.is_enabled():  # fp16: an overflow skips the step and lowers the scale
+            _check_finite("gradient norm", grad_norm, st, partial)
+        _update(named, opt, sched, masks, cfg.weight_decay, scaler)
         st.update(step=st["step"] + 1, tokens=st["tokens"] + int(g_tok), labelled=st["labelled"] + int(g_lab))
         window = [window[0] + g_loss, window[1] + g_lab]
         bar.update(1)
@@ -241,8 +260,8 @@ def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, out: str | Path, pad_
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             window = [0.0, 0.0]
         if cfg.save_every and st["step"] % cfg.save_every == 0 and st["step"] < total:
-            st["elapsed"] = time.perf_counter() - t0
-            st["wall"] = wall_before + time.perf_counter() - started
+            st.update(elapsed=time.perf_counter() - t0, wall=wall_before + time.perf_counter() - started,
+                      scaler=scaler.state_dict() if scaler.is_enabled() else None)
             trainstate.save(partial, model, opt, sched, st, rank)
         if on_step is not None:
             on_step(st["step"])
@@ -283,13 +302,15 @@ def _clip(model, named, row_masks, max_norm: float) -> float:
     return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
 
 
-def _update(named, opt, sched, row_masks, weight_decay: float) -> None:
-    """AdamW step, scheduler step, and decoupled decay of the trainable rows of row-masked matrices.
+def _update(named, opt, sched, row_masks, weight_decay: float, scaler) -> None:
+    """AdamW step (through the loss scaler: a plain step unless fp16), scheduler step, and decoupled decay
+    of the trainable rows of row-masked matrices.
 
     A row whose gradient is always zero keeps zero Adam moments, so AdamW leaves it bit-identical.
     """
     lr = sched.get_last_lr()[0]
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
     sched.step()
     if weight_decay and row_masks:
         with torch.no_grad():
@@ -301,5 +322,3 @@ def _log_row(st: dict, epoch: int, window: list[float], sched, grad_norm: float,
     return {"step": st["step"], "epoch": epoch + 1, "loss": window[0] / max(window[1], 1.0),
             "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "tokens": st["tokens"],
             "tokens_per_s": st["tokens"] / max(elapsed, 1e-9), "elapsed_s": elapsed}
-
-
