@@ -102,7 +102,8 @@ RECIPE = ("epochs", "n_train", "lr", "batch_size")  # what the report's deviatio
 
 def checkpoint_rows(root: Roots) -> pd.DataFrame:
     """One row per checkpoint: its identity (hash, dataset, backbone, variant, stage, cell, ...), path,
-    its stage's recipe (epochs, n_train, lr, batch size), history length and where it trained."""
+    its stage's recipe (epochs, n_train, lr, batch size), history length, how its new token rows were
+    initialised (``token_init``, from the lineage's init checkpoint) and where it trained."""
     rows = []
     for base, p in find(root, "pauserec.json"):
         meta = read_json(p)
@@ -113,8 +114,10 @@ def checkpoint_rows(root: Roots) -> pd.DataFrame:
             rows.append({**identity(meta, p.parent), "ckpt_path": rel(base, p.parent),
                          **{k: cfg.get(k) for k in RECIPE},
                          "max_history": (meta.get("dataset") or {}).get("max_history"),
+                         "token_init": ((meta.get("configs") or {}).get("init") or {}).get("init"),
                          "device": timing.get("device"), "dtype": timing.get("dtype")})
-    return tidy(pd.DataFrame(rows, columns=[*IDENTITY, "ckpt_path", *RECIPE, "max_history", "device", "dtype"]))
+    return tidy(pd.DataFrame(rows, columns=[*IDENTITY, "ckpt_path", *RECIPE, "max_history", "token_init", "device",
+                                        "dtype"]))
 
 
 def timing_rows(root: Roots) -> pd.DataFrame:

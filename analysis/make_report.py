@@ -3,7 +3,7 @@
 ``python -m analysis.make_report RUNS_DIR [MORE_DIRS ...] --out reports/`` reads every result file under
 the directories (see :mod:`analysis.collect`) and writes, as one atomic directory, ``OUT/REPORT.md``,
 ``OUT/REPORT.html``, ``OUT/claims.csv``, ``OUT/comparisons.csv``, ``OUT/conditions.csv``,
-``OUT/results.csv`` (the one tidy table) and ``OUT/figures/*.{png,pdf}``. A figure whose data is absent is
+``OUT/results.csv.gz`` (the one tidy table, gzipped: ``pandas.read_csv`` reads it) and ``OUT/figures/*.{png,pdf}``. A figure whose data is absent is
 listed as "not run". Paths in the report are relative to the runs directories.
 """
 
@@ -230,7 +230,7 @@ def run(args: Args) -> Path:
             files.write_text(tmp / "REPORT.html", render.to_html(blocks, "PauseRec reproduction report"))
             for name, table in tables.items():
                 files.write_csv(tmp / f"{name}.csv", table)
-            files.write_csv(tmp / "results.csv", collect_all(roots))
+            files.write_csv(tmp / "results.csv.gz", collect_all(roots))  # every probe row: megabytes as text
     log.info("wrote %s and %s", Path(args.out) / "REPORT.md", Path(args.out) / "REPORT.html")
     return Path(args.out) / "REPORT.md"
 

@@ -146,6 +146,10 @@ def deviations(data: Collected, per_user: pd.DataFrame, main_rationale: str) -> 
         hist = sorted({int(h) for h in trained["max_history"].dropna()})
         out.append(f"training data per stage: {', '.join(map(str, n_train)) or '—'} examples (0 = all), epochs "
                    f"{', '.join(map(str, epochs))}; history length {', '.join(map(str, hist))} (paper: 20)")
+    inits = sorted({str(i) for i in ck.get("token_init", pd.Series(dtype=object)).dropna()} - {"mean-all"})
+    if inits:
+        out.append(f"new token rows initialised `{', '.join(inits)}` (paper: the mean of the existing rows; "
+                   "`default` samples each row from the word embeddings' distribution)")
     seeds = ck["train_seed"].dropna().nunique() if len(ck) else 0
     if seeds < verdicts.MIN_SEEDS:
         out.append(f"training seeds: {seeds} (verdicts need {verdicts.MIN_SEEDS}; with fewer every claim reads "

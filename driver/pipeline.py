@@ -102,7 +102,7 @@ def run_stage(args: PipelineArgs, stage: str) -> None:
     if stage == "init":
         values = {"dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
                   "max_history": args.max_history, "data_root": args.data_root, "out": str(init_path(args))}
-        commands.create(build(commands.InitArgs, values, args.preset, "sid"))
+        commands.create(build(commands.InitArgs, values, args.preset, commands.INIT_SECTIONS))
         return
     extra = {"pause_from": str(stage_path(args, "pause-pretrain"))} if stage == "pause-sft" else {}
     extra |= {"device": args.device} if args.device else {}

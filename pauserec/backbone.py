@@ -175,10 +175,9 @@ def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[in
         text = matrix[torch.tensor(groups["text"])].float()
         mean = src.mean(0)
         if init == "default":
-            cov = torch.cov((src - mean).T) + 1e-6 * torch.eye(src.shape[1])
-            dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
-            torch.manual_seed(seed)
-            new = dist.sample((len(ids),))
+            cov = torch.cov((src - mean).T.double()) + 1e-6 * torch.eye(src.shape[1], dtype=torch.float64)
+            chol = torch.linalg.cholesky(cov)  # N(mean, cov) drawn from the seeded generator: no global RNG
+            new = mean + (torch.randn(len(ids), src.shape[1], generator=gen, dtype=torch.float64) @ chol.T).float()
         else:
             std = (NOISE_VAR * text.var()).sqrt()
             new = mean + std * torch.randn(len(ids), matrix.shape[1], generator=gen)

@@ -62,6 +62,9 @@ class SidBuildArgs(SidArgs):
                                                          "same catalog, reported side by side"})
 
 
+INIT_SECTIONS = ("sid", "init")  # a preset's [sid] builds the codes, its [init] the rest of the checkpoint
+
+
 @dataclass
 class InitArgs(SidArgs):
     """Write an untrained checkpoint: backbone + SID/pause/think tokens + the catalog."""
@@ -123,7 +126,7 @@ def inputs_of(args: SidArgs) -> list[str]:
 
 
 def init_ckpt(argv: list[str] | None = None) -> checkpoint.Checkpoint:
-    args = parse_args(InitArgs, argv, "pauserec init-ckpt", section="sid")
+    args = parse_args(InitArgs, argv, "pauserec init-ckpt", section=INIT_SECTIONS)
     return create(args)
 
 

@@ -22,7 +22,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 STAGES = ("cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft")  # training stages, in pipeline order
 # What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
 PROBE_NAMES = ("alignment", "attention", "verbalization", "rationale")
-SECTIONS = ("sid", "pipeline", "experiment", "evaluate", "baselines", "gpu", *(f"train.{s}" for s in STAGES),
+SECTIONS = ("sid", "init", "pipeline", "experiment", "evaluate", "baselines", "gpu", *(f"train.{s}" for s in STAGES),
             *(f"probes.{p}" for p in PROBE_NAMES))
 
 
@@ -104,10 +104,18 @@ def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
             raise UserError(f"{flag}: unknown value {item!r} (known: {', '.join(map(str, meta['choices']))})")
 
 
-def build(cls: type[T], values: dict[str, Any], preset: str | None = None, section: str | None = None) -> T:
-    """``cls`` from ``values`` over the ``[section]`` of ``preset`` (when both are given): what drivers
-    call instead of building argv lists. Unknown keys, wrong types and out-of-range values are errors."""
-    base = preset_section(load_preset(preset), section) if preset and section else {}
+Sections = str | tuple[str, ...] | None
+
+
+def build(cls: type[T], values: dict[str, Any], preset: str | None = None, section: Sections = None) -> T:
+    """``cls`` from ``values`` over the ``[section]`` of ``preset`` (when both are given; several sections
+    merge in order, a later one winning): what drivers call instead of building argv lists. Unknown keys,
+    wrong types and out-of-range values are errors."""
+    base: dict[str, Any] = {}
+    if preset and section:
+        loaded = load_preset(preset)
+        for name in (section,) if isinstance(section, str) else section:
+            base |= preset_section(loaded, name)
     return from_dict(cls, {**base, **values})
 
 
@@ -176,7 +184,7 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
     return parser
 
 
-def parse_args(cls: type[T], argv: list[str] | None, prog: str, section: str | None = None) -> T:
+def parse_args(cls: type[T], argv: list[str] | None, prog: str, section: Sections = None) -> T:
     """Parse CLI flags into ``cls``; ``--preset P`` (a field of ``cls``) supplies defaults first."""
     ns = vars(build_parser(cls, prog).parse_args(argv))
     given = {k: v for k, v in ns.items() if v is not None}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import json
 import os
 import shutil
@@ -37,12 +38,17 @@ def _open_up(path: str | Path, directory: bool = False) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         _open_up(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -56,8 +62,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_csv(path: str | Path, frame) -> None:
-    """A DataFrame as CSV (no index), atomically."""
-    write_text(path, frame.to_csv(index=False))
+    """A DataFrame as CSV (no index), atomically; gzip-compressed (reproducibly) when ``path`` ends in
+    ``.gz`` -- ``pandas.read_csv`` reads either."""
+    text = frame.to_csv(index=False)
+    if str(path).endswith(".gz"):
+        write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+    else:
+        write_text(path, text)
 
 
 @contextlib.contextmanager

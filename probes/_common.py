@@ -75,19 +75,34 @@ def label(ckpt: Checkpoint) -> dict[str, Any]:
     return ckpt.identity()
 
 
+_HEALTH: dict[tuple, dict[str, Any]] = {}  # an experiment probes one checkpoint several times in one process
+
+
+def _health_key(ckpt: Checkpoint, seed: int) -> tuple:
+    """The checkpoint's files as they are on disk (a rewritten checkpoint is checked again), where and in
+    what precision it runs, and the seed of the users."""
+    weights = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in sorted(Path(ckpt.path).glob("*.safetensors")))
+    return (str(Path(ckpt.path).resolve()), weights, str(ckpt.model.device), str(ckpt.model.dtype), seed)
+
+
 def health(ckpt: Checkpoint, seed: int = 0) -> dict[str, Any]:
     """Whether a recommender checkpoint's top-10 lists depend on the user (beam search, 10 beams, on
-    :data:`HEALTH_USERS` test users); a probe run on one that does not says so next to its results."""
+    :data:`HEALTH_USERS` test users); a probe run on one that does not says so next to its results.
+    Computed once per checkpoint and process."""
     if ckpt.stage not in RECOMMENDER_STAGES:
         return {}
-    from pauserec import decode, evaluate, metrics
-    from pauserec.prompts import PromptBuilder
+    key = _health_key(ckpt, seed)
+    if key not in _HEALTH:
+        from pauserec import decode, evaluate, metrics
+        from pauserec.prompts import PromptBuilder
 
-    examples = evaluate.examples_for(ckpt, "test", HEALTH_USERS, seed)
-    variant, n_pauses = evaluate.prompt_variant(ckpt)
-    recs = decode.recommend(ckpt.model, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
-                            variant=variant, n_pauses=n_pauses, top_k=10, beams=10, batch_size=HEALTH_USERS)
-    out = metrics.health(recs.items, len(ckpt.catalog), evaluate.popular_items(ckpt))
+        examples = evaluate.examples_for(ckpt, "test", HEALTH_USERS, seed)
+        variant, n_pauses = evaluate.prompt_variant(ckpt)
+        recs = decode.recommend(ckpt.model, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
+                                variant=variant, n_pauses=n_pauses, top_k=10, beams=10, batch_size=HEALTH_USERS)
+        _HEALTH[key] = metrics.health(recs.items, len(ckpt.catalog), evaluate.popular_items(ckpt))
+    out = dict(_HEALTH[key])
     if out.get("user_independent"):
         log.warning("%s gives most users the same top-10 list: it has not learned to condition on the "
                     "user, so read its probe results with care", ckpt.path)

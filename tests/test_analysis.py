@@ -8,6 +8,7 @@ plain references and CoT, the baselines below), so the verdicts the tests expect
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -25,6 +26,7 @@ from analysis import (
     figures_alignment,
     figures_probes,
     make_report,
+    report,
     verdicts,
 )
 from pauserec import evaluate
@@ -193,13 +195,24 @@ def test_make_report_end_to_end(runs, tmp_path, monkeypatch):
         assert section in text
     assert "`think-only` gives most users the same top-10 list" in text
     assert "CoT-SFT with template rationales and no RL stage" in text and "popularity" in text
+    combined = pd.read_csv(out / "results.csv.gz")  # every probe row, gzipped
+    assert len(combined) == len(collect.collect_all(runs)) and not (out / "results.csv").exists()
     for f in out.rglob("*"):
-        if f.suffix in (".md", ".html", ".csv"):
-            body = f.read_text()
+        if f.suffix in (".md", ".html", ".csv", ".gz"):
+            body = gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text()
             assert str(tmp_path) not in body and "/tmp/" not in body, f  # no machine-specific paths
             assert not re.search(r"np\.(int|float)\d+\(", body), f  # plain numbers, no numpy reprs
     assert (out / "figures" / "metrics_by_variant.png").is_file() and (out / "claims.csv").is_file()
     assert run(make_report.main, [str(runs), "--out", str(out)]) == 2  # an existing report is kept
+
+
+def test_deviations_name_a_token_init_other_than_the_papers(runs):
+    data = collect.collect(runs)
+    per_user = conditions.with_labels(data.eval)
+    assert "token_init" in data.ckpts and not any("new token rows" in d for d in report.deviations(
+        data, per_user, "template"))
+    data.ckpts["token_init"] = "default"
+    assert any("new token rows initialised `default`" in d for d in report.deviations(data, per_user, "template"))
 
 
 @pytest.mark.parametrize("make_dir", [lambda p: p / "missing", lambda p: p])

@@ -36,6 +36,20 @@ def test_added_rows_follow_the_init_strategy(tied, init):
             assert torch.allclose(out_new, out[text_ids].mean(0).detach().expand_as(out_new), atol=1e-3)
 
 
+def test_default_init_draws_from_the_word_distribution_without_touching_the_global_rng():
+    model, tok = _tiny()
+    text = model.get_input_embeddings().weight[backbone.token_groups(tok)["text"]].detach().clone()
+    ids = backbone.add_tokens(model, tok, [f"<x_{i}>" for i in range(4000)], init="default", seed=3)
+    new = model.get_input_embeddings().weight[ids].detach().clone()
+    state = torch.get_rng_state()
+    backbone.init_rows(model, tok, ids, "default", seed=3)  # the seed alone decides the rows
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(model.get_input_embeddings().weight[ids], new)
+    assert torch.allclose(new.mean(0), text.mean(0), atol=0.1 * text.std(0).max())
+    ratio = new.var(0) / text.var(0)  # the word embeddings' per-dimension spread, not a point
+    assert 0.8 < ratio.min() and ratio.max() < 1.25
+
+
 def test_mean_sid_uses_existing_sid_rows_and_needs_some():
     model, tok = _tiny()
     with pytest.raises(UserError, match="needs existing rows"):

@@ -52,3 +52,21 @@ def test_preset_section_supplies_defaults(tmp_path):
     p.write_text("[sid]\nepochz = 7\n")
     with pytest.raises(UserError, match="epochz"):
         parse_args(Args, ["--preset", str(p)], "t", section="sid")
+
+
+def test_several_sections_merge_in_order_and_flags_still_win(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text("[sid]\nepochs = 7\nlr = 0.5\n[init]\nlr = 0.25\nname = \"y\"\n")
+    args = parse_args(Args, ["--preset", str(p)], "t", section=("sid", "init"))
+    assert (args.epochs, args.lr, args.name) == (7, 0.25, "y")
+    assert parse_args(Args, ["--preset", str(p), "--lr", "0.1"], "t", section=("sid", "init")).lr == 0.1
+
+
+def test_quick_preset_init_section_reaches_init_ckpt_but_not_sid_build():
+    from pauserec import commands
+    from pauserec.config import build
+
+    quick = load_preset("quick")
+    args = build(commands.InitArgs, {"dataset": "ml-100k"}, "quick", commands.INIT_SECTIONS)
+    assert args.init == quick["init"]["init"] and args.sid_method == quick["sid"]["sid_method"]
+    assert build(commands.SidBuildArgs, {"dataset": "ml-100k"}, "quick", "sid").sid_method == args.sid_method
