@@ -93,6 +93,7 @@ def test_init_ckpt_bad_input_exits_2_without_output(tmp_path, capsys):
         assert not out.exists()
 
 
+@pytest.mark.slow  # a process per command
 def test_cli_entry_point_prints_one_line_errors(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pauserec", "data", "stats", "--dataset", str(tmp_path)],
                          capture_output=True, text=True)

@@ -16,6 +16,7 @@ def test_health_is_computed_once_per_checkpoint_and_again_after_a_rewrite(tiny_c
     real = decode.recommend
     monkeypatch.setattr(decode, "recommend", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(_common, "_HEALTH", {})
+    monkeypatch.setattr(_common, "HEALTH_USERS", 4)  # the caching is under test, not the users
 
     ckpt = checkpoint.load(path)
     ckpt.meta["stage"] = "sft"  # a recommender stage: health applies

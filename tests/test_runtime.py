@@ -15,6 +15,7 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pauserec import data, sid
 
@@ -43,6 +44,7 @@ def cli(runtime: Path, *argv: str) -> subprocess.CompletedProcess:
                                                        "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{runtime}"})
 
 
+@pytest.mark.slow  # three processes, each importing torch and transformers
 def test_init_train_evaluate_with_only_the_runtime(lcrec, tmp_path):
     runtime = runtime_only(tmp_path / "site")
     rng = np.random.default_rng(0)
