@@ -24,6 +24,7 @@ from analysis.conditions import (
     PAPER_K,
     PRIMARY,
     main_labels,
+    seed_list,
     strongest_baseline,
     with_labels,
 )
@@ -89,7 +90,7 @@ def _setting(per_user: pd.DataFrame, cells: list[str]) -> str:
         return "—"
     return (f"{'/'.join(sorted(set(rows['dataset'].astype(str))))}, "
             f"{'/'.join(sorted(set(rows['backbone'].astype(str)) - {''})) or '—'}; "
-            f"{rows['user'].nunique():,} users; seeds {_seeds(rows['train_seed'])}")
+            f"{rows['user'].nunique():,} users; seeds {seed_list(rows['train_seed'])}")
 
 
 def with_seeds(per_user: pd.DataFrame, treat: str) -> pd.DataFrame:
@@ -121,10 +122,6 @@ def quality(claim: Claim, per_user: pd.DataFrame, treat: str | None, base: str |
     claim.setting = _setting(per_user, [treat, base])
     claim.why = note
     return claim
-
-
-def _seeds(values) -> str:
-    return ",".join(str(int(s)) for s in sorted({float(v) for v in values if v == v})) or "—"
 
 
 def best_other(per_user: pd.DataFrame, cells: list[str], metric: str) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from analysis.conditions import seed_list
 from pauserec import stats
 
 MISALIGNMENT = {"cosine_sid_title": -1, "cka": -1, "mknn": -1, "procrustes_residual": 1,
@@ -104,8 +105,8 @@ def _setting(rows: pd.DataFrame) -> str:
 
     n = next((rows[c].nunique() for c in ("item_id", "user_id") if c in rows.columns
               and rows[c].notna().any()), None)
-    seeds = ",".join(str(int(float(v))) for v in sorted({float(v) for v in rows.get("train_seed", []) if v == v}))
-    return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {seeds or '—'}"
+    seeds = seed_list(rows.get("train_seed", []))
+    return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {seeds}"
 
 
 def _reference(rows: pd.DataFrame) -> str | None:

@@ -15,6 +15,11 @@ import pandas as pd
 from pauserec import stats
 from pauserec.prompts import DEFAULT_PAUSES
 
+
+def seed_list(values) -> str:
+    """Training seeds as ``0,1,2`` (missing values skipped, floats from CSVs as ints); ``—`` when none."""
+    return ",".join(str(int(s)) for s in sorted({float(v) for v in values if v == v})) or "—"
+
 PRIMARY = "recall@10"
 PAPER_K = DEFAULT_PAUSES
 CONTROLS = ("sft-continued", "think-only", f"filler-k{DEFAULT_PAUSES}")

@@ -3,8 +3,8 @@
 ``python -m analysis.make_report RUNS_DIR [MORE_DIRS ...] --out reports/`` reads every result file under
 the directories (see :mod:`analysis.collect`) and writes, as one atomic directory, ``OUT/REPORT.md``,
 ``OUT/REPORT.html``, ``OUT/claims.csv``, ``OUT/comparisons.csv``, ``OUT/conditions.csv``,
-``OUT/results.csv.gz`` (the one tidy table, gzipped: ``pandas.read_csv`` reads it) and ``OUT/figures/*.{png,pdf}``. A figure whose data is absent is
-listed as "not run". Paths in the report are relative to the runs directories.
+``OUT/results.csv.gz`` (the one tidy table, gzipped: ``pandas.read_csv`` reads it) and
+``OUT/figures/*.{png,pdf}``. A figure whose data is absent is listed as "not run". Paths in the report are relative to the runs directories.
 """
 
 from __future__ import annotations

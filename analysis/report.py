@@ -14,6 +14,7 @@ from analysis.conditions import (
     CONTROLS,
     PAPER_K,
     main_labels,
+    seed_list,
     strongest_baseline,
     with_labels,
 )
@@ -39,8 +40,7 @@ def setting_lines(data: Collected, per_user: pd.DataFrame, runs: list[str]) -> l
         return ", ".join(vals) or "—"
 
     trained = data.ckpts[data.ckpts["stage"] != "init"] if len(data.ckpts) else data.ckpts
-    seeds = ", ".join(str(int(s)) for s in sorted(trained["train_seed"].dropna().unique())) if len(trained) else ""
-    seeds = seeds or "—"
+    seeds = seed_list(trained["train_seed"]) if len(trained) else "—"
     where = sorted({f"{d} ({t})" for d, t in zip(data.runs.get("device", []), data.runs.get("dtype", [])) if d})
     trained = sorted({f"{d} ({t})" for d, t in zip(data.ckpts.get("device", []), data.ckpts.get("dtype", []))
                       if isinstance(d, str) and d})
@@ -115,12 +115,6 @@ def comparisons(per_user: pd.DataFrame, metric: str, main_rationale: str) -> pd.
     out = pd.DataFrame(rows)
     out["Holm p"] = stats.holm(out["p"].to_numpy(dtype=float))
     return out
-
-
-def _seeded(per_user: pd.DataFrame, treat: str) -> pd.DataFrame:
-    from analysis.claims import _with_seeds
-
-    return _with_seeds(per_user, treat)
 
 
 def deviations(data: Collected, per_user: pd.DataFrame, main_rationale: str) -> list[str]:

@@ -177,7 +177,8 @@ def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[in
         if init == "default":
             cov = torch.cov((src - mean).T.double()) + 1e-6 * torch.eye(src.shape[1], dtype=torch.float64)
             chol = torch.linalg.cholesky(cov)  # N(mean, cov) drawn from the seeded generator: no global RNG
-            new = mean + (torch.randn(len(ids), src.shape[1], generator=gen, dtype=torch.float64) @ chol.T).float()
+            z = torch.randn(len(ids), src.shape[1], generator=gen, dtype=torch.float64)
+            new = mean + (z @ chol.T).float()
         else:
             std = (NOISE_VAR * text.var()).sqrt()
             new = mean + std * torch.randn(len(ids), matrix.shape[1], generator=gen)

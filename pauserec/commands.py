@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pauserec import backbone, checkpoint, data, files, sid, tokens
 from pauserec.backbone import INIT_STRATEGIES
@@ -122,7 +121,7 @@ def inputs_of(args: SidArgs) -> list[str]:
     paths = [args.dataset, getattr(args, "backbone", ""), getattr(args, "compare", None)]
     if args.sid_source not in sid.BUILD_SOURCES:
         paths.append(args.sid_source)
-    return [p for p in paths if p and Path(p).exists()]
+    return [p for p in paths if p]
 
 
 def init_ckpt(argv: list[str] | None = None) -> checkpoint.Checkpoint:

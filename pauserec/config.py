@@ -22,7 +22,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 STAGES = ("cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft")  # training stages, in pipeline order
 # What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
 PROBE_NAMES = ("alignment", "attention", "verbalization", "rationale")
-SECTIONS = ("sid", "init", "pipeline", "experiment", "evaluate", "baselines", "gpu", *(f"train.{s}" for s in STAGES),
+SECTIONS = ("sid", "init", "pipeline", "experiment", "evaluate", "baselines", "gpu",
+            *(f"train.{s}" for s in STAGES),
             *(f"probes.{p}" for p in PROBE_NAMES))
 
 

@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.out:
         raise UserError("data export needs --out DIR")
     out = Path(args.out)
-    inputs = [args.dataset] if Path(args.dataset).exists() else []
-    with files.claim(out, overwrite=args.overwrite, inputs=inputs):
+    with files.claim(out, overwrite=args.overwrite, inputs=[args.dataset]):
         pass  # the output policy, checked before any reading
     if args.max_history < 1:
         raise UserError("--max-history must be at least 1")

@@ -119,14 +119,15 @@ def claim(out: str | Path, *, overwrite: bool = False, resume: bool = False,
 
     Raises :class:`UserError` (before any work) when ``out`` exists and is not empty without
     ``overwrite``/``resume``, when it is, or lies inside, or contains an input, when its parent is not
-    writable, or when another process holds its lock.
+    writable, or when another process holds its lock. ``inputs`` that are not paths on disk (a dataset
+    given by name, say) are skipped.
     """
     out = Path(out)
     if not str(out):
         raise UserError(f"{flag} must name a path")
     real = out.resolve()
     for given in inputs:
-        if given and _related(real, Path(given).resolve()):
+        if given and Path(given).exists() and _related(real, Path(given).resolve()):
             raise UserError(f"{flag} {out} overlaps the input {given}; write the output somewhere else")
     if not is_empty(out) and not (overwrite or resume):
         kind = "directory" if out.is_dir() else "file"

@@ -90,7 +90,6 @@ class Args(ProbeArgs):
 # -- readouts -----------------------------------------------------------------------------------------
 
 
-
 def logit_ranks(ckpt: Checkpoint, asker: Asker, questions: list[Question],
                 prompts: list[list[int]]) -> list[float]:
     """Rank of the truth among each question's candidates by mean per-token log-probability."""
@@ -114,8 +113,6 @@ def parse_judge(reply: str) -> float:
     NaN (a reply that echoes "yes or no" is no verdict)."""
     said = set(re.findall(r"\b(yes|no)\b", reply.lower()))
     return float(said == {"yes"}) if len(said) == 1 else float("nan")
-
-
 
 
 def judge(questions: list[Question], outputs: list[str], args: Args) -> np.ndarray:
@@ -221,7 +218,6 @@ def gaps(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
             rows.append({**dict(zip([*keys, "field"], key)), "metric": f"gap_{suffix}", "value": mean,
                          "ci_lo": lo, "ci_hi": hi, "n": len(g)})
     return pd.DataFrame(rows)
-
 
 
 run, main = entry(Args, compute, "verbalization")

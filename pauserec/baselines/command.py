@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pauserec import baselines, data, evaluate, files
@@ -67,8 +66,7 @@ def run(args: BaselineArgs) -> dict[str, Any]:
     if args.model == "sasrec":
         device = resolve_device(args.device)
         options.update(max_seconds=args.sasrec_seconds, epochs=args.sasrec_epochs, device=str(device))
-    inputs = [args.dataset] if Path(args.dataset).exists() else []  # a dataset folder is never written
-    with files.claim(args.out, overwrite=args.overwrite, inputs=inputs):
+    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.dataset]):  # a dataset folder stays
         ds = data.load_dataset(args.dataset, args.data_root)
         split = data.split(ds, HISTORY)
         users = split[args.split]
