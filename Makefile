@@ -34,11 +34,16 @@ demo: $(STAMP)
 	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) --out $(OUT)
 
 # Every CPU tier (what CI runs: .ci/run). The fast tier alone: make test-fast (under 3 minutes on 2 cores).
+# The numeric tests (two layouts of one computation) run a second time on the AVX2 kernels: machines
+# differ (AVX2-only, AVX-512 with bf16), and each kind must catch what fails on the other.
+AVX2      := ATEN_CPU_CAPABILITY=avx2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"
+	$(AVX2) $(BIN)/python -m pytest -q -m "numeric and not gpu"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(AVX2) $(BIN)/python -m pytest -q -m "numeric and not slow and not gpu"
 
 # Device-only checks, on a machine with a CUDA GPU.
 test-gpu: $(STAMP)

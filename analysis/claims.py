@@ -21,14 +21,15 @@ from analysis.claims_probes import Estimate, alignment_claim, rationale_claim, v
 from analysis.collect import Collected
 from analysis.conditions import (
     BASELINES,
-    PAPER_K,
     PRIMARY,
     main_labels,
+    matching,
     seed_list,
     strongest_baseline,
     with_labels,
 )
 from analysis.verdicts import Effect, Rule
+from pauserec.registry import PAPER_PAUSES
 
 PAPER_COT = ("+6.22% (vs OneRec-Think: CoT-SFT + RL; the paper's best of 12 metrics; ours has no RL stage, "
              "so it is compared with CoT-SFT)")
@@ -191,14 +192,18 @@ def claims_for(data: Collected, cfg: Config) -> list[Claim]:
                 labels.get("think-only"), cfg),
         quality(Claim("vs_cot", "PauseRec beats explicit CoT-SFT (no RL)", PAPER_COT), per_user, pause, cot, cfg),
     ]
-    pause_rows = per_user[per_user["label"].astype(str).str.match(r"^(pause-k|filler-k)")] if len(per_user) else per_user
-    inits = [c for c in set(pause_rows.get("label", [])) if c.startswith(f"pause-k{PAPER_K}-") or c.startswith("filler")]
+    pauses = matching(per_user, stage="pause-sft", control="") if len(per_user) else per_user.index == 0
+    others = per_user[pauses & matching(per_user, n_pauses=PAPER_PAUSES) & ~matching(per_user, pause_init="pretrained")
+                      | matching(per_user, control="filler")] if len(per_user) else per_user
+    inits = sorted(set(others.get("label", [])))
     out.append(quality(Claim("pretrained_pause", "A pre-trained <pause> beats other inits and filler tokens",
                              "pretrained init best"), per_user, pause, best_other(per_user, inits, cfg.metric), cfg,
-                       "vs the best of " + (", ".join(sorted(inits)) or "—")))
-    counts = [c for c in set(pause_rows.get("label", [])) if c.startswith("pause-k") and c.count("-") == 1 and c != pause]
-    out.append(quality(Claim("k5", f"{PAPER_K} pauses is the best count", f"best at {PAPER_K}"), per_user, pause,
-                       best_other(per_user, counts, cfg.metric), cfg, "vs the best other count"))
+                       "vs the best of " + (", ".join(inits) or "—")))
+    rivals = per_user[pauses & matching(per_user, pause_init="pretrained") & ~matching(per_user, n_pauses=PAPER_PAUSES)
+                      ] if len(per_user) else per_user
+    counts = sorted(set(rivals.get("label", [])))
+    out.append(quality(Claim("k5", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"), per_user,
+                       pause, best_other(per_user, counts, cfg.metric), cfg, "vs the best other count"))
     out.append(quality(Claim("vs_baseline", "PauseRec beats the strongest classical baseline", "—"), per_user,
                        pause, strongest_baseline(per_user, cfg.metric), cfg,
                        "baselines: " + ", ".join(b for b in BASELINES if b in labels)))

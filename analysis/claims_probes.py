@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.conditions import seed_list
-from pauserec import stats
+from pauserec.evaluation import stats
 
 MISALIGNMENT = {"cosine_sid_title": -1, "cka": -1, "mknn": -1, "procrustes_residual": 1,
                 "centroid_distance": 1}

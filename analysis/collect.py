@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pauserec.checkpoint import IDENTITY, identity
-from pauserec.metrics import KS, ndcg_at_k, recall_at_k
+from pauserec.evaluation.metrics import KS, ndcg_at_k, recall_at_k
+from pauserec.model.checkpoint import IDENTITY, identity
 
 log = logging.getLogger(__name__)
 Roots = str | Path | Sequence[str | Path]
@@ -238,8 +238,25 @@ class Collected:
 
 def collect(root: Roots) -> Collected:
     """Read every kind of result file under the roots."""
-    return Collected(checkpoint_rows(root), summary_rows(root), eval_rows(root), probe_rows(root),
-                     timing_rows(root), train_log_rows(root), health_rows(root))
+    ckpts = checkpoint_rows(root)
+    tables = [summary_rows(root), eval_rows(root), probe_rows(root), timing_rows(root), train_log_rows(root),
+              health_rows(root)]
+    return Collected(ckpts, *(from_checkpoints(df, ckpts) for df in tables))
+
+
+def from_checkpoints(df: pd.DataFrame, ckpts: pd.DataFrame, columns: Sequence[str] = ("control",)) -> pd.DataFrame:
+    """Identity columns that result files written before the column existed lack (empty there), filled in
+    from the checkpoint the rows name by hash."""
+    if not len(df) or not len(ckpts) or "ckpt_hash" not in df.columns:
+        return df
+    out = df.copy()
+    for col in columns:
+        if col not in out.columns:
+            out[col] = ""
+        known = ckpts.drop_duplicates("ckpt_hash").set_index("ckpt_hash")[col]
+        blank = out[col].fillna("").astype(str) == ""
+        out.loc[blank, col] = out.loc[blank, "ckpt_hash"].map(known).fillna("")
+    return out
 
 
 def collect_all(root: Roots) -> pd.DataFrame:

@@ -12,17 +12,17 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from pauserec import stats
-from pauserec.prompts import DEFAULT_PAUSES
+from pauserec import registry
+from pauserec.evaluation import stats
 
 
 def seed_list(values) -> str:
     """Training seeds as ``0,1,2`` (missing values skipped, floats from CSVs as ints); ``—`` when none."""
     return ",".join(str(int(s)) for s in sorted({float(v) for v in values if v == v})) or "—"
 
+
 PRIMARY = "recall@10"
-PAPER_K = DEFAULT_PAUSES
-CONTROLS = ("sft-continued", "think-only", f"filler-k{DEFAULT_PAUSES}")
+CONTROLS = ("sft-continued", "think-only", "filler")  # roles of the compute-matched controls
 BASELINES = ("popularity", "markov", "sasrec")
 ORDER = ("baseline", "base", "plain", "pause", "cot")  # how variants are listed
 
@@ -34,13 +34,30 @@ def with_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def matching(frame: pd.DataFrame, **columns) -> pd.Series:
+    """Rows of ``frame`` whose identity columns equal ``columns`` (a column ``frame`` lacks matches "")."""
+    keep = pd.Series(True, index=frame.index)
+    for col, want in columns.items():
+        have = frame[col] if col in frame.columns else pd.Series("", index=frame.index)
+        keep &= (pd.to_numeric(have, errors="coerce") == want) if isinstance(want, int) else \
+            (have.fillna("").astype(str) == str(want))
+    return keep
+
+
 def main_labels(frame: pd.DataFrame, main_rationale: str = "template") -> dict[str, str]:
-    """{role: cell} of the conditions the claims compare, for those present in ``frame``: ``plain``
-    (sft), ``pause`` (pause-k5), ``cot`` (cot-MAIN), the controls and the baselines."""
-    wanted = {"plain": "sft", "pause": f"pause-k{PAPER_K}", "cot": f"cot-{main_rationale}",
-              **{c: c for c in CONTROLS}, **{b: b for b in BASELINES}}
-    have = set(frame["cell"].astype(str)) if len(frame) and "cell" in frame.columns else set()
-    return {role: cell for role, cell in wanted.items() if cell in have}
+    """{role: cell} of the conditions the claims compare, for those present in ``frame``, selected by
+    identity columns (:data:`pauserec.registry.ROLES`): ``plain`` (sft), ``pause`` (the paper's pause
+    count, pretrained init), ``cot`` (the main rationale source), the controls and the baselines."""
+    if not len(frame) or "cell" not in frame.columns:
+        return {}
+    specs = {**registry.ROLES, "cot": {**registry.ROLES["cot"], "rationale_source": main_rationale}}
+    out = {}
+    for role, spec in specs.items():
+        cells = frame.loc[matching(frame, **spec), "cell"].astype(str)
+        if len(cells):
+            out[role] = cells.mode().iloc[0]
+    baselines = set(frame.loc[matching(frame, stage="baseline"), "cell"].astype(str))
+    return out | {b: b for b in BASELINES if b in baselines}
 
 
 def strongest_baseline(per_user: pd.DataFrame, metric: str = PRIMARY) -> str | None:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import theme
-from analysis.conditions import BASELINES, PAPER_K, PRIMARY, main_labels, with_labels
-from pauserec import stats
+from analysis.conditions import BASELINES, PRIMARY, main_labels, matching, with_labels
+from pauserec.evaluation import stats
+from pauserec.registry import PAPER_PAUSES
 
 USER_CI = "Error bars: 95% bootstrap CIs over users (seeds averaged per user)."
 SEED_CI = "Error bars: 95% CIs across seeds (training cost) and timed batches (latency)."
@@ -109,7 +110,7 @@ def metrics_by_variant(per_user: pd.DataFrame, metrics: Sequence[str] = ("recall
 def _sweep_rows(per_user: pd.DataFrame) -> pd.DataFrame:
     """Evaluated pause-sft cells with real pauses (not the controls)."""
     df = _labelled(per_user)
-    rows = df[(df["stage"] == "pause-sft") & df["label"].str.startswith("pause-k")]
+    rows = df[matching(df, stage="pause-sft", control="")]
     if not len(rows):
         raise NoData("no evaluated pause-sft condition")
     return rows
@@ -134,8 +135,8 @@ def k_sweep(per_user: pd.DataFrame, metric: str = PRIMARY, n_resamples: int = st
             mean = _avg(df[df["label"] == lab], ["label"], [metric])[metric].mean()
             ax.axhline(mean, ls="--", lw=1, color=theme.VARIANT_COLORS[role], label=lab)
     _baseline_lines(ax, df, metric)
-    ax.axvline(PAPER_K, color="#999999", lw=0.8, ls=":")
-    ax.set(xlabel="number of pauses", ylabel=metric, title=f"{metric} vs pauses (paper: {PAPER_K})")
+    ax.axvline(PAPER_PAUSES, color="#999999", lw=0.8, ls=":")
+    ax.set(xlabel="number of pauses", ylabel=metric, title=f"{metric} vs pauses (paper: {PAPER_PAUSES})")
     ax.legend(loc="best")
     return footnote(fig, USER_CI + " Dashed: the main plain / cot conditions.")
 
@@ -145,7 +146,7 @@ def pause_init_ablation(per_user: pd.DataFrame, metric: str = PRIMARY,
     """Bars per pause-embedding initialisation, at the main condition's k."""
     df = _labelled(per_user)
     rows = _sweep_rows(df)
-    rows = rows[rows["n_pauses"] == PAPER_K]
+    rows = rows[rows["n_pauses"] == PAPER_PAUSES]
     if rows["pause_init"].nunique() < 2:
         raise NoData(f"one pause init only ({sorted(rows['pause_init'].astype(str).unique())})")
     avg = _avg(rows, ["pause_init"], [metric])
@@ -154,7 +155,7 @@ def pause_init_ablation(per_user: pd.DataFrame, metric: str = PRIMARY,
     colors = [theme.VARIANT_COLORS["pause"] if "pretrain" in str(v) else "#f4a6a6"
               for v in table["pause_init"]]
     _bars(ax, table, "pause_init", colors)
-    ax.set(xlabel="pause embedding init", ylabel=metric, title=f"Pause-init ablation ({PAPER_K} pauses)")
+    ax.set(xlabel="pause embedding init", ylabel=metric, title=f"Pause-init ablation ({PAPER_PAUSES} pauses)")
     return footnote(fig, USER_CI)
 
 

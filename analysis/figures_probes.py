@@ -34,7 +34,7 @@ from analysis import theme
 from analysis.claims_probes import CLEAN, UPPER_BOUNDS
 from analysis.figures import NoData, footnote
 from analysis.rows import grid, metric_rows, stage_x
-from pauserec import stats
+from pauserec.evaluation import stats
 
 ROW_CI = "Error bars: 95% bootstrap CIs over items/users."
 

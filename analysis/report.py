@@ -12,13 +12,13 @@ from analysis.collect import Collected
 from analysis.conditions import (
     BASELINES,
     CONTROLS,
-    PAPER_K,
     main_labels,
     seed_list,
     strongest_baseline,
     with_labels,
 )
-from pauserec import stats
+from pauserec.evaluation import stats
+from pauserec.registry import PAPER_PAUSES
 
 CLAIM_COLUMNS = {"claim": "Claim", "paper": "Paper", "compared": "Compared", "measured": "Measured",
                  "ci": "95% CI", "setting": "Setting", "verdict": "Verdict", "why": "Why"}
@@ -150,9 +150,10 @@ def deviations(data: Collected, per_user: pd.DataFrame, main_rationale: str) -> 
                    "inconclusive or point estimate only)")
     users = per_user.groupby("label")["user"].nunique().min() if len(per_user) else 0
     out.append(f"evaluated users per condition: {users:,} (paper: all test users)")
-    if not (per_user.get("label", pd.Series(dtype=str)) == f"pause-k{PAPER_K}").any():
-        out.append(f"the paper's k = {PAPER_K} pause condition was not evaluated")
-    missing = [c for c in CONTROLS if not (per_user.get("label", pd.Series(dtype=str)) == c).any()]
+    roles = main_labels(per_user)
+    if "pause" not in roles:
+        out.append(f"the paper's pause condition ({PAPER_PAUSES} pauses, pretrained init) was not evaluated")
+    missing = [c for c in CONTROLS if c not in roles]
     if missing:
         out.append(f"compute-matched controls not run: {', '.join(missing)}")
     return out

@@ -13,10 +13,12 @@ import seaborn as sns
 from matplotlib import rcParams
 from matplotlib.figure import Figure
 
+from pauserec.registry import STAGES
+
 VARIANT_COLORS = {"baseline": "#8c564b", "base": "#7f7f7f", "plain": "#1f77b4", "pause": "#d62728",
                   "cot": "#2ca02c"}
 VARIANT_ORDER = ["baseline", "base", "plain", "pause", "cot"]
-STAGE_ORDER = ["init", "cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft"]
+STAGE_ORDER = ["init", *STAGES]
 WIDTH = 5.5  # inches: one column of a two-column paper page is ~3.3, a full width ~6.8
 CI_CAPTION = "Error bars: 95% bootstrap confidence intervals."
 

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from pauserec import stats
+from pauserec.evaluation import stats
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
 NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY = "no meaningful difference", "inconclusive", "point estimate only"

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from pauserec import baselines, data, files
+from pauserec import data, files
 from pauserec.cli import run, setup_logging
 from pauserec.config import parse_args
 from pauserec.errors import UserError
+from pauserec.evaluation import baselines
 
 # (dataset, baseline) -> (Recall@10, NDCG@10) from issue #11, all test users
 REFERENCE = {("ml-100k", "popularity"): (0.050, 0.022), ("beauty", "popularity"): (0.011, 0.005),

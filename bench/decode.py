@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from pauserec import checkpoint, commands, data
+from pauserec import data
 from pauserec.cli import run, setup_logging
 from pauserec.config import parse_args
-from pauserec.decode import build_prompts, pad_left, recommend
-from pauserec.device import name_of, resolve_device, resolve_dtype
-from pauserec.evaluate import examples_for
-from pauserec.prompts import PromptBuilder
+from pauserec.decoding import build_prompts, pad_left, recommend
+from pauserec.evaluation.evaluate import examples_for
+from pauserec.model import checkpoint, init_ckpt
+from pauserec.model.device import name_of, resolve_device, resolve_dtype
+from pauserec.model.prompts import PromptBuilder
 
 TIE_TOL = 1e-4  # summed log-probs closer than this are float-noise ties
 
@@ -105,7 +106,7 @@ def get_checkpoint(args: BenchArgs, tmp: str) -> Path:
         index = data.resolve_dir(args.dataset, args.data_root) / f"{name}.index.rqvae.json"
         source = str(index) if index.is_file() else None
     argv += (["--sid-source", source] if source else []) + (["--data-root", args.data_root] if args.data_root else [])
-    commands.init_ckpt(argv)
+    init_ckpt.main(argv)
     return out
 
 

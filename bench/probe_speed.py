@@ -17,10 +17,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from pauserec import checkpoint
-from pauserec.catalog import Catalog
 from pauserec.cli import run, setup_logging
 from pauserec.config import parse_args
+from pauserec.model import checkpoint
+from pauserec.model.catalog import Catalog
 from probes import alignment, attention
 
 TARGETS = {"alignment": 120.0, "attention": 300.0}

@@ -45,10 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pauserec import batches, checkpoint, commands, loop, stages, train
 from pauserec.config import parse_args
-from pauserec.corpus import Corpus, subset
-from pauserec.device import (
+from pauserec.model import checkpoint, init_ckpt
+from pauserec.model.device import (
     autocast,
     name_of,
     resolve_device,
@@ -56,6 +55,8 @@ from pauserec.device import (
     synchronize,
     torch_dtype,
 )
+from pauserec.training import batches, loop, stages, train
+from pauserec.training.corpus import Corpus, subset
 
 
 @dataclass
@@ -207,7 +208,7 @@ class Runner:
 def default_ckpt() -> str:
     path = Path("runs/bench/init")
     if not (path / checkpoint.META_FILE).is_file():
-        commands.init_ckpt(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out", str(path)])
+        init_ckpt.main(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out", str(path)])
     return str(path)
 
 

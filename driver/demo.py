@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from driver import experiment, pipeline
 from driver.pipeline import RunArgs
-from pauserec import commands
 from pauserec.config import build, parse_args
+from pauserec.data import command as data_command
 
 
 @dataclass
@@ -27,7 +27,7 @@ def run(args: DemoArgs) -> None:
     start = time.perf_counter()
     pipeline.check_run(args.out)  # before the dataset stats; experiment.run claims it
     print(f"== dataset {args.dataset}", flush=True)
-    commands.stats(build(commands.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
+    data_command.stats(build(data_command.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
     values = {"out": args.out, "dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
               "data_root": args.data_root, "device": args.device}
     report = experiment.run(build(experiment.ExperimentArgs, values, args.preset, "experiment"))

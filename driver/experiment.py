@@ -26,13 +26,15 @@ from typing import Any
 from analysis import make_report
 from driver import pipeline
 from driver.pipeline import RunArgs
-from pauserec import evaluate, stages, train
-from pauserec.baselines import NAMES as BASELINES
-from pauserec.baselines import command
+from pauserec import registry
 from pauserec.config import PROBE_NAMES, build, parse_args
 from pauserec.errors import UserError
-from pauserec.prompts import DEFAULT_PAUSES
-from pauserec.rationales import SOURCES
+from pauserec.evaluation import evaluate
+from pauserec.evaluation.baselines import NAMES as BASELINES
+from pauserec.evaluation.baselines import command
+from pauserec.registry import PAPER_PAUSES
+from pauserec.teacher.rationales import SOURCES
+from pauserec.training import train
 from probes import alignment, attention, rationale, verbalization
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,9 @@ class ExperimentArgs(RunArgs):
     pause_counts: tuple[int, ...] = field(default=(1, 3, 5, 10), metadata={
         "help": "pause counts (init pretrained)", "min": 1, "aliases": ("--ks",)})
     pause_inits: tuple[str, ...] = field(default=("mean-text", "mean-sid", "default"), metadata={
-        "help": f"other pause inits, at {DEFAULT_PAUSES} pauses", "choices": stages.PAUSE_INITS})
-    controls: tuple[str, ...] = field(default=stages.CONTROLS, metadata={
-        "help": "compute-matched controls of pause-sft", "choices": stages.CONTROLS})
+        "help": f"other pause inits, at {PAPER_PAUSES} pauses", "choices": registry.PAUSE_INITS})
+    controls: tuple[str, ...] = field(default=registry.CONTROLS, metadata={
+        "help": "compute-matched controls of pause-sft", "choices": registry.CONTROLS})
     rationales: tuple[str, ...] = field(default=("template", "template-leaky", "local", "openai"), metadata={
         "help": "cot-sft rationale sources", "choices": SOURCES})
     main_rationale: str = field(default="template", metadata={
@@ -78,21 +80,15 @@ class ExperimentArgs(RunArgs):
     report: str = field(default="", metadata={"help": "report directory (default OUT/report)"})
 
 
-def cells(args: ExperimentArgs) -> dict[str, dict[str, Any]]:
-    """Cell name -> the stage arguments that train it (``sft`` is trained by the shared stages)."""
-    specs: list[dict[str, Any]] = [{"stage": "pause-sft", "n_pauses": k} for k in args.pause_counts]
-    specs += [{"stage": "pause-sft", "pause_init": i} for i in args.pause_inits]
-    specs += [{"stage": "pause-sft", "control": c} for c in args.controls]
+def cells(args: ExperimentArgs) -> list[registry.Cell]:
+    """The cells every seed trains (``sft`` is one of the shared stages), from :mod:`pauserec.registry`."""
+    sources = []
     for source in args.rationales:
         if source.startswith("openai") and not os.environ.get("PAUSEREC_OPENAI_BASE_URL"):
             log.warning("cot-%s skipped: set PAUSEREC_OPENAI_BASE_URL (and _MODEL) to an endpoint", source)
             continue
-        specs.append({"stage": "cot-sft", "rationale": source})
-    out: dict[str, dict[str, Any]] = {"sft": {}}
-    for spec in specs:
-        probe = train.TrainArgs(**{"n_pauses": DEFAULT_PAUSES, **spec})
-        out.setdefault(train.cell_name(probe, []), spec)
-    return out
+        sources.append(source)
+    return registry.matrix(args.pause_counts, args.pause_inits, args.controls, sources)
 
 
 def run_seed(args: ExperimentArgs, seed: int) -> Path:
@@ -100,29 +96,33 @@ def run_seed(args: ExperimentArgs, seed: int) -> Path:
     root = Path(args.out) / f"seed{seed}"
     shared = build(pipeline.PipelineArgs, {"out": str(root), "dataset": args.dataset, "backbone": args.backbone,
                                            "preset": args.preset, "data_root": args.data_root,
-                                           "device": args.device, "seed": seed,
-                                           "stages": ("cpt", "sft", "pause-pretrain"),
+                                           "device": args.device, "seed": seed, "stages": registry.SHARED,
                                            "init": str(Path(args.out) / "init")}, args.preset, "pipeline")
     pipeline.run(shared)
-    for name, spec in cells(args).items():
-        path = root / name
-        if spec and not pipeline.done(path):
-            print(f"== seed {seed}: train {name}", flush=True)
-            extra = {"pause_from": str(root / "pause-pretrain")} if spec["stage"] == "pause-sft" else {}
+    for cell in cells(args):
+        path = root / cell.name
+        if cell.stage not in registry.SHARED and not pipeline.done(path):
+            print(f"== seed {seed}: train {cell.name}", flush=True)
+            extra = {"pause_from": str(root / "pause-pretrain")} if cell.pause_source else {}
             extra |= {"device": args.device} if args.device else {}
-            train.run(train.stage_args(spec["stage"], args.preset, **{k: v for k, v in spec.items() if k != "stage"},
-                                       from_ckpt=str(root / "sft"), out=str(path), seed=seed, resume=True,
-                                       **extra))
-        run_eval(args, path, root / "eval" / name)
+            train.run(train.stage_args(cell.stage, args.preset, **cell.train_values(), **extra,
+                                       from_ckpt=str(root / cell.parent), out=str(path), seed=seed,
+                                       resume=True))
+        run_eval(args, path, root / "eval" / cell.name)
     return root
+
+
+def main_cells(args: ExperimentArgs) -> dict[str, str]:
+    """{role: cell name} of the main conditions: plain SFT, the paper's pause cell, the main CoT source."""
+    return {"plain": "sft", "pause": registry.cell_name("pause-sft", PAPER_PAUSES),
+            "cot": registry.cell_name("cot-sft", rationale=args.main_rationale)}
 
 
 def run_eval(args: ExperimentArgs, ckpt: Path, out: Path) -> None:
     if (out / "metrics.json").is_file():
         return
     print(f"== evaluate {ckpt.parent.name}/{ckpt.name}", flush=True)
-    mains = {"plain": "sft", "pause": f"pause-k{DEFAULT_PAUSES}", "cot": f"cot-{args.main_rationale}"}
-    timed = ckpt.name in {mains[r] for r in args.latency_roles}
+    timed = ckpt.name in {main_cells(args)[r] for r in args.latency_roles}
     values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "n_users": args.eval_users or None,
               "latency_samples": args.latency_samples if timed else 0, "device": args.device or "auto"}
     evaluate.run(build(evaluate.EvalArgs, values))
@@ -144,10 +144,9 @@ def run_baselines(args: ExperimentArgs) -> None:
 
 def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
     """Probe -> its arguments (checkpoints + options). Trajectories run over the stages of seed 0."""
-    main_pause = f"pause-k{DEFAULT_PAUSES}" if DEFAULT_PAUSES in args.pause_counts else None
-    pause = next((c for c in (main_pause, *(f"pause-k{k}" for k in args.pause_counts)) if c and (root / c).is_dir()),
-                 None)
-    cot = f"cot-{args.main_rationale}" if (root / f"cot-{args.main_rationale}").is_dir() else None
+    counts = sorted(args.pause_counts, key=lambda n: n != PAPER_PAUSES)  # the paper's count first
+    pause = next((c for c in (registry.cell_name("pause-sft", n) for n in counts) if (root / c).is_dir()), None)
+    cot = main_cells(args)["cot"] if (root / main_cells(args)["cot"]).is_dir() else None
     where = {"init": Path(args.out) / "init", "cpt": root / "cpt", "sft": root / "sft",
              "pause": root / pause if pause else None, "cot": root / cot if cot else None}
 

@@ -23,18 +23,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pauserec import backbone, data, files, sid, stages, tokens, train
-from pauserec.catalog import Catalog
-from pauserec.checkpoint import Checkpoint
+from pauserec import data, files, registry, sid, tokens
 from pauserec.config import parse_args
 from pauserec.errors import UserError
+from pauserec.model import backbone
+from pauserec.model.catalog import Catalog
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.training import stages, train
 
 log = logging.getLogger(__name__)
-STAGE_PLAN = [  # (directory, stage, extra stage arguments)
-    ("cpt", "cpt", {}), ("sft", "sft", {}), ("pause-pretrain", "pause-pretrain", {}),
-    ("pause-k5", "pause-sft", {"n_pauses": 5}), ("think-only", "pause-sft", {"control": "think-only"}),
-    ("cot-template", "cot-sft", {"rationale": "template"}),
-]
+CELLS = registry.matrix(controls=("think-only",), rationales=("template",))  # evaluated, in this order
+STAGE_PLAN = [registry.Cell(s) for s in registry.SHARED] + [c for c in CELLS if c.stage not in registry.SHARED]
 CARRY_MIB = 64  # what one device call carries
 
 
@@ -92,12 +91,12 @@ def split_gguf(path: Path, part1: Path, part2: Path, first_mib: int) -> str:
 def stage_tokens(ckpt: Checkpoint, preset: str) -> dict[str, dict]:
     """Per planned stage: sequences, tokens per epoch, epochs and optimizer steps, from the real corpora."""
     out = {}
-    for name, stage, extra in STAGE_PLAN:
-        args = train.stage_args(stage, preset, from_ckpt="-", out="-", **extra)
+    for cell in STAGE_PLAN:
+        args = train.stage_args(cell.stage, preset, from_ckpt="-", out="-", **cell.train_values())
         corpus = stages.build_corpus(ckpt, args)[0]
         tokens_per_epoch = int(corpus.lengths().sum())
         steps = math.ceil(len(corpus) / args.batch_size) * args.epochs
-        out[name] = {"stage": stage, "extra": extra, "sequences": len(corpus), "tokens_per_epoch": tokens_per_epoch,
+        out[cell.name] = {"stage": cell.stage, "extra": cell.train_values(), "sequences": len(corpus), "tokens_per_epoch": tokens_per_epoch,
                      "epochs": args.epochs, "tokens": tokens_per_epoch * args.epochs, "steps": steps,
                      "batch_size": args.batch_size}
     return out
@@ -140,7 +139,7 @@ def prepare(args: PrepareArgs) -> dict:
 
 
 def _tiny_corpus(ds: data.Dataset) -> list[str]:
-    from pauserec.prompts import HEAD, TAIL
+    from pauserec.model.prompts import HEAD, TAIL
 
     return [HEAD, TAIL] + [f"{it.display_title} {it.categories} {it.brand} {it.year}" for it in ds.items]
 

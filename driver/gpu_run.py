@@ -22,17 +22,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from driver import gpu_prepare
 from driver.gpu_prepare import STAGE_PLAN
-from pauserec import commands, evaluate, files, train
-from pauserec.baselines import command as baseline
+from pauserec import files
 from pauserec.config import build, parse_args
-from pauserec.device import DEVICES_HELP, name_of, resolve_device
 from pauserec.errors import UserError
+from pauserec.evaluation import evaluate
+from pauserec.evaluation.baselines import command as baseline
+from pauserec.model import init_ckpt
+from pauserec.model.device import DEVICES_HELP, name_of, resolve_device
+from pauserec.training import train
 
 log = logging.getLogger(__name__)
-PARENT = {"cpt": "init", "sft": "cpt", "pause-pretrain": "cpt", "pause-k5": "sft", "think-only": "sft",
-          "cot-template": "sft"}
-CELLS = ("sft", "pause-k5", "think-only", "cot-template")  # evaluated, in this order
+CELLS = tuple(c.name for c in gpu_prepare.CELLS)  # evaluated, in this order
 TRAIN_SHARE = 0.55  # of the budget; evaluation, baselines and latency take the rest
 
 
@@ -86,28 +88,28 @@ def init(folder: Path, plan: dict, work: Path, model: str) -> None:
         return
     values = {"dataset": plan["source_dataset"], "data_root": str(folder / "data"), "backbone": model,
               "sid_source": str(folder / "sids.json"), "max_history": plan["max_history"], "out": str(work / "init")}
-    commands.create(build(commands.InitArgs, values))
+    init_ckpt.create(build(init_ckpt.InitArgs, values))
 
 
 def train_all(plan: dict, work: Path, clock: Clock, device: str) -> dict:
     """Every stage, the later ones scaled to the training share of the budget; returns the scales."""
     seed_dir, scales, speed = work / "seed0", {}, plan["budget"]["assumed_tokens_per_s"]
     train_end = TRAIN_SHARE * clock.budget
-    for i, (name, stage, extra) in enumerate(STAGE_PLAN):
+    for i, cell in enumerate(STAGE_PLAN):
+        name = cell.name
         todo = plan["stages"][name]
-        rest = sum(plan["stages"][n]["tokens"] for n, _, _ in STAGE_PLAN[i:])
+        rest = sum(plan["stages"][c.name]["tokens"] for c in STAGE_PLAN[i:])
         scale = min(1.0, max(train_end - clock.used(), 1.0) * speed / max(rest, 1))
         steps = max(1, math.floor(scale * todo["steps"]))
         scales[name] = {"scale": scale, "steps": steps, "planned_steps": todo["steps"]}
         out = seed_dir / name
         if not (out / "pauserec.json").is_file():
-            src = work / "init" if PARENT[name] == "init" else seed_dir / PARENT[name]
-            pretrained = stage == "pause-sft" and not extra.get("control")
-            more = {"pause_from": str(seed_dir / "pause-pretrain")} if pretrained else {}
-            args = train.stage_args(stage, plan["preset"], **extra, **more, from_ckpt=str(src), out=str(out),
-                                    max_steps=steps, device=device, resume=True)
+            src = work / "init" if cell.parent == "init" else seed_dir / cell.parent
+            more = {"pause_from": str(seed_dir / "pause-pretrain")} if cell.pause_source else {}
+            args = train.stage_args(cell.stage, plan["preset"], **cell.train_values(), **more, from_ckpt=str(src),
+                                    out=str(out), max_steps=steps, device=device, resume=True)
             done = train.run(args)
-            speed = done.meta["timings"][stage]["tokens_per_s"]  # measured: the later stages use it
+            speed = done.meta["timings"][cell.stage]["tokens_per_s"]  # measured: the later stages use it
         print(f"== {name}: {steps}/{todo['steps']} steps (scale {scale:.2f}); {clock.left():.0f}s left", flush=True)
     return scales
 

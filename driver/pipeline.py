@@ -21,13 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pauserec import checkpoint, commands, files, train
-from pauserec.config import STAGES, build, parse_args, to_dict
-from pauserec.device import DEVICES_HELP
+from pauserec import files, registry
+from pauserec.config import build, parse_args, to_dict
 from pauserec.errors import UserError
+from pauserec.model import checkpoint, init_ckpt
+from pauserec.model.device import DEVICES_HELP
+from pauserec.registry import STAGES
+from pauserec.training import train
 
 log = logging.getLogger(__name__)
-SOURCE = {"cpt": "init", "sft": "cpt", "pause-pretrain": "cpt", "pause-sft": "sft", "cot-sft": "sft"}
 
 
 @dataclass
@@ -102,11 +104,11 @@ def run_stage(args: PipelineArgs, stage: str) -> None:
     if stage == "init":
         values = {"dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
                   "max_history": args.max_history, "data_root": args.data_root, "out": str(init_path(args))}
-        commands.create(build(commands.InitArgs, values, args.preset, commands.INIT_SECTIONS))
+        init_ckpt.create(build(init_ckpt.InitArgs, values, args.preset, init_ckpt.INIT_SECTIONS))
         return
     extra = {"pause_from": str(stage_path(args, "pause-pretrain"))} if stage == "pause-sft" else {}
     extra |= {"device": args.device} if args.device else {}
-    train.run(train.stage_args(stage, args.preset, from_ckpt=str(stage_path(args, SOURCE[stage])),
+    train.run(train.stage_args(stage, args.preset, from_ckpt=str(stage_path(args, registry.PARENT[stage])),
                                out=str(stage_path(args, stage)), resume=True, seed=args.seed, **extra))
 
 

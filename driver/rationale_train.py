@@ -28,10 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pauserec import checkpoint, data, metrics, rationales, stages, train
-from pauserec.device import resolve_device
+from pauserec import data
 from pauserec.errors import UserError
-from pauserec.evaluate import TOP_K, evaluate, examples_for
+from pauserec.evaluation import metrics
+from pauserec.evaluation.evaluate import TOP_K, evaluate, examples_for
+from pauserec.model import checkpoint
+from pauserec.model.device import resolve_device
+from pauserec.teacher import rationales
+from pauserec.training import train
 from probes import perturb
 from probes._common import ProbeArgs, cli, label, parse, write_results
 
@@ -70,7 +74,7 @@ def train_args(args: Args, condition: str, out: Path, rationale_file: Path | Non
 
 def training_examples(sft: checkpoint.Checkpoint, targs: train.TrainArgs) -> list[data.Example]:
     """The examples ``cot-sft`` trains on (the trainer's own sample; it refuses a file missing any)."""
-    windows = data.split(stages.dataset_of(sft), targs.max_history or sft.meta["dataset"].get("max_history", 20),
+    windows = data.split(checkpoint.dataset_of(sft), targs.max_history or sft.meta["dataset"].get("max_history", 20),
                          targs.train_targets)["train"]
     return [windows[i] for i in data.sample(len(windows), targs.n_train, targs.seed)]
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import tomllib
 
 from pauserec.errors import UserError
+from pauserec.registry import STAGES
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-STAGES = ("cpt", "sft", "pause-pretrain", "pause-sft", "cot-sft")  # training stages, in pipeline order
 # What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
 PROBE_NAMES = ("alignment", "attention", "verbalization", "rationale")
 SECTIONS = ("sid", "init", "pipeline", "experiment", "evaluate", "baselines", "gpu",

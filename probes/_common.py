@@ -18,16 +18,17 @@ from typing import Any
 
 import pandas as pd
 
-from pauserec import __version__, checkpoint, files
-from pauserec.checkpoint import Checkpoint
+from pauserec import __version__, files, registry
 from pauserec.cli import run, setup_logging
 from pauserec.config import parse_args, to_dict
-from pauserec.device import DEVICES_HELP, DTYPES, describe, resolve_device, resolve_dtype
 from pauserec.errors import UserError
+from pauserec.model import checkpoint
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.device import DEVICES_HELP, DTYPES, describe, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("variant", "metric", "value")
-RECOMMENDER_STAGES = ("sft", "pause-sft", "cot-sft")  # stages whose checkpoints recommend
+RECOMMENDER_STAGES = registry.RECOMMENDERS
 HEALTH_USERS = 16
 
 
@@ -94,12 +95,13 @@ def health(ckpt: Checkpoint, seed: int = 0) -> dict[str, Any]:
         return {}
     key = _health_key(ckpt, seed)
     if key not in _HEALTH:
-        from pauserec import decode, evaluate, metrics
-        from pauserec.prompts import PromptBuilder
+        from pauserec import decoding
+        from pauserec.evaluation import evaluate, metrics
+        from pauserec.model.prompts import PromptBuilder
 
         examples = evaluate.examples_for(ckpt, "test", HEALTH_USERS, seed)
         variant, n_pauses = evaluate.prompt_variant(ckpt)
-        recs = decode.recommend(ckpt.model, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
+        recs = decoding.recommend(ckpt.model, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
                                 variant=variant, n_pauses=n_pauses, top_k=10, beams=10, batch_size=HEALTH_USERS)
         _HEALTH[key] = metrics.health(recs.items, len(ckpt.catalog), evaluate.popular_items(ckpt))
     out = dict(_HEALTH[key])

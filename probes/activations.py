@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pauserec import backbone
 from pauserec.errors import UserError
+from pauserec.model import backbone
 
 log = logging.getLogger(__name__)
 WORD = re.compile(r"[A-Za-z]{3,}")

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pauserec import backbone, tokens
-from pauserec.checkpoint import Checkpoint
+from pauserec import tokens
 from pauserec.errors import UserError
+from pauserec.model import backbone
+from pauserec.model.checkpoint import Checkpoint
 from probes import activations as act
 from probes import similarity as sim
 from probes._common import ProbeArgs, cli, entry, label

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import torch
 
-from pauserec.checkpoint import Checkpoint
-from pauserec.prompts import PromptBuilder
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.prompts import PromptBuilder
 from probes import activations as act
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pauserec import data, evaluate, rationales
-from pauserec.checkpoint import Checkpoint
+from pauserec import data
 from pauserec.errors import UserError
-from pauserec.prompts import DEFAULT_PAUSES, Encoded, PromptBuilder
+from pauserec.evaluation import evaluate
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.prompts import Encoded, PromptBuilder
+from pauserec.registry import PAPER_PAUSES
+from pauserec.teacher import rationales
 from probes import activations as act
 from probes import interventions
 from probes._common import ProbeArgs, cli, entry, label
@@ -69,7 +72,7 @@ def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:
     variant = "pause" if variant == "base" else variant
     if variant not in ("plain", "pause", "cot"):
         raise UserError(f"unknown variant '{variant}' (known: auto, plain, pause, cot)")
-    n_pauses = args.n_pauses if args.n_pauses >= 0 else ckpt.n_pauses or DEFAULT_PAUSES
+    n_pauses = args.n_pauses if args.n_pauses >= 0 else ckpt.n_pauses or PAPER_PAUSES
     return variant, n_pauses if variant == "pause" else 0
 
 

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pauserec import backbone, data, metrics, stats, tokens
-from pauserec.checkpoint import Checkpoint
-from pauserec.decode import recommend
-from pauserec.prompts import PromptBuilder
+from pauserec import data, tokens
+from pauserec.decoding import recommend
+from pauserec.evaluation import metrics, stats
+from pauserec.model import backbone
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("none", "no-pause", "mask-pause", "pause-mean-text", "pause-zeros")

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pauserec.catalog import Catalog
 from pauserec.data import Example
 from pauserec.errors import UserError
+from pauserec.model.catalog import Catalog
 from probes.qa import words
 
 PERTURBATIONS = ("drop10", "drop30", "drop50", "word_shuffle", "sentence_shuffle", "paraphrase", "swap",

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pauserec import decode
-from pauserec.catalog import Catalog, CatalogItem
-from pauserec.corpus import SID_TO_TEXT
+from pauserec import decoding
 from pauserec.errors import UserError
-from pauserec.prompts import PromptBuilder, chat_ids
-from pauserec.rationales import clean
+from pauserec.model.catalog import Catalog, CatalogItem
+from pauserec.model.prompts import PromptBuilder, chat_ids
+from pauserec.teacher.rationales import clean
 from pauserec.tokens import parse_sid, sid_tokens
+from pauserec.training.corpus import SID_TO_TEXT
 
 FACTS_PATH = Path(__file__).resolve().parent / "resources" / "facts.jsonl"
 LABELS = {"title": "Title", "category": "Categories", "year": "Year", "brand": "Brand"}
@@ -242,7 +242,7 @@ def generate_answers(model, asker: Asker, prompts: list[list[int]], max_new_toke
                      batch_size: int = 16) -> list[str]:
     """Greedy answers (read by ``asker``), prompts batched shortest first."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less left padding per batch
-    new = decode.generate(model, asker.tok, [prompts[i] for i in order], max_new_tokens, asker.stop,
+    new = decoding.generate(model, asker.tok, [prompts[i] for i in order], max_new_tokens, asker.stop,
                           batch_size)
     out = [""] * len(prompts)
     for i, ids in zip(order, new):

@@ -31,12 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pauserec import checkpoint, decode, llm, metrics, rationales
-from pauserec.checkpoint import Checkpoint
+from pauserec import decoding
 from pauserec.data import Example
 from pauserec.errors import UserError
-from pauserec.evaluate import examples_for
-from pauserec.prompts import PromptBuilder
+from pauserec.evaluation import metrics
+from pauserec.evaluation.evaluate import examples_for
+from pauserec.model import checkpoint
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.prompts import PromptBuilder
+from pauserec.teacher import llm, rationales
 from probes import perturb
 from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
 from probes.qa import Asker, generate_answers
@@ -128,7 +131,7 @@ def level0_logprobs(model, builder: PromptBuilder, prompts: list[list[int]], bat
     codes = torch.tensor(sorted({ids[0] for ids in builder.item_ids}))
     out = []
     for start in range(0, len(prompts), batch_size):
-        logits, _, _ = decode.prefill(model, prompts[start:start + batch_size])  # (B, V)
+        logits, _, _ = decoding.prefill(model, prompts[start:start + batch_size])  # (B, V)
         out.append(torch.log_softmax(logits[:, codes.to(logits.device)], -1).cpu().numpy())
     return np.concatenate(out)
 
@@ -150,11 +153,11 @@ def items_kl(model, builder: PromptBuilder, prompts: dict[str, list[list[int]]],
     for u in range(len(prompts["clean"])):
         every = sorted({int(i) for name in prompts for i in items[name][u] if i >= 0})
         col = {item: j for j, item in enumerate(every)}
-        (clean,) = decode.score_continuations(model, [prompts["clean"][u]],
+        (clean,) = decoding.score_continuations(model, [prompts["clean"][u]],
                                               [[list(builder.item_ids[i]) for i in every]])
         for name in others:
             union = sorted({int(i) for i in (*items["clean"][u], *items[name][u]) if i >= 0})
-            (pert,) = decode.score_continuations(model, [prompts[name][u]],
+            (pert,) = decoding.score_continuations(model, [prompts[name][u]],
                                                  [[list(builder.item_ids[i]) for i in union]])
             sc = clean[[col[i] for i in union]]
             lc, lp = sc - np.logaddexp.reduce(sc), pert - np.logaddexp.reduce(pert)
@@ -188,9 +191,9 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
            "item_id": [ckpt.catalog.items[ex.target].item_id for ex in examples]}
     vals, prompts, items, level0 = {}, {}, {}, {}
     for name, rats in texts.items():
-        recs = decode.recommend(ckpt.model, builder, histories, variant="cot", rationales=rats, top_k=k,
+        recs = decoding.recommend(ckpt.model, builder, histories, variant="cot", rationales=rats, top_k=k,
                                 beams=args.beams, batch_size=args.batch_size)
-        prompts[name] = [e.input_ids[:e.prompt_len] for e in decode.build_prompts(
+        prompts[name] = [e.input_ids[:e.prompt_len] for e in decoding.build_prompts(
             ckpt.model, builder, histories, "cot", rationales=rats)[0]]
         items[name], r = recs.items, metrics.ranks(targets, recs.items)
         vals[name] = {f"recall@{k}": metrics.recall_at_k(r, k), f"ndcg@{k}": metrics.ndcg_at_k(r, k)}

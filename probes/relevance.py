@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pauserec import data
-from pauserec.catalog import Catalog
+from pauserec.model.catalog import Catalog
 from probes.activations import permutation
 
 

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pauserec import decode, llm, stats
-from pauserec.checkpoint import Checkpoint
+from pauserec import decoding
 from pauserec.errors import UserError
+from pauserec.evaluation import stats
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.teacher import llm
 from probes import activations as act
 from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
 from probes.qa import (
@@ -94,7 +96,7 @@ def logit_ranks(ckpt: Checkpoint, asker: Asker, questions: list[Question],
                 prompts: list[list[int]]) -> list[float]:
     """Rank of the truth among each question's candidates by mean per-token log-probability."""
     cands = [[asker.answer(c, q) for c in q.candidates] for q in questions]
-    sums = decode.score_continuations(ckpt.model, prompts, cands)
+    sums = decoding.score_continuations(ckpt.model, prompts, cands)
     return [truth_rank(s / np.maximum([len(c) for c in cs], 1)) for s, cs in zip(sums, cands)]
 
 

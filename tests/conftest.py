@@ -12,7 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pauserec import checkpoint, commands, data  # noqa: E402
+from pauserec import data
+from pauserec.model import (
+    checkpoint,  # noqa: E402
+    init_ckpt,
+)
 
 AMAZON_ROOT = next((p for p in data.default_roots() if (p / "Office").is_dir()), None)
 needs_amazon = pytest.mark.skipif(AMAZON_ROOT is None, reason="Amazon data (../shared/data/amazon) absent")
@@ -22,7 +26,7 @@ needs_amazon = pytest.mark.skipif(AMAZON_ROOT is None, reason="Amazon data (../s
 def tiny_ckpt_path(tmp_path_factory) -> Path:
     """An untrained tiny-Llama checkpoint on ml-100k, written by the real ``init-ckpt`` command."""
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    commands.init_ckpt(["--backbone", "tiny", "--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced",
+    init_ckpt.main(["--backbone", "tiny", "--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced",
                         "--out", str(out)])
     return out
 

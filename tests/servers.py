@@ -227,7 +227,7 @@ def llama_server() -> Iterator[str]:
     """A real llama.cpp OpenAI-compatible server on the SmolLM2 GGUF, for the whole session."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
-    from pauserec.backbone import gguf_file
+    from pauserec.model.backbone import gguf_file
 
     with llama_cpp_server(gguf_file("smollm2-135m")) as url:
         yield url

@@ -29,9 +29,9 @@ from analysis import (
     report,
     verdicts,
 )
-from pauserec import evaluate
-from pauserec.checkpoint import identity
 from pauserec.cli import run
+from pauserec.evaluation import evaluate
+from pauserec.model.checkpoint import identity
 
 N_USERS = 3000
 HIT = {"sft": 0.20, "sft-continued": 0.21, "think-only": 0.22, "filler-k5": 0.22, "pause-k5": 0.34,
@@ -50,7 +50,8 @@ def meta_of(cell: str, seed: int | None) -> dict:
     lineage = ["init", "cpt", "sft"] + (["pause-pretrain"] if cell == "pause-k5" else []) + (
         [stage] if stage not in ("sft", "baseline") else [])
     n = int(cell.split("-k")[1].split("-")[0]) if "-k" in cell else 0
-    return {"format_version": 2, "variant": variant, "stage": stage, "cell": cell, "n_pauses": n,
+    control = cell if cell in ("think-only", "sft-continued") else "filler" if cell.startswith("filler") else None
+    return {"format_version": 2, "variant": variant, "stage": stage, "cell": cell, "n_pauses": n, "control": control,
             "backbone": "" if stage == "baseline" else "tiny", "train_seed": seed,
             "pause_init": "mean-text" if "mean-text" in cell else ("pretrained" if cell.startswith("pause") else None),
             "rationale": {"source": "template", "leaky": False} if stage == "cot-sft" else None,

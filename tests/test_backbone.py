@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from pauserec import backbone, tokens
+from pauserec import tokens
 from pauserec.errors import UserError
+from pauserec.model import backbone
 
 
 def _tiny(tied=True):

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import needs_amazon
-from pauserec import baselines, data
-from pauserec.baselines import _common
+from pauserec import data
 from pauserec.errors import UserError
+from pauserec.evaluation import baselines
+from pauserec.evaluation.baselines import _common
 
 # Training parts (seq[:-2]): u1 [0 1 2], u2 [1 2 0], u3 [2 1]; u4 has none (3 items).
 # Popularity counts: item0 2, item1 3, item2 3, items 3/4/5 never (validation and test targets only).
@@ -185,9 +186,10 @@ def test_baseline_command_writes_the_evaluation_format_on_the_llms_users(tiny_ck
 
     import pandas as pd
 
-    from pauserec import checkpoint, evaluate
-    from pauserec.baselines import command
     from pauserec.cli import run
+    from pauserec.evaluation import evaluate
+    from pauserec.evaluation.baselines import command
+    from pauserec.model import checkpoint
 
     out = tmp_path / "markov"
     assert run(command.main, ["--model", "markov", "--dataset", "ml-100k", "--out", str(out), "--n-users", "50",

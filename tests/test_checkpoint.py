@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from pauserec import checkpoint, cli, commands, tokens
+from pauserec import cli, tokens
 from pauserec.errors import UserError
+from pauserec.model import checkpoint, init_ckpt
 
 
 def test_round_trip_gives_equal_logits(tiny_ckpt, tmp_path):
@@ -87,7 +88,7 @@ def test_init_ckpt_bad_input_exits_2_without_output(tmp_path, capsys):
         (["--backbone", "tiny", "--sid-levels", "two"], "not a int"),
         (["--backbone", "tiny", "--colour", "red"], "unrecognized"),
     ]:
-        assert cli.run(commands.init_ckpt, argv + ["--out", str(out)]) == 2
+        assert cli.run(init_ckpt.main, argv + ["--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and msg in err and len(err.strip().splitlines()) == 1
         assert not out.exists()

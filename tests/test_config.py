@@ -63,10 +63,11 @@ def test_several_sections_merge_in_order_and_flags_still_win(tmp_path):
 
 
 def test_quick_preset_init_section_reaches_init_ckpt_but_not_sid_build():
-    from pauserec import commands
     from pauserec.config import build
+    from pauserec.model import init_ckpt
+    from pauserec.sid import command as sid_command
 
     quick = load_preset("quick")
-    args = build(commands.InitArgs, {"dataset": "ml-100k"}, "quick", commands.INIT_SECTIONS)
+    args = build(init_ckpt.InitArgs, {"dataset": "ml-100k"}, "quick", init_ckpt.INIT_SECTIONS)
     assert args.init == quick["init"]["init"] and args.sid_method == quick["sid"]["sid_method"]
-    assert build(commands.SidBuildArgs, {"dataset": "ml-100k"}, "quick", "sid").sid_method == args.sid_method
+    assert build(sid_command.SidBuildArgs, {"dataset": "ml-100k"}, "quick", "sid").sid_method == args.sid_method

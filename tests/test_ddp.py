@@ -4,16 +4,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from pauserec import checkpoint, train, trainstate
+from numeric import close
+from pauserec.model import checkpoint
+from pauserec.training import train, trainstate
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # starts processes
-
-
+pytestmark = [pytest.mark.slow, pytest.mark.numeric, pytest.mark.usefixtures("one_thread")]  # starts processes
 
 
 ARGS = ["--stage", "sft", "--n-train", "48", "--batch-size", "8", "--epochs", "1", "--max-steps", "4",
@@ -32,10 +31,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_ckpt_path, tmp_
     assert two.meta["timings"]["sft"]["world_size"] == 2 and two.meta["timings"]["sft"]["steps"] == 4
     start = checkpoint.load(tiny_ckpt_path).model.state_dict()
     a, b = one.model.state_dict(), two.model.state_dict()
-    assert any(not torch.equal(a[name], start[name]) for name in a)
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+    moved = [name for name in a if not torch.equal(a[name], start[name])]
+    assert moved and all(not torch.equal(b[name], start[name]) for name in moved)
+    # Every step's loss (on weights the earlier steps updated) agrees up to float noise; the weights
+    # themselves are not compared: Adam turns float noise in near-zero gradients into whole steps.
     loss_one = pd.read_csv(tmp_path / "one" / trainstate.LOG_FILE)["loss"].to_numpy()
     loss_two = pd.read_csv(tmp_path / "ddp" / trainstate.LOG_FILE)["loss"].to_numpy()
-    assert len(loss_one) == 4 and np.allclose(loss_one, loss_two, rtol=1e-5)
+    per_step = one.meta["timings"]["sft"]["labelled_tokens"] / 4
+    assert len(loss_one) == 4 and close(loss_two, loss_one, torch.float32, per_step)
     assert loss_one[-1] < loss_one[0]

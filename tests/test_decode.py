@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pauserec import checkpoint, data
-from pauserec.decode import (
+from pauserec import data
+from pauserec.decoding import (
     Trie,
     beam_search,
     generate,
@@ -13,7 +13,10 @@ from pauserec.decode import (
     score_continuations,
     think_then_search,
 )
-from pauserec.prompts import PromptBuilder
+from pauserec.model import checkpoint
+from pauserec.model.prompts import PromptBuilder
+
+pytestmark = pytest.mark.numeric  # layouts of one computation: also run under AVX2 kernels
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +176,7 @@ def test_bad_arguments_are_user_errors(spread):
 def test_cot_search_continues_from_the_rationales_cache(spread):
     """Generated CoT: searching on the generation's KV cache gives what re-reading prompt + rationale gives,
     even when the rows of a batch stop thinking at different steps (finished rows feed no keys)."""
-    from pauserec.decode import generate_state
+    from pauserec.decoding import generate_state
 
     ckpt, builder, hs = spread
     starts = [builder.encode(h, variant="cot", rationale=[]).input_ids[:-1] for h in hs[:6]]
@@ -192,7 +195,7 @@ def test_cot_search_continues_from_the_rationales_cache(spread):
 def test_cot_search_when_every_row_stops_thinking_at_once(tiny_ckpt_path):
     """A model that closes the think block at once: empty rationales, and the search continues from the
     prompt's own cache exactly as re-reading prompt + </think> would."""
-    from pauserec.decode import generate_state
+    from pauserec.decoding import generate_state
 
     ckpt = checkpoint.load(tiny_ckpt_path)
     with torch.no_grad():  # distinct item scores, as in the spread fixture

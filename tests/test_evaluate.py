@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pauserec import checkpoint, cli, data
+from pauserec import cli, data
 from pauserec.__main__ import main as pauserec_main
-from pauserec.decode import recommend
-from pauserec.evaluate import evaluate, examples_for
-from pauserec.prompts import PromptBuilder
+from pauserec.decoding import recommend
+from pauserec.evaluation.evaluate import evaluate, examples_for
+from pauserec.model import checkpoint
+from pauserec.model.prompts import PromptBuilder
 
 
 def test_examples_are_the_leave_one_out_split_and_seeded(tiny_ckpt):
@@ -96,7 +97,7 @@ def test_pause_checkpoint_is_decoded_with_its_pauses(tiny_ckpt):
 
 
 def test_health_flags_a_recommender_that_ignores_the_user():
-    from pauserec import metrics
+    from pauserec.evaluation import metrics
 
     same = np.tile(np.arange(10), (20, 1))  # every user gets items 0..9
     h = metrics.health(same, n_catalog=100, popular=list(range(10)))

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from driver import demo, experiment
-from pauserec import checkpoint
 from pauserec.config import STAGES
+from pauserec.model import checkpoint
 
 pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
 

@@ -5,7 +5,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from pauserec import data, export
+from pauserec import data
+from pauserec.data import export
 from pauserec.errors import UserError
 
 

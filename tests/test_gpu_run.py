@@ -30,7 +30,7 @@ def test_prepare_then_run_then_report(tmp_path, capsys):
     plan = gpu_prepare.main(["--dataset", "ml-100k", "--backbone", "tiny", "--preset", str(preset), "--no-wheels",
                              "--out", str(tmp_path / "gpu_run"), "--max-history", "5", "--tokens-per-s", "2000"])
     printed = capsys.readouterr().out
-    assert "minutes at 2k tokens/s" in printed and set(plan["stages"]) == {n for n, _, _ in gpu_prepare.STAGE_PLAN}
+    assert "minutes at 2k tokens/s" in printed and set(plan["stages"]) == {c.name for c in gpu_prepare.STAGE_PLAN}
     assert all(s["steps"] == 6 and s["tokens"] > 0 for s in plan["stages"].values())  # 24 seqs / 8 x 2 epochs
     assert (tmp_path / "gpu_run" / "run" / "data" / "ml-100k" / "ml-100k.inter.json").is_file()
     record = gpu_run.main([str(tmp_path / "gpu_run" / "run"), "--work", str(tmp_path / "work"), "--export",

@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-from servers import ScriptedServer, fail_on, scripted
 
-from pauserec import llm
 from pauserec.errors import UserError
+from pauserec.teacher import llm
+from servers import ScriptedServer, fail_on, scripted
 
 FAST = {"model": "test-model", "timeout": 0.5, "backoff": 0.01, "backoff_cap": 0.05}
 
@@ -118,7 +118,7 @@ def test_keyboard_interrupt_mid_batch_loses_nothing(tmp_path):
 
 KILLER = """
 import os, signal, sys
-from pauserec import llm
+from pauserec.teacher import llm
 def die(i, text):
     if i == 2:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -144,7 +144,7 @@ def test_torn_last_line_is_ignored_with_a_warning(tmp_path, caplog):
         llm.complete(["a", "b"], base_url=srv.url, cache_path=cache, **FAST)
         with open(cache, "a") as fh:
             fh.write('{"key": "abc", "respon')  # a kill mid-write
-        with caplog.at_level(logging.WARNING, logger="pauserec.llm"):
+        with caplog.at_level(logging.WARNING, logger="pauserec.teacher.llm"):
             out = llm.complete(["a", "b", "c"], base_url=srv.url, cache_path=cache, **FAST)
         assert out == ["reply to: a", "reply to: b", "reply to: c"]
         assert srv.prompts() == ["a", "b", "c"]  # only "c" was new on the second call

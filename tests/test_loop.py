@@ -11,13 +11,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from pauserec import batches, checkpoint, loop, train
-from pauserec.corpus import Corpus
-from pauserec.device import autocast
-from pauserec.prompts import IGNORE
+from numeric import close, tolerance
+from pauserec.model import checkpoint
+from pauserec.model.device import autocast
+from pauserec.model.prompts import IGNORE
+from pauserec.training import batches, loop, train
+from pauserec.training.corpus import Corpus
+
+pytestmark = pytest.mark.numeric  # layouts of one computation: also run under AVX2 kernels
 
 CPU = torch.device("cpu")
 
@@ -42,11 +47,6 @@ def toy_corpus(lengths, vocab: int, seed: int = 0) -> Corpus:
     return Corpus(ids, labels)
 
 
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
-    """Equal up to float noise: the largest difference is a small share of the largest entry."""
-    return bool((a - b).abs().max() <= tol * b.abs().max())
-
-
 def loss_and_grads(net, model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss, n = net(batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"])
@@ -69,12 +69,12 @@ def test_packed_row_gives_the_loss_and_gradients_of_one_sequence_at_a_time(tiny_
     loss, n, grads = loss_and_grads(net, model, packed)
     singles = [loss_and_grads(net, model, batches.collate(data, [[i]], 0, CPU)) for i in range(4)]
     assert n == packed["labelled"] == sum(s[1] for s in singles) == sum(k - k // 3 for k in (7, 19, 4, 12))
-    assert close(loss, sum(s[0] for s in singles))
+    assert close(loss, sum(s[0] for s in singles), torch.float32, int(n))
     for name, g in grads.items():
-        assert close(g, sum(s[2][name] for s in singles), 1e-4), name
+        assert close(g, sum(s[2][name] for s in singles), torch.float32, int(n)), name
     # the check has teeth: the same row with attention across sequences gives another loss
     crossing = net(packed["input_ids"], packed["labels"])[0].detach()
-    assert not close(crossing, loss, 1e-4)
+    assert abs(float(crossing - loss)) > 10 * tolerance(torch.float32, int(n)) * abs(float(loss))
 
 
 def test_packed_padded_rows_equal_unpacked_padded_rows(tiny_ckpt):
@@ -90,8 +90,8 @@ def test_packed_padded_rows_equal_unpacked_padded_rows(tiny_ckpt):
     assert plain["position_ids"] is None and plain["attention_mask"] is not None
     assert packed["tokens"] == plain["tokens"] == 100 and packed["input_ids"].numel() < plain["input_ids"].numel()
     a, b = loss_and_grads(net, model, packed), loss_and_grads(net, model, plain)
-    assert a[1] == b[1] and close(a[0], b[0])
-    assert all(close(a[2][k], b[2][k], 1e-4) for k in a[2])
+    assert a[1] == b[1] and close(a[0], b[0], torch.float32, int(a[1]))
+    assert all(close(a[2][k], b[2][k], torch.float32, int(a[1])) for k in a[2])
 
 
 def test_packed_rows_joined_into_one_row_give_the_same_loss(tiny_ckpt):
@@ -104,7 +104,7 @@ def test_packed_rows_joined_into_one_row_give_the_same_loss(tiny_ckpt):
     assert rows["input_ids"].shape[0] > 1
     joined = {k: rows[k].reshape(1, -1) for k in ("input_ids", "labels", "position_ids")}
     a, b = net(**joined), net(rows["input_ids"], rows["labels"], position_ids=rows["position_ids"])
-    assert a[1] == b[1] == rows["labelled"] and close(a[0], b[0])
+    assert a[1] == b[1] == rows["labelled"] and close(a[0], b[0], torch.float32, rows["labelled"])
 
 
 def test_pack_fits_rows_and_is_deterministic():
@@ -177,19 +177,43 @@ FAST = ["--stage", "sft", "--n-train", "32", "--epochs", "1", "--no-progress", "
         "--save-every", "0", "--log-every", "1", "--dtype", "fp32", "--lr", "3e-3", "--warmup-ratio", "0"]
 
 
-def test_packed_training_equals_unpacked_training(tiny_ckpt_path, tmp_path):
-    """Packing changes the layout only: the same steps give the same weights (up to float noise)."""
-    runs = {}
+def test_packed_training_trains_the_same_steps_with_the_same_losses(tiny_ckpt_path, tmp_path):
+    """Packing changes the layout only: through the real command, the same steps train the same sequences,
+    and every step's loss agrees up to float noise (the weights are compared through their gradients in
+    the next test: Adam amplifies float noise in near-zero gradients, so weights after Adam steps are not
+    mathematically equal quantities)."""
+    runs, logs = {}, {}
     for name, extra in [("plain", []), ("packed", ["--pack", "--pack-len", "256"])]:
         runs[name] = train.main([*FAST, "--batch-size", "8", "--from", str(tiny_ckpt_path),
                                  "--out", str(tmp_path / name), *extra])
-    a, b = (r.model.state_dict() for r in runs.values())
-    start = checkpoint.load(tiny_ckpt_path).model.state_dict()
-    assert any(not torch.equal(a[k], start[k]) for k in a)
-    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+        logs[name] = pd.read_csv(tmp_path / name / "train_log.csv")
     t = [r.meta["timings"]["sft"] for r in runs.values()]
     assert t[0]["steps"] == t[1]["steps"] == 4 and t[0]["tokens"] == t[1]["tokens"]
+    assert t[0]["labelled_tokens"] == t[1]["labelled_tokens"]
+    labelled_per_step = t[0]["labelled_tokens"] / 4
+    a, b = logs["plain"]["loss"].to_numpy(), logs["packed"]["loss"].to_numpy()
+    assert len(a) == 4 and close(a, b, torch.float32, labelled_per_step)
+    assert a[-1] < a[0]  # it trained
     assert runs["packed"].meta["configs"]["sft"]["pack"] is True
+
+
+def test_every_step_of_a_packed_plan_has_the_loss_and_gradients_of_the_unpacked_one(tiny_ckpt):
+    """The loop's real plan (seeded steps, bucketing, packing to the step's longest sequence): on the same
+    weights, each step's packed rows give the loss and gradients of its unpacked rows."""
+    model = tiny_ckpt.model.train()
+    net = loop.LabelledLoss(model)
+    data = toy_corpus(np.random.default_rng(3).integers(5, 60, size=48).tolist(), model.config.vocab_size)
+    cfg = loop.LoopConfig(epochs=1, batch_size=8, pack=True, seed=1)
+    packed = loop.Steps(data.lengths(), cfg)
+    plain = loop.Steps(data.lengths(), dataclasses.replace(cfg, pack=False))
+    assert [len(r) for r in plain.rows(0)] == [1] * 8 and len(packed.rows(0)) < 8  # rows really differ
+    for step in range(3):
+        a = loss_and_grads(net, model, batches.collate(data, packed.rows(step), 0, CPU))
+        b = loss_and_grads(net, model, batches.collate(data, plain.rows(step), 0, CPU))
+        n = int(a[1])
+        assert a[1] == b[1] and close(a[0], b[0], torch.float32, n)
+        for name in a[2]:
+            assert close(a[2][name], b[2][name], torch.float32, n), (step, name)
 
 
 def test_token_budget_steps_train_through_main(tiny_ckpt_path, tmp_path):
@@ -200,6 +224,9 @@ def test_token_budget_steps_train_through_main(tiny_ckpt_path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")), reason=(
+    "inductor generates code for the processor it finds, not for a forced ATEN_CPU_CAPABILITY: the mix "
+    "gave a NaN loss on an AVX-512 machine forced to avx2; a real AVX2 machine runs this test"))
 def test_compiled_packed_step_matches_eager(tiny_ckpt):
     model = tiny_ckpt.model.train()
     data = toy_corpus([7, 19, 4, 12, 9], model.config.vocab_size)
@@ -207,8 +234,9 @@ def test_compiled_packed_step_matches_eager(tiny_ckpt):
     assert batch["position_ids"] is not None and batch["input_ids"].shape[0] == 3
     eager = loss_and_grads(loop.LabelledLoss(model), model, batch)
     compiled = loss_and_grads(torch.compile(loop.LabelledLoss(model), dynamic=True), model, batch)
-    assert close(eager[0], compiled[0])
-    assert all(close(eager[2][k], compiled[2][k], 1e-4) for k in eager[2])
+    n = int(eager[1])
+    assert close(eager[0], compiled[0], torch.float32, n)
+    assert all(close(eager[2][k], compiled[2][k], torch.float32, n) for k in eager[2])
 
 
 @pytest.mark.slow
@@ -220,9 +248,12 @@ def test_two_processes_with_packed_token_budget_steps_match_one(tiny_ckpt_path, 
            "-m", "pauserec", "train", *args, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = train.main([*args, "--out", str(tmp_path / "one")]).model.state_dict()
-    two = checkpoint.load(tmp_path / "ddp").model.state_dict()
-    assert all(close(two[k], one[k], 1e-4) for k in one)
+    one = train.main([*args, "--out", str(tmp_path / "one")])
+    two = checkpoint.load(tmp_path / "ddp")
+    assert two.meta["timings"]["sft"]["steps"] == one.meta["timings"]["sft"]["steps"] == 3
+    n = one.meta["timings"]["sft"]["labelled_tokens"] / 3
+    losses = [pd.read_csv(tmp_path / name / "train_log.csv")["loss"].to_numpy() for name in ("one", "ddp")]
+    assert len(losses[0]) == 3 and close(losses[1], losses[0], torch.float32, n)
 
 
 def bench_train():
@@ -296,7 +327,7 @@ def test_gpu_packed_row_equals_one_sequence_at_a_time(tiny_ckpt):
     net = loop.LabelledLoss(model)
     data = toy_corpus([7, 19, 4, 12], model.config.vocab_size)
     packed = batches.collate(data, batches.pack(range(4), data.lengths(), 64), 0, device)
-    loss, _, grads = loss_and_grads(net, model, packed)
+    loss, n, grads = loss_and_grads(net, model, packed)
     singles = [loss_and_grads(net, model, batches.collate(data, [[i]], 0, device)) for i in range(4)]
-    assert close(loss, sum(s[0] for s in singles), 1e-4)
-    assert all(close(g, sum(s[2][k] for s in singles), 1e-3) for k, g in grads.items())
+    assert close(loss, sum(s[0] for s in singles), torch.float32, int(n))
+    assert all(close(g, sum(s[2][k] for s in singles), torch.float32, int(n)) for k, g in grads.items())

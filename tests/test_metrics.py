@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from pauserec import metrics
+from pauserec.evaluation import metrics
 
 
 def test_ranks_are_one_based_and_zero_on_a_miss():

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from pauserec import train
+from pauserec.training import train
 
 pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
 

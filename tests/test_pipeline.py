@@ -7,8 +7,9 @@ import time
 import pytest
 
 from driver import pipeline
-from pauserec import checkpoint, trainstate
 from pauserec.config import STAGES
+from pauserec.model import checkpoint
+from pauserec.training import trainstate
 
 pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
 

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from conftest import AMAZON_ROOT, needs_amazon
-from pauserec import data, download, prepare
+from pauserec import data
 from pauserec.__main__ import main as cli_main
 from pauserec.cli import run
+from pauserec.data import download, prepare
 from pauserec.errors import UserError
 
 RAW = Path(__file__).parent / "fixtures" / "raw"

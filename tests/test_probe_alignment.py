@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import backbone, cli, data, tokens
-from pauserec.catalog import Catalog
-from pauserec.checkpoint import Checkpoint
+from pauserec import cli, data, tokens
+from pauserec.model import backbone
+from pauserec.model.catalog import Catalog
+from pauserec.model.checkpoint import Checkpoint
 from probes import activations as act
 from probes import alignment
 from probes import similarity as sim

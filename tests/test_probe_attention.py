@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import cli, evaluate, tokens
-from pauserec.prompts import PromptBuilder
+from pauserec import cli, tokens
+from pauserec.evaluation import evaluate
+from pauserec.model.prompts import PromptBuilder
 from probes import activations as act
 from probes import attention, interventions
 from probes.relevance import by_position, within_user_corr
@@ -20,8 +21,9 @@ def args(**kw) -> attention.Args:
     return attention.Args(**{"n_users": 12, "n_perm": 20, "batch_size": 4, "seed": 0, **kw})
 
 
+@pytest.mark.numeric
 def test_bridge_patterns_and_residuals_match_hf_eager(tiny_ckpt_path):
-    from pauserec import checkpoint
+    from pauserec.model import checkpoint
 
     ckpt = checkpoint.load(tiny_ckpt_path, attn_implementation="eager")
     builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
@@ -79,7 +81,7 @@ def test_cot_and_plain_prompts_have_no_pause_queries(tiny_ckpt):
 
 
 def _catalog_sids(path):
-    from pauserec.catalog import Catalog
+    from pauserec.model.catalog import Catalog
 
     return [it.sid for it in Catalog.read(path / "items.jsonl").items]
 
@@ -218,9 +220,10 @@ def test_interventions_pair_users_and_restore_the_pause_row(tiny_ckpt):
 
 
 @torch.no_grad()
+@pytest.mark.numeric
 def test_target_logprob_matches_decode_scoring_with_and_without_masked_pauses(tiny_ckpt):
     """Teacher-forced scoring in one pass equals decode's step-by-step path (KV cache, key mask)."""
-    from pauserec.decode import prefill, score_continuations
+    from pauserec.decoding import prefill, score_continuations
 
     model = tiny_ckpt.model
     builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
@@ -247,10 +250,10 @@ def test_target_logprob_matches_decode_scoring_with_and_without_masked_pauses(ti
 @pytest.mark.slow
 def test_smollm2_bridge_matches_eager_and_probe_runs(tmp_path):
     """The real backbone: TransformerLens patterns equal HF eager ones; the probe runs end to end."""
-    from pauserec import checkpoint, commands
+    from pauserec.model import checkpoint, init_ckpt
 
     path = tmp_path / "init"
-    commands.init_ckpt(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out", str(path)])
+    init_ckpt.main(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out", str(path)])
     ckpt = checkpoint.load(path, attn_implementation="eager")
     builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog)
     ex = evaluate.examples_for(ckpt, n_users=1)[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from pauserec import checkpoint, decode
+from pauserec import decoding
+from pauserec.model import checkpoint
 from probes import _common
 
 
@@ -13,8 +14,8 @@ def test_health_is_computed_once_per_checkpoint_and_again_after_a_rewrite(tiny_c
     path = tmp_path / "sft"
     shutil.copytree(tiny_ckpt_path, path)
     calls = []
-    real = decode.recommend
-    monkeypatch.setattr(decode, "recommend", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = decoding.recommend
+    monkeypatch.setattr(decoding, "recommend", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(_common, "_HEALTH", {})
     monkeypatch.setattr(_common, "HEALTH_USERS", 4)  # the caching is under test, not the users
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from servers import ScriptedServer, fail_on, scripted
 
-from pauserec.backbone import token_groups
 from pauserec.data import Example
 from pauserec.errors import UserError
+from pauserec.model.backbone import token_groups
 from probes import perturb, rationale
+from servers import ScriptedServer, fail_on, scripted
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from servers import ScriptedServer, fail_on, scripted
 
-from pauserec import corpus, data
-from pauserec.catalog import Catalog
+from pauserec import data
 from pauserec.errors import UserError
+from pauserec.model.catalog import Catalog
+from pauserec.training import corpus
 from probes import qa, verbalization
 from probes.qa import Asker, lcs, rouge_l, token_f1, truth_rank
+from servers import ScriptedServer, fail_on, scripted
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
@@ -225,9 +226,9 @@ def test_judge_against_real_llama_cpp_server(llama_server, tiny_ckpt_path, tmp_p
 @pytest.mark.slow
 def test_smollm2_checkpoint_knows_facts_in_its_logits(tmp_path):
     """The real backbone: general facts are ranked far above chance by likelihood."""
-    from pauserec import commands
+    from pauserec.model import init_ckpt
 
-    ckpt = commands.init_ckpt(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out",
+    ckpt = init_ckpt.main(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out",
                                str(tmp_path / "init")])
     args = verbalization.Args(queries=("fact",), cosine=False, max_new_tokens=12)
     df = verbalization.compute(ckpt, args)

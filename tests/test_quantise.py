@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from conftest import AMAZON_ROOT, needs_amazon
-from pauserec import balanced, checkpoint, commands, data, quantise, rqvae, sid, sidcompare
+from pauserec import data, sid
 from pauserec.errors import UserError
+from pauserec.model import checkpoint
+from pauserec.sid import balanced, kmeans, quantise, rqvae
+from pauserec.sid import command as sid_command
+from pauserec.sid import compare as sidcompare
 
 
 def _planted(n=512, k=8, d=16, seed=0):
@@ -23,7 +27,7 @@ def _planted(n=512, k=8, d=16, seed=0):
 def test_balanced_kmeans_evens_out_a_skewed_catalog():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(np.concatenate([0.1 * rng.normal(size=(300, 4)), rng.normal(size=(100, 4)) + 3]))
-    _, plain = sid.kmeans(x, 4, 30, torch.Generator().manual_seed(0))
+    _, plain = kmeans.kmeans(x, 4, 30, torch.Generator().manual_seed(0))
     _, even = balanced.balanced_kmeans(x.float(), 4, 30, torch.Generator().manual_seed(0))
     assert np.bincount(plain.numpy()).max() > 200  # the dense blob takes one crowded code...
     assert np.bincount(even.numpy(), minlength=4).min() >= 80  # ...balancing shares it out
@@ -88,7 +92,7 @@ def test_sid_build_compares_with_a_published_index(tmp_path, capsys):
     published = np.stack([np.arange(1682) % 5, np.arange(1682) % 3, np.zeros(1682, int)], 1)
     (tmp_path / "ml.index.json").write_text(json.dumps(
         {it.item_id: [f"<{'abc'[lv]}_{c}>" for lv, c in enumerate(row)] for it, row in zip(items, published)}))
-    report = commands.sid_build(["--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced", "--sid-levels", "2",
+    report = sid_command.sid_build(["--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced", "--sid-levels", "2",
                                  "--compare", str(tmp_path / "ml.index.json")])
     out = capsys.readouterr().out
     assert "comparison on the first 2 levels" in out and "ours (rq-kmeans-balanced)" in out
@@ -96,7 +100,7 @@ def test_sid_build_compares_with_a_published_index(tmp_path, capsys):
     assert theirs["unique_before_dedup"] == 15 and theirs["collision_rate"] == 1.0
     assert [lv["used"] for lv in theirs["per_level"]] == [5, 3]
     with pytest.raises(UserError, match="not found"):
-        commands.sid_build(["--dataset", "ml-100k", "--compare", str(tmp_path / "missing.json")])
+        sid_command.sid_build(["--dataset", "ml-100k", "--compare", str(tmp_path / "missing.json")])
 
 
 def test_init_ckpt_records_the_sid_method(tiny_ckpt_path):

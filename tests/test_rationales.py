@@ -6,13 +6,14 @@ import json
 import logging
 
 import pytest
-from servers import ScriptedServer, fail_on
 
-from pauserec import data, decode, rationales
-from pauserec.checkpoint import Checkpoint
+from pauserec import data, decoding
 from pauserec.cli import run
 from pauserec.errors import UserError
-from pauserec.prompts import chat_ids
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.prompts import chat_ids
+from pauserec.teacher import rationales
+from servers import ScriptedServer, fail_on
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +83,13 @@ def test_local_source_is_the_models_own_greedy_text_and_is_cached(tiny_ckpt, tra
                            max_new_tokens=8, batch_size=2)
     tok = tiny_ckpt.tokenizer
     prompt = chat_ids(tok, rationales.llm_prompt(tiny_ckpt.catalog, examples[3].history), rationales.SYSTEM)
-    (direct,) = decode.generate(tiny_ckpt.model, tok, [prompt], max_new_tokens=8,
+    (direct,) = decoding.generate(tiny_ckpt.model, tok, [prompt], max_new_tokens=8,
                                 stop_ids=[tok.eos_token_id, tok.convert_tokens_to_ids("</think>")])
     assert out[3].text == rationales.clean(tok.decode(direct, skip_special_tokens=True))
     assert [r.leaky for r in out] == [False] * 5
     lines = cache.read_text().splitlines()
     assert len(lines) == 5
-    with caplog.at_level(logging.INFO, logger="pauserec.rationales"):
+    with caplog.at_level(logging.INFO, logger="pauserec.teacher.rationales"):
         again = rationales.build("local", tiny_ckpt.catalog, examples, ckpt=tiny_ckpt, cache_path=cache,
                                  max_new_tokens=8)
     assert again == out and "5 cached, 0 to generate" in caplog.text
@@ -170,7 +171,7 @@ def test_openai_source_on_a_real_llama_cpp_server(llama_server, tiny_ckpt, train
 
 @pytest.mark.slow
 def test_local_source_with_the_real_smollm2_backbone(tiny_ckpt, train_examples, tmp_path):
-    from pauserec.backbone import load_backbone
+    from pauserec.model.backbone import load_backbone
 
     model, tok = load_backbone("smollm2-135m")
     ckpt = Checkpoint(model.eval(), tok, tiny_ckpt.catalog, {}, None)

@@ -4,6 +4,7 @@ import pytest
 from conftest import AMAZON_ROOT, needs_amazon
 from pauserec import data, sid, tokens
 from pauserec.errors import UserError
+from pauserec.sid import kmeans
 
 
 def test_dedup_makes_every_sid_unique():
@@ -17,8 +18,8 @@ def test_rq_kmeans_is_deterministic_and_reduces_residual():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, 16))
     x = (centres[rng.integers(0, 8, 400)] + 0.05 * rng.normal(size=(400, 16))).astype(np.float32)
-    a = sid.rq_kmeans(x, levels=2, size=8, iters=30, seed=1)
-    b = sid.rq_kmeans(x, levels=2, size=8, iters=30, seed=1)
+    a = kmeans.rq_kmeans(x, levels=2, size=8, iters=30, seed=1)
+    b = kmeans.rq_kmeans(x, levels=2, size=8, iters=30, seed=1)
     assert np.array_equal(a, b)
     # level 0 recovers the 8 planted clusters: each cluster maps to exactly one code
     truth = np.argmin(((x[:, None] - centres[None]) ** 2).sum(-1), 1)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from pauserec import stats
+from pauserec.evaluation import stats
 
 
 def series(values, users=None) -> pd.Series:

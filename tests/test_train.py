@@ -12,22 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import (
-    backbone,
-    checkpoint,
-    cli,
-    corpus,
-    data,
-    loop,
-    rationales,
-    tokens,
-    train,
-    trainstate,
-)
-from pauserec import stages as stages_mod
+from pauserec import cli, data, registry, tokens
 from pauserec.config import to_dict
 from pauserec.errors import UserError
-from pauserec.prompts import IGNORE, PromptBuilder
+from pauserec.model import backbone, checkpoint
+from pauserec.model.prompts import IGNORE, PromptBuilder
+from pauserec.teacher import rationales
+from pauserec.training import corpus, loop, train, trainstate
+from pauserec.training import stages as stages_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
@@ -130,6 +122,7 @@ def test_grounding_corpus_and_pause_insertion(tiny_ckpt):
         assert kept == list(zip(ids0, labels0))
 
 
+@pytest.mark.numeric
 def test_labelled_loss_equals_full_logits_loss_and_ignores_padding(tiny_ckpt):
     builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
     exs = [data.Example("u", tuple(range(1, n)), n + 5) for n in (2, 4, 7)]
@@ -194,7 +187,7 @@ def test_pause_sft_init_strategies(stages):
     pid = src.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
     groups = {g: torch.tensor(ids) for g, ids in backbone.token_groups(src.tokenizer).items()}
     rows = {}
-    for how in stages_mod.PAUSE_INITS:
+    for how in registry.PAUSE_INITS:
         ckpt = checkpoint.load(stages["sft"])
         emb = ckpt.model.get_input_embeddings().weight
         untouched = emb.detach().clone()

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from pauserec import train
+from pauserec.training import train
 
 
 def main() -> None:

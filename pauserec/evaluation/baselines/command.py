@@ -1,0 +1,102 @@
+"""``python -m pauserec baseline --model NAME --dataset D --out DIR``: a classical baseline, evaluated
+like a checkpoint.
+
+Fits on the training targets of the leave-one-out split (what the LLM trains on), ranks the same
+(seeded sample of) test users, and writes ``metrics.json`` + ``per_user.csv`` in the evaluation format,
+every row carrying the baseline's identity (``cell`` = its name, ``stage`` = ``baseline``), so the report
+puts it in the same tables, paired statistics and figures as the trained models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pauserec import data, files
+from pauserec.config import parse_args
+from pauserec.errors import UserError
+from pauserec.evaluation import baselines, evaluate
+from pauserec.model.checkpoint import IDENTITY
+from pauserec.model.device import DEVICES_HELP, describe, resolve_device
+
+HISTORY = 20  # the baselines read the standard 20 most recent items, whatever the LLM's prompt holds
+
+
+@dataclass
+class BaselineArgs:
+    """Fit a classical baseline on the training split and evaluate it on the LLM's test users."""
+
+    model: str = field(default="markov", metadata={"help": ", ".join(baselines.NAMES),
+                                                   "choices": baselines.NAMES})
+    dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
+    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
+    out: str = field(default="", metadata={"help": "write metrics.json and per_user.csv here (must not exist)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    split: str = field(default="test", metadata={"help": "test or valid", "choices": ("test", "valid")})
+    n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1})
+    eval_seed: int = field(default=0, metadata={"help": "seed of the user sample (as in evaluate)", "min": 0})
+    seed: int = field(default=0, metadata={"help": "training seed (sasrec)", "min": 0})
+    exclude_history: bool = field(default=False, metadata={"help": "never recommend an item already seen"})
+    sasrec_seconds: float | None = field(default=None, metadata={"help": "sasrec: training time budget",
+                                                                 "gt": 0.0})
+    sasrec_epochs: int = field(default=200, metadata={"help": "sasrec: epochs (the time budget may stop it "
+                                                                "earlier)", "min": 1})
+    device: str = field(default="auto", metadata={"help": "sasrec: " + DEVICES_HELP})
+
+
+def identity(args: BaselineArgs, options: dict[str, Any]) -> dict[str, Any]:
+    """The identity columns of a baseline (what a checkpoint's ``identity`` is for a trained model)."""
+    key = json.dumps({"model": args.model, "dataset": args.dataset, "options": options,
+                      "seed": args.seed if args.model == "sasrec" else None}, sort_keys=True, default=str)
+    ident = {k: "" for k in IDENTITY}
+    ident.update(ckpt=args.model, ckpt_hash=hashlib.sha256(key.encode()).hexdigest()[:16],
+                 dataset=args.dataset, variant="baseline", stage="baseline", cell=args.model,
+                 n_pauses=0, rationale_leaky=False, train_targets="all",
+                 train_seed=args.seed if args.model == "sasrec" else None)
+    return ident
+
+
+def run(args: BaselineArgs) -> dict[str, Any]:
+    """Fit, evaluate and write (see the module docstring)."""
+    if not args.out:
+        raise UserError("usage: python -m pauserec baseline --model NAME --dataset D --out DIR")
+    options: dict[str, Any] = {"exclude_history": args.exclude_history}
+    if args.model == "sasrec":
+        device = resolve_device(args.device)
+        options.update(max_seconds=args.sasrec_seconds, epochs=args.sasrec_epochs, device=str(device))
+    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.dataset]):  # a dataset folder stays
+        ds = data.load_dataset(args.dataset, args.data_root)
+        split = data.split(ds, HISTORY)
+        users = split[args.split]
+        examples = [users[i] for i in data.sample(len(users), args.n_users, args.eval_seed)]
+        start = time.perf_counter()
+        model = baselines.make(args.model, **options).fit(ds, split["train"], seed=args.seed)
+        fit_s = time.perf_counter() - start
+        summary, frame = baselines.evaluate_baseline(model, examples, evaluate.TOP_K)
+        metrics = {k: summary[k] for k in summary if k.startswith(("recall@", "ndcg@"))}
+        out = {"split": args.split, "eval_seed": args.eval_seed, "n_users": len(examples), **metrics,
+               **health(frame, ds, split), "fit_seconds": fit_s,
+               "baseline_info": {k: v for k, v in summary.items() if k not in metrics},
+               **describe(resolve_device(args.device if args.model == "sasrec" else "cpu"), "fp32")}
+        evaluate.write(args.out, identity(args, options), out, frame, {**vars(args)})
+    print(f"{args.model} on {args.dataset} ({len(examples):,} {args.split} users): recall@10 "
+          f"{out['recall@10']:.4f}  ndcg@10 {out['ndcg@10']:.4f}  (fit {fit_s:.1f}s)")
+    return out
+
+
+def health(frame, ds: data.Dataset, split: dict) -> dict[str, Any]:
+    """The same health figures evaluate reports for a trained model."""
+    import numpy as np
+
+    from pauserec.evaluation import metrics
+
+    items = np.array([[int(x) for x in row.split()] for row in frame["top_items"]])
+    counts = np.bincount([ex.target for ex in split["train"]], minlength=len(ds.items))
+    return metrics.health(items, len(ds.items), np.argsort(-counts, kind="stable")[:10].tolist())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(parse_args(BaselineArgs, argv, "pauserec baseline"))

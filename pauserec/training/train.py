@@ -1,0 +1,218 @@
+"""``python -m pauserec train --stage S --from CKPT --out DIR``: one training stage, checkpoint in and out.
+
+Stages and their surgery are in :mod:`pauserec.stages`; the loop every stage shares is
+:mod:`pauserec.loop`. Defaults come from ``[train.STAGE]`` of ``--preset`` (``paper`` unless given);
+flags override single fields. Drivers call :func:`run` with :func:`stage_args` instead of argv lists.
+
+Writes ``DIR`` (the checkpoint, with ``train_log.csv``) only when the stage finishes; meanwhile the live
+log and resumable state are in ``DIR.partial``. An existing ``DIR`` is refused unless ``--overwrite``.
+Launch with ``torchrun --nproc-per-node N -m pauserec train ...`` for data-parallel training on N GPUs
+(or CPU processes, gloo).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch.distributed as dist
+
+from pauserec import files, registry
+from pauserec.config import build, parse_args, to_dict
+from pauserec.data import TRAIN_TARGETS
+from pauserec.errors import UserError
+from pauserec.model import checkpoint
+from pauserec.model.checkpoint import Checkpoint
+from pauserec.model.device import describe, resolve_device
+from pauserec.registry import PAPER_PAUSES, STAGES
+from pauserec.teacher import rationales
+from pauserec.training import stages, trainstate
+from pauserec.training.loop import LoopConfig, Result, fit
+
+log = logging.getLogger(__name__)
+NOT_FINGERPRINTED = ("resume", "overwrite", "progress", "device", "out", "save_every", "log_every", "preset")
+
+
+@dataclass
+class TrainArgs(LoopConfig):
+    """One training stage: a checkpoint in, a checkpoint out."""
+
+    stage: str = field(default="", metadata={"help": ", ".join(STAGES), "choices": STAGES})
+    from_ckpt: str = field(default="", metadata={"flag": "--from", "help": "source checkpoint directory"})
+    out: str = field(default="", metadata={"help": "output checkpoint directory (must not exist)"})
+    preset: str = field(default="paper", metadata={"help": "configs/NAME.toml supplies [train.STAGE]"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT.partial after a kill"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing OUT"})
+    n_train: int = field(default=0, metadata={"help": "seeded sample of training sequences (0: all)",
+                                              "min": 0})
+    train_targets: str = field(default="all", metadata={
+        "help": "all (every prefix of the training part) or last (the paper: one example per user, the "
+                "third-to-last item)", "choices": TRAIN_TARGETS})
+    max_history: int = field(default=0, metadata={"help": "history truncation (0: the checkpoint's)", "min": 0})
+    desc_words: int = field(default=32, metadata={"help": "cpt: description words per item", "min": 0})
+    pause_ratio: float = field(default=0.1, metadata={"help": "pause-pretrain: pauses per token",
+                                                      "gt": 0.0, "max": 0.99})
+    n_pauses: int = field(default=PAPER_PAUSES, metadata={"help": "pause-sft: pauses in the think block",
+                                                            "min": 0, "max": 512, "aliases": ("--k",)})
+    pause_init: str = field(default="pretrained", metadata={"help": "pause-sft: " + ", ".join(registry.PAUSE_INITS),
+                                                            "choices": registry.PAUSE_INITS})
+    pause_from: str = field(default="", metadata={"help": "pause-sft: the pause-pretrain checkpoint"})
+    control: str = field(default="", metadata={
+        "help": "pause-sft: a compute-matched control instead of pauses: " + ", ".join(registry.CONTROLS),
+        "choices": ("", *registry.CONTROLS)})
+    rationale: str = field(default="template", metadata={"help": "cot-sft: " + ", ".join(rationales.SOURCES),
+                                                         "choices": rationales.SOURCES})
+    rationale_file: str = field(default="", metadata={"help": "cot-sft: JSONL from `pauserec rationales`"})
+    rationale_loss: bool = field(default=True, metadata={"help": "cot-sft: loss on the rationale too"})
+    rationale_max_tokens: int = field(default=96, metadata={"help": "cot-sft local/openai: length cap",
+                                                            "min": 1})
+    llm_base_url: str | None = field(default=None, metadata={"help": "cot-sft openai: endpoint"})
+    llm_model: str | None = field(default=None, metadata={"help": "cot-sft openai: model name"})
+
+
+def stage_args(stage: str, preset: str = "paper", **values: Any) -> TrainArgs:
+    """The arguments of ``stage``: ``[train.STAGE]`` of ``preset``, then ``values`` (field names)."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    return check(build(TrainArgs, {**values, "stage": stage, "preset": preset}, preset, f"train.{stage}"))
+
+
+def check(args: TrainArgs) -> TrainArgs:
+    """Relations between fields that no single field's range can say."""
+    if not args.from_ckpt or not args.out:
+        raise UserError("usage: python -m pauserec train --stage S --from CKPT --out DIR [--preset P]")
+    if args.control and args.stage != "pause-sft":
+        raise UserError(f"--control {args.control} is a pause-sft control; --stage is {args.stage}")
+    if args.stage == "pause-sft" and not args.control and args.n_pauses < 1:
+        raise UserError("--n-pauses 0 is the think-only control: pass --control think-only")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues OUT.partial and --overwrite starts over: pass one of them")
+    return args
+
+
+def parse(argv: list[str] | None) -> TrainArgs:
+    """Flags over ``[train.STAGE]`` of the preset (``paper`` unless ``--preset`` is given)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stage = None
+    if "-h" not in argv and "--help" not in argv:
+        stage = next((a.split("=", 1)[1] for a in argv if a.startswith("--stage=")), None)
+        if stage is None and "--stage" in argv[:-1]:
+            stage = argv[argv.index("--stage") + 1]
+        if stage not in STAGES:
+            raise UserError(f"pauserec train needs --stage, one of {', '.join(STAGES)} (got {stage!r})")
+    return check(parse_args(TrainArgs, argv, "pauserec train", section=f"train.{stage}"))
+
+
+def cell_name(args: TrainArgs, rats: list) -> str:
+    """The experiment cell a stage's checkpoint is (:func:`pauserec.registry.cell_name`)."""
+    source = rats[0].source if rats and rats[0].source else args.rationale
+    return registry.cell_name(args.stage, args.n_pauses, args.pause_init, args.control, source)
+
+
+def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: dict,
+               pause_src: Checkpoint | None, tok) -> dict:
+    """The new checkpoint's metadata: the parent's backbone, dataset and SIDs, plus this stage; its
+    ``timings`` cover the whole lineage (parent's stages, the pause-pretrain source's, this one)."""
+    meta = {key: parent[key] for key in ("backbone", "dataset", "sid") if key in parent}
+    if args.max_history and args.stage not in registry.GROUNDING:
+        meta["dataset"] = {**meta.get("dataset", {}), "max_history": args.max_history}
+    rationale = None
+    if rats:
+        rationale = {"source": rats[0].source or args.rationale, "leaky": any(r.leaky for r in rats),
+                     "file": args.rationale_file or None, "n": len(rats)}
+    pause_init = {"pause-pretrain": "mean-all", "pause-sft": args.pause_init if not args.control else None}
+    n_pauses = 0 if args.stage != "pause-sft" or args.control in registry.CONTROL_NO_PAUSES else args.n_pauses
+    lineage = {**parent.get("timings", {}), **(pause_src.meta.get("timings", {}) if pause_src else {})}
+    meta.update(variant=registry.variant_of(args.stage, args.control), stage=args.stage,
+                cell=cell_name(args, rats), n_pauses=n_pauses, pause_init=pause_init.get(args.stage),
+                pause_token=stages.filler_token(tok) if args.control == "filler" else None,
+                control=args.control or None, rationale=rationale, train_seed=args.seed,
+                train_targets=None if args.stage in registry.GROUNDING else args.train_targets,
+                metrics={}, parent=str(args.from_ckpt),
+                configs={**parent.get("configs", {}), args.stage: {**to_dict(args), "corpus": info}},
+                timings={**lineage, args.stage: timing})
+    return meta
+
+
+def timing(result: Result, wall_s: float, cpu_s: float, device) -> dict:
+    """What a stage cost: wall time (all segments of a resumed run), device-hours, tokens, where."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return {"wall_s": wall_s, "cpu_s": cpu_s, "device_hours": wall_s * world / 3600, "tokens": result.tokens,
+            "labelled_tokens": result.labelled, "tokens_per_s": result.tokens / max(result.train_s, 1e-9),
+            "train_s": result.train_s, "steps": result.steps, "world_size": world,
+            **describe(device, result.dtype)}
+
+
+def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list, rats: list) -> None:
+    """The final checkpoint, its training log and (cot-sft) rationales, in one atomic directory."""
+    with files.atomic_dir(out) as tmp:
+        checkpoint.save(ckpt, tmp)
+        files.write_csv(tmp / trainstate.LOG_FILE, pd.DataFrame(result.log, columns=trainstate.LOG_FIELDS))
+        if rats:
+            rationales.write(tmp / "rationales.jsonl", examples, rats)
+    ckpt.path = Path(out)
+    shutil.rmtree(trainstate.partial_dir(out), ignore_errors=True)
+
+
+def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkpoint:
+    """Train one stage (see the module docstring). ``on_step(step)`` runs after each optimizer step."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    checkpoint.read_meta(args.from_ckpt)  # a bad input fails before anything is claimed or loaded
+    if args.resume and (Path(args.out) / checkpoint.META_FILE).is_file():
+        raise UserError(f"{args.out} is a finished checkpoint: nothing to resume (--overwrite retrains it)")
+    if args.resume:
+        trainstate.check(trainstate.partial_dir(args.out))  # a cut-short state fails before any loading
+    inputs = [args.from_ckpt] + ([args.pause_from] if args.pause_from else [])
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns (and locks) the output
+    claim = files.claim(args.out, overwrite=args.overwrite, inputs=inputs) if rank0 else nullcontext()
+    with claim:
+        ckpt = checkpoint.load(args.from_ckpt)
+        masks, pause_src = stages.prepare(ckpt, args)
+        data_, examples, rats = stages.build_corpus(ckpt, args)
+        log.info("%s: %d sequences, %d tokens", args.stage, len(data_), int(data_.lengths().sum()))
+        tok = ckpt.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        fingerprint = {k: v for k, v in to_dict(args).items() if k not in NOT_FINGERPRINTED}
+        try:
+            result = _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, start)
+            if dist.is_initialized() and dist.get_rank() != 0:
+                dist.barrier()  # rank 0 writes the checkpoint
+                return ckpt
+            ckpt.model.eval()
+            times = timing(result, result.wall_before + time.perf_counter() - start,
+                           time.process_time() - cpu_start, resolve_device(args.device))
+            ckpt.meta = stage_meta(ckpt.meta, args, data_.info, rats, times, pause_src, tok)
+            save_stage(ckpt, args.out, result, examples, rats)
+            if dist.is_initialized():
+                dist.barrier()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    t = ckpt.meta["timings"][args.stage]
+    print(f"wrote checkpoint {args.out} ({args.stage}: {t['steps']} steps, {t['tokens']:,} tokens, "
+          f"{t['tokens_per_s']:.0f} tokens/s, loss {result.loss:.4f}, {t['wall_s']:.0f}s)")
+    return ckpt
+
+
+def _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, start) -> Result:
+    """The loop; a run that fails before saving any resumable state leaves no ``OUT.partial`` behind."""
+    partial = trainstate.partial_dir(args.out)
+    try:
+        return fit(ckpt.model, data_, args, args.out, pad, masks, args.resume, fingerprint, on_step, start)
+    except BaseException:
+        if not (partial / trainstate.STATE_FILE).is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> Checkpoint:
+    return run(parse(argv))
