@@ -7,6 +7,7 @@ import time
 import pytest
 
 from driver import pipeline
+from pauserec import registry
 from pauserec.config import STAGES
 from pauserec.model import checkpoint
 from pauserec.training import trainstate
@@ -48,7 +49,7 @@ def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, cap
     assert [r["status"] for r in summary["stages"]] == ["skipped"] + ["ran"] * 5
     for stage in STAGES:
         meta = checkpoint.read_meta(out / stage)
-        assert meta["stage"] == stage and meta["parent"] == str(out / pipeline.SOURCE[stage])
+        assert meta["stage"] == stage and meta["parent"] == str(out / registry.PARENT[stage])
         assert meta["train_seed"] == 0
         assert meta["timings"][stage]["wall_s"] > 0 and (out / stage / trainstate.LOG_FILE).is_file()
     assert checkpoint.read_meta(out / "pause-sft")["pause_init"] == "pretrained"
