@@ -244,7 +244,7 @@ def subset(data: Collected, dataset: str, backbone: str) -> Collected:
         return df[same & ((bb == backbone) | (bb == ""))]
 
     return Collected(*(part(getattr(data, f)) for f in ("ckpts", "runs", "eval", "probes", "timings",
-                                                        "train_logs", "health")))
+                                                        "train_logs", "health", "valid_logs")))
 
 
 def evaluate(data: Collected, cfg: Config | None = None) -> pd.DataFrame:

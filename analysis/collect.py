@@ -209,15 +209,26 @@ def probe_rows(root: Roots) -> pd.DataFrame:
     return tidy(pd.concat(frames, ignore_index=True))
 
 
-def train_log_rows(root: Roots) -> pd.DataFrame:
-    """Every ``train_log.csv`` with the identity of the checkpoint beside it."""
+def log_rows(root: Roots, name: str = "train_log.csv", need: Sequence[str] = ("step", "loss")) -> pd.DataFrame:
+    """Every log file ``name`` beside a ``pauserec.json`` (the training log, or ``valid_log.csv``: the
+    validation Recall@10 measured while the stage trained), with that checkpoint's identity."""
     frames = []
-    for base, p in find(root, "train_log.csv"):
+    for base, p in find(root, name):
         meta = read_json(p.parent / "pauserec.json")
-        df = read_csv(p, {"step", "loss"}) if meta else None
+        df = read_csv(p, set(need)) if meta else None
         if df is not None:
             frames.append(df.assign(**identity(meta, p.parent), ckpt_path=rel(base, p.parent)))
-    return tidy(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=[*IDENTITY, "step", "loss"])
+    return tidy(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=[*IDENTITY, *need])
+
+
+def train_log_rows(root: Roots) -> pd.DataFrame:
+    """Every ``train_log.csv`` with the identity of the checkpoint beside it."""
+    return log_rows(root)
+
+
+def valid_log_rows(root: Roots) -> pd.DataFrame:
+    """Every ``valid_log.csv`` (validation Recall@10 during training, most-popular on the same users)."""
+    return log_rows(root, "valid_log.csv", ("step", "recall@10", "popular_recall@10"))
 
 
 @dataclass
@@ -231,6 +242,7 @@ class Collected:
     timings: pd.DataFrame = field(default_factory=pd.DataFrame)
     train_logs: pd.DataFrame = field(default_factory=pd.DataFrame)
     health: pd.DataFrame = field(default_factory=pd.DataFrame)
+    valid_logs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def empty(self) -> bool:
         return not any(len(df) for df in (self.ckpts, self.runs, self.eval, self.probes))
@@ -240,7 +252,7 @@ def collect(root: Roots) -> Collected:
     """Read every kind of result file under the roots."""
     ckpts = checkpoint_rows(root)
     tables = [summary_rows(root), eval_rows(root), probe_rows(root), timing_rows(root), train_log_rows(root),
-              health_rows(root)]
+              health_rows(root), valid_log_rows(root)]
     return Collected(ckpts, *(from_checkpoints(df, ckpts) for df in tables))
 
 

@@ -203,3 +203,29 @@ def training_curves(logs: pd.DataFrame) -> matplotlib.figure.Figure:
     ax.set(xlabel="step", ylabel="loss", title="Training loss by stage", yscale="log" if wide else "linear")
     ax.legend(fontsize=6)
     return footnote(fig, "Loss as logged by the trainer (no error bars).")
+
+
+def learning_curves(valid: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Validation Recall@10 against the targets trained on, one line per (backbone, cell, seed),
+    with the most-popular list's Recall@10 on the same users as a dashed line: where (and whether) a
+    model passed it."""
+    need = {"targets", "recall@10", "popular_recall@10"}
+    if not len(valid) or not need <= set(valid.columns):
+        raise NoData("no valid_log.csv (train with --valid-every N to log validation Recall@10)")
+    valid = valid.assign(train_seed=valid["train_seed"].fillna(0))
+    groups = list(valid.groupby(["dataset", "backbone"], sort=True))
+    fig, axes = theme.figure(ncols=len(groups), height=2.6)
+    axes = np.atleast_1d(axes)
+    for ax, ((dataset, bb), rows) in zip(axes, groups):
+        cells = sorted(set(rows["cell"]))
+        colors = dict(zip(cells, theme.colors(len(cells))))
+        for (cell, seed), g in rows.groupby(["cell", "train_seed"]):
+            g = g.sort_values("targets")
+            ax.plot(g["targets"], g["recall@10"], color=colors[cell], lw=1, marker="o", ms=2.5,
+                    label=cell if seed == rows["train_seed"].min() else None)
+        ax.axhline(rows["popular_recall@10"].mean(), color="#555555", lw=0.9, ls="--", label="most popular")
+        ax.set(xlabel="targets trained on", ylabel="validation recall@10", title=f"{dataset}, {bb}")
+        ax.legend(fontsize=6)
+    users = int(valid["users"].max()) if "users" in valid.columns else 0
+    return footnote(fig, f"Recall@10 on {users:,} seeded validation users (never trained on), measured while "
+                         "each stage trained; dashed: the most-popular list on the same users (no error bars).")

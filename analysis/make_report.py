@@ -94,6 +94,9 @@ def eval_specs(data: Collected, per_user: pd.DataFrame, args: Args) -> list[Figu
                lambda: figures.cost(train, lat)),
         Figure("training_curves", "Training loss", "Training loss per logged step, by stage (no error bars).",
                lambda: figures.training_curves(data.train_logs)),
+        Figure("learning_curves", "Validation recall while training",
+               "Recall@10 on seeded validation users against the targets trained on, per stage; dashed: the "
+               "most-popular list on the same users.", lambda: figures.learning_curves(data.valid_logs)),
     ]
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from pauserec import data, files, registry, sid, tokens
 from pauserec.config import parse_args
 from pauserec.errors import UserError
-from pauserec.model import backbone
+from pauserec.model import backbone, init_ckpt
 from pauserec.model.catalog import Catalog
 from pauserec.model.checkpoint import Checkpoint
 from pauserec.training import stages, train
@@ -119,7 +119,7 @@ def prepare(args: PrepareArgs) -> dict:
         codes = sid.build(ds.items, cfg)
         sid.write_index(tmp / "run" / "sids.json", ds.items, codes, cfg)
         catalog = Catalog.from_codes(ds.items, codes)
-        model, tok = backbone.load_backbone(args.backbone, corpus=_tiny_corpus(ds))
+        model, tok = backbone.load_backbone(args.backbone, corpus=init_ckpt.vocabulary_texts(ds.items))
         backbone.add_tokens(model, tok, tokens.special_tokens(catalog.codebook_sizes))
         ckpt = Checkpoint(model, tok, catalog, {"dataset": {"name": args.dataset, "data_root": str(tmp / "run" / "data"),
                                                             "max_history": args.max_history}})
@@ -136,12 +136,6 @@ def prepare(args: PrepareArgs) -> dict:
         files.write_json(tmp / "run" / "plan.json", plan)
     print(format_plan(plan, args.out))
     return plan
-
-
-def _tiny_corpus(ds: data.Dataset) -> list[str]:
-    from pauserec.model.prompts import HEAD, TAIL
-
-    return [HEAD, TAIL] + [f"{it.display_title} {it.categories} {it.brand} {it.year}" for it in ds.items]
 
 
 def download_wheels(folder: Path) -> list[str]:

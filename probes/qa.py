@@ -19,10 +19,9 @@ import numpy as np
 from pauserec import decoding
 from pauserec.errors import UserError
 from pauserec.model.catalog import Catalog, CatalogItem
-from pauserec.model.prompts import PromptBuilder, chat_ids
+from pauserec.model.prompts import SID_TO_TEXT, PromptBuilder, chat_ids
 from pauserec.teacher.rationales import clean
 from pauserec.tokens import parse_sid, sid_tokens
-from pauserec.training.corpus import SID_TO_TEXT
 
 FACTS_PATH = Path(__file__).resolve().parent / "resources" / "facts.jsonl"
 LABELS = {"title": "Title", "category": "Categories", "year": "Year", "brand": "Brand"}

@@ -29,7 +29,7 @@ KILLER = Path(__file__).parent / "helpers" / "train_killed_at.py"
 def proc_wall_before_kill(out) -> float:
     """The wall time the killed segment had saved into its state (at its last save)."""
     state = torch.load(trainstate.partial_dir(out) / trainstate.STATE_FILE, weights_only=False)
-    return state["progress"]["wall"]
+    return state["progress"]["seconds"]
 
 
 
@@ -89,7 +89,8 @@ def test_labels_cover_only_targets_and_rationales(tiny_ckpt):
     ex = data.Example("u", (1, 2, 3), 4)
     target = builder.item_ids[4]
     for variant, n_pauses, rationale in [("plain", 0, None), ("pause", 5, None), ("cot", 0, "drama again")]:
-        c = corpus.recommendation(builder, [ex], variant, n_pauses, [rationale] if rationale else None)
+        c = corpus.recommendation(builder, [data.Window.of(ex)], variant, n_pauses=n_pauses,
+                                  rationales=[rationale] if rationale else None)
         enc = builder.encode(ex.history, ex.target, variant, n_pauses, rationale)
         labels, ids = c.labels[0], c.ids[0]
         for seg, y, t in zip(enc.segments, labels, ids):
@@ -98,7 +99,7 @@ def test_labels_cover_only_targets_and_rationales(tiny_ckpt):
             else:
                 assert y == IGNORE, seg  # prompt, pause, <think> (and the pause block's </think>)
         assert [y for y in labels if y != IGNORE][-len(target):] == target
-    plain = corpus.recommendation(builder, [ex], "plain").labels[0]
+    plain = corpus.recommendation(builder, [data.Window.of(ex)], "plain").labels[0]
     assert sum(y != IGNORE for y in plain) == tiny_ckpt.catalog.n_levels
 
 
@@ -126,7 +127,8 @@ def test_grounding_corpus_and_pause_insertion(tiny_ckpt):
 def test_labelled_loss_equals_full_logits_loss_and_ignores_padding(tiny_ckpt):
     builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
     exs = [data.Example("u", tuple(range(1, n)), n + 5) for n in (2, 4, 7)]
-    c = corpus.recommendation(builder, exs, "cot", rationales=["short", "a longer rationale", "x"])
+    c = corpus.recommendation(builder, [data.Window.of(ex) for ex in exs], "cot",
+                              rationales=["short", "a longer rationale", "x"])
     model, net = tiny_ckpt.model, loop.LabelledLoss(tiny_ckpt.model)
     batch = loop.collate(c, [0, 1, 2], pad_id=0, device=torch.device("cpu"))
     assert batch["attention_mask"] is not None

@@ -21,6 +21,7 @@ from pauserec.data.datasets import (
     Dataset,
     Example,
     Item,
+    Window,
     default_roots,
     folder_name,
     format_split,
@@ -30,7 +31,8 @@ from pauserec.data.datasets import (
     sample,
     split,
     stats,
+    windows,
 )
 
-__all__ = ["AMAZON", "DATA_ENV", "MIN_INTERACTIONS", "TEXT_FIELDS", "TRAIN_TARGETS", "Dataset", "Example", "Item", "default_roots",
-           "folder_name", "format_split", "format_stats", "load_dataset", "resolve_dir", "sample", "split", "stats"]
+__all__ = ["AMAZON", "DATA_ENV", "MIN_INTERACTIONS", "TEXT_FIELDS", "TRAIN_TARGETS", "Dataset", "Example", "Item", "Window", "default_roots",
+           "folder_name", "format_split", "format_stats", "load_dataset", "resolve_dir", "sample", "split", "stats", "windows"]

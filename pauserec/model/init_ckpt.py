@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pauserec import data, files, sid, tokens
 from pauserec.config import parse_args, to_dict
 from pauserec.errors import UserError
-from pauserec.model import backbone, checkpoint
+from pauserec.model import backbone, checkpoint, prompts
 from pauserec.model.backbone import INIT_STRATEGIES
 from pauserec.model.catalog import Catalog
 from pauserec.model.device import describe, resolve_device
@@ -54,9 +54,7 @@ def _create(args: InitArgs) -> checkpoint.Checkpoint:
     print(sid.format_report(report))
     catalog = Catalog.from_codes(ds.items, codes)
     t = time.perf_counter()
-    from pauserec.model.prompts import HEAD, TAIL  # the tiny tokenizer must know the prompt's words
-
-    corpus = [HEAD, TAIL] + [f"{it.display_title} {it.categories} {it.brand} {it.year}" for it in ds.items]
+    corpus = vocabulary_texts(ds.items)
     model, tok = backbone.load_backbone(args.backbone, corpus=corpus, seed=args.seed)
     timings["backbone_load_s"] = time.perf_counter() - t
     backbone.add_tokens(model, tok, tokens.special_tokens(catalog.codebook_sizes), args.init, args.seed)
@@ -74,3 +72,10 @@ def _create(args: InitArgs) -> checkpoint.Checkpoint:
     checkpoint.save(ckpt, args.out)
     print(f"wrote checkpoint {args.out} ({args.backbone}, {len(catalog):,} items, {len(tok):,} tokens)")
     return ckpt
+
+
+def vocabulary_texts(items: list[data.Item]) -> list[str]:
+    """What a from-scratch backbone's word-level tokenizer is built from: every fixed text of the
+    workbench (prompt, grounding questions, template rationales) and every item's text as grounding
+    shows it."""
+    return prompts.fixed_texts() + [it.text(prompts.GROUNDING_FIELDS, prompts.DESC_WORDS) for it in items]

@@ -27,7 +27,7 @@ from pauserec import files, tokens
 from pauserec.config import parse_args
 from pauserec.data import Example
 from pauserec.errors import UserError
-from pauserec.model import checkpoint
+from pauserec.model import checkpoint, prompts
 from pauserec.model.catalog import Catalog
 from pauserec.model.device import DEVICES_HELP, resolve_device
 from pauserec.model.prompts import chat_ids
@@ -56,15 +56,14 @@ def template(catalog: Catalog, history) -> str:
     """A leak-free rationale from the history alone."""
     recent = [catalog.items[i] for i in history[-5:]]
     cats = Counter(c for it in recent if (c := _leaf(it.categories)))
-    top = ", ".join(c for c, _ in cats.most_common(2)) or "varied products"
-    return (f"The user recently bought items in {top}; the latest was {recent[-1].display_title}. "
-            f"The next item should fit these interests.")
+    top = ", ".join(c for c, _ in cats.most_common(2)) or prompts.NO_CATEGORY
+    return prompts.RATIONALE.format(top=top, latest=recent[-1].display_title)
 
 
 def template_leaky(catalog: Catalog, history, target: int) -> str:
     """Like :func:`template`, then names the target's category (leaks the answer)."""
-    leaf = _leaf(catalog.items[target].categories) or "the same kind of product"
-    return template(catalog, history) + f" It is likely in {leaf}."
+    leaf = _leaf(catalog.items[target].categories) or prompts.NO_LEAF
+    return template(catalog, history) + prompts.RATIONALE_LEAK.format(leaf=leaf)
 
 
 def _describe(catalog: Catalog, index: int) -> str:

@@ -100,7 +100,9 @@ def collate(corpus: Corpus, rows: Sequence, pad_id: int, device: torch.device) -
 
     Rows of one sequence each give ``attention_mask`` (None when nothing is padded) and no
     ``position_ids``. Packed rows give ``position_ids`` restarting at 0 at every sequence (and in the
-    padding tail) and no ``attention_mask``: causality already hides the tail from the real tokens.
+    padding tail) and no ``attention_mask``: causality already hides the tail from the real tokens. A step
+    holding ``exact`` sequences (trees; never packed) gives their 4-D additive mask (B, 1, T, T) and
+    position ids (see :class:`~pauserec.training.corpus.Tree`); a padding position attends to itself.
     ``tokens``: real input tokens; ``labelled``: tokens that carry loss (counted here, on the host).
     """
     rows = [[int(r)] if np.ndim(r) == 0 else [int(i) for i in r] for r in rows]
@@ -122,7 +124,38 @@ def collate(corpus: Corpus, rows: Sequence, pad_id: int, device: torch.device) -
     packed = any(len(row) > 1 for row in rows)
     mask = torch.arange(width).unsqueeze(0) < used.unsqueeze(1)  # (B, T)
     padded = not bool(mask.all())
-    return {"input_ids": ids.to(device), "labels": labels.to(device),
-            "attention_mask": mask.long().to(device) if padded and not packed else None,
-            "position_ids": pos.to(device) if packed else None,
-            "tokens": int(used.sum()), "labelled": int((labels[:, 1:] != IGNORE).sum())}
+    out = {"input_ids": ids.to(device), "labels": labels.to(device),
+           "attention_mask": mask.long().to(device) if padded and not packed else None,
+           "position_ids": pos.to(device) if packed else None,
+           "tokens": int(used.sum()), "labelled": int((labels[:, 1:] != IGNORE).sum())}
+    trees = corpus.trees and [corpus.trees[row[0]] for row in rows]
+    if trees and any(t is not None for t in trees):
+        if packed:
+            raise ValueError("exact (tree) sequences are never packed")
+        out["attention_mask"], out["position_ids"] = tree_mask(trees, used.tolist(), width, pos)
+        out["attention_mask"], out["position_ids"] = out["attention_mask"].to(device), out["position_ids"].to(device)
+    return out
+
+
+def tree_mask(trees: list, lengths: list[int], width: int, pos: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(additive mask (B, 1, T, T) float32, position ids (B, T)) of rows holding one sequence each; a
+    ``None`` tree is a causal sequence. Padding positions see only themselves."""
+    allow = torch.zeros((len(trees), width, width), dtype=torch.bool)  # (B, T queries, T keys)
+    pos = pos.clone()
+    eye = torch.eye(width, dtype=torch.bool)
+    for r, (tree, n) in enumerate(zip(trees, lengths)):
+        allow[r] = eye
+        if tree is None:
+            allow[r, :n, :n] = torch.ones((n, n), dtype=torch.bool).tril()
+            continue
+        branch = torch.tensor(tree.branch)  # (n,)
+        seen = torch.tensor(tree.seen)  # (n,)
+        key = torch.arange(n)
+        causal = key[None, :] <= key[:, None]  # (n, n)
+        trunk_ok = (branch[None, :] < 0) & (key[None, :] < seen[:, None])
+        own = (branch[None, :] == branch[:, None]) & (branch[:, None] >= 0)
+        allow[r, :n, :n] = causal & (trunk_ok | own)
+        pos[r, :n] = torch.tensor(tree.positions())
+    mask = torch.zeros(allow.shape, dtype=torch.float32).masked_fill_(~allow, torch.finfo(torch.float32).min)
+    return mask[:, None], pos

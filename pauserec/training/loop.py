@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +94,12 @@ class Result:
     steps: int
     tokens: int  # input tokens trained on (no padding), all processes
     labelled: int  # tokens that carried loss
-    train_s: float  # seconds in the loop, all segments of a resumed run
+    targets: int  # next-item targets trained on
+    seconds: float  # the stage's clock when the loop ended (all segments of a resumed run)
     loss: float  # mean loss of the last log interval
     log: list[dict]
+    valid: list[dict]  # validation rows (see trainstate.VALID_FIELDS)
     dtype: str = "fp32"  # the autocast precision the steps ran in
-    wall_before: float = 0.0  # wall seconds of earlier segments of a resumed run (up to their last save)
 
 
 class Steps:
@@ -143,7 +143,8 @@ class LabelledLoss(nn.Module):
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if position_ids is not None and "flash" in str(self.model.config._attn_implementation):
+        if position_ids is not None and attention_mask is None and "flash" in str(
+                self.model.config._attn_implementation):
             # flash-attention finds the sequences of a packed batch (varlen) only in a single row; the
             # rows joined end to end stay exact: each row starts a sequence, whose first token is no target
             input_ids, labels, position_ids = (t.reshape(1, -1) for t in (input_ids, labels, position_ids))
@@ -200,18 +201,20 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 # ---------------------------------------------------------------- the loop
 
 
-def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, out: str | Path, pad_id: int,
-        row_masks: dict[str, torch.Tensor] | None = None, resume: bool = False,
-        fingerprint: dict | None = None, on_step: Callable[[int], None] | None = None,
-        started: float | None = None) -> Result:
+def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, *, out: str | Path, pad_id: int,
+        row_masks: dict[str, torch.Tensor] | None = None, resume: bool = False, fingerprint: dict | None = None,
+        clock: trainstate.Clock | None = None, validate: Callable[[nn.Module], dict] | None = None,
+        valid_every: int = 0, on_step: Callable[[int], None] | None = None) -> Result:
     """Train ``model`` in place on ``corpus``; resumable state lives in ``OUT.partial``.
 
     ``row_masks`` maps a parameter name to a bool vector over its rows: only those rows train.
+    ``clock``: the stage's clock (started when the stage began, so saved states carry the wall time
+    spent so far and a resumed stage reports the wall time of all its segments).
+    ``validate(model)`` (rank 0) measures the model every ``valid_every`` steps and after the last one;
+    its rows go to ``OUT.partial/valid_log.csv`` and :attr:`Result.valid`.
     ``on_step(step)`` runs after every optimizer step (tests use it to kill a run mid-way).
-    ``started``: when this segment of the stage began (``time.perf_counter()``), so saved states carry
-    the wall time spent so far and a resumed stage reports the wall time of all its segments.
     """
-    started = time.perf_counter() if started is None else started
+    clock = clock or trainstate.Clock()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     rank, world = init_distributed(device)
@@ -228,47 +231,67 @@ def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, out: str | Path, pad_
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")  # bf16 / fp32 need no scaling
     named = dict(model.named_parameters())
     partial = trainstate.partial_dir(out)
-    st = trainstate.start(partial, model, opt, sched, resume, fingerprint or {}, rank)
-    if st.get("scaler"):
-        scaler.load_state_dict(st["scaler"])
-    logger = trainstate.CsvLog(partial / trainstate.LOG_FILE, st["log"], enabled=rank == 0)
-    bar = tqdm(total=total, initial=st["step"], disable=not (cfg.progress and rank == 0), unit="step",
+    prog = trainstate.start(partial, model, opt, sched, resume, fingerprint or {}, clock, rank)
+    if prog.scaler:
+        scaler.load_state_dict(prog.scaler)
+    logger = trainstate.CsvLog(partial / trainstate.LOG_FILE, prog.log, enabled=rank == 0)
+    valid_log = trainstate.CsvLog(partial / trainstate.VALID_FILE, prog.valid, trainstate.VALID_FIELDS,
+                                  enabled=rank == 0 and validate is not None)
+    bar = tqdm(total=total, initial=prog.step, disable=not (cfg.progress and rank == 0), unit="step",
                dynamic_ncols=True, desc=Path(out).name)
-    window, t0 = [0.0, 0.0], time.perf_counter() - st["elapsed"]
-    wall_before = st.get("wall", 0.0)
-    while st["step"] < total:
-        epoch = steps.locate(st["step"])[0]
-        batch = collate(corpus, steps.rows(st["step"]), pad_id, device)
+    window = [0.0, 0.0]
+    while prog.step < total:
+        epoch = steps.locate(prog.step)[0]
+        rows = steps.rows(prog.step)
+        batch = collate(corpus, rows, pad_id, device)
         with autocast(device, dtype):  # forward: summed loss over this process's labelled tokens
             loss_sum, _ = net(batch["input_ids"], batch["labels"], batch["attention_mask"],
                               batch["position_ids"])
-        g_loss, g_lab, g_tok = _all_sum([loss_sum.item(), batch["labelled"], batch["tokens"]], device)
-        _check_finite("loss", g_loss, st, partial)
+        n_targets = sum(corpus.targets[i] for row in rows for i in row) if corpus.targets else 0
+        g_loss, g_lab, g_tok, g_tgt = _all_sum([loss_sum.item(), batch["labelled"], batch["tokens"], n_targets],
+                                               device)
+        _check_finite("loss", g_loss, prog, partial)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss_sum * world / max(g_lab, 1.0)).backward()  # DDP averages: sum over all / count
         scaler.unscale_(opt)
         grad_norm = _clip(model, named, masks, cfg.grad_clip)
         if not scaler.is_enabled():  # fp16: an overflow skips the step and lowers the scale
-            _check_finite("gradient norm", grad_norm, st, partial)
+            _check_finite("gradient norm", grad_norm, prog, partial)
         _update(named, opt, sched, masks, cfg.weight_decay, scaler)
-        st.update(step=st["step"] + 1, tokens=st["tokens"] + int(g_tok), labelled=st["labelled"] + int(g_lab))
+        prog.step, prog.tokens = prog.step + 1, prog.tokens + int(g_tok)
+        prog.labelled, prog.targets = prog.labelled + int(g_lab), prog.targets + int(g_tgt)
         window = [window[0] + g_loss, window[1] + g_lab]
         bar.update(1)
-        if st["step"] % cfg.log_every == 0 or st["step"] == total:
-            row = _log_row(st, epoch, window, sched, grad_norm, time.perf_counter() - t0)
+        if prog.step % cfg.log_every == 0 or prog.step == total:
+            row = _log_row(prog, epoch, window, sched, grad_norm, clock())
             logger.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             window = [0.0, 0.0]
-        if cfg.save_every and st["step"] % cfg.save_every == 0 and st["step"] < total:
-            st.update(elapsed=time.perf_counter() - t0, wall=wall_before + time.perf_counter() - started,
-                      scaler=scaler.state_dict() if scaler.is_enabled() else None)
-            trainstate.save(partial, model, opt, sched, st, rank)
+        if validate is not None and rank == 0 and (
+                prog.step == total or valid_every and prog.step % valid_every == 0):
+            valid_log.append(_valid_row(model, validate, prog, epoch, clock))
+        if cfg.save_every and prog.step % cfg.save_every == 0 and prog.step < total:
+            prog.scaler = scaler.state_dict() if scaler.is_enabled() else None
+            trainstate.save(partial, model, opt, sched, prog, clock, rank)
         if on_step is not None:
-            on_step(st["step"])
+            on_step(prog.step)
     bar.close()
-    last = st["log"][-1]["loss"] if st["log"] else float("nan")
-    return Result(st["step"], st["tokens"], st["labelled"], time.perf_counter() - t0, last, st["log"],
-                  dtype, wall_before)
+    last = prog.log[-1]["loss"] if prog.log else float("nan")
+    return Result(prog.step, prog.tokens, prog.labelled, prog.targets, clock(), last, prog.log, prog.valid,
+                  dtype)
+
+
+def _valid_row(model: nn.Module, validate: Callable[[nn.Module], dict], prog: trainstate.Progress,
+               epoch: int, clock: trainstate.Clock) -> dict:
+    """One validation measurement, the model back in training mode afterwards."""
+    start = clock()
+    model.eval()
+    try:
+        measured = validate(model)
+    finally:
+        model.train()
+    return {"step": prog.step, "epoch": epoch + 1, "targets": prog.targets, **measured, "seconds": clock() - start,
+            "elapsed_s": clock()}
 
 
 def wrap(model: nn.Module, cfg: LoopConfig, device: torch.device, world: int) -> nn.Module:
@@ -280,12 +303,12 @@ def wrap(model: nn.Module, cfg: LoopConfig, device: torch.device, world: int) ->
     return torch.compile(net, dynamic=True) if cfg.compile else net
 
 
-def _check_finite(what: str, value: float, st: dict, partial: Path) -> None:
+def _check_finite(what: str, value: float, prog: trainstate.Progress, partial: Path) -> None:
     if math.isfinite(value):
         return
-    where = f"training stopped: {what} is {value} at step {st['step'] + 1}"
-    if st.get("saved_step"):
-        raise Diverged(f"{where}; the last good state (step {st['saved_step']}) is kept in {partial} "
+    where = f"training stopped: {what} is {value} at step {prog.step + 1}"
+    if prog.saved_step:
+        raise Diverged(f"{where}; the last good state (step {prog.saved_step}) is kept in {partial} "
                        "(--resume retries from it); lower --lr and rerun to start over")
     raise Diverged(f"{where}; no state was saved yet (see --save-every); lower --lr and rerun")
 
@@ -318,7 +341,8 @@ def _update(named, opt, sched, row_masks, weight_decay: float, scaler) -> None:
                 named[name][mask] *= 1 - lr * weight_decay
 
 
-def _log_row(st: dict, epoch: int, window: list[float], sched, grad_norm: float, elapsed: float) -> dict:
-    return {"step": st["step"], "epoch": epoch + 1, "loss": window[0] / max(window[1], 1.0),
-            "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "tokens": st["tokens"],
-            "tokens_per_s": st["tokens"] / max(elapsed, 1e-9), "elapsed_s": elapsed}
+def _log_row(prog: trainstate.Progress, epoch: int, window: list[float], sched, grad_norm: float,
+             elapsed: float) -> dict:
+    return {"step": prog.step, "epoch": epoch + 1, "loss": window[0] / max(window[1], 1.0),
+            "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "tokens": prog.tokens, "targets": prog.targets,
+            "tokens_per_s": prog.tokens / max(elapsed, 1e-9), "elapsed_s": elapsed}

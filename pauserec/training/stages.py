@@ -25,7 +25,7 @@ from pauserec import data, registry, tokens
 from pauserec.errors import UserError
 from pauserec.model import backbone, checkpoint
 from pauserec.model.checkpoint import Checkpoint
-from pauserec.model.prompts import PromptBuilder
+from pauserec.model.prompts import PromptBuilder, format_of
 from pauserec.teacher import rationales
 from pauserec.training import corpus
 
@@ -100,15 +100,16 @@ def build_corpus(ckpt: Checkpoint, args) -> tuple[corpus.Corpus, list, list]:
             c = corpus.with_pauses(c, tok.convert_tokens_to_ids(tokens.PAUSE), args.pause_ratio, args.seed)
         return c, [], []
     history = args.max_history or ckpt.meta["dataset"].get("max_history", 20)
-    windows = data.split(ds, history, args.train_targets)["train"]
-    examples = [windows[i] for i in data.sample(len(windows), args.n_train, args.seed)]
+    every = data.windows(ds, history, args.train_targets)
+    chosen = [every[i] for i in data.sample(len(every), args.n_train, args.seed)]
+    examples = [ex for w in chosen for ex in w.examples()]
     filler = filler_token(tok) if args.control == "filler" else None
-    builder = PromptBuilder(tok, ckpt.catalog, pause_token=filler)
+    builder = PromptBuilder(tok, ckpt.catalog, pause_token=filler, format=format_of(args.layout))
     rats = _rationales(ckpt, args, examples) if args.stage == "cot-sft" else []
     n_pauses = 0 if args.control == "think-only" else args.n_pauses
-    c = corpus.recommendation(builder, examples, registry.variant_of(args.stage, args.control), n_pauses,
-                              [r.text for r in rats] if rats else None, args.rationale_loss)
-    c.info.update(available=len(windows), used=len(examples), train_targets=args.train_targets)
+    c = corpus.recommendation(builder, chosen, registry.variant_of(args.stage, args.control), args.layout,
+                              n_pauses, [r.text for r in rats] if rats else None, args.rationale_loss)
+    c.info.update(available=len(every), used=len(chosen), train_targets=args.train_targets)
     return c, examples, rats
 
 

@@ -30,16 +30,20 @@ from pauserec import files, registry
 from pauserec.config import build, parse_args, to_dict
 from pauserec.data import TRAIN_TARGETS
 from pauserec.errors import UserError
-from pauserec.model import checkpoint
+from pauserec.model import checkpoint, prompts
 from pauserec.model.checkpoint import Checkpoint
 from pauserec.model.device import describe, resolve_device
+from pauserec.model.prompts import PromptBuilder, format_of
 from pauserec.registry import PAPER_PAUSES, STAGES
 from pauserec.teacher import rationales
 from pauserec.training import stages, trainstate
+from pauserec.training.corpus import LAYOUTS
 from pauserec.training.loop import LoopConfig, Result, fit
+from pauserec.training.validate import Validator
 
 log = logging.getLogger(__name__)
-NOT_FINGERPRINTED = ("resume", "overwrite", "progress", "device", "out", "save_every", "log_every", "preset")
+NOT_FINGERPRINTED = ("resume", "overwrite", "progress", "device", "out", "save_every", "log_every", "preset",
+                     "valid_every", "valid_users")
 
 
 @dataclass
@@ -52,13 +56,24 @@ class TrainArgs(LoopConfig):
     preset: str = field(default="paper", metadata={"help": "configs/NAME.toml supplies [train.STAGE]"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT.partial after a kill"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing OUT"})
-    n_train: int = field(default=0, metadata={"help": "seeded sample of training sequences (0: all)",
-                                              "min": 0})
+    n_train: int = field(default=0, metadata={
+        "help": "seeded sample of training windows (cpt: items x directions; next-item stages: windows of "
+                "targets sharing a history, one per user under --train-targets last) (0: all)", "min": 0})
     train_targets: str = field(default="all", metadata={
-        "help": "all (every prefix of the training part) or last (the paper: one example per user, the "
-                "third-to-last item)", "choices": TRAIN_TARGETS})
+        "help": "all (every item of the training part, sliding histories), last (the paper: one example "
+                "per user, the third-to-last item) or windows (every item once, in windows of max_history+1 "
+                "items)", "choices": TRAIN_TARGETS})
+    layout: str = field(default="example", metadata={
+        "help": "next-item stages: example (one sequence per target: the paper's), exact (the paper's "
+                "prompt, a window's targets in one pass; same loss and gradients), stream (the history as "
+                "one sequence, loss on every item; decoded in the stream format)", "choices": LAYOUTS})
+    valid_every: int = field(default=0, metadata={
+        "help": "next-item stages: validation Recall@10 every N steps and at the end (0: off)", "min": 0})
+    valid_users: int = field(default=256, metadata={"help": "--valid-every: seeded validation users",
+                                                    "min": 1})
     max_history: int = field(default=0, metadata={"help": "history truncation (0: the checkpoint's)", "min": 0})
-    desc_words: int = field(default=32, metadata={"help": "cpt: description words per item", "min": 0})
+    desc_words: int = field(default=prompts.DESC_WORDS, metadata={"help": "cpt: description words per item",
+                                                                  "min": 0})
     pause_ratio: float = field(default=0.1, metadata={"help": "pause-pretrain: pauses per token",
                                                       "gt": 0.0, "max": 0.99})
     n_pauses: int = field(default=PAPER_PAUSES, metadata={"help": "pause-sft: pauses in the think block",
@@ -96,6 +111,15 @@ def check(args: TrainArgs) -> TrainArgs:
         raise UserError("--n-pauses 0 is the think-only control: pass --control think-only")
     if args.resume and args.overwrite:
         raise UserError("--resume continues OUT.partial and --overwrite starts over: pass one of them")
+    if args.stage in registry.GROUNDING and (args.layout != "example" or args.valid_every):
+        raise UserError(f"--layout and --valid-every apply to next-item stages; {args.stage} trains on the "
+                        "item corpus")
+    if args.layout == "stream" and args.stage == "cot-sft":
+        raise UserError("--layout stream has no rationale before each history item: train cot-sft with "
+                        "--layout exact (every target in one pass, the paper's prompt) or example")
+    if args.layout == "exact" and args.pack:
+        raise UserError("--layout exact shares each window's history through its attention mask: it is "
+                        "never packed (drop --pack)")
     return args
 
 
@@ -137,6 +161,7 @@ def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: di
                 pause_token=stages.filler_token(tok) if args.control == "filler" else None,
                 control=args.control or None, rationale=rationale, train_seed=args.seed,
                 train_targets=None if args.stage in registry.GROUNDING else args.train_targets,
+                layout=None if args.stage in registry.GROUNDING else args.layout,
                 metrics={}, parent=str(args.from_ckpt),
                 configs={**parent.get("configs", {}), args.stage: {**to_dict(args), "corpus": info}},
                 timings={**lineage, args.stage: timing})
@@ -144,12 +169,14 @@ def stage_meta(parent: dict, args: TrainArgs, info: dict, rats: list, timing: di
 
 
 def timing(result: Result, wall_s: float, cpu_s: float, device) -> dict:
-    """What a stage cost: wall time (all segments of a resumed run), device-hours, tokens, where."""
+    """What a stage cost: wall time (the stage's clock: all segments of a resumed run), device-hours,
+    tokens and targets (per second of that clock), where."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     return {"wall_s": wall_s, "cpu_s": cpu_s, "device_hours": wall_s * world / 3600, "tokens": result.tokens,
-            "labelled_tokens": result.labelled, "tokens_per_s": result.tokens / max(result.train_s, 1e-9),
-            "train_s": result.train_s, "steps": result.steps, "world_size": world,
-            **describe(device, result.dtype)}
+            "labelled_tokens": result.labelled, "targets": result.targets,
+            "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+            "targets_per_s": result.targets / max(result.seconds, 1e-9), "train_s": result.seconds,
+            "steps": result.steps, "world_size": world, **describe(device, result.dtype)}
 
 
 def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list, rats: list) -> None:
@@ -157,6 +184,8 @@ def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list
     with files.atomic_dir(out) as tmp:
         checkpoint.save(ckpt, tmp)
         files.write_csv(tmp / trainstate.LOG_FILE, pd.DataFrame(result.log, columns=trainstate.LOG_FIELDS))
+        if result.valid:
+            files.write_csv(tmp / trainstate.VALID_FILE, pd.DataFrame(result.valid, columns=trainstate.VALID_FIELDS))
         if rats:
             rationales.write(tmp / "rationales.jsonl", examples, rats)
     ckpt.path = Path(out)
@@ -165,7 +194,7 @@ def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list
 
 def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkpoint:
     """Train one stage (see the module docstring). ``on_step(step)`` runs after each optimizer step."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    clock, cpu_start = trainstate.Clock(), time.process_time()
     checkpoint.read_meta(args.from_ckpt)  # a bad input fails before anything is claimed or loaded
     if args.resume and (Path(args.out) / checkpoint.META_FILE).is_file():
         raise UserError(f"{args.out} is a finished checkpoint: nothing to resume (--overwrite retrains it)")
@@ -183,13 +212,12 @@ def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkp
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         fingerprint = {k: v for k, v in to_dict(args).items() if k not in NOT_FINGERPRINTED}
         try:
-            result = _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, start)
+            result = _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, clock)
             if dist.is_initialized() and dist.get_rank() != 0:
                 dist.barrier()  # rank 0 writes the checkpoint
                 return ckpt
             ckpt.model.eval()
-            times = timing(result, result.wall_before + time.perf_counter() - start,
-                           time.process_time() - cpu_start, resolve_device(args.device))
+            times = timing(result, clock(), time.process_time() - cpu_start, resolve_device(args.device))
             ckpt.meta = stage_meta(ckpt.meta, args, data_.info, rats, times, pause_src, tok)
             save_stage(ckpt, args.out, result, examples, rats)
             if dist.is_initialized():
@@ -203,15 +231,27 @@ def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkp
     return ckpt
 
 
-def _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, start) -> Result:
+def _fit(ckpt, data_, args, pad, masks, fingerprint, on_step, clock) -> Result:
     """The loop; a run that fails before saving any resumable state leaves no ``OUT.partial`` behind."""
     partial = trainstate.partial_dir(args.out)
+    validate = validator(ckpt, args) if args.valid_every else None
     try:
-        return fit(ckpt.model, data_, args, args.out, pad, masks, args.resume, fingerprint, on_step, start)
+        return fit(ckpt.model, data_, args, out=args.out, pad_id=pad, row_masks=masks, resume=args.resume,
+                   fingerprint=fingerprint, clock=clock, validate=validate, valid_every=args.valid_every,
+                   on_step=on_step)
     except BaseException:
         if not (partial / trainstate.STATE_FILE).is_file():
             shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def validator(ckpt: Checkpoint, args: TrainArgs) -> Validator:
+    """The stage's validation measurement, decoding with the prompt the stage trains."""
+    filler = stages.filler_token(ckpt.tokenizer) if args.control == "filler" else None
+    builder = PromptBuilder(ckpt.tokenizer, ckpt.catalog, filler, format_of(args.layout))
+    n_pauses = 0 if args.control in registry.CONTROL_NO_PAUSES else args.n_pauses
+    return Validator(ckpt, builder, registry.variant_of(args.stage, args.control), n_pauses, args.valid_users,
+                     seed=0)
 
 
 def main(argv: list[str] | None = None) -> Checkpoint:

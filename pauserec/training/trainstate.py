@@ -1,8 +1,11 @@
-"""Resumable training state and the live CSV log, in ``OUT.partial`` beside the final checkpoint.
+"""Resumable training state, the stage's one clock and the live CSV logs, in ``OUT.partial`` beside the
+final checkpoint.
 
-``OUT.partial/state.pt`` holds the trainable weights, optimizer, scheduler, RNG states and progress; it is
-written to a temp file and renamed, so a kill never leaves half of it. The final checkpoint ``OUT`` appears
-only when a stage finishes (see :mod:`pauserec.train`), and ``OUT.partial`` is removed then.
+``OUT.partial/state.pt`` holds the trainable weights, optimizer, scheduler, RNG states and the
+:class:`Progress`; it is written to a temp file and renamed, so a kill never leaves half of it. The final
+checkpoint ``OUT`` appears only when a stage finishes (see :mod:`pauserec.training.train`), and
+``OUT.partial`` is removed then. Time is one :class:`Clock`: the stage's wall seconds, all segments of a
+resumed run included; every timing of a stage (log rows, throughput, the checkpoint's ``wall_s``) reads it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import os
 import random
 import shutil
 import tempfile
+import time
 import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,43 @@ from pauserec.errors import UserError
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.csv"
-LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
+LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "elapsed_s")
+VALID_FILE = "valid_log.csv"
+VALID_FIELDS = ("step", "epoch", "targets", "users", "recall@10", "ndcg@10", "popular_recall@10", "seconds",
+                "elapsed_s")
+
+
+class Clock:
+    """The stage's wall clock: seconds of the earlier segments of a resumed run plus this segment's."""
+
+    def __init__(self) -> None:
+        self.start, self.before = time.perf_counter(), 0.0
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+
+@dataclass
+class Progress:
+    """Where a stage's training stands: saved with the weights, so a resumed run continues it."""
+
+    fingerprint: dict = field(default_factory=dict)  # the settings a resumed run must share
+    step: int = 0
+    tokens: int = 0  # real input tokens trained on, all processes
+    labelled: int = 0  # tokens that carried loss
+    targets: int = 0  # next-item targets trained on (the corpus's count per sequence)
+    seconds: float = 0.0  # the stage's clock at the last save
+    saved_step: int = 0
+    log: list[dict] = field(default_factory=list)  # training log rows (LOG_FIELDS)
+    valid: list[dict] = field(default_factory=list)  # validation rows (VALID_FIELDS)
+    scaler: dict | None = None  # the fp16 loss scaler's state
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Progress:
+        """A saved progress; states written before this class read their wall time as the clock."""
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        known.setdefault("seconds", float(values.get("wall", values.get("elapsed", 0.0))))
+        return cls(**known)
 
 
 def partial_dir(out: str | Path) -> Path:
@@ -47,11 +88,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def fresh(fingerprint: dict) -> dict[str, Any]:
-    return {"step": 0, "tokens": 0, "labelled": 0, "elapsed": 0.0, "wall": 0.0, "log": [], "saved_step": 0,
-            "fingerprint": fingerprint}
 
 
 STATE_KEYS = ("params", "optimizer", "scheduler", "rng", "progress")
@@ -91,15 +127,16 @@ def read(partial: Path) -> dict[str, Any]:
     return state
 
 
-def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint: dict,
-          rank: int = 0) -> dict[str, Any]:
-    """Progress to continue from: the saved state (``resume`` and one exists), else a fresh start."""
+def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint: dict, clock: Clock,
+          rank: int = 0) -> Progress:
+    """Progress to continue from: the saved state (``resume`` and one exists; the clock resumes from its
+    time), else a fresh start."""
     path = partial / STATE_FILE
     if resume and path.is_file():
         state = read(partial)
-        progress = state["progress"]
-        changed = sorted(k for k in set(fingerprint) | set(progress["fingerprint"])
-                         if fingerprint.get(k) != progress["fingerprint"].get(k))
+        progress = Progress.from_dict(state["progress"])
+        changed = sorted(k for k in set(fingerprint) | set(progress.fingerprint)
+                         if fingerprint.get(k) != progress.fingerprint.get(k))
         if changed:
             raise UserError(f"cannot resume from {partial}: it was written with other settings "
                             f"({', '.join(changed)}); delete it (or rerun without --resume) to start over")
@@ -110,7 +147,8 @@ def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        log.info("resuming from %s at step %d", partial, progress["step"])
+        clock.before = progress.seconds
+        log.info("resuming from %s at step %d", partial, progress.step)
         return progress
     if resume:
         log.info("--resume: no saved state in %s; starting from step 0", partial)
@@ -118,19 +156,19 @@ def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint
         log.warning("discarding the saved state in %s (pass --resume to continue from it)", partial)
     if rank == 0 and partial.exists():
         shutil.rmtree(partial)
-    return fresh(fingerprint)
+    return Progress(fingerprint=fingerprint)
 
 
-def save(partial: Path, model: nn.Module, opt, sched, progress: dict[str, Any], rank: int = 0) -> None:
+def save(partial: Path, model: nn.Module, opt, sched, progress: Progress, clock: Clock, rank: int = 0) -> None:
     """Write the resumable state atomically (rank 0 only; every rank records the step)."""
-    progress["saved_step"] = progress["step"]
+    progress.saved_step, progress.seconds = progress.step, clock()
     if rank != 0:
         return
     partial.mkdir(parents=True, exist_ok=True)
     payload = {
         "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-        "progress": {**progress, "log": list(progress["log"])},
+        "progress": asdict(progress),
     }
     fd, tmp = tempfile.mkstemp(dir=partial, prefix=".state.", suffix=".tmp")
     os.close(fd)
@@ -143,15 +181,16 @@ def save(partial: Path, model: nn.Module, opt, sched, progress: dict[str, Any], 
 
 
 class CsvLog:
-    """The per-stage training log: rows live in ``rows`` (saved with the state) and, on rank 0, in a CSV
-    file appended as training goes (rewritten from ``rows`` on start, so a resumed log has no gaps)."""
+    """A per-stage log (training or validation): rows live in ``rows`` (saved with the state) and, on rank
+    0, in a CSV file appended as training goes (rewritten from ``rows`` on start, so a resumed log has no
+    gaps)."""
 
-    def __init__(self, path: Path, rows: list[dict], enabled: bool = True):
-        self.path, self.rows, self.enabled = path, rows, enabled
+    def __init__(self, path: Path, rows: list[dict], fields: tuple[str, ...] = LOG_FIELDS, enabled: bool = True):
+        self.path, self.rows, self.fields, self.enabled = path, rows, fields, enabled
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, LOG_FIELDS)
+                writer = csv.DictWriter(fh, fields, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(rows)
 
@@ -159,4 +198,4 @@ class CsvLog:
         self.rows.append(row)
         if self.enabled:
             with open(self.path, "a", newline="") as fh:
-                csv.DictWriter(fh, LOG_FIELDS).writerow(row)
+                csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
