@@ -190,6 +190,8 @@ def quality(claim: Claim, inputs: Inputs, treat: str | None, base: str | None,
 def best_of(claim: Claim, inputs: Inputs, treat: str | None, rivals: list[str]) -> Claim:
     """``treat`` against the best of ``rivals``, chosen on the validation split, tested once."""
     best, why = conditions.best_on_valid(inputs.valid, rivals, inputs.cfg.metric)
+    if len(rivals) > 1 and inputs.cfg.split == "valid":
+        best, why = None, "the claims read the valid split: a best-of choice there is not held out"
     if rivals and best is None:
         claim.rule = quality_rule(inputs.cfg)
         claim.gate, claim.why = verdicts.NO_VERDICT, why

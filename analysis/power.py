@@ -110,8 +110,8 @@ def levels(cols: Sequence[np.ndarray], same_users: bool, *, seed_sd: float = SEE
     else:
         seed = (seed_sd / 100 * base) ** 2
         assumed.append(f"seed-level sd of the effect {seed_sd:g}% of the baseline mean (one seed)")
-    assumed.append("a user's difference repeats in every seed (conservative: seeds do not "
-                   "average it)")
+    assumed.append("a user's difference repeats in every seed (conservative: more seeds do not "
+                   "average it; >= 2 seeds on the same users measure how much does)")
     return Levels(seed, w, 0.0, base, n_s, n_u, tuple(assumed))
 
 

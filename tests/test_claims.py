@@ -139,6 +139,12 @@ def test_best_of_without_the_valid_split_gets_no_verdict(tmp_path):
         assert table.loc[key, "compared"] == "—"  # never picked on the test split
 
 
+def test_best_of_on_the_split_it_was_chosen_on_gets_no_verdict(base_runs):
+    table = claims.evaluate(collect.collect(base_runs), claims.Config(split="valid"))
+    row = table.set_index("key").loc["k5"]
+    assert row["verdict"] == verdicts.NO_VERDICT and "not held out" in row["why"]
+
+
 def test_a_baseline_on_another_footing_gets_no_verdict(runs):
     for seed in (0, 1, 2):
         edit_csv(runs / "baselines" / "eval" / f"sasrec-s{seed}" / "per_user.csv", history_len=20)
