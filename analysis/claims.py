@@ -1,11 +1,27 @@
 """The paper's claims, our measurement of each, and a verdict that noise cannot fool.
 
 Every claim compares named cells (see :mod:`analysis.conditions`) with an effect and interval from
-:mod:`analysis.verdicts`: quality claims pair users within training seeds and seeds across conditions;
-cost claims compare whole-lineage device-hours per seed; latency claims compare timed batches. Each claim
-states its direction and minimum meaningful effect (:class:`Config`); Holm runs over the whole table.
-"PauseRec beats SFT" and "pretrained pause matters" are judged against the compute-matched controls
-(same start, epochs, LR and data as pause-sft). Claims are evaluated per (dataset, backbone).
+:mod:`analysis.verdicts`: quality claims pair users within training seeds and seeds across
+conditions; cost claims compare whole-lineage device-hours per seed; latency claims compare timed
+batches. Each claim states its direction and minimum meaningful effect (:class:`Config`); Holm runs
+over the whole table. Claims are evaluated per (dataset, backbone).
+
+Gates, before any interval is read (a gated claim leaves Holm):
+
+- **learned**: a quality claim whose either trained side gives most users one list or scores
+  below most-popular on the same users reads ``inconclusive (not learned)``;
+- **fair**: the pause claims compare conditions trained from the same start for the same steps on
+  the same data and schedule (:func:`analysis.conditions.unmatched`), and "PauseRec beats SFT"
+  needs the ``sft-continued`` control (plain ``sft`` trains fewer steps); a classical baseline must
+  read the same history and learn from the same targets (:func:`analysis.conditions.footing`).
+  Otherwise: ``no verdict``, naming what differs or which control is missing;
+- **held out**: best-of choices (the best other pause count, the best other init or filler) are
+  made on the validation split and tested once on the claims' split; without validation
+  evaluations, ``no verdict``.
+
+Every row states its minimum detectable effect (``mde``, :mod:`analysis.power`): the smallest true
+effect that would read "reproduced" in 80% of experiments of its design (quality claims: at least
+3 seeds on its users; the seed level assumed where one seed cannot show it).
 """
 
 from __future__ import annotations
@@ -16,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import costs, verdicts
+from analysis import conditions, costs, power, verdicts
 from analysis.claims_probes import Estimate, alignment_claim, rationale_claim, verbalization_claim
 from analysis.collect import Collected
 from analysis.conditions import (
@@ -31,8 +47,8 @@ from analysis.conditions import (
 from analysis.verdicts import Effect, Rule
 from pauserec.registry import PAPER_PAUSES
 
-PAPER_COT = ("+6.22% (vs OneRec-Think: CoT-SFT + RL; the paper's best of 12 metrics; ours has no RL stage, "
-             "so it is compared with CoT-SFT)")
+PAPER_COT = ("+6.22% (vs OneRec-Think: CoT-SFT + RL; the paper's best of 12 metrics; ours has no "
+             "RL stage, so it is compared with CoT-SFT)")
 
 
 @dataclass
@@ -46,13 +62,15 @@ class Config:
     cost_margin: float = field(default=10.0, metadata={"help": "% of CoT-SFT's device-hours"})
     latency_margin: float = field(default=10.0, metadata={"help": "% of CoT-SFT's latency"})
     probe_margin: float = field(default=0.01, metadata={"help": "absolute, in the probe's units"})
+    seed_sd: float = field(default=power.SEED_SD, metadata={
+        "help": "assumed seed-level sd of an effect (% of the baseline) where one seed can't tell"})
     n_resamples: int = 2000  # bootstrap resamples of the probes' CIs over items/users
     seed: int = 0
 
 
 @dataclass
 class Claim:
-    """One row of the claims table."""
+    """One row of the claims table. ``target``: the paper's effect in percent, signed, if any."""
 
     key: str
     claim: str
@@ -64,11 +82,17 @@ class Claim:
     verdict: str = verdicts.INCONCLUSIVE
     why: str = "not measured"
     p_holm: float = math.nan
+    mde: str = "—"
+    mde_rel: float = math.nan
+    target: float = math.nan
+    gate: str = ""  # a verdict set by a gate, before any interval is read
     effect: Effect | None = field(default=None, repr=False)
     rule: Rule | None = field(default=None, repr=False)
+    levels: power.Levels | None = field(default=None, repr=False)  # quality claims
 
     def row(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("effect", "rule")}
+        hidden = ("effect", "rule", "levels", "gate")
+        out = {k: v for k, v in asdict(self).items() if k not in hidden}
         e = self.effect or Effect()
         return {**out, "value": e.value, "lo": e.lo, "hi": e.hi, "rel": e.rel, "rel_lo": e.rel_lo,
                 "rel_hi": e.rel_hi, "n_seeds": e.n_seeds, "method": e.method}
@@ -89,8 +113,8 @@ def _setting(per_user: pd.DataFrame, cells: list[str]) -> str:
     rows = per_user[per_user["label"].isin(cells)]
     if not len(rows):
         return "—"
-    return (f"{'/'.join(sorted(set(rows['dataset'].astype(str))))}, "
-            f"{'/'.join(sorted(set(rows['backbone'].astype(str)) - {''})) or '—'}; "
+    return (f"{'/'.join(sorted(map(str, rows['dataset'].unique())))}, "
+            f"{'/'.join(sorted(set(map(str, rows['backbone'].unique())) - {''})) or '—'}; "
             f"{rows['user'].nunique():,} users; seeds {seed_list(rows['train_seed'])}")
 
 
@@ -105,30 +129,98 @@ def with_seeds(per_user: pd.DataFrame, treat: str) -> pd.DataFrame:
     return pd.concat([per_user[~fixed], *copies], ignore_index=True)
 
 
-def quality(claim: Claim, per_user: pd.DataFrame, treat: str | None, base: str | None, cfg: Config,
-            note: str = "") -> Claim:
-    """Relative gain of ``treat`` over ``base`` in the primary metric, paired over users and seeds."""
-    claim.rule = Rule(+1, cfg.quality_margin, abs_margin=0.001)
+@dataclass
+class Inputs:
+    """What the quality claims read: per-user rows of the claims' split and of the validation split,
+    the health flags of the claims' split, the checkpoints' training records, and the config."""
+
+    per_user: pd.DataFrame
+    valid: pd.DataFrame
+    health: pd.DataFrame
+    ckpts: pd.DataFrame
+    cfg: Config
+
+
+def quality_rule(cfg: Config) -> Rule:
+    """A quality claim's rule: a gain of at least ``quality_margin`` percent of the baseline."""
+    return Rule(+1, cfg.quality_margin, abs_margin=0.001)
+
+
+def _gate(inputs: Inputs, treat: str, base: str, fair: str) -> tuple[str, str]:
+    """(gate verdict, why) of a measured pair: not learned first, then an unfair comparison."""
+    sick = [conditions.not_learned(inputs.per_user, inputs.health, c, inputs.cfg.metric)
+            for c in (treat, base) if c not in BASELINES]
+    if any(sick):
+        return verdicts.NOT_LEARNED, "; ".join(w for w in sick if w)
+    if fair == "compute" and (diff := conditions.unmatched(inputs.ckpts, treat, base)):
+        return verdicts.NO_VERDICT, f"not compute-matched: {diff}"
+    if fair == "footing" and (diff := conditions.footing(inputs.per_user, treat, base)):
+        return verdicts.NO_VERDICT, f"baseline not on the same footing: {diff}"
+    return "", ""
+
+
+def quality(claim: Claim, inputs: Inputs, treat: str | None, base: str | None,
+            fair: str = "compute", note: str = "") -> Claim:
+    """Relative gain of ``treat`` over ``base`` in the primary metric, paired over users and seeds,
+    behind the gates (``fair``: ``compute``, ``footing`` or ``""``)."""
+    cfg, per_user = inputs.cfg, inputs.per_user
+    claim.rule = quality_rule(cfg)
     if not treat or not base:
         claim.why = f"not run: needs both conditions (have {treat or '—'} and {base or '—'})"
         return claim
     claim.compared = f"{treat} vs {base}"
+    rows = with_seeds(per_user, treat)
+    keys = {"label": "label", "seed": "train_seed", "user": "user"}
     try:
-        claim.effect = verdicts.paired_effect(with_seeds(per_user, treat), treat, base, cfg.metric,
-                                              label="label", seed="train_seed", user="user")
+        claim.effect = verdicts.paired_effect(rows, treat, base, cfg.metric, **keys)
+        cols, same_users, _ = verdicts.paired_columns(rows, treat, base, cfg.metric, **keys)
     except ValueError as err:
         claim.why = f"not compared: {err}"
         return claim
+    claim.levels = power.levels(cols, same_users, seed_sd=cfg.seed_sd)
     claim.measured, claim.ci = _fmt(claim.effect, True)
     claim.setting = _setting(per_user, [treat, base])
-    claim.why = note
+    claim.gate, why = _gate(inputs, treat, base, fair)
+    if not per_user["label"].eq("popularity").any():
+        note = "; ".join(x for x in (note, "most-popular not evaluated: its gate not applied") if x)
+    claim.why = "; ".join(x for x in (why, note) if x)
     return claim
 
 
-def best_other(per_user: pd.DataFrame, cells: list[str], metric: str) -> str | None:
-    """The cell of ``cells`` with the highest mean ``metric``."""
-    rows = per_user[per_user["label"].isin(cells)]
-    return str(rows.groupby("label")[metric].mean().idxmax()) if len(rows) else None
+def best_of(claim: Claim, inputs: Inputs, treat: str | None, rivals: list[str]) -> Claim:
+    """``treat`` against the best of ``rivals``, chosen on the validation split, tested once."""
+    best, why = conditions.best_on_valid(inputs.valid, rivals, inputs.cfg.metric)
+    if len(rivals) > 1 and inputs.cfg.split == "valid":
+        best, why = None, "the claims read the valid split: a best-of choice there is not held out"
+    if rivals and best is None:
+        claim.rule = quality_rule(inputs.cfg)
+        claim.gate, claim.why = verdicts.NO_VERDICT, why
+        return claim
+    named = ", ".join(rivals) or "—"
+    return quality(claim, inputs, treat, best, note=f"the best of {named} on the valid split: "
+                                                    f"{best or '—'}")
+
+
+def vs_sft(claim: Claim, inputs: Inputs, labels: dict[str, str]) -> Claim:
+    """Pause against the compute-matched ``sft-continued`` control; never against plain sft."""
+    if labels.get("plain") and not labels.get("sft-continued") and labels.get("pause"):
+        claim.rule = quality_rule(inputs.cfg)
+        claim.gate = verdicts.NO_VERDICT
+        claim.why = (f"missing control: sft-continued (plain `{labels['plain']}` stops before "
+                     "pause-sft's extra steps, so it is not a compute-matched reference)")
+        return claim
+    return quality(claim, inputs, labels.get("pause"), labels.get("sft-continued"))
+
+
+def vs_baseline(claim: Claim, inputs: Inputs, treat: str | None) -> Claim:
+    """Pause against the strongest classical baseline (chosen on the claims' split: biased against
+    the claim)."""
+    base = strongest_baseline(inputs.per_user, inputs.cfg.metric)
+    have = set(inputs.per_user["label"].unique()) if len(inputs.per_user) else set()
+    named = ", ".join(b for b in BASELINES if b in have)
+    return quality(claim, inputs, treat, base, fair="footing",
+                   note=f"baselines: {named or '—'}; the strongest chosen on the "
+                        f"{inputs.cfg.split} split (biased against the claim)")
 
 
 def cost(claim: Claim, train: pd.DataFrame, margin: float) -> Claim:
@@ -177,40 +269,50 @@ def probe(claim: Claim, est: Estimate, cfg: Config, direction: int) -> Claim:
     return claim
 
 
+def rivals(per_user: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(other inits at the paper's count and filler, other counts with the pretrained init)."""
+    if not len(per_user):
+        return [], []
+    pauses = matching(per_user, stage="pause-sft", control="")
+    paper = matching(per_user, n_pauses=PAPER_PAUSES)
+    pretrained = matching(per_user, pause_init="pretrained")
+    filler = matching(per_user, control="filler")
+    inits = per_user.loc[pauses & paper & ~pretrained | filler, "label"]
+    counts = per_user.loc[pauses & pretrained & ~paper, "label"]
+    return sorted(map(str, inits.unique())), sorted(map(str, counts.unique()))
+
+
+def _split(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    return frame[frame["split"] == split] if len(frame) and "split" in frame.columns else frame
+
+
 def claims_for(data: Collected, cfg: Config) -> list[Claim]:
     """Every claim for data from one (dataset, backbone), before Holm."""
-    per_user = with_labels(data.eval)
-    per_user = per_user[per_user["split"] == cfg.split] if len(per_user) else per_user
+    rows = with_labels(data.eval)
+    per_user = _split(rows, cfg.split)
+    health = _split(data.health, cfg.split)
+    inputs = Inputs(per_user, _split(rows, "valid"), health, data.ckpts, cfg)
     labels = main_labels(pd.concat([data.ckpts, per_user]), cfg.main_rationale)
-    pause, cot = labels.get("pause"), labels.get("cot")
-    matched = labels.get("sft-continued")
+    pause = labels.get("pause")
+    inits, counts = rivals(per_user)
     out = [
-        quality(Claim("vs_sft", "PauseRec beats next-item SFT", "gain in recall@10 / NDCG@10"), per_user, pause,
-                matched or labels.get("plain"), cfg,
-                "" if matched else "NOT compute-matched: sft stops before pause-sft's extra epochs"),
-        quality(Claim("vs_think_only", "The pauses matter, not the extra think block", "—"), per_user, pause,
-                labels.get("think-only"), cfg),
-        quality(Claim("vs_cot", "PauseRec beats explicit CoT-SFT (no RL)", PAPER_COT), per_user, pause, cot, cfg),
+        vs_sft(Claim("vs_sft", "PauseRec beats next-item SFT", "gain in recall@10 / NDCG@10"),
+               inputs, labels),
+        quality(Claim("vs_think_only", "The pauses matter, not the extra think block", "—"), inputs,
+                pause, labels.get("think-only")),
+        quality(Claim("vs_cot", "PauseRec beats explicit CoT-SFT (no RL)", PAPER_COT, target=6.22),
+                inputs, pause, labels.get("cot")),
+        best_of(Claim("pretrained_pause", "A pre-trained <pause> beats other inits and filler "
+                      "tokens", "pretrained init best"), inputs, pause, inits),
+        best_of(Claim("k5", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"),
+                inputs, pause, counts),
+        vs_baseline(Claim("vs_baseline", "PauseRec beats the strongest classical baseline", "—"),
+                    inputs, pause),
     ]
-    pauses = matching(per_user, stage="pause-sft", control="") if len(per_user) else per_user.index == 0
-    others = per_user[pauses & matching(per_user, n_pauses=PAPER_PAUSES) & ~matching(per_user, pause_init="pretrained")
-                      | matching(per_user, control="filler")] if len(per_user) else per_user
-    inits = sorted(set(others.get("label", [])))
-    out.append(quality(Claim("pretrained_pause", "A pre-trained <pause> beats other inits and filler tokens",
-                             "pretrained init best"), per_user, pause, best_other(per_user, inits, cfg.metric), cfg,
-                       "vs the best of " + (", ".join(inits) or "—")))
-    rivals = per_user[pauses & matching(per_user, pause_init="pretrained") & ~matching(per_user, n_pauses=PAPER_PAUSES)
-                      ] if len(per_user) else per_user
-    counts = sorted(set(rivals.get("label", [])))
-    out.append(quality(Claim("k5", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"), per_user,
-                       pause, best_other(per_user, counts, cfg.metric), cfg, "vs the best other count"))
-    out.append(quality(Claim("vs_baseline", "PauseRec beats the strongest classical baseline", "—"), per_user,
-                       pause, strongest_baseline(per_user, cfg.metric), cfg,
-                       "baselines: " + ", ".join(b for b in BASELINES if b in labels)))
     main = {r: labels[r] for r in ("pause", "cot") if r in labels}
-    out.append(cost(Claim("train_cost", "Training cost vs CoT-SFT (device-hours)", "−65% GPU-hours"),
-                    costs.training_rows(data.timings, main), cfg.cost_margin))
-    out.append(latency(Claim("latency", "Inference latency vs CoT-SFT", "−71.3%"),
+    out.append(cost(Claim("train_cost", "Training cost vs CoT-SFT (device-hours)", "−65% GPU-hours",
+                          target=-65.0), costs.training_rows(data.timings, main), cfg.cost_margin))
+    out.append(latency(Claim("latency", "Inference latency vs CoT-SFT", "−71.3%", target=-71.3),
                        costs.latency_rows(data.runs, main), cfg.latency_margin))
     out += [
         probe(Claim("misalignment", "SID-word misalignment grows with CoT training", "grows"),
@@ -223,6 +325,36 @@ def claims_for(data: Collected, cfg: Config) -> list[Claim]:
               verbalization_claim(data.probes, cfg, ("sid",)), cfg, +1),
     ]
     return out
+
+
+def design_parts(claim: Claim) -> tuple[verdicts.Parts, float, str] | None:
+    """(variance parts, baseline mean, design) the claim's MDE is read at: quality claims at >= 3
+    seeds on their users; replicate claims (cost, latency) at their own >= 2 seeds per side."""
+    lv, e = claim.levels, claim.effect
+    if lv is not None:
+        n_s = max(lv.n_seeds, verdicts.MIN_SEEDS)
+        assumed = f"; seed sd assumed {claim_seed_sd(lv)}" if lv.n_seeds < 2 else ""
+        return lv.parts(n_s, lv.n_users), lv.base, f"{n_s} seeds x {lv.n_users:,} users{assumed}"
+    if e is not None and e.unit == "seeds" and e.n_seeds >= 2 and e.parts:
+        return list(e.parts), e.base, f"{e.n_seeds} seeds per side"
+    return None
+
+
+def claim_seed_sd(lv: power.Levels) -> str:
+    return f"{100 * math.sqrt(lv.seed) / abs(lv.base):.3g}%" if lv.base else "—"
+
+
+def describe_mde(claim: Claim, n_tests: int) -> tuple[str, float]:
+    """(text, percent) of the claim's minimum detectable effect at 80% power; ("—", NaN) if none."""
+    found = design_parts(claim)
+    if found is None or claim.rule is None or not claim.rule.relative:
+        return "—", math.nan
+    parts, base, design = found
+    if not base or not np.isfinite(base):
+        return "—", math.nan
+    margin = abs(base) * claim.rule.margin / 100
+    rel = claim.rule.direction * 100 * power.mde(parts, margin, n_tests=n_tests) / abs(base)
+    return f"{rel:+.2f}% ({design})", rel
 
 
 def dataset_groups(frame: pd.DataFrame) -> list[tuple[str, str]]:
@@ -248,18 +380,28 @@ def subset(data: Collected, dataset: str, backbone: str) -> Collected:
 
 
 def evaluate(data: Collected, cfg: Config | None = None) -> pd.DataFrame:
-    """The claims table: one row per claim and (dataset, backbone), verdicts under Holm over the table."""
-    cfg = cfg or Config()
+    """The claims table: one row per claim and (dataset, backbone), verdicts under Holm over the
+    table (gated claims leave it), each with its minimum detectable effect."""
+    rows = []
+    table = claim_table(data, cfg or Config())
+    judged = [c for _, _, c in table if c.effect is not None and not c.gate]
+    results = verdicts.holm_verdicts([(c.effect, c.rule) for c in judged])
+    n_tests = max(1, sum(np.isfinite(c.effect.p) and c.effect.n_seeds >= verdicts.MIN_SEEDS
+                         for c in judged))
+    for c, (verdict, why, p) in zip(judged, results):
+        c.verdict, c.why, c.p_holm = verdict, "; ".join(x for x in (why, c.why) if x), p
+    for d, b, c in table:
+        if c.gate:
+            c.verdict = c.gate
+        c.mde, c.mde_rel = describe_mde(c, n_tests)
+        rows.append({"dataset": d, "backbone": b, **c.row()})
+    return pd.DataFrame(rows)
+
+
+def claim_table(data: Collected, cfg: Config) -> list[tuple[str, str, Claim]]:
+    """(dataset, backbone, claim) for every claim of every (dataset, backbone), before Holm."""
     groups = dataset_groups(data.ckpts if len(data.ckpts) else data.eval)
     table: list[tuple[str, str, Claim]] = []
     for d, b in groups or [("", "")]:
         table += [(d, b, c) for c in claims_for(subset(data, d, b) if groups else data, cfg)]
-    judged = [(c.effect, c.rule) for _, _, c in table if c.effect is not None]
-    results = iter(verdicts.holm_verdicts(judged))
-    rows = []
-    for d, b, c in table:
-        if c.effect is not None:
-            c.verdict, why, c.p_holm = next(results)
-            c.why = "; ".join(x for x in (why, c.why) if x)
-        rows.append({"dataset": d, "backbone": b, **c.row()})
-    return pd.DataFrame(rows)
+    return table

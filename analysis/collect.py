@@ -28,11 +28,13 @@ import pandas as pd
 
 from pauserec.evaluation.metrics import KS, ndcg_at_k, recall_at_k
 from pauserec.model.checkpoint import IDENTITY, identity
+from pauserec.registry import PARENT
 
 log = logging.getLogger(__name__)
 Roots = str | Path | Sequence[str | Path]
 SETTINGS = {"n_pauses", "eval_seed", "train_seed", "format_version", "beams", "top_k", "batch_size",
-            "latency_samples", "latency_batch_size", "cot_max_new_tokens", "n_users", "prompt_pauses"}  # not measurements
+            "latency_samples", "latency_batch_size", "cot_max_new_tokens", "n_users",
+            "prompt_pauses", "max_history"}  # not measurements
 
 
 TEXT = [c for c in IDENTITY if c not in ("n_pauses", "train_seed", "rationale_leaky")]
@@ -98,11 +100,20 @@ def rel(root: Path, path: Path) -> str:
 
 
 RECIPE = ("epochs", "n_train", "lr", "batch_size")  # what the report's deviations section reads
+SCHEDULE = ("batch_tokens", "max_steps", "warmup_ratio")  # with RECIPE: what compute matching reads
+
+
+def start_of(meta: dict[str, Any]) -> str:
+    """Where a checkpoint's stage started: its parent stage and the steps that parent trained."""
+    parent = PARENT.get(meta.get("stage", "init"), "")
+    steps = ((meta.get("timings") or {}).get(parent) or {}).get("steps")
+    return f"{parent} ({steps} steps)" if parent and steps is not None else parent
 
 
 def checkpoint_rows(root: Roots) -> pd.DataFrame:
     """One row per checkpoint: its identity (hash, dataset, backbone, variant, stage, cell, ...), path,
-    its stage's recipe (epochs, n_train, lr, batch size), history length, how its new token rows were
+    its stage's recipe and schedule (epochs, n_train, lr, batch size, ...), the optimizer steps it
+    took, where it started (:func:`start_of`), history length, how its new token rows were
     initialised (``token_init``, from the lineage's init checkpoint) and where it trained."""
     rows = []
     for base, p in find(root, "pauserec.json"):
@@ -112,12 +123,14 @@ def checkpoint_rows(root: Roots) -> pd.DataFrame:
             cfg = (meta.get("configs") or {}).get(stage) or {}
             timing = (meta.get("timings") or {}).get(stage) or {}
             rows.append({**identity(meta, p.parent), "ckpt_path": rel(base, p.parent),
-                         **{k: cfg.get(k) for k in RECIPE},
+                         **{k: cfg.get(k) for k in (*RECIPE, *SCHEDULE)},
+                         "steps": timing.get("steps"), "start": start_of(meta),
                          "max_history": (meta.get("dataset") or {}).get("max_history"),
                          "token_init": ((meta.get("configs") or {}).get("init") or {}).get("init"),
                          "device": timing.get("device"), "dtype": timing.get("dtype")})
-    return tidy(pd.DataFrame(rows, columns=[*IDENTITY, "ckpt_path", *RECIPE, "max_history", "token_init", "device",
-                                        "dtype"]))
+    cols = [*IDENTITY, "ckpt_path", *RECIPE, *SCHEDULE, "steps", "start", "max_history",
+            "token_init", "device", "dtype"]
+    return tidy(pd.DataFrame(rows, columns=cols))
 
 
 def timing_rows(root: Roots) -> pd.DataFrame:
@@ -184,14 +197,18 @@ def summary_rows(root: Roots) -> pd.DataFrame:
 
 
 def health_rows(root: Roots) -> pd.DataFrame:
-    """Per evaluation: identity, split and the health flag (``user_independent``)."""
+    """Per evaluation: identity, split, the health flag (``user_independent``) and the share of
+    users with their own top-10 list (``distinct_lists@10``)."""
     rows = []
     for base, p in find(root, "metrics.json"):
         m = read_json(p)
         if "cell" in m and "user_independent" in m:
             rows.append({**{k: m.get(k) for k in IDENTITY}, "split": m.get("split"),
-                         "eval_dir": rel(base, p.parent), "user_independent": bool(m["user_independent"])})
-    return tidy(pd.DataFrame(rows, columns=[*IDENTITY, "split", "eval_dir", "user_independent"]))
+                         "eval_dir": rel(base, p.parent),
+                         "user_independent": bool(m["user_independent"]),
+                         "distinct_lists@10": m.get("distinct_lists@10")})
+    cols = [*IDENTITY, "split", "eval_dir", "user_independent", "distinct_lists@10"]
+    return tidy(pd.DataFrame(rows, columns=cols))
 
 
 def probe_rows(root: Roots) -> pd.DataFrame:

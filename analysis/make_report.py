@@ -178,6 +178,8 @@ def build(data: Collected, args: Args, command: str, folder: Path) -> tuple[list
         ("h", 2, "Setting"), ("list", text.setting_lines(data, per_user, display_roots(args.runs))),
         *([("h", 3, "Conditions that have not learned"), ("list", health)] if health else []),
         ("h", 2, "Claims"), ("p", text.RULES), ("table", text.claim_rows(claim_table)),
+        ("p", "Variance reduction in this design (none of it changes what is measured):"),
+        ("list", text.DESIGN),
         ("h", 2, "Metrics"),
         ("p", f"Per condition ({args.split} split): mean over users (seeds averaged per user) [95% bootstrap "
               "CI]. A trained model below most-popular has not learned yet."),

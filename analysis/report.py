@@ -21,7 +21,8 @@ from pauserec.evaluation import stats
 from pauserec.registry import PAPER_PAUSES
 
 CLAIM_COLUMNS = {"claim": "Claim", "paper": "Paper", "compared": "Compared", "measured": "Measured",
-                 "ci": "95% CI", "setting": "Setting", "verdict": "Verdict", "why": "Why"}
+                 "ci": "95% CI", "mde": "MDE (80% power)", "setting": "Setting",
+                 "verdict": "Verdict", "why": "Why"}
 RULES = ("Verdicts. Each claim states a direction and a minimum meaningful effect (the margin: 2% of the "
          "baseline for quality, 10% for cost and latency). A verdict needs at least 3 training seeds; "
          "Holm correction runs over the whole table. With the 95% CI signed so that the claimed direction "
@@ -30,7 +31,24 @@ RULES = ("Verdicts. Each claim states a direction and a minimum meaningful effec
          "difference**; anything else reads **inconclusive**; a single measurement reads **point estimate "
          "only**. Quality CIs combine the spread of per-seed paired effects with the user sampling shared "
          "by the seeds (t quantiles, no bootstrap: with 3 seeds a percentile bootstrap is far too narrow); "
-         "latency CIs come from timed batches, cost CIs from replicate seeds.")
+         "latency CIs come from timed batches, cost CIs from replicate seeds. Gates come first and "
+         "take a claim out of Holm: a quality claim whose trained side gives most users one list "
+         "or scores below most-popular on the same users reads **inconclusive (not learned)**; a "
+         "comparison that is not compute-matched (same start, steps, data, schedule), lacks its "
+         "control, compares a baseline that reads another history or learns from other targets, or "
+         "would pick a best rival on the split it is tested on reads **no verdict**, saying what "
+         "is missing. MDE: the smallest true effect that would read reproduced in 80% of "
+         "experiments with this design (at least 3 seeds on these users; `python -m pauserec "
+         "experiment plan RUNS` gives the seeds and users a target needs).")
+DESIGN = [
+    "paired users: every condition is evaluated on the same test users and compared user by user",
+    "paired seeds: a seed's conditions share its start (the seed's sft checkpoint), data order and "
+    "subsamples, and effects are taken seed by seed (common random numbers across conditions)",
+    "crossed seeds and users: every seed sees the same users, so the user sampling noise shared by "
+    "the seeds is estimated once (with N - 1 df) instead of inflating the seed spread",
+    "best-of choices (pause count, pause init) are made on the validation split and tested once",
+    "more test users: the planner reads each dataset's full test set (one held-out target each)",
+]
 PAPER = {"backbone": "Qwen3-1.7B", "hardware": "GPUs", "datasets": "Amazon Beauty, Toys, Office (and others)"}
 
 
@@ -156,7 +174,24 @@ def deviations(data: Collected, per_user: pd.DataFrame, main_rationale: str) -> 
     missing = [c for c in CONTROLS if c not in roles]
     if missing:
         out.append(f"compute-matched controls not run: {', '.join(missing)}")
-    return out
+    return out + baseline_footing(per_user)
+
+
+def baseline_footing(per_user: pd.DataFrame) -> list[str]:
+    """What the classical baselines and the trained conditions read and learn from, side by side."""
+    if not len(per_user) or "history_len" not in per_user.columns:
+        return []
+    rows = per_user.assign(base=per_user["label"].isin(BASELINES))
+
+    def says(part: pd.DataFrame) -> str:
+        longest = pd.to_numeric(part["history_len"], errors="coerce").max()
+        targets = "/".join(sorted(set(part["train_targets"].astype(str)) - {""})) or "—"
+        return f"read up to {longest:.0f} history items, training targets `{targets}`"
+
+    if not rows["base"].any() or rows["base"].all():
+        return []
+    return [f"classical baselines {says(rows[rows['base']])}; trained conditions "
+            f"{says(rows[~rows['base']])}"]
 
 
 def claim_rows(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,11 @@
 """Verdicts on the paper's claims: an effect with an honest interval, a stated margin, Holm across claims.
 
 Verdicts are ``reproduced``, ``not reproduced``, ``no meaningful difference``, ``inconclusive`` and
-``point estimate only``, each with a ``why`` that names what decided it or what is missing.
+``point estimate only``, each with a ``why`` that names what decided it or what is missing. Two
+more are set by the claims' gates (:mod:`analysis.claims`) before any interval is read:
+``inconclusive (not learned)`` when a compared condition has not learned to recommend, ``no
+verdict`` when the comparison is not a fair one (not compute-matched, a control missing, a best-of
+choice not made on held-out data).
 
 Rules. A claim states a direction (+1: a gain is claimed, -1: a reduction) and a minimum effect, the
 margin ``m`` (default 2% of the baseline mean; an absolute margin when the baseline mean is 0 or cannot
@@ -49,7 +53,9 @@ from pauserec.evaluation import stats
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
 NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY = "no meaningful difference", "inconclusive", "point estimate only"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY)
+NOT_LEARNED, NO_VERDICT = "inconclusive (not learned)", "no verdict"  # the claims' gates
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY, NOT_LEARNED,
+            NO_VERDICT)
 MIN_SEEDS = 3  # replicate training seeds a verdict needs
 MIN_BATCHES = 10  # timed batches per side for a CI over batches
 REL_MARGIN = 2.0  # default minimum effect: percent of the baseline mean
@@ -67,6 +73,7 @@ class Effect:
 
     ``unit`` names the replicates inside the CI: ``users``, ``batches``, ``seeds`` (each seed one value),
     or anything a caller measured (e.g. ``items``). ``n_units`` is the smallest count per seed and side.
+    ``parts`` are the independent parts of ``var(value)`` the CI was built from: (variance, t df).
     """
 
     value: float = NAN  # mean difference, metric units
@@ -81,6 +88,7 @@ class Effect:
     n_units: int = 1
     unit: str = "seeds"
     method: str = "single measurement"
+    parts: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,13 +105,13 @@ class Rule:
     abs_margin: float | None = None
 
 
-def _fieller(d: float, b: float, cov: np.ndarray, tq: float) -> tuple[float, float]:
-    """CI of ``100 * d / |b|``: the r with ``(d - r b)^2 <= tq^2 var(d - r b)``; NaN when unbounded."""
-    a = b * b - tq * tq * cov[1, 1]
+def _fieller(d: float, b: float, cov: np.ndarray, q: float) -> tuple[float, float]:
+    """CI of ``100 * d / |b|``: the r with ``(d - r b)^2 <= q^2 var(d - r b)``; NaN if unbounded."""
+    a = b * b - q * q * cov[1, 1]
     if not b or not a > 0:
         return NAN, NAN
-    half_b = d * b - tq * tq * cov[0, 1]
-    c = d * d - tq * tq * cov[0, 0]
+    half_b = d * b - q * q * cov[0, 1]
+    c = d * d - q * q * cov[0, 0]
     root = math.sqrt(max(half_b * half_b - a * c, 0.0))
     lo, hi = (half_b - root) / a, (half_b + root) / a
     if b < 0:
@@ -111,14 +119,14 @@ def _fieller(d: float, b: float, cov: np.ndarray, tq: float) -> tuple[float, flo
     return float(100.0 * lo), float(100.0 * hi)
 
 
-def _tq(alpha: float, df: float) -> float:
+def tq(alpha: float, df: float) -> float:
     """Upper ``alpha / 2`` quantile of Student t with ``df`` degrees of freedom."""
     return float(-special.stdtrit(df, alpha / 2))
 
 
 def _half(parts: Parts, alpha: float) -> float:
     """Half-width of the (1 - alpha) interval: each variance part scaled by its own t quantile."""
-    return math.sqrt(sum(_tq(alpha, df) ** 2 * var for var, df in parts))
+    return math.sqrt(sum(tq(alpha, df) ** 2 * var for var, df in parts))
 
 
 def _p(value: float, parts: Parts) -> float:
@@ -141,20 +149,28 @@ def _effect(value: float, base: float, cov: np.ndarray | None, parts: Parts, **i
         return Effect(value, rel=rel, base=base, **ids)
     half = _half(parts, 1 - LEVEL)
     se = math.sqrt(sum(var for var, _ in parts))
-    tq = half / se if se > 0 else _tq(1 - LEVEL, min(df for _, df in parts))
-    rel_lo, rel_hi = _fieller(value, base, cov, tq)
-    return Effect(value, value - half, value + half, rel, rel_lo, rel_hi, base, _p(value, parts), **ids)
+    q = half / se if se > 0 else tq(1 - LEVEL, min(df for _, df in parts))
+    rel_lo, rel_hi = _fieller(value, base, cov, q)
+    return Effect(value, value - half, value + half, rel, rel_lo, rel_hi, base, _p(value, parts),
+                  **ids, parts=tuple(parts))
+
+
+def mean_squares(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean squares of the two-way (seed x user) decomposition of ``x`` (S seeds, N users, C
+    channels): seeds, users, residual, each a (C, C) matrix (S >= 2, N >= 2)."""
+    n_s, n_u, _ = x.shape
+    seed_m, user_m, grand = x.mean(1), x.mean(0), x.mean((0, 1))  # (S, C), (N, C), (C,)
+    resid = x - seed_m[:, None] - user_m[None] + grand  # (S, N, C)
+    ms_seed = n_u * np.atleast_2d(np.cov(seed_m.T))
+    ms_user = n_s * np.atleast_2d(np.cov(user_m.T))
+    return ms_seed, ms_user, np.einsum("sni,snj->ij", resid, resid) / ((n_s - 1) * (n_u - 1))
 
 
 def _crossed(x: np.ndarray) -> tuple[np.ndarray, Parts]:
     """Covariance of the grand mean of ``x`` (S seeds, N users, 2: diff, base), seeds crossed with
     users, and the parts of its first variance: seed-level spread, user sampling shared by all seeds."""
     n_s, n_u, _ = x.shape
-    seed_m, user_m, grand = x.mean(1), x.mean(0), x.mean((0, 1))  # (S, 2), (N, 2), (2,)
-    resid = x - seed_m[:, None] - user_m[None] + grand  # (S, N, 2)
-    ms_seed = n_u * np.cov(seed_m.T)
-    ms_user = n_s * np.cov(user_m.T)
-    ms_res = np.einsum("sni,snj->ij", resid, resid) / ((n_s - 1) * (n_u - 1))
+    ms_seed, ms_user, ms_res = mean_squares(x)
     vals, vecs = np.linalg.eigh((ms_user - ms_res) / (n_s * n_u))
     shared = (vecs * np.clip(vals, 0, None)) @ vecs.T  # clipped to positive semi-definite
     parts = [(ms_seed[0, 0] / (n_s * n_u), n_s - 1.0), (shared[0, 0], n_u - 1.0)]
@@ -170,9 +186,11 @@ def _seed_pairs(t_seeds: Sequence, b_seeds: Sequence) -> tuple[list[tuple], str]
     return [(s, s) for s in common], f"; seeds on one side only, ignored: {alone}" if alone else ""
 
 
-def paired_effect(per_user: pd.DataFrame, treat: str, base: str, metric: str, *, label: str = "label",
-                  seed: str = "seed", user: str = "user") -> Effect:
-    """Paired effect of condition ``treat`` over ``base`` in ``metric``: one row per (label, seed, user).
+def paired_columns(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
+                   label: str = "label", seed: str = "seed",
+                   user: str = "user") -> tuple[list[np.ndarray], bool, str]:
+    """Per paired seed, the (N, 2) columns (treatment - baseline, baseline), paired by user; whether
+    every seed has the same users; and a note on how seeds were paired. Rows: (label, seed, user).
 
     Raises:
         ValueError: a condition is absent, a seed's two sides have different or duplicated users, or
@@ -194,6 +212,19 @@ def paired_effect(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
             raise ValueError(f"{metric} is missing for some users (seed {s_t})")
         users.append(t_rows.index)
         cols.append(np.stack([t - b, b], axis=1))  # (N, 2): diff, base
+    return cols, all(u.equals(users[0]) for u in users), note
+
+
+def paired_effect(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
+                  label: str = "label", seed: str = "seed", user: str = "user") -> Effect:
+    """Paired effect of condition ``treat`` over ``base`` in ``metric``: one row per (label, seed,
+    user).
+
+    Raises:
+        ValueError: as :func:`paired_columns`.
+    """
+    cols, same_users, note = paired_columns(per_user, treat, base, metric, label=label, seed=seed,
+                                            user=user)
     n_s, n_u = len(cols), min(len(c) for c in cols)
     value, base_mean = (float(np.mean([c[:, i].mean() for c in cols])) for i in (0, 1))
     ids = {"n_seeds": n_s, "n_units": n_u, "unit": "users"}
@@ -201,7 +232,7 @@ def paired_effect(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
         cov = np.cov(cols[0].T) / n_u if n_u > 1 else None
         parts = [(NAN if cov is None else cov[0, 0], n_u - 1.0)]
         method = f"one seed: t over {n_u:,} paired users (training variance not covered)"
-    elif all(u.equals(users[0]) for u in users) and n_u > 1:
+    elif same_users and n_u > 1:
         cov, parts = _crossed(np.stack(cols))
         method = (f"{n_s} seeds x {n_u:,} paired users (the same in every seed): t({n_s - 1}) on the "
                   f"seed spread + t({n_u - 1}) on user sampling shared by the seeds")

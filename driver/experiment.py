@@ -7,11 +7,18 @@ Layout of ``--out``::
     seed{S}/{CELL}/                              the cells: pause-k{K}, pause-k5-{INIT}, the controls
                                                  (think-only, sft-continued, filler-k5), cot-{SOURCE}
     seed{S}/eval/{CELL}/metrics.json, per_user.csv
+    seed{S}/eval-valid/{CELL}/                   the best-of candidates on the validation split
     baselines/{popularity,markov,sasrec-seed{S}}/             classical baselines, evaluation format
     probes/{alignment,attention,verbalization,rationale}/    probes (seed 0)
     report/REPORT.md                                         analysis.make_report
 
 Every finished piece (a checkpoint, an evaluation, a probe) is skipped on a rerun.
+
+Claims that pick the best of several cells ("5 pauses is the best count", "a pre-trained pause beats
+other inits and filler") choose on the validation split and test once: the candidates
+(:func:`candidates`) are evaluated on ``valid`` too. The classical baselines read the history length
+and learn from the training targets the trained conditions' checkpoints record, on the same
+evaluated users.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pauserec.errors import UserError
 from pauserec.evaluation import evaluate
 from pauserec.evaluation.baselines import NAMES as BASELINES
 from pauserec.evaluation.baselines import command
+from pauserec.model import checkpoint
 from pauserec.registry import PAPER_PAUSES
 from pauserec.teacher.rationales import SOURCES
 from pauserec.training import train
@@ -60,9 +68,9 @@ class ExperimentArgs(RunArgs):
         "help": "the CoT source the claims compare against", "choices": SOURCES})
     baselines: tuple[str, ...] = field(default=BASELINES, metadata={
         "help": "classical baselines on the same split", "choices": BASELINES})
-    sasrec_seconds: float | None = field(default=None, metadata={"help": "sasrec's training time budget "
-                                                                         "per seed (default: its epochs)",
-                                                                 "gt": 0.0})
+    sasrec_seconds: float | None = field(default=None, metadata={
+        "help": "sasrec: optional hard cap on training seconds per seed (default: early stopping "
+                "on the validation split decides; a cap makes runs irreproducible)", "gt": 0.0})
     eval_users: int = field(default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0})
     beams: int = field(default=20, metadata={"help": "beam width for evaluation", "min": evaluate.TOP_K})
     latency_samples: int = field(default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0})
@@ -109,7 +117,19 @@ def run_seed(args: ExperimentArgs, seed: int) -> Path:
                                        from_ckpt=str(root / cell.parent), out=str(path), seed=seed,
                                        resume=True))
         run_eval(args, path, root / "eval" / cell.name)
+        if cell in candidates(args):
+            run_eval(args, path, root / "eval-valid" / cell.name, split="valid")
     return root
+
+
+def candidates(args: ExperimentArgs) -> list[registry.Cell]:
+    """The cells a best-of claim chooses among on the validation split: the other pause inits and
+    the filler control, the other pause counts -- each family only with two or more to choose."""
+    rivals = [c for c in cells(args) if c.stage == "pause-sft" and c.control in ("", "filler")
+              and c.name != main_cells(args)["pause"]]
+    inits = [c for c in rivals if c.control == "filler" or c.pause_init != "pretrained"]
+    counts = [c for c in rivals if c.control == "" and c.pause_init == "pretrained"]
+    return [c for family in (inits, counts) if len(family) > 1 for c in family]
 
 
 def main_cells(args: ExperimentArgs) -> dict[str, str]:
@@ -118,18 +138,34 @@ def main_cells(args: ExperimentArgs) -> dict[str, str]:
             "cot": registry.cell_name("cot-sft", rationale=args.main_rationale)}
 
 
-def run_eval(args: ExperimentArgs, ckpt: Path, out: Path) -> None:
+def run_eval(args: ExperimentArgs, ckpt: Path, out: Path, split: str = "test") -> None:
     if (out / "metrics.json").is_file():
         return
-    print(f"== evaluate {ckpt.parent.name}/{ckpt.name}", flush=True)
-    timed = ckpt.name in {main_cells(args)[r] for r in args.latency_roles}
+    print(f"== evaluate {ckpt.parent.name}/{ckpt.name} ({split})", flush=True)
+    timed = split == "test" and ckpt.name in {main_cells(args)[r] for r in args.latency_roles}
     values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "n_users": args.eval_users or None,
-              "latency_samples": args.latency_samples if timed else 0, "device": args.device or "auto"}
+              "split": split, "latency_samples": args.latency_samples if timed else 0,
+              "device": args.device or "auto"}
     evaluate.run(build(evaluate.EvalArgs, values))
 
 
+def footing(args: ExperimentArgs) -> dict[str, Any]:
+    """The history length and training targets the baselines share with the trained conditions, as
+    the checkpoints record them (seed 0's paper pause cell, else its sft)."""
+    root = Path(args.out) / "seed0"
+    for name in (main_cells(args)["pause"], "sft"):
+        if pipeline.done(root / name):
+            meta = checkpoint.read_meta(root / name)
+            return {"max_history": (meta.get("dataset") or {}).get("max_history", 20),
+                    "train_targets": meta.get("train_targets") or "all"}
+    return {}
+
+
 def run_baselines(args: ExperimentArgs) -> None:
-    """Each classical baseline on the evaluated users (sasrec once per training seed)."""
+    """Each classical baseline on the evaluated users, with the conditions' history length and
+    training targets (:func:`footing`); sasrec once per training seed, early-stopped on the
+    validation split."""
+    same = footing(args)
     for name in args.baselines:
         for seed in range(args.seeds) if name == "sasrec" else [None]:
             out = Path(args.out) / "baselines" / (name if seed is None else f"{name}-seed{seed}")
@@ -137,7 +173,7 @@ def run_baselines(args: ExperimentArgs) -> None:
                 continue
             print(f"== baseline {out.name}", flush=True)
             values = {"model": name, "dataset": args.dataset, "data_root": args.data_root, "out": str(out),
-                      "n_users": args.eval_users or None, "seed": seed or 0,
+                      "n_users": args.eval_users or None, "eval_seed": 0, "seed": seed or 0, **same,
                       "sasrec_seconds": args.sasrec_seconds, "device": args.device or "auto"}
             command.run(build(command.BaselineArgs, values))
 

@@ -25,6 +25,7 @@ COMMANDS = {
     ("evaluate",): ("pauserec.evaluation.evaluate", "main", "Recall/NDCG@K with trie-constrained beam search"),
     ("rationales",): ("pauserec.teacher.rationales", "main", "generate and cache CoT rationales"),
     ("baseline",): ("pauserec.evaluation.baselines.command", "main", "popularity, markov or sasrec on the same split"),
+    ("experiment", "plan"): ("analysis.plan", "main", "seeds and test users each claim needs"),
     ("experiment",): ("driver.experiment", "main", "the paper's matrix: train, evaluate, probe, report"),
     ("rationale-train",): ("driver.rationale_train", "main", "cot-sft per rationale condition vs quality"),
     ("demo",): ("driver.demo", "main", "the main job on the embedded defaults (make demo)"),

@@ -3,7 +3,9 @@
 Checkpoints are ``pauserec.json`` files with the trainer's fields (cell, train seed, whole-lineage
 timings); evaluations are written by :func:`pauserec.evaluate.write` and baselines the same way; probe
 rows carry their checkpoint's identity. Users are simulated with planted effects (pause-k5 far above the
-plain references and CoT, the baselines below), so the verdicts the tests expect follow from the plants.
+plain references and CoT, the baselines below; think-only gives every user one list), so the
+verdicts the tests expect follow from the plants. The best-of candidates are evaluated on the
+validation split too, where a different pause count is best than on the test split.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ STAGE = {"sft": "sft", "cot-template": "cot-sft", "popularity": "baseline", "mar
          "sasrec": "baseline"}
 HOURS = {"init": 0.01, "cpt": 1.0, "sft": 0.5, "pause-pretrain": 0.2, "pause-sft": 0.5, "cot-sft": 2.5}
 LATENCY = {"pause-k5": 12.0, "cot-template": 50.0}
+VALID_HIT = {"pause-k1": 0.33, "pause-k9": 0.25, "pause-k5-mean-text": 0.27,
+             "filler-k5": 0.22}  # k1 best here, k9 on the test split
 
 
 def meta_of(cell: str, seed: int | None) -> dict:
@@ -61,14 +65,16 @@ def meta_of(cell: str, seed: int | None) -> dict:
                             "dtype": "bf16"} for s in lineage}}
 
 
-def write_eval(out: Path, meta: dict, seed: int | None) -> None:
+def write_eval(out: Path, meta: dict, seed: int | None, split: str = "test") -> None:
     cell = meta["cell"]
-    rng = np.random.default_rng([sum(map(ord, cell)), seed or 0])
-    hit = HIT[cell] + (0.004 * (seed or 0) if cell != "popularity" else 0)  # a little seed-level noise
+    rng = np.random.default_rng([sum(map(ord, cell)), seed or 0, split == "valid"])
+    hit = (VALID_HIT if split == "valid" else HIT)[cell]
+    hit += 0.004 * (seed or 0) if cell != "popularity" else 0  # a little seed-level noise
     rank = np.where(rng.random(N_USERS) < hit, rng.integers(1, 11, N_USERS), 0)
     frame = pd.DataFrame({"user": np.arange(N_USERS).astype(str), "target": rng.integers(0, 1000, N_USERS),
                           "rank": rank, "history_len": 5})
-    summary = {"split": "test", "eval_seed": 0, "n_users": N_USERS, "recall@10": float((rank > 0).mean()),
+    summary = {"split": split, "eval_seed": 0, "n_users": N_USERS,
+               "recall@10": float((rank > 0).mean()),
                "device": "cpu, 2 thread(s)", "dtype": "bf16", "user_independent": cell == "think-only"}
     if cell in LATENCY:
         summary["latency_batches_ms"] = list(LATENCY[cell] + rng.normal(0, 0.5, 12))
@@ -85,8 +91,9 @@ def write_probe(root: Path, folder: str, rows: list[dict], meta: dict) -> None:
     (d / "meta.json").write_text(json.dumps({"probe": folder.split("-")[0]}))
 
 
-def write_runs(root: Path, seeds=(0, 1, 2)) -> Path:
-    """An experiment directory: checkpoints, evaluations and baselines for every seed, probes of seed 0."""
+def write_runs(root: Path, seeds=(0, 1, 2), valid: bool = True) -> Path:
+    """An experiment directory: checkpoints, evaluations and baselines for every seed (``valid``:
+    the best-of candidates on the validation split too), probes of seed 0."""
     for seed in seeds:
         for cell in HIT:
             if cell in ("popularity", "markov"):
@@ -101,6 +108,8 @@ def write_runs(root: Path, seeds=(0, 1, 2)) -> Path:
                 pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.5]}).to_csv(where / cell / "train_log.csv",
                                                                                    index=False)
             write_eval(where / "eval" / f"{cell}-s{seed}", meta, seed)
+            if valid and cell in VALID_HIT:
+                write_eval(where / "eval-valid" / f"{cell}-s{seed}", meta, seed, "valid")
     rng = np.random.default_rng(0)
     for cell, cos in {"sft": 0.45, "cot-template": 0.30}.items():  # CoT training misaligns SID rows
         align = [{"metric": "cosine_sid_title", "item_id": i, "matrix": "input", "value": cos + rng.normal(0, .05)}
@@ -142,9 +151,19 @@ def test_claims_under_the_new_rules(runs):
     table = claims.evaluate(collect.collect(runs)).set_index("key")
     assert set(table["verdict"]) <= set(verdicts.VERDICTS)
     assert table.loc["vs_sft", "compared"] == "pause-k5 vs sft-continued"  # the compute-matched control
-    for key in ("vs_sft", "vs_cot", "vs_baseline", "vs_think_only"):
+    for key in ("vs_sft", "vs_cot", "vs_baseline", "pretrained_pause", "k5"):
         assert table.loc[key, "verdict"] == "reproduced", (key, table.loc[key, "why"])
         assert table.loc[key, "n_seeds"] == 3 and np.isfinite(table.loc[key, "p_holm"])
+    # think-only gives every user one list: the pair has not learned, whatever its interval says
+    assert table.loc["vs_think_only", "verdict"] == verdicts.NOT_LEARNED
+    assert "same top-10 list" in table.loc["vs_think_only", "why"]
+    # best-of rivals are chosen on the valid split (k1 there), not on the test split (k9 there)
+    assert table.loc["k5", "compared"] == "pause-k5 vs pause-k1"
+    assert "valid split: pause-k1" in table.loc["k5", "why"]
+    assert table.loc["pretrained_pause", "compared"] == "pause-k5 vs pause-k5-mean-text"
+    for key in ("vs_sft", "vs_cot", "train_cost", "latency"):  # every measured claim states its MDE
+        assert np.isfinite(table.loc[key, "mde_rel"]) and "%" in table.loc[key, "mde"], key
+    assert table.loc["train_cost", "mde_rel"] < 0 < table.loc["vs_cot", "mde_rel"]  # claimed side
     assert table.loc["train_cost", "verdict"] == "reproduced"  # 4.0 vs 6.5 device-hours per seed
     assert "shared stages" in table.loc["train_cost", "why"]
     assert table.loc["latency", "verdict"] == "reproduced"  # 12 vs 50 ms, 12 timed batches x 3 seeds
@@ -192,7 +211,9 @@ def test_make_report_end_to_end(runs, tmp_path, monkeypatch):
     path = make_report.main([str(runs), "--out", str(out), "--n-resamples", "200"])
     text = path.read_text()
     for section in ("## Claims", "## Metrics", "### Paired comparisons", "## Deviations from the paper",
-                    "### Conditions that have not learned", "## Figures"):
+                    "### Conditions that have not learned", "## Figures", "| MDE (80% power) |",
+                    "Variance reduction in this design",
+                    "classical baselines read up to 5 history items"):
         assert section in text
     assert "`think-only` gives most users the same top-10 list" in text
     assert "CoT-SFT with template rationales and no RL stage" in text and "popularity" in text

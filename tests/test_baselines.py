@@ -123,6 +123,24 @@ def test_sasrec_is_deterministic_under_a_seed():
     assert not np.array_equal(a[1], c[1])  # another seed, other weights
 
 
+def test_sasrec_stops_early_on_the_validation_split():
+    """On a planted chain validation NDCG@10 plateaus: training stops ``patience`` epochs after its
+    best epoch, far below the epoch cap, keeps the best epoch's weights, and is reproducible."""
+    ds = chain_dataset(n_users=60)
+    sp = data.split(ds)
+    fit = lambda: baselines.make("sasrec", dim=32, epochs=200, patience=3, batch_size=32,  # noqa: E731
+                                 dropout=0.1, lr=3e-3).fit(ds, sp["train"], seed=0, valid=sp["valid"])
+    model = fit()
+    info = model.info
+    assert info["stopped_by"] == "patience" and info["epochs_run"] < 200
+    assert info["epochs_run"] == info["best_epoch"] + 3 == len(info["valid_ndcg@10"])
+    assert model.validate(sp["valid"]) == max(info["valid_ndcg@10"]) > 0.9  # the best weights
+    again = fit()
+    assert again.info["valid_ndcg@10"] == info["valid_ndcg@10"]
+    hist = [ex.history for ex in sp["test"]]
+    assert np.array_equal(model.recommend_scored(hist, 5)[1], again.recommend_scored(hist, 5)[1])
+
+
 def test_sasrec_budget_and_history_exclusion():
     ds = chain_dataset(n_users=40)
     sp = data.split(ds)
@@ -178,6 +196,33 @@ def test_beauty_popularity_reference_numbers():
     summary, _ = baselines.evaluate_baseline(baselines.make("popularity").fit(ds, sp["train"]), sp["test"])
     assert summary["recall@10"] == pytest.approx(0.011, abs=0.001)
     assert summary["ndcg@10"] == pytest.approx(0.005, abs=0.001)
+
+
+def test_baseline_command_reads_the_llms_history_and_targets(tmp_path):
+    """--max-history and --train-targets cut the split as the LLM's stage did; both are recorded."""
+    import json
+
+    import pandas as pd
+
+    from pauserec.cli import run
+    from pauserec.evaluation.baselines import command
+
+    out = tmp_path / "sasrec"
+    argv = ["--model", "sasrec", "--dataset", "ml-100k", "--out", str(out), "--n-users", "40",
+            "--max-history", "3", "--train-targets", "last", "--sasrec-epochs", "4",
+            "--sasrec-patience", "1", "--device", "cpu"]
+    assert run(command.main, argv) == 0
+    rows = pd.read_csv(out / "per_user.csv")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert rows["history_len"].max() == 3 and set(rows["train_targets"]) == {"last"}
+    info = metrics["baseline_info"]
+    assert metrics["max_history"] == 3 and info["max_len"] == 3
+    assert info["train_examples"] == 943  # one example per user
+    assert len(info["valid_ndcg@10"]) == info["epochs_run"] <= 4  # stopped on the valid split
+    valid = tmp_path / "sasrec-valid"
+    assert run(command.main, [*argv[:5], str(valid), *argv[6:], "--split", "valid"]) == 0
+    scored_on_valid = json.loads((valid / "metrics.json").read_text())["baseline_info"]
+    assert scored_on_valid["valid_ndcg@10"] == [] and scored_on_valid["stopped_by"] == "epochs"
 
 
 def test_baseline_command_writes_the_evaluation_format_on_the_llms_users(tiny_ckpt_path, tmp_path):

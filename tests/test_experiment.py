@@ -86,6 +86,27 @@ def test_every_cell_is_evaluated_with_its_identity_and_the_baselines_join(exp):
     assert len(latency["latency_batches_ms"]) == 1 and latency["device"].startswith("cpu")
 
 
+def test_baselines_share_the_conditions_history_and_targets(exp):
+    sft = checkpoint.read_meta(exp / "seed0" / "sft")
+    for name in ("popularity", "markov"):
+        metrics = json.loads((exp / "baselines" / name / "metrics.json").read_text())
+        rows = pd.read_csv(exp / "baselines" / name / "per_user.csv")
+        assert metrics["max_history"] == sft["dataset"]["max_history"] == 5
+        assert set(rows["train_targets"]) == {sft["train_targets"]}
+
+
+def test_best_of_candidates_are_chosen_among_on_the_valid_split():
+    def names(**values) -> set[str]:
+        args = experiment.ExperimentArgs(**values)
+        return {c.name for c in experiment.candidates(args)}
+
+    assert names(pause_counts=(1, 5, 10), pause_inits=("mean-text",),
+                 controls=("think-only", "filler")) == {"pause-k1", "pause-k10", "pause-k5-mean-text",
+                                                        "filler-k5"}
+    assert names(pause_counts=(5, 10), pause_inits=(), controls=("filler",)) == set()  # no choice
+    assert names(pause_counts=(5,), pause_inits=(), controls=("think-only",)) == set()
+
+
 def test_the_report_reads_the_experiment(exp):
     report = (exp / "report" / "REPORT.md").read_text()
     claims = pd.read_csv(exp / "report" / "claims.csv").set_index("key")

@@ -16,6 +16,11 @@ Decisions, so numbers stay comparable with the LLM's:
   (refitting on the validation item, as many pipelines do) is possible but is *not* the default: the LLM
   never trains on the validation item, and the train-only fit is what reproduces the issue's reference
   numbers (Beauty markov Recall@10: 0.071 train-only vs 0.079 with the validation item; reference 0.069).
+* **Same footing as the LLM it is compared with.** ``python -m pauserec baseline --max-history H
+  --train-targets T`` cuts the split as the LLM's stage did (the experiment passes the values its
+  checkpoints record): the same history length, the same training targets (``all``: every prefix of
+  the training part; ``last``: one example per user). ``sasrec`` stops early on the validation split
+  (``fit(..., valid=...)``), never after a number of seconds.
 * **Items already in the history stay rankable** (``exclude_history=False``), as in the LLM's beam search,
   which does not exclude them either. Every baseline takes ``exclude_history=True`` to drop them; report
   both where it matters: on ml-100k (no repeat views) it lifts Recall@10 a lot (markov 0.120 -> 0.145,
@@ -53,7 +58,10 @@ class Baseline(Protocol):
 
     name: str
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0) -> Baseline: ...
+    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
+            valid: list[data.Example] | None = None) -> Baseline:
+        """Learn from ``train``; ``valid`` (held-out targets) only for early stopping (SASRec)."""
+        ...
 
     def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
         """(n_users, top_k) item indices, best first."""

@@ -1,10 +1,13 @@
 """``python -m pauserec baseline --model NAME --dataset D --out DIR``: a classical baseline, evaluated
 like a checkpoint.
 
-Fits on the training targets of the leave-one-out split (what the LLM trains on), ranks the same
-(seeded sample of) test users, and writes ``metrics.json`` + ``per_user.csv`` in the evaluation format,
-every row carrying the baseline's identity (``cell`` = its name, ``stage`` = ``baseline``), so the report
-puts it in the same tables, paired statistics and figures as the trained models.
+Fits on the training targets of the leave-one-out split, cut with the history length and training
+targets of the LLM it is compared with (``--max-history``, ``--train-targets``; the experiment
+passes its checkpoints' values), ranks the same (seeded sample of) test users, and writes
+``metrics.json`` + ``per_user.csv`` in the evaluation format, every row carrying the baseline's
+identity (``cell`` = its name, ``stage`` = ``baseline``, ``train_targets``), so the report puts it
+in the same tables, paired statistics and figures as the trained models. SASRec stops early on the
+validation split (never when that is the split evaluated: then it trains for its epoch cap).
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ from typing import Any
 
 from pauserec import data, files
 from pauserec.config import parse_args
+from pauserec.data import TRAIN_TARGETS
 from pauserec.errors import UserError
 from pauserec.evaluation import baselines, evaluate
 from pauserec.model.checkpoint import IDENTITY
 from pauserec.model.device import DEVICES_HELP, describe, resolve_device
-
-HISTORY = 20  # the baselines read the standard 20 most recent items, whatever the LLM's prompt holds
 
 
 @dataclass
@@ -39,22 +41,30 @@ class BaselineArgs:
     n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1})
     eval_seed: int = field(default=0, metadata={"help": "seed of the user sample (as in evaluate)", "min": 0})
     seed: int = field(default=0, metadata={"help": "training seed (sasrec)", "min": 0})
+    max_history: int = field(default=20, metadata={
+        "help": "history items read (the LLM's max_history)", "min": 1})
+    train_targets: str = field(default="all", metadata={
+        "help": "all (every prefix of the training part) or last (one example per user): the LLM's",
+        "choices": TRAIN_TARGETS})
     exclude_history: bool = field(default=False, metadata={"help": "never recommend an item already seen"})
-    sasrec_seconds: float | None = field(default=None, metadata={"help": "sasrec: training time budget",
-                                                                 "gt": 0.0})
-    sasrec_epochs: int = field(default=200, metadata={"help": "sasrec: epochs (the time budget may stop it "
-                                                                "earlier)", "min": 1})
+    sasrec_epochs: int = field(default=200, metadata={"help": "sasrec: cap on epochs", "min": 1})
+    sasrec_patience: int = field(default=5, metadata={
+        "help": "sasrec: stop after this many epochs without a better validation NDCG@10",
+        "min": 1})
+    sasrec_seconds: float | None = field(default=None, metadata={
+        "help": "sasrec: optional hard cap on training seconds (not reproducible)", "gt": 0.0})
     device: str = field(default="auto", metadata={"help": "sasrec: " + DEVICES_HELP})
 
 
 def identity(args: BaselineArgs, options: dict[str, Any]) -> dict[str, Any]:
     """The identity columns of a baseline (what a checkpoint's ``identity`` is for a trained model)."""
     key = json.dumps({"model": args.model, "dataset": args.dataset, "options": options,
+                      "max_history": args.max_history, "train_targets": args.train_targets,
                       "seed": args.seed if args.model == "sasrec" else None}, sort_keys=True, default=str)
     ident = {k: "" for k in IDENTITY}
     ident.update(ckpt=args.model, ckpt_hash=hashlib.sha256(key.encode()).hexdigest()[:16],
                  dataset=args.dataset, variant="baseline", stage="baseline", cell=args.model,
-                 n_pauses=0, rationale_leaky=False, train_targets="all",
+                 n_pauses=0, rationale_leaky=False, train_targets=args.train_targets,
                  train_seed=args.seed if args.model == "sasrec" else None)
     return ident
 
@@ -66,18 +76,22 @@ def run(args: BaselineArgs) -> dict[str, Any]:
     options: dict[str, Any] = {"exclude_history": args.exclude_history}
     if args.model == "sasrec":
         device = resolve_device(args.device)
-        options.update(max_seconds=args.sasrec_seconds, epochs=args.sasrec_epochs, device=str(device))
+        options.update(max_len=args.max_history, max_seconds=args.sasrec_seconds,
+                       epochs=args.sasrec_epochs, patience=args.sasrec_patience, device=str(device))
     with files.claim(args.out, overwrite=args.overwrite, inputs=[args.dataset]):  # a dataset folder stays
         ds = data.load_dataset(args.dataset, args.data_root)
-        split = data.split(ds, HISTORY)
+        split = data.split(ds, args.max_history, args.train_targets)
         users = split[args.split]
         examples = [users[i] for i in data.sample(len(users), args.n_users, args.eval_seed)]
         start = time.perf_counter()
-        model = baselines.make(args.model, **options).fit(ds, split["train"], seed=args.seed)
+        stop_on = split["valid"] if args.split != "valid" else None  # never tune on what is scored
+        model = baselines.make(args.model, **options).fit(ds, split["train"], seed=args.seed,
+                                                          valid=stop_on)
         fit_s = time.perf_counter() - start
         summary, frame = baselines.evaluate_baseline(model, examples, evaluate.TOP_K)
         metrics = {k: summary[k] for k in summary if k.startswith(("recall@", "ndcg@"))}
-        out = {"split": args.split, "eval_seed": args.eval_seed, "n_users": len(examples), **metrics,
+        out = {"split": args.split, "eval_seed": args.eval_seed, "n_users": len(examples),
+               "max_history": args.max_history, **metrics,
                **health(frame, ds, split), "fit_seconds": fit_s,
                "baseline_info": {k: v for k, v in summary.items() if k not in metrics},
                **describe(resolve_device(args.device if args.model == "sasrec" else "cpu"), "fp32")}

@@ -39,7 +39,8 @@ class Popularity:
     order: Any = field(default=None, init=False, repr=False)  # (n_items,) item indices, most popular first
     info: dict = field(default_factory=dict, init=False, repr=False)
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0) -> Popularity:
+    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
+            valid: list[data.Example] | None = None) -> Popularity:  # nothing to tune: valid unused
         start = time.perf_counter()
         seqs = training_sequences(train)
         self.counts = item_counts(seqs, len(ds.items))
@@ -82,7 +83,8 @@ class Markov:
     order: Any = field(default=None, init=False, repr=False)  # (n_items,) popularity order (tie-break)
     info: dict = field(default_factory=dict, init=False, repr=False)
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0) -> Markov:
+    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
+            valid: list[data.Example] | None = None) -> Markov:  # nothing to tune: valid unused
         if self.window < 1 or not 0 < self.decay <= 1:
             raise UserError(f"markov needs window >= 1 and 0 < decay <= 1, got {self.window}, {self.decay}")
         start = time.perf_counter()

@@ -7,8 +7,14 @@ paper's one sampled negative per target -- a full-softmax cross-entropy over eve
 Training covers each training target exactly once per epoch: every training sequence is cut into
 windows of at most ``max_len`` targets (a random, seeded offset per sequence and epoch, so a target sees
 a different amount of its history from one epoch to the next), and every window position predicts
-its next item. Training stops after ``epochs`` or ``max_seconds`` (checked after every step), whichever
-comes first; only an epoch budget is reproducible to the bit.
+its next item.
+
+Early stopping. Given validation examples (``fit(..., valid=split["valid"])``), every epoch ends
+with NDCG@10 on them; training stops when ``patience`` epochs in a row have not improved on the
+best, or at the ``epochs`` cap, and the best epoch's weights are kept. The validation targets are
+never trained on, and the run is reproducible to the bit under a seed. ``max_seconds`` is an
+optional hard cap on top (checked after every step; a run it stops is not reproducible); without
+validation examples the model trains for ``epochs``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 
 from pauserec import data
 from pauserec.errors import UserError
+from pauserec.evaluation import metrics
 from pauserec.evaluation.baselines._common import (
     batches,
     check_request,
@@ -111,8 +118,9 @@ class SASRec:
     dropout: float = 0.2
     lr: float = 1e-3
     batch_size: int = 128  # windows per step
-    epochs: int = 200
-    max_seconds: float | None = None  # wall-clock budget of fit (None: all epochs)
+    epochs: int = 200  # the cap on epochs
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    max_seconds: float | None = None  # optional hard wall-clock cap on fit (None: none)
     exclude_history: bool = False  # never recommend an item already in the user's history
     device: str = "cpu"
     net: Any = field(default=None, init=False, repr=False)  # SASRecNet after fit
@@ -121,9 +129,13 @@ class SASRec:
     # called as on_epoch(epoch, train_seconds) after every epoch (e.g. a learning curve); set after make()
     on_epoch: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0) -> SASRec:
-        if min(self.dim, self.layers, self.heads, self.max_len, self.batch_size) < 1 or self.epochs < 0:
-            raise UserError("sasrec sizes must be positive (dim, layers, heads, max_len, batch_size)")
+    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
+            valid: list[data.Example] | None = None) -> SASRec:
+        """Train on ``train`` (early-stopped on ``valid`` when given; see the module docstring)."""
+        sizes = (self.dim, self.layers, self.heads, self.max_len, self.batch_size, self.patience)
+        if min(sizes) < 1 or self.epochs < 0:
+            raise UserError("sasrec sizes must be positive (dim, layers, heads, max_len, "
+                            "batch_size, patience)")
         if self.dim % self.heads:
             raise UserError(f"sasrec dim {self.dim} must be divisible by heads {self.heads}")
         seqs = training_sequences(train)
@@ -132,32 +144,54 @@ class SASRec:
             torch.manual_seed(seed)
             self.net = SASRecNet(len(ds.items), self.max_len, self.dim, self.layers, self.heads,
                                  self.dropout).to(self.device)
-            run = self._train(seqs, torch.Generator().manual_seed(seed))
+            run = self._train(seqs, torch.Generator().manual_seed(seed), valid or [])
         self.info = {"baseline": self.name, "seed": seed, "train_examples": len(train),
                      "train_targets": sum(len(s) - 1 for s in seqs), **self._options(), **run}
         return self
 
     def _options(self) -> dict[str, Any]:
         keys = ("dim", "layers", "heads", "max_len", "dropout", "lr", "batch_size", "epochs",
-                "max_seconds", "exclude_history", "device")
+                "patience", "max_seconds", "exclude_history", "device")
         return {k: getattr(self, k) for k in keys}
 
-    def _train(self, seqs: list[list[int]], gen: torch.Generator) -> dict[str, Any]:
-        """Epochs until ``epochs`` or ``max_seconds`` of training (``on_epoch`` time not counted)."""
+    def _train(self, seqs: list[list[int]], gen: torch.Generator,
+               valid: list[data.Example]) -> dict[str, Any]:
+        """Epochs until the cap, ``patience`` epochs without a better validation NDCG@10 (the best
+        weights kept), or ``max_seconds`` of training (``on_epoch`` and validation not counted)."""
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.98))
-        seconds, steps, epoch, loss, out_of_time = 0.0, 0, 0, float("nan"), False
-        while epoch < self.epochs and not out_of_time:
+        seconds, steps, epoch, loss, stop = 0.0, 0, 0, float("nan"), "epochs"
+        curve: list[float] = []
+        best, best_state = -1.0, None
+        while epoch < self.epochs:
             budget = None if self.max_seconds is None else self.max_seconds - seconds
             start = time.perf_counter()
             loss, n, out_of_time = self._epoch(seqs, gen, opt, budget)
             seconds, steps, epoch = seconds + time.perf_counter() - start, steps + n, epoch + 1
             log.info("sasrec epoch %d: loss %.4f, %.0f s", epoch, loss, seconds)
+            if valid:
+                curve.append(self.validate(valid))
+                if curve[-1] > best:
+                    best = curve[-1]
+                    best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
             if self.on_epoch is not None:
                 self.net.eval()
                 self.on_epoch(epoch, seconds)
+            if out_of_time or (valid and epoch - 1 - int(np.argmax(curve)) >= self.patience):
+                stop = "time" if out_of_time else "patience"
+                break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
         self.net.eval()
-        return {"epochs_run": epoch, "steps": steps, "final_loss": loss, "out_of_time": out_of_time,
-                "fit_seconds": seconds}
+        best_epoch = int(np.argmax(curve)) + 1 if curve else epoch
+        return {"epochs_run": epoch, "best_epoch": best_epoch, "stopped_by": stop, "steps": steps,
+                "final_loss": loss, "out_of_time": stop == "time", "fit_seconds": seconds,
+                "valid_ndcg@10": curve}
+
+    def validate(self, valid: list[data.Example]) -> float:
+        """Mean NDCG@10 on ``valid`` (the model left in eval mode)."""
+        items = self.recommend([ex.history for ex in valid], top_k=10)
+        ranks = metrics.ranks([ex.target for ex in valid], items)
+        return float(metrics.ndcg_at_k(ranks, 10).mean())
 
     def _epoch(self, seqs: list[list[int]], gen: torch.Generator, opt: torch.optim.Optimizer,
                budget: float | None) -> tuple[float, int, bool]:
