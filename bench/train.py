@@ -1,8 +1,10 @@
 """Training throughput: a plain Hugging Face loop vs the workbench loop side by side in one run, and the
-workbench's model FLOPs utilisation (MFU) against a matmul peak measured on the same machine in the same run.
+workbench's model FLOPs utilisation (MFU) against a matmul peak measured on the same machine in the same run;
+with ``--layouts``, the training layouts side by side in targets per second.
 
     python bench/train.py [--ckpt CKPT] [--steps 8] [--rounds 3] [--batch-size 16] [--batch-tokens N]
                           [--pack] [--pack-len N] [--compile] [--dtype auto] [--device auto] [--threads N]
+    python bench/train.py --layouts [--variant plain] [--ckpt CKPT] ...
 
 * baseline -- what a plain HF fine-tuning loop does: random batches padded to the batch max, fp32,
   ``model(input_ids, attention_mask, labels=...)`` (logits for every position), torch's default AdamW.
@@ -25,6 +27,13 @@ MFU = model FLOPs per second / the measured matmul peak of the precision ours tr
 On a GPU give steps that fill it (``--batch-size 256``, the paper preset's, or ``--batch-tokens``): at 16
 sequences a step is bound by kernel launches, not FLOPs. There each line also gives the peak GPU memory
 (every method's weights and optimizer states included).
+
+``--layouts``: the same next-item targets (a seeded sample of ``--n-seqs`` windows of ml-100k's
+training part, ``--train-targets windows``: every item a target once) laid out three ways -- ``example``
+(one sequence per target, the paper's), ``exact`` (a window's targets in one pass, the paper's prompt) and
+``stream`` (the history as one sequence, loss on every item) -- each trained by the workbench loop on its
+own copy of the model. Prints targets/s, tokens per target and tokens/s per layout, and the ratios
+``exact / example`` and ``stream / example`` in targets per second.
 
 Both (all three) train their own copy of the same checkpoint on the same corpus (a seeded mix of the cpt,
 sft and cot-sft sequences). Rounds alternate the order (the machine may be shared); throughput counts real
@@ -56,7 +65,7 @@ from pauserec.model.device import (
     torch_dtype,
 )
 from pauserec.training import batches, loop, stages, train
-from pauserec.training.corpus import Corpus, subset
+from pauserec.training.corpus import LAYOUTS, Corpus, subset
 
 
 @dataclass
@@ -80,6 +89,9 @@ class BenchArgs:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     peak_seconds: float = field(default=1.0, metadata={"help": "time per matmul-peak measurement"})
     seed: int = field(default=0, metadata={"help": "corpus sample and batch order"})
+    layouts: bool = field(default=False, metadata={"help": "compare the training layouts (targets/s) instead"})
+    variant: str = field(default="plain", metadata={"help": "--layouts: plain or pause (5 pauses)",
+                                                    "choices": ("plain", "pause")})
 
 
 def corpus_mix(ckpt: checkpoint.Checkpoint, n: int, max_history: int, seed: int) -> Corpus:
@@ -151,7 +163,7 @@ class Runner:
         else:
             self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.batches, self.epoch = [], 0
-        self.tokens = self.padded = 0
+        self.tokens = self.padded = self.targets = 0
         self.seconds = self.cpu_seconds = self.model_flops = self.memory = 0.0
 
     def _next(self) -> np.ndarray:
@@ -163,8 +175,8 @@ class Runner:
             self.epoch += 1
         return self.batches.pop(0)
 
-    def step(self) -> tuple[int, int, float]:
-        """One optimizer step; returns (real tokens, padded tokens, model FLOPs)."""
+    def step(self) -> tuple[int, int, float, int]:
+        """One optimizer step; returns (real tokens, padded tokens, model FLOPs, next-item targets)."""
         idx = self._next()
         width = (self.args.pack_len or int(self.lengths[idx].max())) if self.packed else 0
         b = batches.collate(self.data, batches.pack(idx, self.lengths, width), self.pad, self.device)
@@ -179,7 +191,8 @@ class Runner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        return b["tokens"], b["input_ids"].numel(), self.flops(self.lengths[idx], b["labelled"])
+        targets = sum(self.data.targets[i] for i in idx) if self.data.targets else 0
+        return b["tokens"], b["input_ids"].numel(), self.flops(self.lengths[idx], b["labelled"]), targets
 
     def run(self, steps: int, timed: bool) -> None:
         synchronize(self.device)
@@ -196,6 +209,7 @@ class Runner:
             self.tokens += sum(c[0] for c in counts)
             self.padded += sum(c[1] for c in counts)
             self.model_flops += sum(c[2] for c in counts)
+            self.targets += sum(c[3] for c in counts)
 
     def report(self) -> str:
         waste = 1 - self.tokens / max(self.padded, 1)
@@ -212,12 +226,52 @@ def default_ckpt() -> str:
     return str(path)
 
 
+def layout_corpora(ckpt: checkpoint.Checkpoint, args: BenchArgs) -> dict[str, Corpus]:
+    """The same targets (a seeded sample of windows) in each training layout, built as training builds them."""
+    out = {}
+    for layout in LAYOUTS:
+        stage = {"plain": "sft", "pause": "pause-sft"}[args.variant]
+        targs = train.TrainArgs(stage=stage, from_ckpt="-", out="/tmp/bench-unused", n_train=args.n_seqs,
+                                max_history=args.max_history, seed=args.seed, train_targets="windows",
+                                layout=layout, pause_init="default")
+        out[layout] = stages.build_corpus(ckpt, targs)[0]
+    return out
+
+
+def compare_layouts(args: BenchArgs, ckpt: checkpoint.Checkpoint, device: torch.device) -> dict[str, float]:
+    """Targets per second of each layout, trained side by side (rounds alternate the order)."""
+    corpora = layout_corpora(ckpt, args)
+    pad = ckpt.tokenizer.pad_token_id if ckpt.tokenizer.pad_token_id is not None else 0
+    runners = {}
+    for layout, data in corpora.items():
+        runners[layout] = Runner(copy.deepcopy(ckpt.model).to(device).train(), data, args, device, layout, pad)
+        runners[layout].run(args.warmup, timed=False)
+    n = sum(corpora["example"].targets)
+    print(f"device {name_of(device)}; backbone {ckpt.meta.get('backbone')}; {args.n_seqs} windows of "
+          f"ml-100k ({n:,} targets, history <= {args.max_history}, {args.variant}); steps of {args.batch_size} "
+          f"sequences; {args.rounds} rounds x {args.steps} steps; dtype {runners['example'].dtype}")
+    for r in range(args.rounds):
+        for layout in list(runners) if r % 2 == 0 else list(reversed(runners)):
+            runners[layout].run(args.steps, timed=True)
+    rate = {k: x.targets / x.seconds for k, x in runners.items()}
+    print(f"{'layout':<8} {'targets/s':>10} {'tokens/target':>14} {'tokens/s':>10}  (targets, seconds)")
+    for k, x in runners.items():
+        print(f"{k:<8} {rate[k]:10.1f} {x.tokens / max(x.targets, 1):14.1f} {x.tokens / x.seconds:10.1f}  "
+              f"({x.targets:,} in {x.seconds:.1f}s)")
+    for k in ("exact", "stream"):
+        print(f"{k} / example: {rate[k] / rate['example']:.2f}  (targets per second)")
+    return rate
+
+
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(BenchArgs, argv, "bench/train.py")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = checkpoint.load(args.ckpt or default_ckpt())
+    if args.layouts:
+        rate = compare_layouts(args, ckpt, device)
+        return rate["stream"] / rate["example"]
     data = corpus_mix(ckpt, args.n_seqs, args.max_history, args.seed)
     pad = ckpt.tokenizer.pad_token_id if ckpt.tokenizer.pad_token_id is not None else 0
     runners = {}

@@ -1,15 +1,26 @@
 """The main job on the embedded defaults -- what ``make demo`` runs.
 
-Dataset stats, then the ``quick`` experiment (SIDs, every training stage with the real SmolLM2 backbone,
-the compute-matched controls, the classical baselines, evaluation, every probe) and the report, all on
-CPU. It is ``pauserec experiment`` with the demo's defaults, so a rerun skips what is finished.
+Dataset stats, then two experiments on the same data and Semantic IDs, and one report over both:
+
+* the recommendation comparison (``--backbone compact``, preset ``quick``): a TIGER-sized decoder trained
+  from scratch on every training target (the ``stream`` layout), every training stage, pause and its
+  compute-matched controls, CoT, the classical baselines on the same users, evaluation, latency, and the
+  probes that need no pretrained language model (attention to pauses, logit lens, interventions,
+  rationale sensitivity) -- in ``OUT/compact``;
+* the language-model stages the LLM probes need (``--llm-backbone smollm2-135m``, preset ``quick-llm``):
+  every stage with the efficient layouts, evaluated on a few users so their health is reported as it is,
+  and the SID-word alignment and verbalisation probes -- in ``OUT/<llm backbone>``.
+
+Both are ``pauserec experiment`` runs, so a rerun skips what is finished.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from analysis import make_report
 from driver import experiment, pipeline
 from driver.pipeline import RunArgs
 from pauserec.config import build, parse_args
@@ -18,21 +29,40 @@ from pauserec.data import command as data_command
 
 @dataclass
 class DemoArgs(RunArgs):
-    """The quick experiment on the embedded default dataset, end to end, with a report."""
+    """The quick experiments on the embedded default dataset, end to end, with one report."""
 
     out: str = field(default="runs/demo", metadata={"help": "run directory"})
+    backbone: str = field(default="compact", metadata={"help": "the recommendation comparison's backbone"})
+    llm_backbone: str = field(default="smollm2-135m", metadata={
+        "help": "the language model the LLM probes look inside (empty: skip that part)"})
+    llm_preset: str = field(default="quick-llm", metadata={"help": "configs/NAME.toml of the LLM part"})
 
 
-def run(args: DemoArgs) -> None:
+def parts(args: DemoArgs) -> list[tuple[str, str, str]]:
+    """(run folder, backbone, preset) of each experiment the demo runs."""
+    out = [(args.backbone, args.backbone, args.preset)]
+    if args.llm_backbone:
+        out.append((args.llm_backbone, args.llm_backbone, args.llm_preset))
+    return out
+
+
+def run(args: DemoArgs) -> Path:
     start = time.perf_counter()
-    pipeline.check_run(args.out)  # before the dataset stats; experiment.run claims it
-    print(f"== dataset {args.dataset}", flush=True)
-    data_command.stats(build(data_command.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
-    values = {"out": args.out, "dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
-              "data_root": args.data_root, "device": args.device}
-    report = experiment.run(build(experiment.ExperimentArgs, values, args.preset, "experiment"))
+    with pipeline.claim_run(args.out, "demo"):
+        print(f"== dataset {args.dataset}", flush=True)
+        data_command.stats(build(data_command.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
+        runs = []
+        for folder, backbone, preset in parts(args):
+            print(f"== experiment: {backbone}, preset {preset}", flush=True)
+            values = {"out": str(Path(args.out) / folder), "dataset": args.dataset, "backbone": backbone,
+                      "preset": preset, "data_root": args.data_root, "device": args.device}
+            experiment.run(build(experiment.ExperimentArgs, values, preset, "experiment"), report=False)
+            runs.append(values["out"])
+        report = Path(args.out) / "report"
+        make_report.run(build(make_report.Args, {"runs": runs, "out": str(report), "overwrite": True}))
     print(f"demo finished in {time.perf_counter() - start:.0f}s -- open {report / 'REPORT.html'} in a browser")
+    return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    run(parse_args(DemoArgs, argv, "pauserec demo"))
+def main(argv: list[str] | None = None) -> Path:
+    return run(parse_args(DemoArgs, argv, "pauserec demo"))

@@ -39,7 +39,7 @@ from pauserec.errors import UserError
 from pauserec.evaluation import evaluate
 from pauserec.evaluation.baselines import NAMES as BASELINES
 from pauserec.evaluation.baselines import command
-from pauserec.model import checkpoint
+from pauserec.model import backbone, checkpoint
 from pauserec.registry import PAPER_PAUSES
 from pauserec.teacher.rationales import SOURCES
 from pauserec.training import train
@@ -197,6 +197,11 @@ def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
         "verbalization": {"ckpt": trajectory(args.verbalization_stages), "n_items": args.probe_items},
         "rationale": {"ckpt": [str(root / cot)], "n_users": args.probe_users} if cot else None,
     }
+    if not backbone.language_model(args.backbone):
+        for name in ("alignment", "verbalization"):
+            if plan.pop(name, None) and name in args.probes:
+                print(f"== probe {name}: skipped, it needs a pretrained language model and {args.backbone} is "
+                      "trained from scratch here", flush=True)
     return {name: {**values, **common} for name, values in plan.items() if name in args.probes and values}
 
 
@@ -213,20 +218,23 @@ def run_probes(args: ExperimentArgs, root: Path) -> None:
         print(f"   {name} took {time.perf_counter() - t:.0f}s", flush=True)
 
 
-def run(args: ExperimentArgs) -> Path:
-    """The whole matrix for every seed, the probes on seed 0, then the report."""
+def run(args: ExperimentArgs, report: bool = True) -> Path:
+    """The whole matrix for every seed, the probes on seed 0, then (``report``) the report; returns the
+    report's directory (``OUT/report`` unless ``--report``)."""
     if not args.out:
         raise UserError("pauserec experiment needs --out DIR")
     start = time.perf_counter()
+    where = Path(args.report or Path(args.out) / "report")
     with pipeline.claim_run(args.out, "experiment"):  # a run directory: resumed, never replaced
         roots = [run_seed(args, seed) for seed in range(args.seeds)]
         run_baselines(args)
         run_probes(args, roots[0])
-        report = Path(args.report or Path(args.out) / "report")
-        make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(report), "overwrite": True,
-                                                 "main_rationale": args.main_rationale}))
-    print(f"experiment finished in {time.perf_counter() - start:.0f}s; report: {report / 'REPORT.md'}")
-    return report
+        if report:
+            make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(where), "overwrite": True,
+                                                     "main_rationale": args.main_rationale}))
+    print(f"experiment finished in {time.perf_counter() - start:.0f}s"
+          + (f"; report: {where / 'REPORT.md'}" if report else ""))
+    return where
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -8,6 +8,7 @@ checkpoint's identity and health). Nothing else: figures are drawn by :mod:`anal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import sys
@@ -126,19 +127,40 @@ def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: st
 
 
 def entry(cls, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,
-          check: Callable[[Any], None] | None = None, **load: Any):
+          check: Callable[[Any], None] | None = None, language_model: bool = False, **load: Any):
     """A probe module's ``(run, main)``: ``run(args)`` computes every checkpoint's rows and writes them,
     ``main(argv)`` parses ``python -m probes.NAME`` flags into ``cls`` first. ``check(args)`` validates
-    what no single field can, before any checkpoint loads."""
+    what no single field can, before any checkpoint loads. ``language_model``: the probe asks what a
+    pretrained language model knows, so it skips (one line each) checkpoints of a backbone trained from
+    scratch, and writes nothing when none is left."""
     def run(args) -> pd.DataFrame:
         if check is not None:
             check(args)
+        if language_model:
+            args = with_language_models(args, name)
+            if not args.ckpt:
+                return pd.DataFrame()
         return run_probe(args, compute, name, **load)
 
     def main(argv: list[str] | None = None) -> pd.DataFrame:
         return run(parse(cls, argv, f"python -m probes.{name}"))
 
     return run, main
+
+
+def with_language_models(args, name: str):
+    """``args`` with only the checkpoints whose backbone knows language; one line per one skipped."""
+    from pauserec.model import backbone
+
+    kept = []
+    for path in args.ckpt:
+        model = str(checkpoint.read_meta(path).get("backbone") or "")
+        if backbone.language_model(model):
+            kept.append(path)
+        else:
+            log.warning("%s probe skips %s: it needs a pretrained language model, and backbone %s is "
+                        "trained from scratch here", name, path, model)
+    return dataclasses.replace(args, ckpt=kept)
 
 
 def write_results(df: pd.DataFrame, args, extra: dict[str, Any] | None = None) -> Path:

@@ -258,7 +258,7 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     return df
 
 
-run, main = entry(Args, compute, "alignment")
+run, main = entry(Args, compute, "alignment", language_model=True)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def gaps(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-run, main = entry(Args, compute, "verbalization")
+run, main = entry(Args, compute, "verbalization", language_model=True)
 
 
 if __name__ == "__main__":

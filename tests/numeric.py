@@ -24,6 +24,6 @@ def tolerance(dtype: torch.dtype, n_terms: int) -> float:
 def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32, n_terms: int = 1) -> bool:
     """``a`` equals ``b`` up to :func:`tolerance`, relative to the largest entry of ``b`` (entries much
     smaller than the largest carry the absolute error of the large ones)."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    a, b = (x.double() if torch.is_tensor(x) else torch.tensor(x, dtype=torch.float64) for x in (a, b))
     scale = float(b.abs().max()) if b.numel() else 0.0
     return bool((a - b).abs().max() <= tolerance(dtype, n_terms) * max(scale, torch.finfo(dtype).tiny))

@@ -86,3 +86,21 @@ def test_smollm2_backbone_loads_offline_and_answers():
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_compact_backbone_is_a_small_llama_over_the_workbench_words():
+    from pauserec import data
+    from pauserec.model import init_ckpt, prompts
+
+    ds = data.load_dataset("ml-100k")
+    model, tok = backbone.load_backbone("compact", corpus=init_ckpt.vocabulary_texts(ds.items))
+    dense = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 128
+    assert 0.5e6 < dense < 5e6 and model.config.tie_word_embeddings
+    assert len(tok) <= backbone.SCRATCH["compact"].words + len(backbone.TINY_SPECIAL)
+    for text in prompts.fixed_texts():  # the prompt, grounding questions, rationale templates: no <unk>
+        assert tok.unk_token_id not in tok(text.format(top="drama", latest="toy", leaf="comedy"))["input_ids"], text
+    rationale = prompts.RATIONALE.format(top="Comedy, Drama", latest=ds.items[0].display_title)
+    assert tok.unk_token_id not in tok(rationale)["input_ids"]
+    assert not backbone.language_model("compact") and backbone.language_model("tiny")
+    assert backbone.language_model("smollm2-135m")

