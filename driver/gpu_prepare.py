@@ -204,7 +204,7 @@ def download_wheels(folder: Path) -> list[str]:
 
 def format_budget(b: dict) -> str:
     shares = ", ".join(f"{part} {s:.0f}s" for part, s in b["seconds"].items())
-    return f"budget {b['budget_s']:.0f}s: {shares}; up to {b['users']:,} test users"
+    return f"budget {b['budget_s']:.0f}s: {shares}"
 
 
 def format_plan(plan: dict, out: str) -> str:
@@ -223,9 +223,8 @@ def format_plan(plan: dict, out: str) -> str:
               f"{a['stage_overhead_s']:.0f}s overhead in its {b['seconds']['train']:.0f}s: "
               + ("fits" if b["train_scale"] >= 1
                  else f"every stage's steps x {b['train_scale']:.2f}"),
-              f"evaluation: {b['users']:,} of {plan['users']:,} test users for every cell and "
-              f"baseline ({b['eval_units']} plain-cell units, CoT = {COT_COST}, at "
-              f"{a['users_per_s']:,.0f} users/s)"]
+              f"evaluation: {b['users']:,} of {plan['users']:,} users for all cells and baselines "
+              f"({a['users_per_s']:,.0f}/s a plain cell; CoT x{COT_COST})"]
     return "\n".join(lines)
 
 

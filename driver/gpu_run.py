@@ -249,7 +249,8 @@ def run(args: GpuRunArgs) -> dict:
               f"({clock.used():.0f}s used by the start); {VERSIONS}", flush=True)
         try:
             publish()  # a rerun hands back what earlier runs finished at once
-            print(f"== {gpu_prepare.format_budget(budget)}", flush=True)
+            print(f"== {gpu_prepare.format_budget(budget)}; up to {budget['users']:,} test users",
+                  flush=True)
             init(args, folder, plan, work)
             print(f"== init: {clock.used():.0f}s used", flush=True)
             publish()

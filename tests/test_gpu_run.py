@@ -194,3 +194,9 @@ def test_preflight_prints_versions_and_smoke_tests_the_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^python .*torch .*transformers .*KV-cache keyword", proc.stdout, re.M)
     assert "smoke ok on cpu" in proc.stdout
+
+
+def test_oneshot_script_parses_and_names_its_two_calls():
+    bad = subprocess.run(["bash", "gpu/oneshot.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: usage:")
+    assert subprocess.run(["bash", "-n", "gpu/oneshot.sh"], cwd=ROOT).returncode == 0
