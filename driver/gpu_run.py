@@ -119,6 +119,16 @@ class Tee(io.TextIOBase):
     def flush(self) -> None:
         self.stream.flush()
 
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
 
 @contextlib.contextmanager
 def logged_to(path: Path) -> Iterator[None]:
@@ -139,20 +149,34 @@ def logged_to(path: Path) -> Iterator[None]:
                 h.setStream(stream)
 
 
-def export(work: Path, dest: Path, record: dict) -> None:
-    """``results.tar.gz`` + ``results.json`` into ``dest``, each replaced in one rename; the record
-    is also kept in ``work`` for a rerun."""
+def tar_gz(root: Path, paths: list[Path]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for p in sorted(work.rglob("*")):
-            rel = p.relative_to(work)
-            hidden = any(part.startswith(".") or part.endswith(".partial") for part in rel.parts)
-            if p.name in KEEP and not hidden and rel.parts[0] != "export":
-                tar.add(p, arcname=str(rel))
-    if buf.tell() > EXPORT_MIB * 2**20:
-        log.warning("results.tar.gz is %.1f MiB: the device tool returns at most %d MiB a file",
-                    buf.tell() / 2**20, EXPORT_MIB)
-    files.write_bytes(dest / "results.tar.gz", buf.getvalue())
+        for p in paths:
+            tar.add(p, arcname=str(p.relative_to(root)))
+    return buf.getvalue()
+
+
+def export(work: Path, dest: Path, record: dict) -> None:
+    """``results.tar.gz`` + ``results.json`` into ``dest``, each replaced in one rename; the record
+    is also kept in ``work`` for a rerun. Over the device tool's file size, the per-user rows go to
+    a second archive, ``per_user.tar.gz`` (extracted into the same folder)."""
+    def kept(p: Path) -> bool:
+        parts = p.relative_to(work).parts
+        hidden = any(x.startswith(".") or x.endswith(".partial") for x in parts)
+        return p.name in KEEP and not hidden and parts[0] != "export"
+
+    paths = [p for p in sorted(work.rglob("*")) if kept(p)]
+    archives = {"results.tar.gz": tar_gz(work, paths)}
+    if len(archives["results.tar.gz"]) > EXPORT_MIB * 2**20:
+        rows = [p for p in paths if p.name == "per_user.csv"]
+        archives = {"results.tar.gz": tar_gz(work, [p for p in paths if p not in rows]),
+                    "per_user.tar.gz": tar_gz(work, rows)}
+    for name, blob in archives.items():
+        if len(blob) > EXPORT_MIB * 2**20:
+            log.warning("%s is %.1f MiB: the device tool returns at most %d MiB a file", name,
+                        len(blob) / 2**20, EXPORT_MIB)
+        files.write_bytes(dest / name, blob)
     files.write_json(dest / "results.json", record)
     files.write_json(work / "record.json", record)
 
@@ -224,23 +248,30 @@ def train_all(plan: dict, work: Path, clock: Clock, device: str, record: dict, p
         publish()
 
 
-def run(args: GpuRunArgs) -> dict:
-    start = process_start()
+def load(args: GpuRunArgs) -> tuple[Path, dict, Path, dict]:
+    """(prepared folder, its plan, the work directory, the record of earlier runs there)."""
     if not args.folder:
         raise UserError("usage: python -m pauserec gpu run PREPARED_RUN_FOLDER")
-    folder = Path(args.folder)
+    folder, work = Path(args.folder), Path(args.work)
     if not (folder / "plan.json").is_file():
         raise UserError(f"{folder} is not a prepared GPU run (no plan.json): run `python -m "
                         "pauserec gpu prepare`")
     plan = json.loads((folder / "plan.json").read_text())
-    work = Path(args.work)
+    kept = work / "record.json"
+    record = json.loads(kept.read_text()) if kept.is_file() else {}
+    if record and record["plan"] != plan:
+        raise UserError(f"{work} holds the run of another plan: pass a new --work (or remove it)")
+    return folder, plan, work, record
+
+
+def run(args: GpuRunArgs) -> dict:
+    start = process_start()
+    folder, plan, work, record = load(args)
     dest = Path(args.export or os.environ.get("OUT") or work / "export")
     device = resolve_device(args.device)
     budget = gpu_prepare.budget(plan["stages"], plan["users"], args.budget_s,
                                 plan["budget"]["assumed"])
     clock = Clock(budget["deadlines"], start)
-    kept = work / "record.json"
-    record = json.loads(kept.read_text()) if kept.is_file() else {}
     record.update(plan=plan, budget=budget, versions=VERSIONS, device=name_of(device),
                   status="running")
     publish = lambda: export(work, dest, record)  # noqa: E731

@@ -28,8 +28,9 @@ import pandas as pd
 import pytest
 
 from analysis import make_report
-from driver import gpu_prepare
+from driver import gpu_prepare, gpu_run
 from pauserec.config import STAGES
+from pauserec.errors import UserError
 
 pytestmark = pytest.mark.slow  # trains six stages and evaluates four cells, in subprocesses
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def prepared(tmp_path_factory) -> Path:
     return root / "gpu_run" / "run"
 
 
-def gpu_run(prepared: Path, work: Path, out: Path) -> subprocess.Popen:
+def start_run(prepared: Path, work: Path, out: Path) -> subprocess.Popen:
     """``python -m pauserec gpu run`` as on the device machine: results to ``$OUT``; what it
     prints to ``out``.txt beside it."""
     env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -106,7 +107,7 @@ def test_prepare_plans_every_share_and_the_users(prepared, capsys):
 
 def test_run_keeps_its_budget_and_exports_paired_results(prepared, tmp_path):
     start = time.time()
-    proc = gpu_run(prepared, tmp_path / "work", tmp_path / "out")
+    proc = start_run(prepared, tmp_path / "work", tmp_path / "out")
     proc.wait(timeout=10 * BUDGET)
     wall = time.time() - start
     finished(proc, tmp_path / "out")
@@ -137,7 +138,7 @@ def test_run_keeps_its_budget_and_exports_paired_results(prepared, tmp_path):
 
 
 def test_killed_halfway_returns_finished_stages_and_a_rerun_resumes(prepared, tmp_path):
-    proc = gpu_run(prepared, tmp_path / "work", tmp_path / "out1")
+    proc = start_run(prepared, tmp_path / "work", tmp_path / "out1")
     record, results = {}, tmp_path / "out1" / "results.json"
     while len(record.get("stages", {})) < 3 and proc.poll() is None:  # halfway: 3 of 6 stages
         time.sleep(0.2)
@@ -152,7 +153,7 @@ def test_killed_halfway_returns_finished_stages_and_a_rerun_resumes(prepared, tm
         assert {f"seed0/{stage}/pauserec.json", f"seed0/{stage}/train_log.csv"} <= set(names)
         assert f"== {stage}:" in (tmp_path / "out1" / "run.log").read_text()
 
-    rerun = gpu_run(prepared, tmp_path / "work", tmp_path / "out2")  # $OUT starts empty there
+    rerun = start_run(prepared, tmp_path / "work", tmp_path / "out2")  # $OUT starts empty there
     printed = finished(rerun, tmp_path / "out2")
     final = json.loads((tmp_path / "out2" / "results.json").read_text())
     assert final["status"] == "done"
@@ -200,3 +201,26 @@ def test_oneshot_script_parses_and_names_its_two_calls():
     bad = subprocess.run(["bash", "gpu/oneshot.sh"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: usage:")
     assert subprocess.run(["bash", "-n", "gpu/oneshot.sh"], cwd=ROOT).returncode == 0
+
+
+def test_export_splits_off_the_per_user_rows_past_the_file_limit(tmp_path, monkeypatch):
+    for rel in ("seed0/sft/pauserec.json", "seed0/eval/sft/per_user.csv",
+                "seed0/eval/sft/metrics.json", "seed0/sft/model.safetensors",
+                "seed0/.eval.x.tmp/per_user.csv", "seed0/cpt.partial/train_log.csv"):
+        (tmp_path / "work" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "work" / rel).write_text("x" * 100)
+    monkeypatch.setattr(gpu_run, "EXPORT_MIB", 0)
+    gpu_run.export(tmp_path / "work", tmp_path / "out", {"status": "running"})
+    out = tmp_path / "out"
+    with tarfile.open(out / "results.tar.gz") as a, tarfile.open(out / "per_user.tar.gz") as b:
+        assert a.getnames() == ["seed0/eval/sft/metrics.json", "seed0/sft/pauserec.json"]
+        assert b.getnames() == ["seed0/eval/sft/per_user.csv"]  # no weights, temp or partial dirs
+
+
+def test_a_work_directory_of_another_plan_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "plan.json").write_text('{"users": 1}')
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "record.json").write_text('{"plan": {"users": 2}}')
+    with pytest.raises(UserError, match="holds the run of another plan"):
+        gpu_run.main([str(tmp_path / "run"), "--work", str(tmp_path / "work")])
