@@ -118,8 +118,7 @@ class Evaluation:
             fixed = self.ev["seconds_per_round"] = time.time() - start
             print(f"== evaluation round {len(self.rounds)}: {size:,} users ({self.users:,} of "
                   f"{cap:,}), {1000 * per_user:.1f} ms a user for all cells + {fixed:.1f}s to "
-                  "write; "
-                  f"{clock.left('evaluate'):.0f}s left", flush=True)
+                  f"write; {clock.left('evaluate'):.0f}s left", flush=True)
 
     def run_baselines(self, plan: dict, folder: Path, clock) -> None:
         """Each baseline on exactly the users the cells reached."""
