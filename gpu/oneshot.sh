@@ -19,11 +19,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PAR
 export PYTHONPATH=/tmp/site:.  # the carried wheels, then this repository
 KEEP=/tmp/pauserec-part1       # survives between calls while the machine is warm
 export OUT=${OUT:-/tmp/pauserec-out}
-mkdir -p "$OUT"
 
 case "${1:-}" in
   preflight)
-    mkdir -p "$KEEP"
+    mkdir -p "$KEEP" "$OUT"
     cp gpu_run/part1/backbone.gguf.part1 "$KEEP/"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site gpu_run/part1/wheels/*.whl
