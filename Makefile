@@ -4,6 +4,8 @@ PY        ?= python3
 VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
+IMAGE     := .venv-image
+IMAGE_BIN := $(IMAGE)/bin
 TORCH     := torch==2.13.0
 OUT       ?= runs/demo
 DATASET   ?= ml-100k
@@ -30,16 +32,31 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[llm]"  # compiles llama.cpp once (CPU), then pip's wheel cache reuses it
 	touch $(STAMP)
 
+# A second venv with the GPU image's library versions (gpu/image.txt) and none of the workbench's
+# extras, for the GPU run's rehearsal (make test): CPU torch first, then the list, then the gguf wheel
+# `gpu prepare` carries (the main venv's version). The run uses the repository on PYTHONPATH, as there.
+$(IMAGE)/.installed: gpu/image.txt $(STAMP)
+	test -x $(IMAGE_BIN)/python || $(PY) -m venv $(IMAGE)
+	$(IMAGE_BIN)/python -m pip install -q --upgrade pip
+	$(IMAGE_BIN)/pip install -q "$(TORCH)"
+	$(IMAGE_BIN)/pip install -q -r gpu/image.txt \
+	  "gguf==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("gguf"))')"
+	touch $(IMAGE)/.installed
+
 demo: $(STAMP)
 	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) --out $(OUT)
 
 # Every CPU tier (what CI runs: .ci/run). The fast tier alone: make test-fast (under 3 minutes on 2 cores).
 # The numeric tests (two layouts of one computation) run a second time on the AVX2 kernels: machines
-# differ (AVX2-only, AVX-512 with bf16), and each kind must catch what fails on the other.
+# differ (AVX2-only, AVX-512 with bf16), and each kind must catch what fails on the other. The GPU run's
+# rehearsal runs a second time on the GPU image's versions (.venv-image), which it prints first.
 AVX2      := ATEN_CPU_CAPABILITY=avx2
-test: $(STAMP)
+test: $(STAMP) $(IMAGE)/.installed
 	$(BIN)/python -m pytest -q -m "not gpu"
 	$(AVX2) $(BIN)/python -m pytest -q -m "numeric and not gpu"
+	PYTHONPATH=. $(IMAGE_BIN)/python -c \
+	  "from pauserec.model.compat import VERSIONS; print('image venv:', VERSIONS)"
+	PAUSEREC_RUN_PYTHON=$(CURDIR)/$(IMAGE_BIN)/python $(BIN)/python -m pytest -q tests/test_gpu_run.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
@@ -53,4 +70,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(IMAGE) .pytest_cache .ruff_cache

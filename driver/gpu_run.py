@@ -1,41 +1,60 @@
-"""``python -m pauserec gpu run DIR``: the paper's comparison in one time-boxed command on one GPU.
+"""``python -m pauserec gpu run DIR``: the paper's comparison in one hard-budgeted command on a GPU.
 
 Joins the backbone's GGUF parts, builds the init checkpoint from the carried data and SIDs, trains
-cpt -> sft -> pause-pretrain -> pause-sft (5 pauses) -> the think-only control -> cot-sft (template), runs the
-classical baselines, evaluates every cell on the test users with 20 beams and times latency with the
-paper's protocol -- all within ``--budget-s``. Training takes a share of the budget: after the first
-stage it knows its real tokens/s and scales every later stage's steps to fit (the scale is recorded);
-evaluation then covers as many users as the remaining time allows (all, when it can). Writes the
-experiment layout under ``--work`` and exports the results (no weights) as ``results.tar.gz`` plus
-``results.json`` into ``--export`` (``$OUT`` on the device machine), which ``analysis.make_report`` reads.
+cpt -> sft -> pause-pretrain -> pause-sft (5 pauses) -> the think-only control -> cot-sft
+(template),
+evaluates the four cells and the three classical baselines on the same test users and times latency
+with the paper's protocol -- all inside ``--budget-s``, counted from the start of the process:
+
+* Each part has its share of the budget up front (:data:`driver.gpu_prepare.SHARES`, re-derived by
+  :func:`driver.gpu_prepare.budget` for this budget); a part's deadline is the sum of the shares up
+  to it, so time one part leaves goes to the next.
+* Training scales the steps of every stage still to train to the training deadline: from the plan's
+  assumed throughput and per-stage overhead at first, then from what each finished stage measured.
+  A stage's steps are decided once, and every cell of a stage trains that many (pause-k5 and its
+  control think-only).
+* Evaluation (:mod:`driver.gpu_eval`): the plan's number of test users at most, in rounds that every
+  cell runs on the same users, until the evaluation deadline; the baselines on exactly those users;
+  latency per cell within its deadline.
+
+After every stage, evaluation round, baseline and latency the results so far go to ``--export``
+(``$OUT`` on the device machine): ``results.tar.gz`` (every small result file, no weights; what
+``analysis.make_report`` reads), ``results.json`` (the record: plan, budget, versions, decisions,
+timings, metrics) and ``run.log`` (all the run printed, appended as it goes), so a run killed at any
+moment returns everything finished before it. A rerun with the same ``--work`` resumes: finished
+stages, rounds, baselines and latencies are kept and the decided steps reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driver import gpu_prepare
+from driver import gpu_eval, gpu_prepare
 from driver.gpu_prepare import STAGE_PLAN
 from pauserec import files
 from pauserec.config import build, parse_args
 from pauserec.errors import UserError
-from pauserec.evaluation import evaluate
-from pauserec.evaluation.baselines import command as baseline
-from pauserec.model import init_ckpt
+from pauserec.model import checkpoint, init_ckpt
+from pauserec.model.compat import VERSIONS
 from pauserec.model.device import DEVICES_HELP, name_of, resolve_device
 from pauserec.training import train
 
 log = logging.getLogger(__name__)
-CELLS = tuple(c.name for c in gpu_prepare.CELLS)  # evaluated, in this order
-TRAIN_SHARE = 0.55  # of the budget; evaluation, baselines and latency take the rest
+WORK = "/tmp/pauserec-gpu"  # survives between calls on a warm device machine: a rerun resumes
+KEEP = ("pauserec.json", "train_log.csv", "metrics.json", "per_user.csv")  # exported; never weights
+EXPORT_MIB = 16  # the device tool returns files up to this size
 
 
 @dataclass
@@ -43,137 +62,244 @@ class GpuRunArgs:
     """Run the prepared comparison in one command (see the module docstring)."""
 
     folder: str = field(default="", metadata={"positional": True, "help": "the prepared run/ folder"})
-    part1: str = field(default="", metadata={"help": "the GGUF's first part (default: FOLDER/../part1/...)"})
-    work: str = field(default="", metadata={"help": "experiment directory (default: /tmp/pauserec-gpu)"})
-    export: str = field(default="", metadata={"help": "where results.tar.gz + results.json go (default: $OUT, "
-                                                      "else WORK/export)"})
-    budget_s: float = field(default=510.0, metadata={"help": "total time budget, seconds", "gt": 0.0})
+    part1: str = field(default="", metadata={
+        "help": "the GGUF's first part (default: FOLDER/../part1/...)"})
+    work: str = field(default=WORK, metadata={"help": "experiment directory (a rerun resumes it)"})
+    export: str = field(default="", metadata={
+        "help": "where results.tar.gz, results.json and run.log go (default: $OUT, else "
+                "WORK/export)"})
+    budget_s: float = field(default=300.0, metadata={
+        "help": "total time budget, seconds, counted from the process's start", "gt": 0.0})
     eval_batch: int = field(default=256, metadata={"help": "users decoded together", "min": 1})
-    latency_samples: int = field(default=500, metadata={"help": "timed users (batches of 16)", "min": 16})
-    sasrec_seconds: float = field(default=30.0, metadata={"help": "SASRec training time", "gt": 0.0})
-    max_users: int = field(default=0, metadata={"help": "cap on evaluated users (0: all)", "min": 0})
+    latency_samples: int = field(default=500, metadata={
+        "help": "timed users per cell (batches of 16; fewer when its deadline is near)", "min": 16})
+    sasrec_seconds: float = field(default=30.0, metadata={
+        "help": "SASRec training time, at most (less when the baselines' deadline is near)",
+        "gt": 0.0})
+    max_users: int = field(default=0, metadata={
+        "help": "cap on evaluated users below the plan's (0: the plan's)", "min": 0})
     device: str = field(default="auto", metadata={"help": DEVICES_HELP})
 
 
-class Clock:
-    """Seconds left of the budget."""
+def process_start() -> float:
+    """``time.time()`` at this process's start (imports count against the budget); now off Linux."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
-    def __init__(self, budget: float):
-        self.start, self.budget = time.perf_counter(), budget
+
+class Clock:
+    """Seconds used, and seconds left until a part's deadline (seconds from the start)."""
+
+    def __init__(self, deadlines: dict[str, float], start: float):
+        self.deadlines, self.start = deadlines, start
 
     def used(self) -> float:
-        return time.perf_counter() - self.start
+        return time.time() - self.start
 
-    def left(self) -> float:
-        return self.budget - self.used()
+    def left(self, part: str) -> float:
+        return self.deadlines[part] - self.used()
 
 
-def backbone_file(folder: Path, plan: dict, part1: str) -> str:
-    """The backbone to load: ``tiny`` for rehearsals, else the joined GGUF file (checked by sha256)."""
+class Tee(io.TextIOBase):
+    """A text stream that also appends everything to a log file."""
+
+    def __init__(self, stream, log_file):
+        self.stream, self.log_file = stream, log_file
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.log_file.write(text)
+        self.log_file.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
+
+@contextlib.contextmanager
+def logged_to(path: Path) -> Iterator[None]:
+    """Everything printed or logged meanwhile goes to ``path`` too (appended, flushed per write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)]
+    with open(path, "a", encoding="utf-8") as fh:
+        old = sys.stdout, sys.stderr, [h.stream for h in handlers]
+        sys.stdout, sys.stderr = Tee(sys.stdout, fh), Tee(sys.stderr, fh)
+        for h in handlers:
+            h.setStream(sys.stderr if h.stream is old[1] else sys.stdout)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = old[0], old[1]
+            for h, stream in zip(handlers, old[2]):
+                h.setStream(stream)
+
+
+def tar_gz(root: Path, paths: list[Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in paths:
+            tar.add(p, arcname=str(p.relative_to(root)))
+    return buf.getvalue()
+
+
+def export(work: Path, dest: Path, record: dict) -> None:
+    """``results.tar.gz`` + ``results.json`` into ``dest``, each replaced in one rename; the record
+    is also kept in ``work`` for a rerun. Over the device tool's file size, the per-user rows go to
+    a second archive, ``per_user.tar.gz`` (extracted into the same folder)."""
+    def kept(p: Path) -> bool:
+        parts = p.relative_to(work).parts
+        hidden = any(x.startswith(".") or x.endswith(".partial") for x in parts)
+        return p.name in KEEP and not hidden and parts[0] != "export"
+
+    paths = [p for p in sorted(work.rglob("*")) if kept(p)]
+    archives = {"results.tar.gz": tar_gz(work, paths)}
+    if len(archives["results.tar.gz"]) > EXPORT_MIB * 2**20:
+        rows = [p for p in paths if p.name == "per_user.csv"]
+        archives = {"results.tar.gz": tar_gz(work, [p for p in paths if p not in rows]),
+                    "per_user.tar.gz": tar_gz(work, rows)}
+    for name, blob in archives.items():
+        if len(blob) > EXPORT_MIB * 2**20:
+            log.warning("%s is %.1f MiB: the device tool returns at most %d MiB a file", name,
+                        len(blob) / 2**20, EXPORT_MIB)
+        files.write_bytes(dest / name, blob)
+    files.write_json(dest / "results.json", record)
+    files.write_json(work / "record.json", record)
+
+
+def backbone_file(folder: Path, plan: dict, part1: str, work: Path) -> str:
+    """The backbone to load: ``tiny`` for rehearsals, else the GGUF file joined in ``work`` (checked
+    by sha256)."""
     if "gguf_sha256" not in plan:
         return plan["backbone"]
     first = Path(part1) if part1 else folder.parent / "part1" / "backbone.gguf.part1"
     if not first.is_file():
-        raise UserError(f"the GGUF's first part is missing ({first}); carry it first (see README, GPU run)")
-    joined = Path("/tmp/pauserec-backbone.gguf")
+        raise UserError(f"the GGUF's first part is missing ({first}); carry it first "
+                        "(gpu/oneshot.sh)")
+    joined = work / "backbone.gguf"
     blob = first.read_bytes() + (folder / "backbone.gguf.part2").read_bytes()
     if hashlib.sha256(blob).hexdigest() != plan["gguf_sha256"]:
         raise UserError("the joined GGUF does not match the prepared one: a part is truncated or stale")
-    joined.write_bytes(blob)
+    files.write_bytes(joined, blob)
     return str(joined)
 
 
-def init(folder: Path, plan: dict, work: Path, model: str) -> None:
-    if (work / "init" / "pauserec.json").is_file():
+def init(args: GpuRunArgs, folder: Path, plan: dict, work: Path) -> None:
+    if (work / "init" / checkpoint.META_FILE).is_file():
         return
-    values = {"dataset": plan["source_dataset"], "data_root": str(folder / "data"), "backbone": model,
-              "sid_source": str(folder / "sids.json"), "max_history": plan["max_history"], "out": str(work / "init")}
+    values = {"dataset": plan["source_dataset"], "data_root": str(folder / "data"),
+              "backbone": backbone_file(folder, plan, args.part1, work),
+              "sid_source": str(folder / "sids.json"),
+              "max_history": plan["max_history"], "out": str(work / "init")}
     init_ckpt.create(build(init_ckpt.InitArgs, values))
 
 
-def train_all(plan: dict, work: Path, clock: Clock, device: str) -> dict:
-    """Every stage, the later ones scaled to the training share of the budget; returns the scales."""
-    seed_dir, scales, speed = work / "seed0", {}, plan["budget"]["assumed_tokens_per_s"]
-    train_end = TRAIN_SHARE * clock.budget
+def throughput(plan: dict, done: dict) -> tuple[float, float]:
+    """(tokens/s, overhead seconds per stage): measured over the finished stages, else assumed."""
+    if not done:
+        assumed = plan["budget"]["assumed"]
+        return assumed["tokens_per_s"], assumed["stage_overhead_s"]
+    runs = done.values()
+    return (sum(r["tokens"] for r in runs) / max(sum(r["train_s"] for r in runs), 1e-9),
+            sum(r["overhead_s"] for r in runs) / len(runs))
+
+
+def train_all(plan: dict, work: Path, clock: Clock, device: str, record: dict, publish) -> None:
+    """Every stage, its steps scaled to the training deadline (see the module docstring)."""
+    seed_dir = work / "seed0"
+    steps, done = record.setdefault("steps", {}), record.setdefault("stages", {})
     for i, cell in enumerate(STAGE_PLAN):
-        name = cell.name
-        todo = plan["stages"][name]
-        rest = sum(plan["stages"][c.name]["tokens"] for c in STAGE_PLAN[i:])
-        scale = min(1.0, max(train_end - clock.used(), 1.0) * speed / max(rest, 1))
-        steps = max(1, math.floor(scale * todo["steps"]))
-        scales[name] = {"scale": scale, "steps": steps, "planned_steps": todo["steps"]}
-        out = seed_dir / name
-        if not (out / "pauserec.json").is_file():
+        speed, overhead = throughput(plan, done)
+        todo, out = plan["stages"][cell.name], seed_dir / cell.name
+        if cell.stage not in steps:  # decided once per stage: its cells train equally long
+            rest = sum(plan["stages"][c.name]["tokens"] for c in STAGE_PLAN[i:])
+            room = clock.left("train") - (len(STAGE_PLAN) - i) * overhead
+            scale = min(1.0, max(room, 0.0) * speed / max(rest, 1))
+            steps[cell.stage] = max(1, math.floor(scale * todo["steps"]))
+        if not (out / checkpoint.META_FILE).is_file():
             src = work / "init" if cell.parent == "init" else seed_dir / cell.parent
             more = {"pause_from": str(seed_dir / "pause-pretrain")} if cell.pause_source else {}
-            args = train.stage_args(cell.stage, plan["preset"], **cell.train_values(), **more, from_ckpt=str(src),
-                                    out=str(out), max_steps=steps, device=device, resume=True)
-            done = train.run(args)
-            speed = done.meta["timings"][cell.stage]["tokens_per_s"]  # measured: the later stages use it
-        print(f"== {name}: {steps}/{todo['steps']} steps (scale {scale:.2f}); {clock.left():.0f}s left", flush=True)
-    return scales
+            args = train.stage_args(cell.stage, plan["preset"], **cell.train_values(), **more,
+                                    from_ckpt=str(src), out=str(out), max_steps=steps[cell.stage],
+                                    device=device, resume=True)
+            train.run(args)
+        t = checkpoint.read_meta(out)["timings"][cell.stage]  # measured: the later stages use it
+        done[cell.name] = {"steps": t["steps"], "planned_steps": todo["steps"],
+                           "scale": t["steps"] / todo["steps"], "tokens": t["tokens"],
+                           "train_s": t["train_s"], "wall_s": t["wall_s"],
+                           "overhead_s": max(t["wall_s"] - t["train_s"], 0.0)}
+        print(f"== {cell.name}: {t['steps']}/{todo['steps']} steps, {t['tokens_per_s']:,.0f} "
+              f"tokens/s, {t['wall_s']:.0f}s; {clock.left('train'):.0f}s left for training",
+              flush=True)
+        publish()
 
 
-def evaluate_all(args: GpuRunArgs, work: Path, clock: Clock, users: int) -> dict:
-    """Each cell on as many test users as the time left allows (the same users for every cell)."""
-    n = min(users, args.max_users or users)
-    out = {"users": n}
-    for i, cell in enumerate(CELLS):
-        dest = work / "seed0" / "eval" / cell
-        if (dest / "metrics.json").is_file():
-            continue
-        values = {"ckpt": str(work / "seed0" / cell), "out": str(dest), "n_users": n, "batch_size": args.eval_batch,
-                  "latency_samples": args.latency_samples, "device": args.device}
-        summary = evaluate.run(build(evaluate.EvalArgs, values))
-        per_user_s = summary["beam_seconds"] / max(summary["n_users"], 1)
-        share = clock.left() / max(len(CELLS) - i - 1, 1) - 15  # keep some seconds for the export
-        if i == 0 and per_user_s * n > share:  # the first cell tells how many users the rest can afford
-            n = max(64, int(share / per_user_s))
-            out.update(users=n, reduced=f"users cut to {n} after {cell} ran at {1 / per_user_s:.0f} users/s")
-    return out
-
-
-def export(work: Path, dest: Path, record: dict) -> None:
-    """``results.tar.gz`` (every small result file, no weights) and ``results.json``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    keep = ("pauserec.json", "metrics.json", "per_user.csv", "train_log.csv", "results.csv", "meta.json")
-    with tarfile.open(dest / "results.tar.gz", "w:gz") as tar:
-        for p in sorted(work.rglob("*")):
-            if p.name in keep and ".tmp" not in str(p):
-                tar.add(p, arcname=str(p.relative_to(work)))
-    files.write_json(dest / "results.json", record)
+def load(args: GpuRunArgs) -> tuple[Path, dict, Path, dict]:
+    """(prepared folder, its plan, the work directory, the record of earlier runs there)."""
+    if not args.folder:
+        raise UserError("usage: python -m pauserec gpu run PREPARED_RUN_FOLDER")
+    folder, work = Path(args.folder), Path(args.work)
+    if not (folder / "plan.json").is_file():
+        raise UserError(f"{folder} is not a prepared GPU run (no plan.json): run `python -m "
+                        "pauserec gpu prepare`")
+    plan = json.loads((folder / "plan.json").read_text())
+    kept = work / "record.json"
+    record = json.loads(kept.read_text()) if kept.is_file() else {}
+    if record and record["plan"] != plan:
+        raise UserError(f"{work} holds the run of another plan: pass a new --work (or remove it)")
+    return folder, plan, work, record
 
 
 def run(args: GpuRunArgs) -> dict:
-    if not args.folder:
-        raise UserError("usage: python -m pauserec gpu run PREPARED_RUN_FOLDER")
-    folder = Path(args.folder)
-    plan_path = folder / "plan.json"
-    if not plan_path.is_file():
-        raise UserError(f"{folder} is not a prepared GPU run (no plan.json): run `python -m pauserec gpu prepare`")
-    plan = json.loads(plan_path.read_text())
-    clock, device = Clock(args.budget_s), str(resolve_device(args.device))
-    work = Path(args.work or "/tmp/pauserec-gpu")
-    print(f"== GPU run on {name_of(resolve_device(args.device))}: budget {args.budget_s:.0f}s", flush=True)
-    init(folder, plan, work, backbone_file(folder, plan, args.part1))
-    record = {"plan": plan, "device": name_of(resolve_device(args.device)), "scales": train_all(plan, work, clock,
-                                                                                                device)}
-    for name in ("popularity", "markov", "sasrec"):
-        out = work / "baselines" / name
-        if not (out / "metrics.json").is_file():
-            values = {"model": name, "dataset": plan["source_dataset"], "data_root": str(folder / "data"),
-                      "out": str(out), "sasrec_seconds": args.sasrec_seconds, "device": args.device}
-            baseline.run(build(baseline.BaselineArgs, values))
-    record["evaluation"] = evaluate_all(args, work, clock, plan["users"])
-    record["seconds"] = clock.used()
-    record["metrics"] = {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items()
-                                         if k.startswith(("recall@", "ndcg@", "latency_ms", "coverage", "distinct"))}
-                         for p in work.rglob("metrics.json")}
-    export(work, Path(args.export or os.environ.get("OUT") or work / "export"), record)
-    print(f"== done in {clock.used():.0f}s of {args.budget_s:.0f}s: {json.dumps(record['metrics'], indent=1)}")
+    start = process_start()
+    folder, plan, work, record = load(args)
+    dest = Path(args.export or os.environ.get("OUT") or work / "export")
+    device = resolve_device(args.device)
+    budget = gpu_prepare.budget(plan["stages"], plan["users"], args.budget_s,
+                                plan["budget"]["assumed"])
+    clock = Clock(budget["deadlines"], start)
+    record.update(plan=plan, budget=budget, versions=VERSIONS, device=name_of(device),
+                  status="running")
+    publish = lambda: export(work, dest, record)  # noqa: E731
+    with logged_to(dest / "run.log"):
+        print(f"== GPU run on {name_of(device)}: budget {args.budget_s:.0f}s "
+              f"({clock.used():.0f}s used by the start); {VERSIONS}", flush=True)
+        try:
+            publish()  # a rerun hands back what earlier runs finished at once
+            print(f"== {gpu_prepare.format_budget(budget)}; up to {budget['users']:,} test users",
+                  flush=True)
+            init(args, folder, plan, work)
+            print(f"== init: {clock.used():.0f}s used", flush=True)
+            publish()
+            train_all(plan, work, clock, str(device), record, publish)
+            users = min(budget["users"], args.max_users or budget["users"])
+            gpu_eval.evaluate_all(args, plan, folder, work, clock, users, record, publish)
+        except BaseException as err:
+            record["status"] = f"stopped after {clock.used():.0f}s: {type(err).__name__}: {err}"
+            print(f"== {record['status']}", flush=True)
+            publish()
+            raise
+        record.update(status="done", seconds=clock.used())
+        publish()
+        print(f"== done in {clock.used():.0f}s of {args.budget_s:.0f}s; results in {dest}",
+              flush=True)
+        print(gpu_eval.format_metrics(record), flush=True)
     return record
 
 
 def main(argv: list[str] | None = None) -> dict:
     return run(parse_args(GpuRunArgs, argv, "pauserec gpu run"))
-

@@ -31,6 +31,7 @@ COMMANDS = {
     ("demo",): ("driver.demo", "main", "the main job on the embedded defaults (make demo)"),
     ("gpu", "prepare"): ("driver.gpu_prepare", "main", "prepare the one-command GPU run (on the CPU)"),
     ("gpu", "run"): ("driver.gpu_run", "main", "the paper's comparison in one time-boxed GPU command"),
+    ("gpu", "preflight"): ("driver.gpu_preflight", "main", "versions, device, a smoke test there"),
 }
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pauserec import cli, data
+from pauserec import cli, data, files
 from pauserec.__main__ import main as pauserec_main
 from pauserec.decoding import recommend
-from pauserec.evaluation.evaluate import evaluate, examples_for
+from pauserec.evaluation.evaluate import evaluate, examples_for, merge, popular_items
 from pauserec.model import checkpoint
 from pauserec.model.prompts import PromptBuilder
 
@@ -120,3 +120,18 @@ def test_existing_out_is_refused_without_overwrite(tiny_ckpt_path, tmp_path, cap
     assert (out / "metrics.json").is_file() and not (out / "mine.txt").exists()
     assert cli.run(pauserec_main, ["evaluate", str(tiny_ckpt_path), "--out", str(tiny_ckpt_path)]) == 2
     assert checkpoint.read_meta(tiny_ckpt_path)["stage"] == "init"  # the input is intact
+
+
+def test_chunks_merged_equal_one_evaluation_of_all_their_users(tiny_ckpt, tmp_path):
+    exs = examples_for(tiny_ckpt, "test", 24, seed=0)  # one user a batch: the same numbers either way
+    whole, frame = evaluate(tiny_ckpt, examples=exs, beams=20, batch_size=1)
+    parts = [evaluate(tiny_ckpt, examples=exs[:5], beams=20, batch_size=1),
+             evaluate(tiny_ckpt, examples=exs[5:], beams=20, batch_size=1)]
+    files.write_csv(tmp_path / "part.csv", parts[1][1])  # as a resumed run reads a part back
+    parts[1] = (parts[1][0], pd.read_csv(tmp_path / "part.csv", keep_default_na=False))
+    merged, rows = merge(tiny_ckpt, parts, popular_items(tiny_ckpt))
+    assert rows.to_csv(index=False) == frame.to_csv(index=False)  # what per_user.csv holds
+    timing = ("beam_seconds", "throughput_users_per_s")
+    assert {k: v for k, v in merged.items() if k not in timing} == {
+        k: v for k, v in whole.items() if k not in timing}
+    assert merged["beam_seconds"] == parts[0][0]["beam_seconds"] + parts[1][0]["beam_seconds"]

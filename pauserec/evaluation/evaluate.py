@@ -99,8 +99,11 @@ def popular_items(ckpt: Checkpoint, k: int = 10) -> list[int]:
 
 def evaluate(ckpt: Checkpoint, split: str = "test", n_users: int | None = None, seed: int = 0,
              beams: int = 20, batch_size: int = 16, examples: list[data.Example] | None = None,
-             latency_samples: int = 0, **decode_kw: Any) -> tuple[dict[str, Any], pd.DataFrame]:
+             latency_samples: int = 0, popular: list[int] | None = None,
+             **decode_kw: Any) -> tuple[dict[str, Any], pd.DataFrame]:
     """(summary, per-user frame) for ``examples`` (default: :func:`examples_for`).
+
+    ``popular``: :func:`popular_items` of the checkpoint, when the caller has it (repeated calls).
 
     ``decode_kw`` go to :func:`pauserec.decode.recommend` (``variant``, ``n_pauses``, ``rationales``,
     ``constrained``, ``cot_max_new_tokens``, ``mask_segments``).
@@ -120,13 +123,43 @@ def evaluate(ckpt: Checkpoint, split: str = "test", n_users: int | None = None, 
     summary: dict[str, Any] = {
         "split": split, "n_users": len(examples), "eval_seed": seed, "prompt": variant, "prompt_pauses": n_pauses,
         "beams": beams, "top_k": TOP_K, "constrained": decode_kw.get("constrained", True),
-        **metrics.summarize(r), **metrics.health(recs.items, len(ckpt.catalog), popular_items(ckpt)),
+        **metrics.summarize(r),
+        **metrics.health(recs.items, len(ckpt.catalog),
+                         popular if popular is not None else popular_items(ckpt)),
         "invalid_rate": recs.invalid_rate, "beam_seconds": seconds,
         "throughput_users_per_s": len(examples) / seconds, "batch_size": batch_size,
     }
     if latency_samples:
         summary.update(latency(ckpt, builder, histories, latency_samples, variant, n_pauses, **decode_kw))
     return summary, per_user_frame(examples, r, recs)
+
+
+Part = tuple[dict[str, Any], pd.DataFrame]  # (summary, per-user frame) of one evaluate call
+
+
+def merge(ckpt: Checkpoint, parts: list[Part], popular: list[int] | None = None) -> Part:
+    """Evaluations of disjoint chunks of users (one checkpoint, the same settings) as one: the
+    per-user rows concatenated, quality and health recomputed over all users, seconds summed."""
+    frame = pd.concat([f for _, f in parts], ignore_index=True)
+    sizes = [s["n_users"] for s, _ in parts]
+    items = np.array([[int(x) for x in row.split()] for row in frame["top_items"]])
+    seconds = sum(s["beam_seconds"] for s, _ in parts)
+    summary = {**parts[0][0], "n_users": len(frame), **metrics.summarize(frame["rank"].to_numpy()),
+               **metrics.health(items, len(ckpt.catalog),
+                                popular if popular is not None else popular_items(ckpt)),
+               "invalid_rate": sum(s["invalid_rate"] * n for (s, _), n in zip(parts, sizes))
+               / sum(sizes),
+               "beam_seconds": seconds, "throughput_users_per_s": len(frame) / max(seconds, 1e-9)}
+    return summary, frame
+
+
+def latency_of(ckpt: Checkpoint, examples: list[data.Example], n_samples: int,
+               **decode_kw: Any) -> dict[str, Any]:
+    """:func:`latency` of ``ckpt`` on ``examples`` with its own prompt (as :func:`evaluate` has)."""
+    variant, n_pauses = prompt_variant(ckpt, decode_kw.pop("variant", None),
+                                       decode_kw.pop("n_pauses", None))
+    return latency(ckpt, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
+                   n_samples, variant, n_pauses, **decode_kw)
 
 
 def latency(ckpt: Checkpoint, builder: PromptBuilder, histories, n_samples: int, variant: str,

@@ -8,13 +8,29 @@ later; :data:`CACHE` is whichever the installed version uses, read off its outpu
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from typing import Any
 
+import torch
 import transformers
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-VERSIONS = f"transformers {transformers.__version__}, KV-cache keyword {CACHE!r}"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+# What a GPU run prints first and records: the versions the workbench's behaviour depends on.
+VERSIONS = (f"python {platform.python_version()}, torch {torch.__version__}, transformers "
+            f"{transformers.__version__} (KV-cache keyword {CACHE!r}), tokenizers "
+            f"{_version('tokenizers')}, accelerate {_version('accelerate')}, huggingface_hub "
+            f"{_version('huggingface_hub')}, gguf {_version('gguf')}")
 
 
 def forward(model, cache, **inputs: Any) -> tuple[Any, Any]:
