@@ -9,8 +9,9 @@ IMAGE_BIN := $(IMAGE)/bin
 TORCH     := torch==2.13.0
 OUT       ?= runs/demo
 DATASET   ?= ml-100k
-BACKBONE  ?= smollm2-135m
+BACKBONE  ?= compact
 PRESET    ?= quick
+LLM       ?= smollm2-135m
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -44,7 +45,8 @@ $(IMAGE)/.installed: gpu/image.txt $(STAMP)
 	touch $(IMAGE)/.installed
 
 demo: $(STAMP)
-	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) --out $(OUT)
+	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) \
+	  --llm-backbone "$(LLM)" --out $(OUT)
 
 # Every CPU tier (what CI runs: .ci/run). The fast tier alone: make test-fast (under 3 minutes on 2 cores).
 # The numeric tests (two layouts of one computation) run a second time on the AVX2 kernels: machines

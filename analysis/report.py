@@ -18,6 +18,7 @@ from analysis.conditions import (
     with_labels,
 )
 from pauserec.evaluation import stats
+from pauserec.model import backbone
 from pauserec.registry import PAPER_PAUSES
 
 CLAIM_COLUMNS = {"claim": "Claim", "paper": "Paper", "compared": "Compared", "measured": "Measured",
@@ -145,12 +146,21 @@ def deviations(data: Collected, per_user: pd.DataFrame, main_rationale: str) -> 
     devices = sorted({str(d) for d in ck.get("device", []) if isinstance(d, str) and d})
     if any(d.startswith("cpu") for d in devices):
         out.append(f"hardware: {', '.join(devices)} (paper: {PAPER['hardware']}); CPU runs use small subsamples "
-                   "and one epoch, so their numbers test the pipeline, not the method")
+                   "and short schedules: read each condition's health beside its numbers")
     out.append("explicit-CoT baseline: CoT-SFT with template rationales and no RL stage (paper: OneRec-Think, "
                f"CoT-SFT + RL); main CoT source `{main_rationale}`")
     targets = sorted({str(t) for t in ck.get("train_targets", []) if str(t) and t == t})
     out.append(f"training targets: {', '.join(targets) or '—'} (paper: last -- one example per user, the "
                "third-to-last item)")
+    layouts = sorted({str(t) for t in ck.get("layout", []) if str(t) and t == t} - {"example"})
+    if layouts:
+        out.append(f"training layout: {', '.join(layouts)} (paper: example -- one sequence per target; exact "
+                   "computes the same loss with each window's history shared, stream trains the history as "
+                   "one sequence and decodes the stream prompt format)")
+    scratch = sorted({str(b) for b in ck.get("backbone", []) if str(b) and not backbone.language_model(str(b))})
+    if scratch:
+        out.append(f"backbone trained from scratch: {', '.join(scratch)} (no pretrained language model: the "
+                   "verbalisation and SID-word alignment probes skip it)")
     trained = ck[ck["stage"].isin(["sft", "pause-sft", "cot-sft"])] if len(ck) else ck
     if len(trained):
         n_train = sorted({int(n) for n in trained["n_train"].dropna()})

@@ -177,3 +177,21 @@ def test_similarity_math_on_known_cases():
     perm = act.permutation(200, rng)
     assert not (perm == np.arange(200)).any() and sorted(perm) == list(range(200))
     assert (np.sort(sim.permuted_knn(nbrs, perm), 1) == np.sort(sim.knn(x[perm], 5), 1)).all()
+
+
+def test_a_backbone_trained_from_scratch_is_skipped_in_one_line(tiny_ckpt_path, tmp_path, caplog):
+    """SID-word alignment asks what a pretrained language model knows: a compact checkpoint is skipped
+    with one line naming why, and nothing is written when no checkpoint is left."""
+    compact = tmp_path / "compact"
+    meta = json.loads((tiny_ckpt_path / "pauserec.json").read_text())
+    import shutil
+
+    shutil.copytree(tiny_ckpt_path, compact)
+    (compact / "pauserec.json").write_text(json.dumps({**meta, "backbone": "compact"}))
+    with caplog.at_level("WARNING"):
+        out = alignment.main([str(compact), "--out", str(tmp_path / "out"), *FAST])
+    assert out.empty and not (tmp_path / "out").exists()
+    lines = [r.message for r in caplog.records if "needs a pretrained language model" in r.message]
+    assert len(lines) == 1 and "compact" in lines[0]
+    kept = alignment.main([str(compact), str(tiny_ckpt_path), "--out", str(tmp_path / "kept"), *FAST])
+    assert set(kept["backbone"]) == {"tiny"} and (tmp_path / "kept" / "results.csv").is_file()

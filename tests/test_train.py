@@ -261,7 +261,12 @@ def test_config_errors_are_user_errors(stages, tmp_path, capsys):
                       ([*base, "--lr", "nan"], "not a finite number"), ([*base, "--n-train", "-1"], "minimum 0"),
                       ([*base, "--warmup-ratio", "2"], "maximum 1.0"),
                       ([*base, "--control", "think-only"], "is a pause-sft control"),
-                      (["--stage", "pause-sft", *base[2:], "--n-pauses", "0"], "--control think-only")]:
+                      (["--stage", "pause-sft", *base[2:], "--n-pauses", "0"], "--control think-only"),
+                      (["--stage", "cot-sft", *base[2:], "--layout", "stream"], "--layout exact"),
+                      ([*base, "--layout", "exact", "--pack"], "never packed"),
+                      (["--stage", "cpt", *base[2:], "--layout", "stream"], "next-item stages"),
+                      ([*base, "--layout", "tree"], "unknown value 'tree'"),
+                      ([*base, "--train-targets", "some"], "unknown value 'some'")]:
         assert cli.run(train.main, argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and msg in err and len(err.strip().splitlines()) == 1
@@ -328,3 +333,19 @@ def test_paper_training_targets_are_one_per_user(stages, tmp_path):
                      "--max-steps", "1")
     info = ckpt.meta["configs"]["sft"]["corpus"]
     assert ckpt.meta["train_targets"] == "last" and info["available"] == info["used"] == 943
+
+
+def test_layouts_train_every_target_and_validation_recall_is_logged(stages, tmp_path):
+    """sft in the stream and exact layouts: the checkpoint records its layout, trains every target of its
+    windows, decodes in its prompt format, and keeps the validation curve (resumable with the state)."""
+    cfg = ["--train-targets", "windows", "--valid-every", "2", "--valid-users", "12"]
+    for layout in ("stream", "exact"):
+        ck = run_stage("sft", stages["cpt"], tmp_path / layout, "--layout", layout, *cfg)
+        t = ck.meta["timings"]["sft"]
+        assert ck.meta["layout"] == layout and ck.identity()["layout"] == layout
+        assert t["targets"] > t["steps"] * 8 and t["targets_per_s"] > 0  # several targets per sequence
+        assert PromptBuilder.for_checkpoint(ck).format == ("stream" if layout == "stream" else "prompt")
+        valid = pd.read_csv(tmp_path / layout / trainstate.VALID_FILE)
+        assert valid["step"].tolist() == [2, 4] and (valid["users"] == 12).all()  # every 2 steps and the last
+        assert valid["targets"].is_monotonic_increasing and valid["recall@10"].between(0, 1).all()
+        assert valid["popular_recall@10"].nunique() == 1  # most-popular on the same users, every time
