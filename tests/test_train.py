@@ -349,3 +349,23 @@ def test_layouts_train_every_target_and_validation_recall_is_logged(stages, tmp_
         assert valid["step"].tolist() == [2, 4] and (valid["users"] == 12).all()  # every 2 steps and the last
         assert valid["targets"].is_monotonic_increasing and valid["recall@10"].between(0, 1).all()
         assert valid["popular_recall@10"].nunique() == 1  # most-popular on the same users, every time
+
+
+def test_the_first_stage_redraws_the_init_checkpoints_random_parts_from_its_seed(tiny_ckpt_path):
+    """The init checkpoint (and its SIDs) is shared by every training seed; its random parts are not: the
+    new token rows, and every weight of a backbone trained from scratch, come from the training seed."""
+    def drawn(seed: int, backbone_name: str) -> checkpoint.Checkpoint:
+        ck = checkpoint.load(tiny_ckpt_path)
+        ck.meta["backbone"] = backbone_name
+        stages_mod.reseed(ck, seed)
+        return ck
+
+    sid = checkpoint.load(tiny_ckpt_path).tokenizer.convert_tokens_to_ids("<a_0>")
+    rows = lambda ck: ck.model.get_input_embeddings().weight  # noqa: E731
+    layer = lambda ck: ck.model.model.layers[0].mlp.up_proj.weight  # noqa: E731
+    a, b, c = drawn(0, "tiny"), drawn(0, "tiny"), drawn(1, "tiny")
+    assert torch.equal(rows(a), rows(b)) and not torch.equal(rows(a)[sid], rows(c)[sid])
+    assert torch.equal(layer(a), layer(c))  # a (stand-in for a) pretrained model keeps its weights
+    s0, s1 = drawn(0, "compact"), drawn(1, "compact")
+    assert not torch.equal(layer(s0), layer(s1)) and torch.equal(layer(s0), layer(drawn(0, "compact")))
+    assert abs(float(layer(s1).std()) - s1.model.config.initializer_range) < 0.005

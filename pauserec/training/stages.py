@@ -75,11 +75,30 @@ def init_pause(ckpt: Checkpoint, how: str, pause_from: str = "", seed: int = 0) 
     return src
 
 
+@torch.no_grad()
+def reseed(ckpt: Checkpoint, seed: int) -> None:
+    """What an init checkpoint drew at random, drawn again from the training seed, so that randomness is
+    part of the seeds' spread (the init checkpoint, with its SIDs, is shared by every seed): the new token
+    rows (by the init's strategy) and, for a backbone trained from scratch, every weight."""
+    strategy = ((ckpt.meta.get("configs") or {}).get("init") or {}).get("init") or "mean-all"
+    if not backbone.language_model(str(ckpt.meta.get("backbone"))):  # Llama init: N(0, std), norms 1
+        gen = torch.Generator().manual_seed(seed)
+        std = ckpt.model.config.initializer_range
+        for p in ckpt.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std if p.ndim > 1 else 1.0)
+    ids = ckpt.tokenizer.convert_tokens_to_ids(tokens.special_tokens(ckpt.catalog.codebook_sizes))
+    backbone.init_rows(ckpt.model, ckpt.tokenizer, ids, strategy, seed)
+    log.info("drew the init checkpoint's random parts again from training seed %d", seed)
+
+
 def prepare(ckpt: Checkpoint, args) -> tuple[dict[str, torch.Tensor], Checkpoint | None]:
-    """Stage-specific model surgery: (row masks of row-only training, the pause-pretrain source)."""
+    """Stage-specific model surgery: (row masks of row-only training, the pause-pretrain source). The
+    first stage after an init checkpoint first redraws its random parts from the training seed."""
     expected = registry.PARENT[args.stage]
     if expected != "init" and ckpt.stage != expected:
         log.warning("stage %s expects a %s checkpoint; --from is stage '%s'", args.stage, expected, ckpt.stage)
+    if ckpt.stage == "init":
+        reseed(ckpt, args.seed)
     pid = ckpt.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
     if args.stage == "pause-pretrain":
         backbone.init_rows(ckpt.model, ckpt.tokenizer, [pid], "mean-all", args.seed)
