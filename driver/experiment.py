@@ -164,7 +164,7 @@ def footing(args: ExperimentArgs) -> dict[str, Any]:
 def run_baselines(args: ExperimentArgs) -> None:
     """Each classical baseline on the evaluated users, with the conditions' history length and
     training targets (:func:`footing`); sasrec once per training seed, early-stopped on the
-    validation split."""
+    validation split. The preset's ``[baselines]`` section tunes them (e.g. ``sasrec_epochs``)."""
     same = footing(args)
     for name in args.baselines:
         for seed in range(args.seeds) if name == "sasrec" else [None]:
@@ -174,8 +174,9 @@ def run_baselines(args: ExperimentArgs) -> None:
             print(f"== baseline {out.name}", flush=True)
             values = {"model": name, "dataset": args.dataset, "data_root": args.data_root, "out": str(out),
                       "n_users": args.eval_users or None, "eval_seed": 0, "seed": seed or 0, **same,
-                      "sasrec_seconds": args.sasrec_seconds, "device": args.device or "auto"}
-            command.run(build(command.BaselineArgs, values))
+                      "device": args.device or "auto"}
+            values |= {"sasrec_seconds": args.sasrec_seconds} if args.sasrec_seconds else {}
+            command.run(build(command.BaselineArgs, values, args.preset, "baselines"))
 
 
 def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:

@@ -41,9 +41,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """GPUs, and CPUs with bf16 instructions (AVX512-BF16 or AMX), run bf16 matmuls natively."""
+    """GPUs, and CPUs with bf16 instructions (AVX512-BF16 or AMX) whose AVX-512 kernels torch uses (not when
+    ``ATEN_CPU_CAPABILITY`` limits them to AVX2), run bf16 matmuls natively."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):  # e.g. ATEN_CPU_CAPABILITY=avx2
+        return False
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check is not None and check() for check in checks)
 
