@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from driver import experiment, pipeline
+from driver import experiment
 from driver.pipeline import RunArgs
 from pauserec.config import build, parse_args
 from pauserec.data import command as data_command
@@ -25,12 +25,14 @@ class DemoArgs(RunArgs):
 
 def run(args: DemoArgs) -> None:
     start = time.perf_counter()
-    pipeline.check_run(args.out)  # before the dataset stats; experiment.run claims it
-    print(f"== dataset {args.dataset}", flush=True)
-    data_command.stats(build(data_command.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
     values = {"out": args.out, "dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
               "data_root": args.data_root, "device": args.device}
-    report = experiment.run(build(experiment.ExperimentArgs, values, args.preset, "experiment"))
+    exp = build(experiment.ExperimentArgs, values, args.preset, "experiment")
+    experiment.check(exp)  # the whole run, before the dataset stats; experiment.run claims --out
+    print(f"== dataset {args.dataset}", flush=True)
+    data_args = {"dataset": args.dataset, "data_root": args.data_root}
+    data_command.stats(build(data_command.DataArgs, data_args))
+    report = experiment.run(exp)
     print(f"demo finished in {time.perf_counter() - start:.0f}s -- open {report / 'REPORT.html'} in a browser")
 
 

@@ -151,7 +151,7 @@ def run(args: GpuRunArgs) -> dict:
     plan_path = folder / "plan.json"
     if not plan_path.is_file():
         raise UserError(f"{folder} is not a prepared GPU run (no plan.json): run `python -m pauserec gpu prepare`")
-    plan = json.loads(plan_path.read_text())
+    plan = files.read_json(plan_path)
     clock, device = Clock(args.budget_s), str(resolve_device(args.device))
     work = Path(args.work or "/tmp/pauserec-gpu")
     print(f"== GPU run on {name_of(resolve_device(args.device))}: budget {args.budget_s:.0f}s", flush=True)

@@ -28,9 +28,11 @@ from pauserec.data.datasets import (
     load_dataset,
     resolve_dir,
     sample,
+    source_paths,
     split,
     stats,
 )
 
 __all__ = ["AMAZON", "DATA_ENV", "MIN_INTERACTIONS", "TEXT_FIELDS", "TRAIN_TARGETS", "Dataset", "Example", "Item", "default_roots",
-           "folder_name", "format_split", "format_stats", "load_dataset", "resolve_dir", "sample", "split", "stats"]
+           "folder_name", "format_split", "format_stats", "load_dataset", "resolve_dir", "sample",
+           "source_paths", "split", "stats"]
