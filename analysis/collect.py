@@ -16,7 +16,6 @@ Paths in the tables are relative to the root they were found under.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pauserec import files
+from pauserec.errors import UserError
 from pauserec.evaluation.metrics import KS, ndcg_at_k, recall_at_k
 from pauserec.model.checkpoint import IDENTITY, identity
 from pauserec.registry import PARENT
@@ -75,8 +76,8 @@ def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        obj = files.read_json(path)
+    except (OSError, UserError) as err:
         log.warning("skipping %s: %s", path, err)
         return {}
     return obj if isinstance(obj, dict) else {}

@@ -9,7 +9,7 @@ import pandas as pd
 
 from analysis import theme
 from analysis.figures import NoData
-from analysis.rows import ckpt_order, col, pick
+from analysis.rows import ckpt_order, col, has, pick
 
 ALIGN = [("cosine_sid_title", None), ("cka", "mean"), ("cka", "concat"), ("mknn", "mean"),
          ("procrustes_residual", "mean"), ("word_precision", None), ("centroid_distance", None),
@@ -18,8 +18,10 @@ ALIGN = [("cosine_sid_title", None), ("cka", "mean"), ("cka", "concat"), ("mknn"
 
 def by_stage(df: pd.DataFrame):
     """Each agreement metric per stage, with its permutation and random-row baselines."""
+    panels = [(m, s) for m, s in ALIGN if has(df, m) and len(pick(df, m, s))]
+    if not panels:
+        raise NoData("no alignment rows (" + ", ".join(sorted({m for m, _ in ALIGN})) + ")")
     order = ckpt_order(df)
-    panels = [(m, s) for m, s in ALIGN if len(pick(df, m, s))]
     ncols = min(4, max(1, len(panels)))
     fig, axes = theme.figure(ncols=ncols, nrows=-(-len(panels) // ncols), height=2.3, squeeze=False,
                              layout="constrained")
@@ -49,7 +51,7 @@ def by_stage(df: pd.DataFrame):
 
 def _two_panels(df: pd.DataFrame, metric: str, missing: str):
     """(checkpoints in order, fig, axes) of a two-panel figure of ``metric``; NoData when it is absent."""
-    if not (df["metric"] == metric).any():
+    if not has(df, metric):
         raise NoData(missing)
     return (ckpt_order(df), *theme.figure(ncols=2, height=2.6, squeeze=False, layout="constrained"))
 
@@ -103,7 +105,7 @@ def geometry(df: pd.DataFrame):
 
 def umap(df: pd.DataFrame):
     """UMAP maps of SID, word and special tokens, one panel per checkpoint (first three)."""
-    if not (df["metric"] == "umap_x").any():
+    if not has(df, "umap_x", "umap_y"):
         raise NoData("no UMAP rows (the alignment probe ran with --no-umap)")
     order = ckpt_order(df)
     order = order if len(order) <= 3 else [order[0], *order[-2:]]  # the start and the two variants

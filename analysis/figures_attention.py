@@ -8,12 +8,12 @@ import pandas as pd
 
 from analysis import theme
 from analysis.figures import NoData
-from analysis.rows import ckpt_order, col, of, pick
+from analysis.rows import ckpt_order, col, has, of, pick
 
 
 def segments(df: pd.DataFrame):
     """Attention mass per layer onto each prompt segment, from pause and SID-generating positions."""
-    if not (df["metric"] == "attn_mass").any() and not (df["metric"] == "attn_mass_sid").any():
+    if not has(df, "attn_mass") and not has(df, "attn_mass_sid"):
         raise NoData("no attention-mass rows")
     keys = ckpt_order(df)[:3]
     fig, axes = theme.figure(ncols=2, nrows=len(keys), height=2.6, squeeze=False, layout="constrained")
@@ -37,7 +37,7 @@ def segments(df: pd.DataFrame):
 
 def early_vs_late(df: pd.DataFrame):
     """Segment masses of the first vs the last half of the pauses."""
-    if not (df["metric"] == "attn_mass_early").any():
+    if not has(df, "attn_mass_early", "attn_mass_late"):
         raise NoData("no early/late pause rows (k < 2)")
     keys = ckpt_order(df)[:3]
     fig, axes = theme.figure(ncols=len(keys), height=2.6, squeeze=False, layout="constrained")
@@ -55,7 +55,7 @@ def early_vs_late(df: pd.DataFrame):
 
 def relevance(df: pd.DataFrame):
     """Partial correlation of attention with relevance to the target, against its re-pairing baseline."""
-    if not (df["metric"] == "relevance_corr_partial").any():
+    if not has(df, "relevance_corr_partial"):
         raise NoData("no relevance rows")
     rows = df[df["metric"].isin(["relevance_corr_partial", "relevance_corr_partial_baseline"])]
     relations = [r for r in ("prefix", "category") if (col(rows, "relation") == r).any()] or ["prefix"]
@@ -80,10 +80,11 @@ def relevance(df: pd.DataFrame):
 
 def interventions(df: pd.DataFrame):
     """Paired change in recall/NDCG/target log-prob when the pauses are removed, masked or replaced."""
-    if not df["metric"].astype(str).str.startswith("intervention_delta").any():
-        raise NoData("no intervention rows (the attention probe ran without --interventions)")
     metrics = [m for m in ("intervention_delta_recall@10", "intervention_delta_ndcg@10",
-                           "intervention_delta_target_logprob") if (df["metric"] == f"{m}_mean").any()]
+                           "intervention_delta_target_logprob")
+               if has(df, f"{m}_mean", f"{m}_lo", f"{m}_hi")]
+    if not metrics:
+        raise NoData("no intervention rows (the attention probe ran without --interventions)")
     fig, axes = theme.figure(ncols=len(metrics), height=2.6, squeeze=False, layout="constrained")
     keys = ckpt_order(df)
     colors = dict(zip(keys, theme.colors(len(keys))))

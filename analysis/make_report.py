@@ -41,6 +41,7 @@ from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
 PROG = "python -m analysis.make_report"
+KIND = PROG  # what marks a report folder (``--overwrite`` replaces only a report)
 METRICS = ["recall@5", "recall@10", "recall@20", "ndcg@10"]
 
 
@@ -49,7 +50,8 @@ class Args:
     """Collect runs, evaluations and probe results; write the report with claims, tables and figures."""
 
     runs: list[str] = field(default_factory=list, metadata={"positional": True, "help": "runs dir(s)"})
-    out: str = field(default="reports", metadata={"help": "output dir (REPORT.md, REPORT.html, figures/)"})
+    out: str = field(default="", metadata={"help": "output dir (REPORT.md, REPORT.html, figures/); "
+                                                   "default: report/ inside the first RUNS_DIR"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples per CI over users/items",
                                                      "min": 100})
@@ -154,8 +156,9 @@ def draw(specs: list[Figure], folder: Path) -> tuple[list[Figure], list[str]]:
             skipped.append(f"{spec.title} (`{spec.name}`): not run -- {why}")
             continue
         except Exception as err:  # noqa: BLE001 -- a bug in one figure must not cost the whole report
-            log.exception("figure %s failed", spec.name)
-            skipped.append(f"{spec.title} (`{spec.name}`): failed -- {type(err).__name__}: {err}")
+            why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+            log.warning("figure %s not drawn: %s", spec.name, why)  # one line, no traceback
+            skipped.append(f"{spec.title} (`{spec.name}`): failed -- {why}")
             continue
         theme.save_figure(fig, folder / spec.name)
         done.append(spec)
@@ -219,25 +222,24 @@ def check_roots(paths: list[str]) -> list[Path]:
 def run(args: Args) -> Path:
     """Write the report of ``args.runs`` into ``args.out`` (one atomic directory)."""
     roots = check_roots(args.runs)
-    out = Path(args.out).resolve()
-    for root in roots:  # a report may live inside a runs dir (experiment: OUT/report), never replace one
-        if root.resolve().is_relative_to(out):
-            raise UserError(f"--out {args.out} overlaps the runs directory {root}; write the report elsewhere")
-    with files.claim(args.out, overwrite=args.overwrite):
+    out = args.out or str(roots[0] / "report")  # never the committed ./reports by default
+    # a report may live inside a runs dir (experiment: OUT/report), never be or hold one
+    with files.claim(out, kind=KIND, overwrite=args.overwrite, around=roots):
         data = collect(roots)
         if data.empty():
             raise UserError(f"no results under {', '.join(args.runs)}: no pauserec.json, metrics.json, "
                             "per_user.csv or probe results.csv found")
-        command = f"{PROG} {shlex.join([*display_roots(args.runs), '--out', os.path.basename(args.out)])}"
-        with files.atomic_dir(args.out) as tmp:
+        shown = [*display_roots(args.runs), "--out", os.path.basename(out)]
+        command = f"{PROG} {shlex.join(shown)}"
+        with files.atomic_dir(out) as tmp:
             blocks, tables = build(data, args, command, tmp / "figures")
             files.write_text(tmp / "REPORT.md", render.to_markdown(blocks))
             files.write_text(tmp / "REPORT.html", render.to_html(blocks, "PauseRec reproduction report"))
             for name, table in tables.items():
                 files.write_csv(tmp / f"{name}.csv", table)
             files.write_csv(tmp / "results.csv.gz", collect_all(roots))  # every probe row: megabytes as text
-    log.info("wrote %s and %s", Path(args.out) / "REPORT.md", Path(args.out) / "REPORT.html")
-    return Path(args.out) / "REPORT.md"
+    log.info("wrote %s and %s", Path(out) / "REPORT.md", Path(out) / "REPORT.html")
+    return Path(out) / "REPORT.md"
 
 
 def main(argv: list[str] | None = None) -> Path:

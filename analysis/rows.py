@@ -14,6 +14,12 @@ def ckpt_order(df: pd.DataFrame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(df["ckpt"], df["stage"])))
 
 
+def has(df: pd.DataFrame, *metrics: str) -> bool:
+    """Whether ``df`` holds rows of every one of ``metrics`` (a frame without a metric column holds
+    none)."""
+    return "metric" in df.columns and all((df["metric"] == m).any() for m in metrics)
+
+
 def col(df: pd.DataFrame, name: str) -> pd.Series:
     """Column ``name``, or an all-NaN column where the rows have none."""
     return df[name] if name in df.columns else pd.Series(np.nan, index=df.index)

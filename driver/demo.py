@@ -48,18 +48,25 @@ def parts(args: DemoArgs) -> list[tuple[str, str, str]]:
 
 def run(args: DemoArgs) -> Path:
     start = time.perf_counter()
-    with pipeline.claim_run(args.out, "demo"):
+    exps = [build(experiment.ExperimentArgs, {"out": str(Path(args.out) / folder), "dataset": args.dataset,
+                                              "backbone": backbone, "preset": preset, "data_root": args.data_root,
+                                              "device": args.device}, preset, "experiment")
+            for folder, backbone, preset in parts(args)]
+    wanted = pipeline.settings(args, llm_backbone=args.llm_backbone,
+                               llm_preset=pipeline.preset_id(args.llm_preset) if args.llm_backbone else "")
+    pipeline.check_run(args.out, "demo", wanted)
+    for exp in exps:  # every part's whole run, before the dataset stats; experiment.run claims its --out
+        experiment.check(exp)
+    reports = Path(args.out) / "report"
+    report = build(make_report.Args, {"runs": [e.out for e in exps], "out": str(reports), "overwrite": True})
+    with pipeline.claim_run(args.out, "demo", wanted):
         print(f"== dataset {args.dataset}", flush=True)
         data_command.stats(build(data_command.DataArgs, {"dataset": args.dataset, "data_root": args.data_root}))
-        runs = []
-        for folder, backbone, preset in parts(args):
-            print(f"== experiment: {backbone}, preset {preset}", flush=True)
-            values = {"out": str(Path(args.out) / folder), "dataset": args.dataset, "backbone": backbone,
-                      "preset": preset, "data_root": args.data_root, "device": args.device}
-            experiment.run(build(experiment.ExperimentArgs, values, preset, "experiment"), report=False)
-            runs.append(values["out"])
-        report = Path(args.out) / "report"
-        make_report.run(build(make_report.Args, {"runs": runs, "out": str(report), "overwrite": True}))
+        for exp in exps:
+            print(f"== experiment: {exp.backbone}, preset {exp.preset}", flush=True)
+            experiment.run(exp, report=False)
+        make_report.run(report)
+    report = reports
     print(f"demo finished in {time.perf_counter() - start:.0f}s -- open {report / 'REPORT.html'} in a browser")
     return report
 

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis import make_report
-from driver import pipeline
+from driver import gpu_prepare, pipeline
 from driver.pipeline import RunArgs
-from pauserec import registry
+from pauserec import config, registry
 from pauserec.config import PROBE_NAMES, build, parse_args
 from pauserec.errors import UserError
 from pauserec.evaluation import evaluate
@@ -55,7 +55,8 @@ class ExperimentArgs(RunArgs):
     """Run the paper's matrix (plain, pause k-sweep and inits, compute-matched controls, CoT sources,
     classical baselines), evaluate, probe, report."""
 
-    seeds: int = field(default=1, metadata={"help": "training seeds (0..N-1); verdicts need 3+", "min": 1})
+    seeds: int = field(default=1, metadata={"help": "training seeds (0..N-1); verdicts need 3+",
+                                            "min": 1, "max": 100})
     pause_counts: tuple[int, ...] = field(default=(1, 3, 5, 10), metadata={
         "help": "pause counts (init pretrained)", "min": 1, "aliases": ("--ks",)})
     pause_inits: tuple[str, ...] = field(default=("mean-text", "mean-sid", "default"), metadata={
@@ -72,7 +73,8 @@ class ExperimentArgs(RunArgs):
         "help": "sasrec: optional hard cap on training seconds per seed (default: early stopping "
                 "on the validation split decides; a cap makes runs irreproducible)", "gt": 0.0})
     eval_users: int = field(default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0})
-    beams: int = field(default=20, metadata={"help": "beam width for evaluation", "min": evaluate.TOP_K})
+    beams: int = field(default=20, metadata={"help": "beam width for evaluation",
+                                             "min": evaluate.TOP_K, "max": evaluate.MAX_BEAMS})
     latency_samples: int = field(default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0})
     probes: tuple[str, ...] = field(default=tuple(PROBES), metadata={"help": "probes to run (seed 0)",
                                                                       "choices": tuple(PROBES)})
@@ -88,34 +90,127 @@ class ExperimentArgs(RunArgs):
     report: str = field(default="", metadata={"help": "report directory (default OUT/report)"})
 
 
+# Every preset section, and the arguments each is checked against before any work.
+SCHEMAS = {**pipeline.SCHEMAS, "experiment": ExperimentArgs, "evaluate": evaluate.EvalArgs,
+           "baselines": command.BaselineArgs, "gpu": gpu_prepare.PrepareArgs,
+           **{f"probes.{name}": module.Args for name, module in PROBES.items()}}
+
+
 def cells(args: ExperimentArgs) -> list[registry.Cell]:
     """The cells every seed trains (``sft`` is one of the shared stages), from :mod:`pauserec.registry`."""
-    sources = []
+    return registry.matrix(args.pause_counts, args.pause_inits, args.controls, sources(args))
+
+
+def sources(args: ExperimentArgs, warn: bool = True) -> list[str]:
+    """The rationale sources trained: ``openai*`` only where an endpoint is set."""
+    out = []
     for source in args.rationales:
         if source.startswith("openai") and not os.environ.get("PAUSEREC_OPENAI_BASE_URL"):
-            log.warning("cot-%s skipped: set PAUSEREC_OPENAI_BASE_URL (and _MODEL) to an endpoint", source)
+            if warn:
+                log.warning("cot-%s skipped: set PAUSEREC_OPENAI_BASE_URL (and _MODEL) to an "
+                            "endpoint", source)
             continue
-        sources.append(source)
-    return registry.matrix(args.pause_counts, args.pause_inits, args.controls, sources)
+        out.append(source)
+    return out
+
+
+def shared_args(args: ExperimentArgs, seed: int) -> pipeline.PipelineArgs:
+    """The pipeline of one seed's shared stages (``seed{S}/``), on the run's one init checkpoint."""
+    values = {"out": str(Path(args.out) / f"seed{seed}"), "dataset": args.dataset, "seed": seed,
+              "backbone": args.backbone, "preset": args.preset, "data_root": args.data_root,
+              "device": args.device, "stages": registry.SHARED,
+              "init": str(Path(args.out) / "init")}
+    return build(pipeline.PipelineArgs, values, args.preset, "pipeline")
+
+
+def cell_args(args: ExperimentArgs, seed: int, cell: registry.Cell) -> train.TrainArgs:
+    root = Path(args.out) / f"seed{seed}"
+    extra = {"pause_from": str(root / "pause-pretrain")} if cell.pause_source else {}
+    extra |= {"device": args.device} if args.device else {}
+    return train.stage_args(cell.stage, args.preset, **cell.train_values(), **extra,
+                            from_ckpt=str(root / cell.parent), out=str(root / cell.name), seed=seed,
+                            resume=True)
+
+
+def eval_args(args: ExperimentArgs, ckpt: Path, out: Path, split: str = "test") -> evaluate.EvalArgs:
+    timed = split == "test" and ckpt.name in {main_cells(args)[r] for r in args.latency_roles}
+    values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "split": split,
+              "n_users": args.eval_users or None, "device": args.device or "auto",
+              "latency_samples": args.latency_samples if timed else 0}
+    return build(evaluate.EvalArgs, values)
+
+
+def baseline_args(args: ExperimentArgs, name: str, seed: int | None,
+                  out: Path) -> command.BaselineArgs:
+    """A baseline on the conditions' footing (:func:`footing`) and users; ``[baselines]`` of the preset
+    tunes it (e.g. ``sasrec_epochs``)."""
+    values = {"model": name, "dataset": args.dataset, "data_root": args.data_root, "out": str(out),
+              "n_users": args.eval_users or None, "eval_seed": 0, "seed": seed or 0, **footing(args),
+              "device": args.device or "auto"}
+    values |= {"sasrec_seconds": args.sasrec_seconds} if args.sasrec_seconds else {}
+    return build(command.BaselineArgs, values, args.preset, "baselines")
+
+
+def probe_run_args(args: ExperimentArgs, name: str, values: dict[str, Any]):
+    """A probe's arguments: ``[probes.NAME]`` of the preset tunes it; ``values`` name its
+    checkpoints."""
+    out = Path(args.out) / "probes" / name
+    return build(PROBES[name].Args, {**values, "out": str(out)}, args.preset, f"probes.{name}")
+
+
+def report_args(args: ExperimentArgs) -> make_report.Args:
+    values = {"runs": [args.out], "out": str(report_dir(args)), "overwrite": True,
+              "main_rationale": args.main_rationale}
+    return build(make_report.Args, values)
+
+
+def report_dir(args: ExperimentArgs) -> Path:
+    return Path(args.report or Path(args.out) / "report")
+
+
+def check(args: ExperimentArgs) -> dict:
+    """``--out`` as an experiment run directory, then the whole plan (:func:`check_plan`); returns
+    the run's settings (:func:`driver.pipeline.settings`)."""
+    if not args.out:
+        raise UserError("pauserec experiment needs --out DIR")
+    wanted = pipeline.settings(args)
+    pipeline.check_run(args.out, "experiment", wanted)
+    check_plan(args)
+    pipeline.check_inputs(args, [])
+    return wanted
+
+
+def check_plan(args: ExperimentArgs) -> None:
+    """The whole experiment before any work: every preset section, the main CoT source among the
+    trained ones, and the arguments of every stage, cell, evaluation, baseline, probe and the report
+    as they will run (placeholder checkpoints where they do not exist yet)."""
+    config.check_preset(args.preset, SCHEMAS)
+    trained = sources(args, warn=False)
+    if trained and args.main_rationale not in trained:
+        raise UserError(f"--main-rationale {args.main_rationale} is not among the trained "
+                        f"rationale sources ({', '.join(trained)}; openai needs "
+                        "PAUSEREC_OPENAI_BASE_URL)")
+    pipeline.check_plan(shared_args(args, 0))  # the seeds differ in their seed only
+    for cell in cells(args):
+        cell_args(args, 0, cell)
+    eval_args(args, Path(args.out) / "seed0" / "sft", Path(args.out) / "seed0" / "eval" / "sft")
+    for name in args.baselines:
+        baseline_args(args, name, 0, Path(args.out) / "baselines" / name)
+    for name in args.probes:
+        probe_run_args(args, name, {"ckpt": [str(Path(args.out) / "init")]})
+    report_args(args)
 
 
 def run_seed(args: ExperimentArgs, seed: int) -> Path:
     """Shared stages, then every cell, then their evaluation, for one training seed."""
-    root = Path(args.out) / f"seed{seed}"
-    shared = build(pipeline.PipelineArgs, {"out": str(root), "dataset": args.dataset, "backbone": args.backbone,
-                                           "preset": args.preset, "data_root": args.data_root,
-                                           "device": args.device, "seed": seed, "stages": registry.SHARED,
-                                           "init": str(Path(args.out) / "init")}, args.preset, "pipeline")
+    shared = shared_args(args, seed)
     pipeline.run(shared)
+    root = Path(shared.out)
     for cell in cells(args):
         path = root / cell.name
         if cell.stage not in registry.SHARED and not pipeline.done(path):
             print(f"== seed {seed}: train {cell.name}", flush=True)
-            extra = {"pause_from": str(root / "pause-pretrain")} if cell.pause_source else {}
-            extra |= {"device": args.device} if args.device else {}
-            train.run(train.stage_args(cell.stage, args.preset, **cell.train_values(), **extra,
-                                       from_ckpt=str(root / cell.parent), out=str(path), seed=seed,
-                                       resume=True))
+            train.run(cell_args(args, seed, cell))
         run_eval(args, path, root / "eval" / cell.name)
         if cell in candidates(args):
             run_eval(args, path, root / "eval-valid" / cell.name, split="valid")
@@ -142,11 +237,7 @@ def run_eval(args: ExperimentArgs, ckpt: Path, out: Path, split: str = "test") -
     if (out / "metrics.json").is_file():
         return
     print(f"== evaluate {ckpt.parent.name}/{ckpt.name} ({split})", flush=True)
-    timed = split == "test" and ckpt.name in {main_cells(args)[r] for r in args.latency_roles}
-    values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "n_users": args.eval_users or None,
-              "split": split, "latency_samples": args.latency_samples if timed else 0,
-              "device": args.device or "auto"}
-    evaluate.run(build(evaluate.EvalArgs, values))
+    evaluate.run(eval_args(args, ckpt, out, split))
 
 
 def footing(args: ExperimentArgs) -> dict[str, Any]:
@@ -165,18 +256,13 @@ def run_baselines(args: ExperimentArgs) -> None:
     """Each classical baseline on the evaluated users, with the conditions' history length and
     training targets (:func:`footing`); sasrec once per training seed, early-stopped on the
     validation split. The preset's ``[baselines]`` section tunes them (e.g. ``sasrec_epochs``)."""
-    same = footing(args)
     for name in args.baselines:
         for seed in range(args.seeds) if name == "sasrec" else [None]:
             out = Path(args.out) / "baselines" / (name if seed is None else f"{name}-seed{seed}")
             if (out / "metrics.json").is_file():
                 continue
             print(f"== baseline {out.name}", flush=True)
-            values = {"model": name, "dataset": args.dataset, "data_root": args.data_root, "out": str(out),
-                      "n_users": args.eval_users or None, "eval_seed": 0, "seed": seed or 0, **same,
-                      "device": args.device or "auto"}
-            values |= {"sasrec_seconds": args.sasrec_seconds} if args.sasrec_seconds else {}
-            command.run(build(command.BaselineArgs, values, args.preset, "baselines"))
+            command.run(baseline_args(args, name, seed, out))
 
 
 def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
@@ -214,25 +300,25 @@ def run_probes(args: ExperimentArgs, root: Path) -> None:
             continue
         print(f"== probe {name}", flush=True)
         t = time.perf_counter()
-        module = PROBES[name]  # [probes.NAME] of the preset tunes the probe; the plan names its checkpoints
-        module.run(build(module.Args, {**values, "out": str(out)}, args.preset, f"probes.{name}"))
+        PROBES[name].run(probe_run_args(args, name, values))
         print(f"   {name} took {time.perf_counter() - t:.0f}s", flush=True)
 
 
 def run(args: ExperimentArgs, report: bool = True) -> Path:
     """The whole matrix for every seed, the probes on seed 0, then (``report``) the report; returns the
     report's directory (``OUT/report`` unless ``--report``)."""
-    if not args.out:
-        raise UserError("pauserec experiment needs --out DIR")
     start = time.perf_counter()
-    where = Path(args.report or Path(args.out) / "report")
-    with pipeline.claim_run(args.out, "experiment"):  # a run directory: resumed, never replaced
+    wanted = check(args)
+    with pipeline.claim_run(args.out, "experiment", wanted):  # resumed, never replaced
+        first = shared_args(args, 0)
+        if not pipeline.done(pipeline.init_path(first)):  # one init for every seed, built first
+            pipeline.run_stage(first, "init")
         roots = [run_seed(args, seed) for seed in range(args.seeds)]
         run_baselines(args)
         run_probes(args, roots[0])
         if report:
-            make_report.run(build(make_report.Args, {"runs": [args.out], "out": str(where), "overwrite": True,
-                                                     "main_rationale": args.main_rationale}))
+            make_report.run(report_args(args))
+    where = report_dir(args)
     print(f"experiment finished in {time.perf_counter() - start:.0f}s"
           + (f"; report: {where / 'REPORT.md'}" if report else ""))
     return where

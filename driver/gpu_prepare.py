@@ -149,7 +149,12 @@ def budget(stages: dict, users: int, budget_s: float, assumed: dict) -> dict:
 
 
 def prepare(args: PrepareArgs) -> dict:
-    with files.claim(args.out, overwrite=args.overwrite), files.atomic_dir(args.out) as tmp:
+    for cell in STAGE_PLAN:  # every stage's settings, before any work
+        train.stage_args(cell.stage, args.preset, from_ckpt="-", out="-", **cell.train_values())
+    inputs = [args.dataset, *data.source_paths(args.dataset, args.data_root), args.sid_source]
+    claim = files.claim(args.out, kind="pauserec gpu prepare", overwrite=args.overwrite,
+                        inputs=inputs)
+    with claim, files.atomic_dir(args.out) as tmp:
         ds = data.load_dataset(args.dataset, args.data_root)
         name = write_dataset(ds, tmp / "run" / "data")
         index = default_index(args)

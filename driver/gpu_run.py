@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -256,9 +255,9 @@ def load(args: GpuRunArgs) -> tuple[Path, dict, Path, dict]:
     if not (folder / "plan.json").is_file():
         raise UserError(f"{folder} is not a prepared GPU run (no plan.json): run `python -m "
                         "pauserec gpu prepare`")
-    plan = json.loads((folder / "plan.json").read_text())
+    plan = files.read_json(folder / "plan.json")
     kept = work / "record.json"
-    record = json.loads(kept.read_text()) if kept.is_file() else {}
+    record = files.read_json(kept) if kept.is_file() else {}
     if record and record["plan"] != plan:
         raise UserError(f"{work} holds the run of another plan: pass a new --work (or remove it)")
     return folder, plan, work, record

@@ -31,7 +31,7 @@ import pandas as pd
 from pauserec import data
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
-from pauserec.evaluation.evaluate import TOP_K, evaluate, examples_for
+from pauserec.evaluation.evaluate import MAX_BEAMS, TOP_K, evaluate, examples_for
 from pauserec.model import checkpoint
 from pauserec.model.device import resolve_device
 from pauserec.teacher import rationales
@@ -59,7 +59,7 @@ class Args(ProbeArgs):
     train_batch_size: int = field(default=0, metadata={"help": "trainer --batch-size (0: the preset's)",
                                                        "min": 0})
     n_users: int = field(default=64, metadata={"help": "test users evaluated per condition", "min": 1})
-    beams: int = field(default=20, metadata={"help": "beam width", "min": TOP_K})
+    beams: int = field(default=20, metadata={"help": "beam width", "min": TOP_K, "max": MAX_BEAMS})
     top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": TOP_K})
 
 

@@ -88,8 +88,11 @@ def from_dict(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
 
 def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     """A field's allowed range (``metadata`` ``min``/``max`` inclusive, ``gt`` exclusive) and ``choices``, for a scalar or
-    every item of a list; the message names the flag and what is allowed."""
+    every item of a list (``min_items``: how short the list may be); the message names the flag and
+    what is allowed."""
     flag = "--" + key.replace("_", "-")
+    if isinstance(value, (list, tuple)) and len(value) < meta.get("min_items", 0):
+        raise UserError(f"{flag}: needs at least {meta['min_items']} value(s), got {len(value)}")
     for item in value if isinstance(value, (list, tuple)) else [value]:
         if item is None:
             continue
@@ -130,13 +133,27 @@ def load_preset(name: str) -> dict[str, Any]:
         raise UserError(f"unknown preset '{name}' (known: {', '.join(known)})")
     try:
         preset = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise UserError(f"preset {path} cannot be read: {err}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:
+        raise UserError(f"preset {path} cannot be read: {err or 'nested too deeply'}") from None
     unknown = sorted(set(_section_names(preset)) - set(SECTIONS))
     if unknown:
         raise UserError(f"preset {path}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)} "
                         f"(known: {', '.join(SECTIONS)})")
     return preset
+
+
+def check_preset(name: str, schemas: typing.Mapping[str, type]) -> None:
+    """Every section of the preset ``name`` that ``schemas`` names, against its class (section ->
+    the arguments dataclass of the command that reads it): unknown keys, wrong types and
+    out-of-range values are errors before any work -- also in the section of a stage that runs
+    last."""
+    preset = load_preset(name)
+    for section in _section_names(preset):
+        if section in schemas:
+            try:
+                from_dict(schemas[section], preset_section(preset, section))
+            except UserError as err:
+                raise UserError(f"preset {name} [{section}]: {err}") from None
 
 
 def _section_names(preset: dict[str, Any], prefix: str = "") -> list[str]:
@@ -161,6 +178,11 @@ def preset_section(preset: dict[str, Any], section: str) -> dict[str, Any]:
 
 
 class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags: ``--over`` must not be read as ``--overwrite``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:  # argparse's own errors become one line, exit 2
         raise UserError(f"{self.prog}: {message}")
 

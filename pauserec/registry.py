@@ -26,6 +26,7 @@ GROUNDING = ("cpt", "pause-pretrain")  # stages that train on the item corpus, n
 SHARED = ("cpt", "sft", "pause-pretrain")  # trained once per seed; every cell starts from one of them
 RECOMMENDERS = ("sft", "pause-sft", "cot-sft")  # stages whose checkpoints recommend
 PAPER_PAUSES = 5  # the paper's number of <pause> tokens in the think block
+MAX_PAUSES = 512  # the most a run may ask for (training, evaluation and checkpoint metadata)
 PAUSE_INITS = ("pretrained", "mean-text", "mean-sid", "default")
 # Compute-matched controls of pause-sft (same start, epochs, LR, data; only the think block differs):
 # think-only: <think></think>, no pauses; sft-continued: the plain prompt; filler: n copies of an

@@ -56,11 +56,19 @@ def check(args, prog: str = "probe"):
         raise UserError(f"{prog}: --out DIR is required")
     if not args.ckpt:
         raise UserError(f"{prog}: give at least one checkpoint directory")
-    for path in args.ckpt:
-        checkpoint.read_meta(path)  # fail fast, before any work, on a bad checkpoint
-    with files.claim(args.out, overwrite=args.overwrite, inputs=args.ckpt):
+    with files.claim(args.out, kind=kind(args), overwrite=args.overwrite, inputs=inputs(args)):
         pass
     return args
+
+
+def kind(args) -> str:
+    """The command a probe's output is marked with (``--overwrite`` replaces only its own)."""
+    return f"python -m {type(args).__module__}"
+
+
+def inputs(args) -> list:
+    """The checkpoints and their datasets (fails fast, before any work, on a bad checkpoint)."""
+    return [p for path in args.ckpt for p in checkpoint.source_paths(path)]
 
 
 def iter_ckpts(args, **kwargs) -> Iterator[Checkpoint]:
@@ -183,7 +191,8 @@ def write_results(df: pd.DataFrame, args, extra: dict[str, Any] | None = None) -
         "rows": len(df),
         **(extra or {}),
     }
-    with files.claim(args.out, overwrite=args.overwrite, inputs=args.ckpt), files.atomic_dir(args.out) as tmp:
+    claim = files.claim(args.out, kind=kind(args), overwrite=args.overwrite, inputs=inputs(args))
+    with claim, files.atomic_dir(args.out) as tmp:
         df.to_csv(tmp / "results.csv", index=False)
         files.write_json(tmp / "meta.json", meta)
     return Path(args.out)

@@ -171,8 +171,9 @@ def fact_questions(path: str | Path = FACTS_PATH) -> list[Question]:
                 row = json.loads(line)
                 out.append(Question("fact", row["topic"], f"fact:{row['id']}", row["question"],
                                     (row["answer"], *row["distractors"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise UserError(f"corrupt facts file {path} line {n}: {err}") from None
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as err:
+                why = err or "nested too deeply"
+                raise UserError(f"corrupt facts file {path} line {n}: {why}") from None
     return out
 
 

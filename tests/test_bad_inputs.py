@@ -5,6 +5,10 @@ with ``error:`` (no traceback), and leave every file it found exactly as it was:
 file and folder under its tmp dir (and the shared checkpoint) before and after, so an ``--out`` that did
 not exist before must not exist after, and no ``.old``/``.partial``/``.tmp``/lock file may be left behind.
 
+Rows marked ``ok`` are valid input that used to lose or mangle something: they must exit 0 without a
+traceback and change nothing but what ``writes`` names (glob patterns under the tmp dir), and
+``then`` checks what they must have done.
+
 Most rows call ``pauserec.cli.run(main, argv)`` in process (the same boundary ``python -m`` goes through);
 the rows marked ``sub`` run ``python -m ...`` in a subprocess to prove the entry points.
 """
@@ -12,12 +16,14 @@ the rows marked ``sub`` run ``python -m ...`` in a subprocess to prove the entry
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import importlib
 import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,8 +34,11 @@ import pytest
 import torch
 
 from conftest import write_lcrec
-from pauserec import cli, data
+from pauserec import cli, data, files
 from pauserec.config import parse_args
+from pauserec.teacher import rationales
+from pauserec.training import trainstate
+from servers import ScriptedServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -47,9 +56,14 @@ class Case:
     expect: str = ""  # a substring of the error line
     sub: bool = False  # through ``python -m`` in a subprocess
     needs_perms: bool = False  # relies on file permissions, which root ignores
+    needs_root: bool = False  # makes a device node, which only root may
+    env: tuple[tuple[str, str], ...] = ()  # environment variables ({t} is the tmp dir)
+    ok: bool = False  # valid input: exit 0, and nothing but ``writes`` changes
+    writes: tuple[str, ...] = ()  # ok rows: glob patterns (relative to {t}) of what may change
+    then: Callable[[Path], None] | None = None  # ok rows: what must hold afterwards, given {t}
 
 
-# ---- what a row finds on disk --------------------------------------------------------------------------
+# ---- what a row finds on disk --------------------------------------------------------------------
 
 def file(name: str, content: bytes = b"keep me\n") -> Setup:
     def setup(t: Path, ckpt: Path) -> None:
@@ -136,6 +150,7 @@ def state(payload: bytes | None = None) -> Setup:
     """``{t}/o.partial/state.pt``: the given bytes, or a valid torch file that is not a training state."""
     def setup(t: Path, ckpt: Path) -> None:
         (t / "o.partial").mkdir()
+        files.mark(t / "o.partial", trainstate.PARTIAL_KIND)  # training's own: resumed, not refused
         if payload is None:
             torch.save({"params": {}}, t / "o.partial" / "state.pt")
         else:
@@ -155,6 +170,130 @@ def held_lock(name: str) -> Setup:
     return setup
 
 
+def amazon(root: str = "amz") -> Setup:
+    """A data root ``{t}/ROOT`` holding named datasets: ``Office`` (the 6-item mini), ``Beauty``."""
+    def setup(t: Path, ckpt: Path) -> None:
+        for name in ("Office", "Beauty"):
+            write_lcrec(t / root, name, MINI_SEQ)
+    return setup
+
+
+def special(name: str, kind: str) -> Setup:
+    """``{t}/name`` is no regular file: a ``fifo``, a ``chardev`` (as /dev/null), a link to it."""
+    def setup(t: Path, ckpt: Path) -> None:
+        if kind == "fifo":
+            os.mkfifo(t / name)
+        elif kind == "chardev":
+            os.mknod(t / name, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        else:
+            (t / name).symlink_to("/dev/null")
+    return setup
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited."""
+    child = [sys.executable, "-c", "import os; print(os.getpid())"]
+    return int(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+
+
+def stale(name: str) -> Setup:
+    """What a killed writer of ``{t}/name`` left beside it: its temp folder and its lock file."""
+    def setup(t: Path, ckpt: Path) -> None:
+        pid = dead_pid()
+        (t / f".{name}.{pid}.x1y2.tmp").mkdir()
+        (t / f".{name}.{pid}.x1y2.tmp" / "half.bin").write_bytes(b"half")
+        (t / f".{name}.lock").write_text(str(pid))
+    return setup
+
+
+def run_dir(**record) -> Setup:
+    """``{t}/o`` is a pipeline run of ml-100k on the tiny backbone, quick preset (its run.json)."""
+    def setup(t: Path, ckpt: Path) -> None:
+        (t / "o").mkdir()
+        run = {"kind": "pipeline", "dataset": "ml-100k", "backbone": "tiny", "preset": "quick",
+               "seed": 0}
+        (t / "o" / "run.json").write_text(json.dumps({**run, **record}))
+    return setup
+
+
+def tensors(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Rewrite the checkpoint's weights file after ``change(state)`` (name -> tensor)."""
+    def mutate(c: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(c / "model.safetensors")
+        change(state)
+        save_file(state, c / "model.safetensors", metadata={"format": "pt"})
+    return mutate
+
+
+def drop_mlp(state: dict) -> None:
+    del state["model.layers.0.mlp.down_proj.weight"]
+
+
+def nan_mlp(state: dict) -> None:
+    state["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+
+
+def on_dataset(folder: str) -> Callable[[Path], None]:
+    """The checkpoint copy's metadata names ``{t}/folder`` as its dataset."""
+    def mutate(c: Path) -> None:
+        edit_meta(dataset={"name": str(c.parent / folder), "max_history": 5})(c)
+    return mutate
+
+
+def raw_ml(when: str = "100", movie_offset: int = 0) -> Setup:
+    """MovieLens ``ratings.dat`` / ``movies.dat`` in ``{t}/raw``: 3 users x 3 movies (the first
+    rating's time is ``when``); the movies file lists ids shifted by ``movie_offset``."""
+    def setup(t: Path, ckpt: Path) -> None:
+        (t / "raw").mkdir()
+        rows = [f"{u}::{10 * i}::4::{when if (u, i) == (1, 1) else 100 * u + i}" for u in (1, 2, 3)
+                for i in (1, 2, 3)]
+        (t / "raw" / "ratings.dat").write_text("\n".join(rows) + "\n")
+        movies = [f"{10 * i + movie_offset}::Film {i} (1999)::Drama" for i in (1, 2, 3)]
+        (t / "raw" / "movies.dat").write_text("\n".join(movies) + "\n")
+    return setup
+
+
+def cached_empty(out: str = "r.jsonl") -> Setup:
+    """A rationale cache at ``{t}/c.jsonl`` whose every answer is empty (as an older version or a
+    hand edit may have left it): the answers of a real run against a scripted server, emptied."""
+    def setup(t: Path, ckpt: Path) -> None:
+        argv = ["--ckpt", str(ckpt), "--source", "openai", "--n", "2", "--out",
+                str(t / "seed.jsonl"), "--cache", str(t / "c.jsonl"), "--model", "m"]
+        with ScriptedServer() as srv:
+            assert cli.run(rationales.main, [*argv, "--base-url", srv.url]) == 0
+        (t / "seed.jsonl").unlink()
+        rows = [json.loads(line) for line in (t / "c.jsonl").read_text().splitlines()]
+        (t / "c.jsonl").write_text("".join(json.dumps({**r, "response": ""}) + "\n" for r in rows))
+    return setup
+
+
+def mode_is(name: str, mode: int, kind: str) -> Callable[[Path], None]:
+    """``{t}/name`` still has ``mode`` and now holds an output of ``kind``."""
+    def then(t: Path) -> None:
+        assert stat.S_IMODE((t / name).stat().st_mode) == mode
+        assert files.written_by(t / name) == kind
+    return then
+
+
+def nothing_beside(name: str) -> Callable[[Path], None]:
+    """No temp folder or lock file is left beside ``{t}/name``; the output is there."""
+    def then(t: Path) -> None:
+        assert not [p for p in os.listdir(t) if p.startswith(f".{name}.")] and (t / name).is_dir()
+    return then
+
+
+def report_in(runs: str) -> Callable[[Path], None]:
+    def then(t: Path) -> None:
+        assert files.written_by(t / runs / "report") == "python -m analysis.make_report"
+        assert (t / runs / "report" / "REPORT.md").is_file()
+    return then
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON nested past Python's recursion limit
+
+
 def SID3(i: int) -> list[str]:  # noqa: N802 -- a constant-like row builder
     return [f"<a_{i % 2}>", f"<b_{i}>", f"<c_{i % 3}>"]
 
@@ -170,9 +309,17 @@ SIDX = SIDB + " --sid-source {t}/idx.json"
 RT = "pauserec rationale-train {ckpt} --out {t}/o"
 NOFOLDER = "cannot create the folder"
 PREP = "pauserec data prepare --format movielens --raw {t}/raw --category ml-latest-small"
+AMZ = "--dataset office --data-root {t}/amz"  # a dataset by name, resolved under a data root
+SIDA = f"pauserec sid build {AMZ}"
+EXPORTA = f"pauserec data export {AMZ}"
+BASEA = f"pauserec baseline --model popularity {AMZ}"
+PIPE = "pauserec pipeline --backbone tiny --out {t}/o"
+EXP = "pauserec experiment --backbone tiny --out {t}/o"
+PAUSE = "pauserec train --stage pause-sft --from {ckpt} --out {t}/o --device cpu"
+SIDS = {str(i): SID3(i) for i in range(6)}  # a valid index of the 6 items of ``mini``
 
 CASES = [
-    # -- the output policy: an existing --out is refused, never moved aside or deleted -------------------
+    # -- the output policy: an existing --out is refused, never moved aside or deleted -------------
     Case("init-ckpt out is a non-empty dir", INIT + " --out {t}/o", (mini(), folder("o")), "exists"),
     Case("init-ckpt out is a file", INIT + " --out {t}/o", (mini(), file("o")), "exists"),
     Case("train out is a non-empty dir", TRAIN, (folder("o"),), "exists"),
@@ -223,7 +370,7 @@ CASES = [
          "not a workbench run"),
     Case("demo out is not a run", "pauserec demo --backbone tiny --out {t}/o", (folder("o"),),
          "not a workbench run"),
-    # -- paths that cannot be written ---------------------------------------------------------------------
+    # -- paths that cannot be written --------------------------------------------------------------
     Case("evaluate out under a file", EVAL.replace("{t}/o", "{t}/f/o"), (file("f"),), NOFOLDER),
     Case("init-ckpt out under a file", INIT + " --out {t}/f/o", (mini(), file("f")), NOFOLDER),
     Case("train out under a file", TRAIN.replace("{t}/o", "{t}/f/o"), (file("f"),), NOFOLDER),
@@ -239,7 +386,7 @@ CASES = [
          chmod("ro", 0o555)), "not writable", needs_perms=True),
     Case("evaluate ckpt unreadable", EVC, (ckpt_copy(), chmod("c/pauserec.json", 0)),
          "pauserec.json", needs_perms=True),
-    # -- broken checkpoints -----------------------------------------------------------------------------
+    # -- broken checkpoints ------------------------------------------------------------------------
     Case("weights truncated", EVC, (ckpt_copy(truncate("model.safetensors")),),
          "model.safetensors"),
     Case("weights empty", EVC, (ckpt_copy(overwrite("model.safetensors", b"")),),
@@ -272,7 +419,7 @@ CASES = [
          "JSON object"),
     Case("resume from a truncated state", TRAIN + " --resume", (state(b"PK\x03\x04 truncated"),), "o.partial"),
     Case("resume from a state that is not one", TRAIN + " --resume", (state(),), "o.partial"),
-    # -- broken SID indexes -----------------------------------------------------------------------------
+    # -- broken SID indexes ------------------------------------------------------------------------
     Case("index entries are ints", SIDX, (mini(), index(lambda i: [i, 1])), "idx.json"),
     Case("index has 26 levels", SIDX,
          (mini(), index(lambda i: [f"<{c}_{i}>" for c in "abcdefghijklmnopqrstuvwxyz"])), "levels"),
@@ -289,7 +436,7 @@ CASES = [
     Case("compare index broken", SIDB + " --compare {t}/idx.json", (mini(), index(lambda i: "<a_1>x")), "idx.json"),
     Case("init-ckpt from a bad index", INIT + " --sid-source {t}/idx.json --out {t}/o",
          (mini(), index(lambda i: [i])), "idx.json"),
-    # -- broken datasets --------------------------------------------------------------------------------
+    # -- broken datasets ---------------------------------------------------------------------------
     Case("items not UTF-8", "pauserec data stats --dataset {t}/mini", (mini(item_bytes=b'{"0": "\xff"}'),),
          "mini.item.json"),
     Case("interactions truncated", "pauserec data stats --dataset {t}/mini", (mini(inter_bytes=b'{"u1": [0, 1'),),
@@ -301,7 +448,7 @@ CASES = [
     Case("unknown item in a sequence", "pauserec data stats --dataset {t}/mini",
          (mini(items={str(i): {"title": "t"} for i in range(5)}),), "unknown item"),
     Case("dataset missing", "pauserec data stats --dataset {t}/nowhere", (), "unknown dataset"),
-    # -- numbers and lists out of range ---------------------------------------------------------------
+    # -- numbers and lists out of range ------------------------------------------------------------
     Case("lr nan", TRAIN + " --lr nan", (), "finite"),
     Case("lr inf", TRAIN + " --lr inf", (), "finite"),
     Case("n_train negative", TRAIN + " --n-train -5", (), "--n-train"),
@@ -375,22 +522,154 @@ CASES = [
          "--base-source"),
     Case("compare index missing", SIDB + " --compare {t}/nowhere.json", (mini(),), "nowhere.json"),
     Case("unknown command", "pauserec bogus", (), "unknown command"),
+    # -- issue 23: an output never overlaps an input, datasets and data roots given by name included
+    Case("sid build out is a named dataset's folder", SIDA + " --out {t}/amz/Office --overwrite",
+         (amazon(),), "overlaps"),
+    Case("sid build out is the data root", SIDA + " --out {t}/amz --overwrite", (amazon(),),
+         "overlaps"),
+    Case("sid build out inside a named dataset", SIDA + " --out {t}/amz/Office/sids", (amazon(),),
+         "overlaps"),
+    Case("sid build out inside the data root", SIDA + " --out {t}/amz/sids", (amazon(),),
+         "overlaps"),
+    Case("sid build out is a dataset found via $PAUSEREC_DATA",
+         "pauserec sid build --dataset office --out {t}/amz/Office --overwrite", (amazon(),),
+         "overlaps", env=(("PAUSEREC_DATA", "{t}/amz"),)),
+    Case("data export out is a named dataset's folder",
+         EXPORTA + " --out {t}/amz/Office --overwrite", (amazon(),), "overlaps"),
+    Case("data export out inside a named dataset", EXPORTA + " --out {t}/amz/Office/recbole",
+         (amazon(),), "overlaps"),
+    Case("baseline out is a named dataset's folder", BASEA + " --out {t}/amz/Office --overwrite",
+         (amazon(),), "overlaps"),
+    Case("baseline out inside a named dataset", BASEA + " --out {t}/amz/Office/bl", (amazon(),),
+         "overlaps"),
+    Case("gpu prepare out is a named dataset's folder",
+         f"pauserec gpu prepare --backbone tiny --no-wheels {AMZ} --out {{t}}/amz/Office "
+         "--overwrite", (amazon(),), "overlaps"),
+    Case("init-ckpt out is the data root",
+         INIT.replace("--dataset {t}/mini", AMZ) + " --out {t}/amz --overwrite", (amazon(),),
+         "overlaps"),
+    Case("pipeline out inside the data root", f"{PIPE.replace('{t}/o', '{t}/amz/run')} {AMZ}",
+         (amazon(),), "overlaps"),
+    Case("evaluate out inside its checkpoint's dataset", "pauserec evaluate {c} --out {t}/mini/ev",
+         (mini(), ckpt_copy(on_dataset("mini"))), "overlaps"),
+    Case("sid build out is its SID index", SIDX + " --out {t}/idx.json --overwrite",
+         (mini(), index(SID3)), "overlaps"),
+    # -- --overwrite replaces only an earlier output of the same command, never anything else ------
+    Case("evaluate overwrite of a folder it did not write", EVAL + " --overwrite", (folder("o"),),
+         "not written by"),
+    Case("evaluate overwrite of a checkpoint", EVAL + " --overwrite", (ckpt_copy(name="o"),),
+         "by pauserec init-ckpt"),
+    Case("sid build overwrite of a file", SIDB + " --out {t}/o --overwrite", (mini(), file("o")),
+         "is a file"),
+    Case("evaluate out is a pipe", EVAL + " --overwrite", (special("o", "fifo"),),
+         "not a regular file"),
+    Case("evaluate out is a character device", EVAL + " --overwrite", (special("o", "chardev"),),
+         "not a regular file", needs_root=True),
+    Case("evaluate out links to /dev/null", EVAL + " --overwrite", (special("o", "null-link"),),
+         "not a regular file"),
+    Case("rationales out is a pipe", RATS + " --overwrite", (special("r.jsonl", "fifo"),),
+         "not a regular file"),
+    Case("evaluate abbreviated --over", EVAL + " --over", (folder("o"),), "--over"),
+    Case("sid build abbreviated --overw", SIDB + " --out {t}/mini --overw", (mini(),), "--overw"),
+    Case("train deletes a user's OUT.partial", TRAIN, (folder("o.partial"),), "o.partial"),
+    Case("train resumes from a user's OUT.partial", TRAIN + " --resume", (folder("o.partial"),),
+         "o.partial"),
+    # -- run directories: a run is resumed with its own settings, never adopted or relabelled ------
+    Case("pipeline out holds a checkpoint", PIPE, (ckpt_copy(name="o/init"),),
+         "not a workbench run"),
+    Case("pipeline out is a checkpoint", PIPE, (ckpt_copy(name="o"),), "not a workbench run"),
+    Case("experiment out holds a checkpoint", EXP, (ckpt_copy(name="o/init"),),
+         "not a workbench run"),
+    Case("pipeline rerun on another dataset", PIPE + " --dataset {t}/mini", (mini(), run_dir()),
+         "dataset ml-100k"),
+    Case("pipeline rerun on another backbone", PIPE.replace("tiny", "smollm2-135m"), (run_dir(),),
+         "backbone tiny"),
+    Case("pipeline into an experiment's run", PIPE, (run_dir(kind="experiment"),),
+         "experiment run"),
+    Case("pipeline init missing", PIPE + " --init {t}/nowhere", (), "--init"),
+    # -- the whole run is validated before any work ------------------------------------------------
+    Case("pipeline later stage's key has a wrong type", PIPE + " --preset {t}/p.toml",
+         (preset('[train.cot-sft]\nlr = "5e-5"\n'),), "train.cot-sft"),
+    Case("pipeline key misspelled in a stage not run", PIPE + " --stages cpt --preset {t}/p.toml",
+         (preset("[train.cot-sft]\nlrr = 1\n"),), "lrr"),
+    Case("experiment probe key misspelled", EXP + " --preset {t}/p.toml",
+         (preset("[probes.attention]\nbeamz = 3\n"),), "beamz"),
+    Case("experiment main rationale never trained",
+         EXP + " --rationales template --main-rationale local", (), "--main-rationale"),
+    Case("demo backbone unknown", "pauserec demo --backbone bogus-model --out {t}/o", (),
+         "bogus-model"),
+    Case("demo device unknown", "pauserec demo --device tpu --out {t}/o", (), "tpu"),
+    Case("train epochs huge", TRAIN + " --epochs 999999999", (), "--epochs"),
+    Case("train max_steps huge", TRAIN.replace("--max-steps 1", "--max-steps 99999999999"), (),
+         "--max-steps"),
+    Case("train batch size huge", TRAIN + " --batch-size 99999999999", (), "--batch-size"),
+    Case("evaluate beams huge", EVAL + " --beams 99999999", (), "--beams"),
+    Case("evaluate pauses huge", EVAL + " --n-pauses 99999999", (), "--n-pauses"),
+    Case("experiment seeds huge", EXP + " --seeds 100000", (), "--seeds"),
+    Case("preset epochs a float", TRAIN + " --preset {t}/p.toml",
+         (preset("[train.sft]\nepochs = 1e20\n"),), "epochs"),
+    Case("preset epochs huge", TRAIN + " --preset {t}/p.toml",
+         (preset("[train.sft]\nepochs = 100000000000000000000\n"),), "--epochs"),
+    Case("train pause-from is not pause-pretrain", PAUSE + " --pause-from {ckpt}", (),
+         "pause-pretrain"),
+    Case("train pause-from missing", PAUSE + " --pause-from {t}/nowhere", (), "nowhere"),
+    # -- loading refuses incomplete inputs ---------------------------------------------------------
+    Case("weights miss a tensor", EVC, (ckpt_copy(tensors(drop_mlp)),), "missing"),
+    Case("weights hold NaN", EVC, (ckpt_copy(tensors(nan_mlp)),), "NaN"),
+    Case("meta n_pauses negative", EVC, (ckpt_copy(edit_meta(n_pauses=-3)),), "n_pauses"),
+    Case("meta stage unknown", EVC, (ckpt_copy(edit_meta(stage="bogus")),), "stage"),
+    Case("meta nested too deeply", EVC, (ckpt_copy(overwrite("pauserec.json", DEEP)),),
+         "nested too deeply"),
+    Case("index dedup is NaN", SIDX, (mini(), index({"dedup": float("nan"), "sids": SIDS})), "NaN"),
+    Case("index dedup is not true or false", SIDX, (mini(), index({"dedup": "yes", "sids": SIDS})),
+         "dedup"),
+    Case("index holds NaN", SIDX, (mini(), index({**SIDS, "x": float("nan")})), "NaN"),
+    Case("index nested too deeply", SIDX, (mini(), file("idx.json", DEEP)), "nested too deeply"),
+    Case("dataset nested too deeply", "pauserec data stats --dataset {t}/mini",
+         (mini(item_bytes=DEEP),), "nested too deeply"),
+    Case("sid fields empty", SIDB + " --sid-fields ''", (mini(),), "--sid-fields"),
+    Case("data prepare NaN time under --strict", PREP + " --strict --kcore 1 --out {t}/o",
+         (raw_ml(when="nan"),), "finite"),
+    Case("data prepare reviews match no item", PREP + " --kcore 1 --out {t}/o",
+         (raw_ml(movie_offset=100),), "no record"),
+    Case("rationales cache holds empty answers",
+         RATS.replace("template --n 4", "openai --n 2") + " --cache {t}/c.jsonl --model m "
+         f"--max-retries 0 --timeout 2 --base-url http://127.0.0.1:{free_port()}/v1",
+         (cached_empty(),), "failed"),
+    Case("make_report metrics nested too deeply", REPORT, (file("runs/e/metrics.json", DEEP),),
+         "no results"),
+    # -- valid input that used to lose or mangle something -----------------------------------------
+    Case("evaluate into an empty dir keeps the dir", EVAL,
+         (folder("o", keep=False), chmod("o", 0o750)), ok=True, writes=("o*",),
+         then=mode_is("o", 0o750, "pauserec evaluate")),
+    Case("a killed run's temp folder and lock are cleaned",
+         "pauserec data export --dataset {t}/mini --out {t}/o", (mini(), stale("o")), ok=True,
+         writes=("o*", ".o.*"), then=nothing_beside("o")),
+    Case("make_report without --out, on a run without probes",
+         "analysis.make_report {t}/runs --n-resamples 100", (ckpt_copy(name="runs/c"),), ok=True,
+         writes=("runs/report*",), then=report_in("runs"), sub=True),
 ]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
-    """Every file (content hash) and folder under ``roots``."""
+    """Every file (content hash), folder, link (its target) and special file (its type) under
+    ``roots``."""
     out = {}
     for root in roots:
-        for dirpath, _, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root):
             out[dirpath] = "dir"
-            for name in filenames:
+            for name in dirnames + filenames:
                 p = Path(dirpath) / name
-                mode = p.stat().st_mode
-                if not os.access(p, os.R_OK):  # a row's unreadable input: read it all the same
-                    p.chmod(mode | 0o400)
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-                p.chmod(mode)
+                mode = p.lstat().st_mode
+                if stat.S_ISLNK(mode):
+                    out[str(p)] = f"link to {os.readlink(p)}"
+                elif not stat.S_ISREG(mode):
+                    out[str(p)] = "dir" if stat.S_ISDIR(mode) else f"special {stat.S_IFMT(mode):o}"
+                else:
+                    if not os.access(p, os.R_OK):  # a row's unreadable input: read it all the same
+                        p.chmod(mode | 0o400)
+                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+                    p.chmod(mode)
     return out
 
 
@@ -421,21 +700,31 @@ def restore(tmp: Path) -> None:
 
 
 def check(case: Case, prep: Prepared, ckpt: Path, code: int, err: str) -> None:
-    lines = err.strip().splitlines()
     assert "Traceback" not in err, err
+    after = snapshot(prep.tmp, ckpt)
+    changed = {k for k, v in after.items() if prep.before.get(k) != v}
+    changed |= set(prep.before) - set(after)
+    if case.ok:
+        assert code == 0, err
+        t = prep.tmp / "t"
+        rel = [os.path.relpath(k, t) for k in changed]
+        assert all(any(fnmatch.fnmatch(r, w) for w in case.writes) for r in rel), rel
+        if case.then:
+            case.then(t)
+        return
+    lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert case.expect in lines[0], lines[0]
-    after = snapshot(prep.tmp, ckpt)
-    assert after == prep.before, sorted(set(after.items()) ^ set(prep.before.items()))
+    assert not changed, changed
 
 
 @pytest.fixture(scope="module")
 def launched(tiny_ckpt_path, tmp_path_factory) -> dict[str, tuple[Prepared, subprocess.Popen]]:
     """The subprocess rows, started together at the first row (imports take seconds each): id -> process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = {}
     for case in (c for c in CASES if c.sub):
         prep = prepare(case, tmp_path_factory.mktemp("sub"), tiny_ckpt_path)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **dict(environment(case, prep.tmp / "t"))}
         proc = subprocess.Popen([sys.executable, "-m", prep.module, *prep.argv], cwd=prep.tmp, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         out[case.id] = (prep, proc)
@@ -464,12 +753,16 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, launched, tiny_c
                                                           monkeypatch):
     if case.needs_perms and IS_ROOT:
         pytest.skip("root ignores file permissions")
+    if case.needs_root and not IS_ROOT:
+        pytest.skip("only root may make a device node")
     if case.sub:
         prep, proc = launched[case.id]
         _, err = proc.communicate(timeout=180)
         check(case, prep, tiny_ckpt_path, proc.returncode, err)
         return
     prep = prepare(case, tmp_path, tiny_ckpt_path)
+    for key, value in environment(case, tmp_path / "t"):
+        monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)  # a relative path written by mistake lands where the snapshot sees it
     try:
         code = cli.run(entry(prep.module), prep.argv)
@@ -478,12 +771,16 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, launched, tiny_c
     check(case, prep, tiny_ckpt_path, code, capsys.readouterr().err)
 
 
+def environment(case: Case, t: Path) -> list[tuple[str, str]]:
+    return [(key, value.format(t=t)) for key, value in case.env]
+
+
 def entry(module: str) -> Callable[[list[str] | None], object]:
     name = "pauserec.__main__" if module == "pauserec" else module
     return importlib.import_module(name).main
 
 
-# ---- valid input that used to be rejected or mangled --------------------------------------------------
+# ---- valid input that used to be rejected or mangled ---------------------------------------------
 
 @pytest.mark.parametrize(("flag", "value"), [("--ks", (1, 3)), ("--ks", (5,)), ("--pause-counts", (1, 3, 5))])
 def test_experiment_takes_any_list_of_pause_counts(flag, value):
@@ -503,3 +800,81 @@ def test_nested_categories_are_joined_like_prepare_joins_them(lcrec):
     flat = data.load_dataset(str(lcrec(MINI_SEQ, {k: {**v, "categories": ["A", "B"]} for k, v in items.items()},
                                        name="Flat")))
     assert flat.items[0].categories == "A, B"
+
+
+def test_a_step_cap_plans_only_the_epochs_it_reaches():
+    """``--epochs 1000 --max-steps 1`` (the bound) plans one epoch, not a thousand."""
+    import numpy as np
+
+    from pauserec.training.loop import MAX_EPOCHS, LoopConfig, Steps
+
+    cfg = LoopConfig(epochs=MAX_EPOCHS, max_steps=1, batch_size=2)
+    assert len(Steps(np.full(8, 5), cfg).ends) == 1  # 4 steps per epoch: the first epoch covers it
+    assert len(Steps(np.full(8, 5), LoopConfig(epochs=3, batch_size=2)).ends) == 3
+
+
+def test_every_preset_section_has_the_arguments_it_is_checked_against():
+    from driver import experiment
+    from pauserec import config
+
+    assert set(experiment.SCHEMAS) == set(config.SECTIONS)
+    for name in sorted(p.stem for p in config.CONFIG_DIR.glob("*.toml")):
+        config.check_preset(name, experiment.SCHEMAS)  # the committed presets are valid
+
+
+# ---- figures on the shapes real runs produce ---------------------------------------------------
+
+DEMO_ROWS = ROOT / "reports" / "demo" / "results.csv.gz"  # every probe row of a real demo run
+
+
+@pytest.fixture(scope="module")
+def real_rows(tmp_path_factory):
+    """(collected runs of one seed, with evaluations and timings; the demo run's probe rows)."""
+    import pandas as pd
+    from test_analysis import write_runs
+
+    from analysis import collect
+
+    runs = collect.collect(write_runs(tmp_path_factory.mktemp("runs") / "exp", seeds=(0,)))
+    probes = pd.read_csv(DEMO_ROWS, low_memory=False)
+    return runs, probes[probes["probe"].notna()]
+
+
+def shapes(probes) -> dict:
+    """Probe rows as runs leave them: nothing, one probe, one stage (checkpoint), one metric."""
+    import pandas as pd
+
+    out = {"no rows": probes.iloc[0:0], "no columns": pd.DataFrame()}
+    for probe, rows in probes.groupby("probe"):
+        out[f"{probe}, one stage"] = rows[rows["stage"] == rows["stage"].iloc[-1]]
+        out[f"{probe}, one metric"] = rows[rows["metric"] == rows["metric"].iloc[-1]]
+    return out
+
+
+SHAPES = ["no rows", "no columns", *(f"{p}, {what}" for p in ("alignment", "attention", "rationale",
+                                                              "verbalization")
+                                     for what in ("one stage", "one metric"))]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_figure_is_drawn_or_says_why_not(real_rows, shape):
+    """No figure raises anything but NoData on a shape real runs produce (the report lists it as
+    "not run" in one line); the evaluation figures get one condition of one seed, or nothing."""
+    import matplotlib.pyplot as plt
+
+    from analysis import figures, make_report, report
+
+    runs, probes = real_rows
+    args = make_report.Args(runs=["runs"], n_resamples=100)
+    per_user = report.labelled(runs.eval, "test")
+    evals = per_user[per_user["cell"] == "sft"] if "one" in shape else per_user.iloc[0:0]
+    specs = make_report.eval_specs(runs, evals, args)
+    specs += make_report.probe_specs(shapes(probes)[shape], args)
+    drawn = []
+    for spec in specs:
+        try:
+            drawn.append(spec.make())
+        except figures.NoData:
+            pass
+    assert all(hasattr(fig, "savefig") for fig in drawn)
+    plt.close("all")

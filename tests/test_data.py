@@ -70,7 +70,7 @@ def test_bad_datasets_give_clear_errors(lcrec):
         data.load_dataset(str(lcrec({"u1": [0, 1, 2], "u2": [1, 2]})))
     d = lcrec({"u1": [0, 1, 2]}, name="Corrupt")
     (d / "Corrupt.item.json").write_text("{not json")
-    with pytest.raises(UserError, match="corrupt dataset file"):
+    with pytest.raises(UserError, match="corrupt JSON in .*Corrupt.item.json"):
         data.load_dataset(str(d))
     (d / "Corrupt.item.json").unlink()
     with pytest.raises(UserError, match=r"no \*\.item\.json"):

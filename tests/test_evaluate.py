@@ -116,8 +116,13 @@ def test_existing_out_is_refused_without_overwrite(tiny_ckpt_path, tmp_path, cap
     argv = ["evaluate", str(tiny_ckpt_path), "--out", str(out), "--n-users", "2", "--latency-samples", "0"]
     assert cli.run(pauserec_main, argv) == 2
     assert "exists" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep me"
-    assert cli.run(pauserec_main, [*argv, "--overwrite"]) == 0
-    assert (out / "metrics.json").is_file() and not (out / "mine.txt").exists()
+    assert cli.run(pauserec_main, [*argv, "--overwrite"]) == 2  # a folder evaluate did not write
+    assert "not written by" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep me"
+    (out / "mine.txt").unlink()
+    assert cli.run(pauserec_main, argv) == 0
+    assert cli.run(pauserec_main, [*argv, "--overwrite"]) == 0  # its own earlier output: replaced
+    assert (out / "metrics.json").is_file() and files.written_by(out) == "pauserec evaluate"
     assert cli.run(pauserec_main, ["evaluate", str(tiny_ckpt_path), "--out", str(tiny_ckpt_path)]) == 2
     assert checkpoint.read_meta(tiny_ckpt_path)["stage"] == "init"  # the input is intact
 

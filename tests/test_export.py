@@ -68,5 +68,9 @@ def test_export_refuses_existing_out_and_unknown_format(tmp_path):
         export.main(["--out", str(tmp_path / "rb")])
     with pytest.raises(UserError, match=r"--format: unknown value .daisyrec. \(known: recbole\)"):
         export.main(["--format", "daisyrec", "--out", str(tmp_path / "other")])
-    export.main(["--out", str(tmp_path / "rb"), "--overwrite"])
-    assert not (tmp_path / "rb" / "x").exists()
+    with pytest.raises(UserError, match="not written by pauserec data export"):  # the user's folder
+        export.main(["--out", str(tmp_path / "rb"), "--overwrite"])
+    assert (tmp_path / "rb" / "x").read_text() == "mine"
+    export.main(["--out", str(tmp_path / "other")])
+    export.main(["--out", str(tmp_path / "other"), "--overwrite"])  # an earlier export: replaced
+    assert (tmp_path / "other" / "recbole.yaml").is_file()

@@ -42,7 +42,8 @@ def write_preset(path, extra: str = "") -> str:
 
 def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    shutil.copytree(tiny_ckpt_path, out / "init")  # a finished init stage: skipped, not rebuilt
+    shutil.copytree(tiny_ckpt_path, out / "init")  # a run whose init finished: skipped, not rebuilt
+    (out / pipeline.RUN_MARKER).write_text(json.dumps({"kind": "pipeline"}))  # no settings recorded
     preset = write_preset(tmp_path / "tiny.toml")
     summary = pipeline.main(["--backbone", "tiny", "--preset", preset, "--out", str(out)])
     assert [r["stage"] for r in summary["stages"]] == ["init", *STAGES]
@@ -63,6 +64,9 @@ def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, cap
     assert (out / "sft" / checkpoint.META_FILE).stat().st_mtime_ns == stamp
     saved = json.loads((out / "pipeline.json").read_text())
     assert saved["stages"][2]["stage"] == "sft" and saved["stages"][2]["wall_s"] > 0
+    run = json.loads((out / pipeline.RUN_MARKER).read_text())  # the settings, recorded now
+    assert (run["kind"], run["dataset"], run["backbone"]) == ("pipeline", "ml-100k", "tiny")
+    assert run["seed"] == 0
 
 
 def test_pipeline_rejects_unknown_stages_and_keys(tmp_path):

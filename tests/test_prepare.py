@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import AMAZON_ROOT, needs_amazon
-from pauserec import data
+from pauserec import data, files
 from pauserec.__main__ import main as cli_main
 from pauserec.cli import run
 from pauserec.data import download, prepare
@@ -111,9 +111,14 @@ def test_out_is_refused_unless_overwrite(tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="non-empty.*--overwrite"):
         _prepare("amazon2014", out)
+    with pytest.raises(UserError, match="not written by pauserec data prepare"):  # a user's folder
+        _prepare("amazon2014", out, "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
-    _prepare("amazon2014", out, "--overwrite")
-    assert sorted(p.name for p in out.iterdir()) == ["Mini.inter.json", "Mini.item.json", "Mini.prepare.json"]
+    (out / "keep.txt").unlink()
+    _prepare("amazon2014", out)
+    _prepare("amazon2014", out, "--overwrite")  # an earlier run of data prepare: replaced
+    assert sorted(p.name for p in out.iterdir() if p.name != files.MARKER) == [
+        "Mini.inter.json", "Mini.item.json", "Mini.prepare.json"]
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import cli, data, tokens
+from pauserec import cli, data, files, tokens
 from pauserec.model import backbone
 from pauserec.model.catalog import Catalog
 from pauserec.model.checkpoint import Checkpoint
@@ -69,7 +69,7 @@ def test_main_writes_a_tidy_trajectory(tiny_ckpt_path, tmp_path):
     written = pd.read_csv(out / "results.csv")
     assert len(written) == len(df) and set(written["stage"]) == {"init"}
     assert json.loads((out / "meta.json").read_text())["probe"] == "alignment"
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "results.csv"]  # data only, no figures
+    assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
     assert written["ckpt_hash"].nunique() == 1 and (written["cell"] == "init").all()  # rows say what they are
     metrics = set(df["metric"])
     for m in ("cosine_sid_title", "cka", "mknn", "procrustes_residual", "centroid_distance",

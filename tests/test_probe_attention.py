@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import cli, tokens
+from pauserec import cli, files, tokens
 from pauserec.evaluation import evaluate
 from pauserec.model.prompts import PromptBuilder
 from probes import activations as act
@@ -53,7 +53,7 @@ def test_main_writes_tidy_results(tiny_ckpt_path, tmp_path):
                          "--dtype", "fp32"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["probe"] == "attention" and meta["dtype"] == "fp32" and meta["checkpoints"][0]["cell"] == "init"
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "results.csv"]  # data only, no figures
+    assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
     assert len(pd.read_csv(out / "results.csv")) == len(df)
     assert set(df["prompt"]) == {"pause"} and set(df["prompt_pauses"]) == {5}  # base checkpoint: probed with 5 pauses
     mass = df[df["metric"].isin(["attn_mass", "attn_mass_sid"])]

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pauserec import files
 from pauserec.data import Example
 from pauserec.errors import UserError
 from pauserec.model.backbone import token_groups
@@ -108,7 +109,7 @@ def test_cli_rows_and_flags(tiny_ckpt_path, tmp_path):
     leak = saved[saved["metric"] == "quality_leakage"].groupby("perturbation")["value"].mean()
     assert leak["oracle"] == 1.0 and leak["clean"] < 1.0
     assert json.loads((out / "meta.json").read_text())["probe"] == "rationale"
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "results.csv"]  # data only, no figures
+    assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
 
 
 # -- openai paraphrases: real loopback servers ----------------------------------------------------------

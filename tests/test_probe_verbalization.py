@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pauserec import data
+from pauserec import data, files
 from pauserec.errors import UserError
 from pauserec.model.catalog import Catalog
 from pauserec.training import corpus
@@ -162,7 +162,7 @@ def test_cli_writes_tidy_results_and_meta(tiny_ckpt_path, tmp_path):
     assert np.allclose(wide["logit_acc_cc"], (wide["logit_acc"] - wide["chance_logit_acc"])
                        / (1 - wide["chance_logit_acc"]))
     assert json.loads((out / "meta.json").read_text())["probe"] == "verbalization"
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "results.csv"]  # data only, no figures
+    assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
 
 
 def test_bad_arguments_are_user_errors(tiny_ckpt_path, tmp_path):

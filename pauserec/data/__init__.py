@@ -29,10 +29,12 @@ from pauserec.data.datasets import (
     load_dataset,
     resolve_dir,
     sample,
+    source_paths,
     split,
     stats,
     windows,
 )
 
-__all__ = ["AMAZON", "DATA_ENV", "MIN_INTERACTIONS", "TEXT_FIELDS", "TRAIN_TARGETS", "Dataset", "Example", "Item", "Window", "default_roots",
-           "folder_name", "format_split", "format_stats", "load_dataset", "resolve_dir", "sample", "split", "stats", "windows"]
+__all__ = ["AMAZON", "DATA_ENV", "MIN_INTERACTIONS", "TEXT_FIELDS", "TRAIN_TARGETS", "Dataset", "Example", "Item",
+           "Window", "default_roots", "folder_name", "format_split", "format_stats", "load_dataset", "resolve_dir",
+           "sample", "source_paths", "split", "stats", "windows"]

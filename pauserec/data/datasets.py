@@ -7,16 +7,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import importlib.resources
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pauserec import files
 from pauserec.errors import UserError
 
 AMAZON = {"office": "Office", "beauty": "Beauty", "toys": "Toys"}
@@ -100,6 +101,28 @@ def resolve_dir(name: str, data_root: str | None = None) -> Path:
     )
 
 
+def source_paths(name: str, data_root: str | None = None) -> list[Path]:
+    """Where :func:`load_dataset` reads a dataset given by name or path: its folder and, for a name,
+    the data root it is found under (``--data-root``, ``$PAUSEREC_DATA`` or a default root; ml-100k:
+    the folder inside the recbole wheel). An output may overlap none of them
+    (:func:`pauserec.files.claim`); an unknown dataset has none (loading it fails later, with its
+    own message)."""
+    roots = [Path(data_root)] if data_root else []
+    copy = Path(data_root) / folder_name(name) if data_root else None
+    if copy is not None and copy.is_dir():
+        return [copy, *roots]
+    if name.lower() == "ml-100k":
+        with contextlib.suppress(ModuleNotFoundError):
+            wheel = importlib.resources.files("recbole") / "dataset_example" / "ml-100k"
+            roots.append(Path(str(wheel)))
+        return roots
+    try:
+        folder = resolve_dir(name, data_root)
+    except UserError:
+        return roots
+    return [folder, folder.parent] if name.lower() in AMAZON else [folder, *roots]
+
+
 def folder_name(name: str) -> str:
     """The folder a named dataset lives in under a data root (``beauty`` -> ``Beauty``)."""
     return AMAZON.get(name.lower(), name)
@@ -126,10 +149,7 @@ def load_dataset(name: str, data_root: str | None = None) -> Dataset:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"missing dataset file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"corrupt dataset file {path}: {err}") from None
+    data = files.read_json(path)
     if not isinstance(data, dict) or not data:
         raise UserError(f"corrupt dataset file {path}: expected a non-empty JSON object")
     return data

@@ -97,12 +97,10 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.out:
         raise UserError("data export needs --out DIR")
     out = Path(args.out)
-    with files.claim(out, overwrite=args.overwrite, inputs=[args.dataset]):
-        pass  # the output policy, checked before any reading
-    if args.max_history < 1:
-        raise UserError("--max-history must be at least 1")
-    ds = data.load_dataset(args.dataset, args.data_root)
-    path = export_recbole(ds, out, args.max_history)
+    inputs = [args.dataset, *data.source_paths(args.dataset, args.data_root)]  # names resolved
+    with files.claim(out, kind="pauserec data export", overwrite=args.overwrite, inputs=inputs):
+        ds = data.load_dataset(args.dataset, args.data_root)
+        path = export_recbole(ds, out, args.max_history)
     n = sum(len(s) for s in ds.sequences.values())
     print(f"wrote {n:,} interactions of {len(ds.sequences):,} users and {len(ds.items):,} items to {out}")
     print(f"RecBole: run_recbole(model='SASRec', dataset='{ds.name}', config_file_list=['{path}'])")

@@ -112,21 +112,22 @@ def write(out: Path, users: list[str], items: list[str], sequences: list[list[in
         files.write_json(tmp / f"{name}.prepare.json", {**provenance, "users": users, "items": items})
 
 
-def check_out(args: PrepareArgs) -> Path:
-    if not args.out:
-        raise UserError("data prepare needs --out DIR")
-    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.raw] if args.raw else []):
-        pass  # the output policy, checked before any reading
-    return Path(args.out)
-
-
 def main(argv: list[str] | None = None) -> data.Dataset:
     args = parse_args(PrepareArgs, argv, "pauserec data prepare")
     if args.format not in rawdata.FORMATS:
         raise UserError(f"--format must be one of {', '.join(rawdata.FORMATS)} (got '{args.format}')")
     if args.kcore < 1 or not args.raw:
         raise UserError("data prepare needs --raw DIR and --kcore >= 1")
-    out = check_out(args)
+    if not args.out:
+        raise UserError("data prepare needs --out DIR")
+    claim = files.claim(args.out, kind="pauserec data prepare", overwrite=args.overwrite,
+                        inputs=[args.raw])
+    with claim:
+        return prepare(args, Path(args.out))
+
+
+def prepare(args: PrepareArgs, out: Path) -> data.Dataset:
+    """Read, filter, number and write (see the module docstring); ``out`` is claimed."""
     raw_dir = Path(args.raw)
     if args.download:
         download.fetch(args.format, args.category, raw_dir)
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> data.Dataset:
     df, notes = filter_interactions(raw, args.kcore, args.min_rating)
     users, items, sequences = number(df)
     missing = sum(1 for it in items if it not in raw.meta)
+    if missing == len(items) or (missing and args.strict):
+        raise UserError(f"{missing:,} of the {len(items):,} reviewed items have no record in "
+                        f"{item_path}: are the reviews and the metadata of the same category?")
     notes = raw.notes + notes + ([f"{missing:,} item(s) have no metadata record"] if missing else [])
     provenance = {"format": args.format, "files": [str(inter_path), str(item_path)], "tie_break": TIE_BREAK,
                   "args": to_dict(args), "notes": notes}

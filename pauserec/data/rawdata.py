@@ -19,6 +19,7 @@ import csv
 import gzip
 import html
 import json
+import math
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -51,6 +52,14 @@ def _id(value) -> str:
     if not isinstance(value, (str, int)) or not str(value).strip():
         raise ValueError(f"bad id {value!r}")
     return str(value).strip()
+
+
+def _number(value, what: str) -> float:
+    """A time or rating: a finite number (NaN or infinity is a malformed line, never a sort key)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return number
 
 
 def _json(line: str) -> dict:
@@ -89,7 +98,8 @@ def read_lines(path: Path, parse: Callable[[str], object], notes: list[str], str
                     continue
                 try:
                     yield parse(_decode(raw, encodings).rstrip("\r\n"))
-                except (ValueError, SyntaxError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
+                except (ValueError, SyntaxError, KeyError, TypeError, IndexError,
+                        UnicodeDecodeError, RecursionError) as err:
                     why = f"missing field {err}" if isinstance(err, KeyError) else str(err).split("\n")[0][:120]
                     if strict:
                         raise UserError(f"malformed line {number} in {path}: {why}") from None
@@ -111,7 +121,8 @@ def _decode(raw: bytes, encodings: tuple[str, ...]) -> str:
 
 def _review_2014(line: str) -> tuple[str, str, float, float]:
     r = _json(line)
-    return _id(r["reviewerID"]), _id(r["asin"]), float(r["unixReviewTime"]), float(r.get("overall") or 0)
+    return (_id(r["reviewerID"]), _id(r["asin"]), _number(r["unixReviewTime"], "the time"),
+            _number(r.get("overall") or 0, "the rating"))
 
 
 def _meta_2014(line: str) -> tuple[str, dict]:
@@ -126,7 +137,8 @@ def _meta_2014(line: str) -> tuple[str, dict]:
 
 def _review_2023(line: str) -> tuple[str, str, float, float]:
     r = _json(line)
-    return _id(r["user_id"]), _id(r["parent_asin"]), float(r["timestamp"]) / 1000, float(r.get("rating") or 0)
+    return (_id(r["user_id"]), _id(r["parent_asin"]), _number(r["timestamp"], "the time") / 1000,
+            _number(r.get("rating") or 0, "the rating"))
 
 
 def _meta_2023(line: str) -> tuple[str, dict]:
@@ -149,7 +161,7 @@ def _split_fields(line: str, sep: str, n: int) -> list[str]:
 def _rating_ml(sep: str) -> Callable[[str], tuple[str, str, float, float]]:
     def parse(line: str) -> tuple[str, str, float, float]:
         user, item, rating, when = _split_fields(line, sep, 4)
-        return _id(user), _id(item), float(when), float(rating)
+        return _id(user), _id(item), _number(when, "the time"), _number(rating, "the rating")
     return parse
 
 

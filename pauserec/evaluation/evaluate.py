@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pauserec import data, files
+from pauserec import data, files, registry
 from pauserec.config import parse_args, to_dict
 from pauserec.decoding import Trie, recommend
 from pauserec.errors import UserError
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 TOP_K = max(metrics.KS)  # every K in metrics.KS is read off one top-20 list
 LATENCY_BATCH = 16  # the paper's latency protocol: batches of 16, greedy SID decoding
+MAX_BEAMS = 1024  # a sane bound: beams x users x catalog codes must fit in memory
 VARIANTS = ("plain", "pause", "cot")
 
 
@@ -54,12 +55,14 @@ class EvalArgs:
     n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1})
     eval_seed: int = field(default=0, metadata={"help": "seed of the user sample", "min": 0,
                                                 "aliases": ("--seed",)})
-    beams: int = field(default=20, metadata={"help": "beam width (never shrinks)", "min": TOP_K})
+    beams: int = field(default=20, metadata={"help": "beam width (never shrinks)", "min": TOP_K,
+                                             "max": MAX_BEAMS})
     batch_size: int = field(default=16, metadata={"help": "users decoded together", "min": 1})
     variant: str | None = field(default=None, metadata={"help": "plain, pause or cot (default: checkpoint's)",
                                                         "choices": VARIANTS})
     n_pauses: int | None = field(default=None, metadata={"help": "pause count (default: checkpoint's)",
-                                                         "min": 0, "aliases": ("--k",)})
+                                                         "min": 0, "max": registry.MAX_PAUSES,
+                                                         "aliases": ("--k",)})
     cot_max_new_tokens: int = field(default=64, metadata={"help": "cap on a generated rationale", "min": 1})
     latency_samples: int = field(default=500, metadata={
         "help": f"users timed for latency, in batches of {LATENCY_BATCH} (0: skip)", "min": 0})
@@ -226,7 +229,8 @@ def run(args: EvalArgs) -> dict[str, Any]:
     checkpoint.read_meta(args.ckpt)  # fail fast on a bad checkpoint, before loading any weights
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.ckpt]):
+    inputs = checkpoint.source_paths(args.ckpt)
+    with files.claim(args.out, kind="pauserec evaluate", overwrite=args.overwrite, inputs=inputs):
         ckpt = checkpoint.load(args.ckpt, device=device, dtype=dtype)
         summary, frame = evaluate(ckpt, args.split, args.n_users, args.eval_seed, args.beams, args.batch_size,
                                   latency_samples=args.latency_samples, variant=args.variant,

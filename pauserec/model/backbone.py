@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -95,6 +96,24 @@ def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def check_backbone(name: str) -> None:
+    """Fail fast, before a run writes anything, on a backbone :func:`load_backbone` cannot load: a
+    named one whose package is missing, or a model id / folder without a readable config (no weights
+    are read)."""
+    if name in SCRATCH or (name.endswith(".gguf") and Path(name).is_file()):
+        return
+    if name in GGUF_BACKBONES:
+        gguf_file(name)
+        return
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        known = ", ".join([*SCRATCH, *GGUF_BACKBONES])
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): "
+                        f"{first}") from None
 
 
 def gguf_file(name: str) -> Path:

@@ -93,5 +93,5 @@ def _item(line: str, path, n: int) -> CatalogItem:
         if bad:
             raise TypeError(f"field(s) {', '.join(bad)} must be strings")
         return CatalogItem(**row, sid=tuple(sid))
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
-        raise UserError(f"corrupt catalog {path} line {n}: {err}") from None
+    except (json.JSONDecodeError, TypeError, KeyError, RecursionError) as err:
+        raise UserError(f"corrupt catalog {path} line {n}: {err or 'nested too deeply'}") from None

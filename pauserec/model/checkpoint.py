@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import subprocess
 import time
@@ -26,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from pauserec import data, files, tokens
+from pauserec import data, files, registry, tokens
 from pauserec.errors import UserError
 from pauserec.model.catalog import Catalog
 from pauserec.model.device import torch_dtype
@@ -41,6 +40,7 @@ KNOWN_KEYS = {
     "rationale", "train_seed", "train_targets", "layout",
 }
 VARIANTS = ("base", "plain", "pause", "cot")
+STAGES = ("init", *registry.STAGES)
 # What every evaluation and probe row carries about the checkpoint it came from, so analysis never
 # guesses from paths (see :func:`identity`).
 IDENTITY = ("ckpt", "ckpt_hash", "dataset", "backbone", "variant", "stage", "cell", "n_pauses",
@@ -107,10 +107,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise UserError(f"checkpoint {path} is missing {META_FILE}")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = files.read_json(meta_path)
     except OSError as err:
         raise UserError(f"checkpoint {path}: cannot read {META_FILE}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UserError as err:
         raise UserError(f"checkpoint {path}: corrupt {META_FILE}: {err}") from None
     if not isinstance(meta, dict):
         raise UserError(f"checkpoint {path}: corrupt {META_FILE}: expected a JSON object, got "
@@ -153,6 +153,25 @@ def _check_types(meta: dict[str, Any], path: Path) -> None:
         raise UserError(f"checkpoint {path}: {META_FILE} dataset name must be a string, got {name!r}")
     if meta.get("variant", "base") not in VARIANTS:
         raise UserError(f"checkpoint {path}: unknown variant {meta['variant']!r} (known: {', '.join(VARIANTS)})")
+    if meta.get("stage", "init") not in STAGES:
+        raise UserError(f"checkpoint {path}: unknown stage {meta['stage']!r} (known: "
+                        f"{', '.join(STAGES)})")
+    for key, top in (("n_pauses", registry.MAX_PAUSES), ("train_seed", None)):
+        value = meta.get(key)
+        if isinstance(value, int) and (value < 0 or top is not None and value > top):
+            raise UserError(f"checkpoint {path}: {META_FILE} key '{key}' is {value}; it must be "
+                            f"between 0 and {top or 'any size'}")
+
+
+def source_paths(path: str | Path) -> list[Path]:
+    """What a command reading the checkpoint at ``path`` reads: the checkpoint and its dataset
+    (:func:`pauserec.data.source_paths`); an output may overlap none of them."""
+    dataset = read_meta(path).get("dataset") or {}
+    name = dataset.get("name")
+    root = dataset.get("data_root")
+    if not isinstance(name, str) or not name:
+        return [Path(path)]
+    return [Path(path), *data.source_paths(name, root if isinstance(root, str) else None)]
 
 
 def fingerprint(path: str | Path) -> str:
@@ -230,10 +249,27 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
         tok = AutoTokenizer.from_pretrained(path)
     weights = ", ".join(p.name for p in sorted(path.glob("model*.safetensors")))
     with _loading(path, f"the model (config.json, {weights})"):
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    model.eval()
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    _check_weights(model, info, path, weights)
+    model = model.to(device).eval()
     check_consistent(model, tok, catalog, where=str(path))
     return Checkpoint(model, tok, catalog, meta, path)
+
+
+def _check_weights(model: PreTrainedModel, info: dict[str, Any], path: Path, weights: str) -> None:
+    """Every parameter came from the weights file, and every value is finite: transformers only
+    warns about a missing tensor (and initialises it afresh): a model nobody trained."""
+    problems = {"missing": info.get("missing_keys"), "unexpected": info.get("unexpected_keys"),
+                "wrongly shaped": info.get("mismatched_keys")}
+    for what, keys in problems.items():
+        if keys:
+            names = sorted(k if isinstance(k, str) else str(k[0]) for k in keys)
+            raise UserError(f"checkpoint {path}: {weights} has {len(names)} {what} tensor(s), e.g. "
+                            f"{names[0]}; the weights are incomplete or belong to another model")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"checkpoint {path}: tensor {name} in {weights} holds NaN or infinite "
+                            "values")
 
 
 @contextlib.contextmanager

@@ -40,7 +40,9 @@ def create(args: InitArgs) -> checkpoint.Checkpoint:
     """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint (``args.out``)."""
     if not args.out:
         raise UserError("init-ckpt needs --out DIR")
-    with files.claim(args.out, overwrite=args.overwrite, inputs=inputs_of(args)):
+    claim = files.claim(args.out, kind="pauserec init-ckpt", overwrite=args.overwrite,
+                        inputs=inputs_of(args))
+    with claim:
         return _create(args)
 
 

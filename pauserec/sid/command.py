@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pauserec import data, files, sid
 from pauserec.config import parse_args
 from pauserec.data.command import DataArgs
+
+KIND = "pauserec sid build"
 
 
 @dataclass
@@ -26,9 +29,11 @@ class SidArgs(DataArgs):
                                                           "min": 2, "max": 65536})
     sid_fields: tuple[str, ...] = field(default=("title", "categories", "brand"),
                                         metadata={"help": "comma-separated item text fields",
-                                                  "choices": data.TEXT_FIELDS})
-    sid_iters: int = field(default=50, metadata={"help": "k-means iterations per level", "min": 1})
-    sid_epochs: int = field(default=30, metadata={"help": "RQ-VAE training epochs", "min": 1})
+                                                  "choices": data.TEXT_FIELDS, "min_items": 1})
+    sid_iters: int = field(default=50, metadata={"help": "k-means iterations per level", "min": 1,
+                                                 "max": 10_000})
+    sid_epochs: int = field(default=30, metadata={"help": "RQ-VAE training epochs", "min": 1,
+                                                  "max": 10_000})
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     preset: str | None = field(default=None, metadata={"help": "configs/NAME.toml supplies defaults"})
 
@@ -48,7 +53,7 @@ class SidBuildArgs(SidArgs):
 def sid_build(argv: list[str] | None = None) -> dict:
     args = parse_args(SidBuildArgs, argv, "pauserec sid build", section="sid")
     if args.out:
-        with files.claim(args.out, overwrite=args.overwrite, inputs=inputs_of(args)):
+        with files.claim(args.out, kind=KIND, overwrite=args.overwrite, inputs=inputs_of(args)):
             pass  # the output policy, checked before the SIDs are built
     ds = data.load_dataset(args.dataset, args.data_root)
     if args.compare:
@@ -65,7 +70,7 @@ def sid_build(argv: list[str] | None = None) -> dict:
         report["comparison"] = sidcompare.compare(ds.items, codes, args.compare, args.sid_config())
         print(sidcompare.format_comparison(report["comparison"], f"ours ({what})"))
     if args.out:
-        claim = files.claim(args.out, overwrite=args.overwrite, inputs=inputs_of(args))
+        claim = files.claim(args.out, kind=KIND, overwrite=args.overwrite, inputs=inputs_of(args))
         with claim, files.atomic_dir(args.out) as tmp:
             sid.write_index(tmp / "sids.json", ds.items, codes, args.sid_config())
             files.write_json(tmp / "report.json", report)
@@ -73,10 +78,11 @@ def sid_build(argv: list[str] | None = None) -> dict:
     return report
 
 
-def inputs_of(args: SidArgs) -> list[str]:
-    """The paths a SID or init command reads (an output may not overlap them): the dataset folder, the
-    SID index, the ``--compare`` index, a backbone folder."""
-    paths = [args.dataset, getattr(args, "backbone", ""), getattr(args, "compare", None)]
+def inputs_of(args: SidArgs) -> list[str | Path]:
+    """The paths a SID or init command reads (an output may not overlap them): the dataset's folder
+    and data root (a name resolved), the SID index, the ``--compare`` index, a backbone folder."""
+    paths = [*data.source_paths(args.dataset, args.data_root), args.dataset,
+             getattr(args, "backbone", ""), getattr(args, "compare", None)]
     if args.sid_source not in sid.BUILD_SOURCES:
         paths.append(args.sid_source)
     return [p for p in paths if p]

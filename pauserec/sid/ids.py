@@ -6,7 +6,6 @@ Also imports a published index (``X.index.*.json``) and reports SID quality.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections import Counter
@@ -18,7 +17,7 @@ import numpy as np
 from pauserec import tokens
 from pauserec.data import Item
 from pauserec.errors import UserError
-from pauserec.files import cache_dir
+from pauserec.files import cache_dir, read_json
 from pauserec.sid import quantise
 from pauserec.sid.quantise import METHODS
 
@@ -107,13 +106,13 @@ def load_index(path: str | Path, items: list[Item]) -> tuple[np.ndarray, bool]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"SID index file {path} not found")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"corrupt SID index file {path}: {err}") from None
+    index = read_json(path, allow_nan=False)  # an index holds no NaN (nor anything nested too deep)
     if not isinstance(index, dict):
         raise UserError(f"corrupt SID index file {path}: expected a JSON object")
-    dedup = bool(index.get("dedup")) and isinstance(index.get("sids"), dict)
+    if index.get("dedup", False) not in (True, False):
+        raise UserError(f"corrupt SID index file {path}: \"dedup\" is {index['dedup']!r}, not true "
+                        "or false")
+    dedup = index.get("dedup") is True and isinstance(index.get("sids"), dict)
     index = index["sids"] if dedup else index
     rows = []
     for item in items:

@@ -64,7 +64,7 @@ class ResponseCache:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 where = "last line" if n >= len(lines) - 1 else f"line {n}"
                 log.warning("%s: ignoring corrupt %s (an interrupted write?)", self.path, where)
                 continue
@@ -256,7 +256,7 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
     with ResponseCache(cache_path) as cache:
         todo: dict[str, int] = {}  # key -> first prompt index needing it (duplicates share one request)
         for i, key in enumerate(keys):
-            if key not in cache:
+            if key not in cache or _unusable(cache.get(key), check):  # bad cached reply: ask again
                 todo.setdefault(key, i)
         log.info("%d prompt(s): %d cached, %d request(s) to %s (%s)", len(prompts),
                  sum(k not in todo for k in keys), len(todo), base_url or "OpenAI", model)
@@ -282,6 +282,17 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
     if missing:
         raise UserError(f"LLM: no response for prompt(s) {missing[:5]} (the cache {cache_path} was changed?)")
     return results  # type: ignore[return-value]
+
+
+def _unusable(text: str | None, check: Callable[[str], str | None] | None) -> bool:
+    """A cached response that is not text, or that ``check`` rejects (an empty rationale written by
+    an older version, or by hand), is asked for again."""
+    if not isinstance(text, str):
+        return True
+    problem = check(text) if check is not None else None
+    if problem:
+        log.warning("cached response not used: %s", problem)
+    return problem is not None
 
 
 def _omit():

@@ -214,7 +214,10 @@ def run(args: Args) -> list[Rationale]:
         if path and Path(path).is_dir():
             raise UserError(f"{flag} {path} is a directory; name a .jsonl file")
     meta = checkpoint.read_meta(args.ckpt)
-    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.ckpt]):
+    inputs = checkpoint.source_paths(args.ckpt)
+    claim = files.claim(args.out, kind="pauserec rationales", overwrite=args.overwrite,
+                        inputs=inputs, file=True)
+    with claim:
         return _write_all(args, meta)
 
 
@@ -262,6 +265,7 @@ def read(path: str | Path) -> dict[Example, Rationale]:
                 row = json.loads(line)
                 ex = Example(row["user"], tuple(row["history"]), row["target"])
                 out[ex] = Rationale(row["text"], row["leaky"], row.get("source", ""))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise UserError(f"corrupt rationale file {path} line {n}: {err}") from None
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as err:
+                why = err or "nested too deeply"
+                raise UserError(f"corrupt rationale file {path} line {n}: {why}") from None
     return out

@@ -47,6 +47,11 @@ from pauserec.training.corpus import Corpus
 log = logging.getLogger(__name__)
 
 
+# Sane bounds, so a typo cannot run for days (the paper trains 2-5 epochs, ~10^4 steps).
+MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
+
+
 class Diverged(UserError):
     """The loss or gradient stopped being finite."""
 
@@ -55,26 +60,28 @@ class Diverged(UserError):
 class LoopConfig:
     """Optimisation settings every stage shares (presets: ``[train.STAGE]`` in configs/*.toml)."""
 
-    epochs: int = field(default=3, metadata={"help": "passes over the corpus", "min": 1})
+    epochs: int = field(default=3, metadata={"help": "passes over the corpus", "min": 1,
+                                             "max": MAX_EPOCHS})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)", "gt": 0.0})
     batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all processes",
-                                                   "min": 1})
+                                                   "min": 1, "max": 1 << 20})
     batch_tokens: int = field(default=0, metadata={
         "help": "tokens per optimizer step, all processes, instead of --batch-size (0: off): a step takes "
                 "sequences while they fit, counted padded to its longest (real tokens with --pack)",
-        "min": 0})
+        "min": 0, "max": 1 << 30})
     pack: bool = field(default=False, metadata={
         "help": "pack a step's sequences into rows of --pack-len tokens, attention kept within each "
                 "(same steps and loss, no padding; meant for GPUs: 1.05x on a 2-core CPU at 2%% padding)"})
     pack_len: int = field(default=0, metadata={"help": "--pack: tokens per row (0: the step's longest "
                                                         "sequence, so no row is wider than unpacked)",
-                                                "min": 0})
+                                                "min": 0, "max": 1 << 24})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)",
                                                          "min": 0.0})
     warmup_ratio: float = field(default=0.03, metadata={"help": "linear warm-up share, then cosine",
                                                          "min": 0.0, "max": 1.0})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)", "min": 0.0})
-    max_steps: int = field(default=0, metadata={"help": "cap on optimizer steps (0: epochs decide)", "min": 0})
+    max_steps: int = field(default=0, metadata={"help": "cap on optimizer steps (0: epochs decide)",
+                                                 "min": 0, "max": MAX_STEPS})
     seed: int = field(default=0, metadata={"help": "training seed: data order, subsamples, pause "
                                                    "positions, init noise", "min": 0})
     device: str = field(default="auto", metadata={"help": DEVICES_HELP})
@@ -105,13 +112,19 @@ class Result:
 class Steps:
     """Every epoch's steps, and this process's rows of each: pure functions of (seed, epoch, step).
 
-    Under ``batch_tokens`` the number of steps differs between epochs; all are counted up front so the
-    schedule knows the total and a resumed run finds its place.
+    Under ``batch_tokens`` the number of steps differs between epochs; they are counted up front so
+    the schedule knows the total and a resumed run finds its place -- up to the epoch that reaches
+    ``max_steps``, so a step cap does not plan epochs that never run.
     """
 
     def __init__(self, lengths: np.ndarray, cfg: LoopConfig, rank: int = 0, world: int = 1):
         self.lengths, self.cfg, self.rank, self.world = lengths, cfg, rank, world
-        self.ends = np.cumsum([len(self.epoch(e)) for e in range(cfg.epochs)])  # (epochs,) cumulative
+        counts: list[int] = []
+        for e in range(cfg.epochs):
+            counts.append(len(self.epoch(e)))
+            if 0 < cfg.max_steps <= sum(counts):
+                break
+        self.ends = np.cumsum(counts)  # (epochs planned,) cumulative
         self._cached: tuple[int, list[np.ndarray]] = (-1, [])
 
     def epoch(self, epoch: int) -> list[np.ndarray]:

@@ -93,11 +93,12 @@ def reseed(ckpt: Checkpoint, seed: int) -> None:
 
 def prepare(ckpt: Checkpoint, args) -> tuple[dict[str, torch.Tensor], Checkpoint | None]:
     """Stage-specific model surgery: (row masks of row-only training, the pause-pretrain source). The
-    first stage after an init checkpoint first redraws its random parts from the training seed."""
+    stage that follows init in the stage graph (cpt) first redraws the init's random parts from the
+    training seed."""
     expected = registry.PARENT[args.stage]
     if expected != "init" and ckpt.stage != expected:
         log.warning("stage %s expects a %s checkpoint; --from is stage '%s'", args.stage, expected, ckpt.stage)
-    if ckpt.stage == "init":
+    if expected == "init" and ckpt.stage == "init":
         reseed(ckpt, args.seed)
     pid = ckpt.tokenizer.convert_tokens_to_ids(tokens.PAUSE)
     if args.stage == "pause-pretrain":

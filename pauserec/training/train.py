@@ -77,7 +77,8 @@ class TrainArgs(LoopConfig):
     pause_ratio: float = field(default=0.1, metadata={"help": "pause-pretrain: pauses per token",
                                                       "gt": 0.0, "max": 0.99})
     n_pauses: int = field(default=PAPER_PAUSES, metadata={"help": "pause-sft: pauses in the think block",
-                                                            "min": 0, "max": 512, "aliases": ("--k",)})
+                                                            "min": 0, "max": registry.MAX_PAUSES,
+                                                            "aliases": ("--k",)})
     pause_init: str = field(default="pretrained", metadata={"help": "pause-sft: " + ", ".join(registry.PAUSE_INITS),
                                                             "choices": registry.PAUSE_INITS})
     pause_from: str = field(default="", metadata={"help": "pause-sft: the pause-pretrain checkpoint"})
@@ -121,6 +122,29 @@ def check(args: TrainArgs) -> TrainArgs:
         raise UserError("--layout exact shares each window's history through its attention mask: it is "
                         "never packed (drop --pack)")
     return args
+
+
+def check_sources(args: TrainArgs) -> None:
+    """The checkpoints a stage reads, before anything is claimed or loaded: ``--from`` and, for
+    ``pause-sft`` with the pretrained init, ``--pause-from`` -- a trained pause-pretrain
+    checkpoint."""
+    checkpoint.read_meta(args.from_ckpt)
+    if args.stage != "pause-sft" or args.control or args.pause_init != "pretrained":
+        return
+    if not args.pause_from:
+        raise UserError("--pause-init pretrained needs --pause-from PAUSE_PRETRAIN_CKPT")
+    stage = checkpoint.read_meta(args.pause_from).get("stage", "init")
+    if stage != "pause-pretrain":
+        raise UserError(f"--pause-from {args.pause_from} is a '{stage}' checkpoint; it must be a "
+                        "trained pause-pretrain checkpoint")
+
+
+def inputs(args: TrainArgs) -> list[str | Path]:
+    """What a stage reads (an output may overlap none of it): the checkpoints and their datasets, a
+    rationale file."""
+    paths: list[str | Path] = [*checkpoint.source_paths(args.from_ckpt)]
+    paths += [args.pause_from] if args.pause_from else []
+    return paths + ([args.rationale_file] if args.rationale_file else [])
 
 
 def parse(argv: list[str] | None) -> TrainArgs:
@@ -195,14 +219,17 @@ def save_stage(ckpt: Checkpoint, out: str | Path, result: Result, examples: list
 def run(args: TrainArgs, on_step: Callable[[int], None] | None = None) -> Checkpoint:
     """Train one stage (see the module docstring). ``on_step(step)`` runs after each optimizer step."""
     clock, cpu_start = trainstate.Clock(), time.process_time()
-    checkpoint.read_meta(args.from_ckpt)  # a bad input fails before anything is claimed or loaded
+    check_sources(args)  # a bad input fails before anything is claimed or loaded
     if args.resume and (Path(args.out) / checkpoint.META_FILE).is_file():
         raise UserError(f"{args.out} is a finished checkpoint: nothing to resume (--overwrite retrains it)")
+    partial = trainstate.partial_dir(args.out)  # never a user's own folder, nor an input
+    trainstate.check_owner(partial)
+    files.check_apart(partial, inputs(args), flag="--out (its .partial)")
     if args.resume:
-        trainstate.check(trainstate.partial_dir(args.out))  # a cut-short state fails before any loading
-    inputs = [args.from_ckpt] + ([args.pause_from] if args.pause_from else [])
+        trainstate.check(partial)  # a cut-short state fails before any loading
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns (and locks) the output
-    claim = files.claim(args.out, overwrite=args.overwrite, inputs=inputs) if rank0 else nullcontext()
+    claim = nullcontext() if not rank0 else files.claim(
+        args.out, kind=trainstate.KIND, overwrite=args.overwrite, inputs=inputs(args))
     with claim:
         ckpt = checkpoint.load(args.from_ckpt)
         masks, pause_src = stages.prepare(ckpt, args)

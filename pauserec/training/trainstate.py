@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pauserec import files
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
+KIND = "pauserec train"  # the marker of its outputs
+PARTIAL_KIND = "pauserec train (resumable state)"  # the marker of OUT.partial (:func:`check_owner`)
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.csv"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "elapsed_s")
@@ -73,6 +76,15 @@ class Progress:
 def partial_dir(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".partial")
+
+
+def check_owner(partial: Path) -> None:
+    """``OUT.partial`` is training's to resume and delete only when training made it (its
+    marker)."""
+    if os.path.lexists(partial) and files.written_by(partial) != PARTIAL_KIND:
+        raise UserError(f"{partial} exists and was not written by {KIND}; training keeps its "
+                        "resumable state there and would delete it: move it away or pick another "
+                        "--out")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -156,6 +168,9 @@ def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint
         log.warning("discarding the saved state in %s (pass --resume to continue from it)", partial)
     if rank == 0 and partial.exists():
         shutil.rmtree(partial)
+    if rank == 0:
+        partial.mkdir(parents=True, exist_ok=True)
+        files.mark(partial, PARTIAL_KIND)
     return Progress(fingerprint=fingerprint)
 
 

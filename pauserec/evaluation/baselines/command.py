@@ -78,7 +78,8 @@ def run(args: BaselineArgs) -> dict[str, Any]:
         device = resolve_device(args.device)
         options.update(max_len=args.max_history, max_seconds=args.sasrec_seconds,
                        epochs=args.sasrec_epochs, patience=args.sasrec_patience, device=str(device))
-    with files.claim(args.out, overwrite=args.overwrite, inputs=[args.dataset]):  # a dataset folder stays
+    inputs = [args.dataset, *data.source_paths(args.dataset, args.data_root)]  # names resolved
+    with files.claim(args.out, kind="pauserec baseline", overwrite=args.overwrite, inputs=inputs):
         ds = data.load_dataset(args.dataset, args.data_root)
         split = data.split(ds, args.max_history, args.train_targets)
         users = split[args.split]
