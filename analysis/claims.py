@@ -304,7 +304,7 @@ def claims_for(data: Collected, cfg: Config) -> list[Claim]:
                 inputs, pause, labels.get("cot")),
         best_of(Claim("pretrained_pause", "A pre-trained <pause> beats other inits and filler "
                       "tokens", "pretrained init best"), inputs, pause, inits),
-        best_of(Claim("k5", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"),
+        best_of(Claim("pause_count", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"),
                 inputs, pause, counts),
         vs_baseline(Claim("vs_baseline", "PauseRec beats the strongest classical baseline", "—"),
                     inputs, pause),

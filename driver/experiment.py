@@ -58,7 +58,7 @@ class ExperimentArgs(RunArgs):
     seeds: int = field(default=1, metadata={"help": "training seeds (0..N-1); verdicts need 3+",
                                             "min": 1, "max": 100})
     pause_counts: tuple[int, ...] = field(default=(1, 3, 5, 10), metadata={
-        "help": "pause counts (init pretrained)", "min": 1, "aliases": ("--ks",)})
+        "help": "pause counts (init pretrained)", "min": 1, "deprecated": ("--ks",)})
     pause_inits: tuple[str, ...] = field(default=("mean-text", "mean-sid", "default"), metadata={
         "help": f"other pause inits, at {PAPER_PAUSES} pauses", "choices": registry.PAUSE_INITS})
     controls: tuple[str, ...] = field(default=registry.CONTROLS, metadata={
@@ -74,7 +74,7 @@ class ExperimentArgs(RunArgs):
                 "on the validation split decides; a cap makes runs irreproducible)", "gt": 0.0})
     eval_users: int = field(default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0})
     beams: int = field(default=20, metadata={"help": "beam width for evaluation",
-                                             "min": evaluate.TOP_K, "max": evaluate.MAX_BEAMS})
+                                             "min": evaluate.LIST_LEN, "max": evaluate.MAX_BEAMS})
     latency_samples: int = field(default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0})
     probes: tuple[str, ...] = field(default=tuple(PROBES), metadata={"help": "probes to run (seed 0)",
                                                                       "choices": tuple(PROBES)})

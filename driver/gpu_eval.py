@@ -85,8 +85,9 @@ class Evaluation:
         summary.update(describe(self.device, self.dtype), **self.latency.get(cell, {}))
         settings = {"beams": BEAMS, "batch_size": self.args.eval_batch, "rounds": len(self.rounds),
                     "split": "test", "eval_seed": EVAL_SEED, "device": self.args.device}
-        out = self.work / "seed0" / "eval" / cell
-        evaluate.write(str(out), ckpt.identity(), summary, frame, settings)
+        out = self.work / "seed0" / "eval" / cell  # rewritten after every round: claimed each time
+        with files.claim(out, kind="pauserec evaluate", overwrite=True):
+            evaluate.write(str(out), ckpt.identity(), summary, frame, settings)
 
     def run_rounds(self, clock, cap: int) -> None:
         self.ev["planned_users"] = cap

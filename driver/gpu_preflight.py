@@ -45,7 +45,7 @@ def smoke(device: torch.device, seconds: float) -> str:
     """Train, then decode, a tiny random Llama on ``device``; raises if a result is wrong."""
     start = time.time()
     gen = torch.Generator().manual_seed(0)
-    model, _ = backbone.build_tiny([" ".join(f"w{i}" for i in range(200))])
+    model, _ = backbone.build_scratch("tiny", [" ".join(f"w{i}" for i in range(200))])
     model.to(device).train()
     dtype = resolve_dtype("auto", device)
     net, opt = LabelledLoss(model), make_optimizer(model, LoopConfig(lr=3e-3), device, {})

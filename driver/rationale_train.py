@@ -31,11 +31,11 @@ import pandas as pd
 from pauserec import data
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
-from pauserec.evaluation.evaluate import MAX_BEAMS, TOP_K, evaluate, examples_for
+from pauserec.evaluation.evaluate import LIST_LEN, MAX_BEAMS, evaluate, examples_for
 from pauserec.model import checkpoint
 from pauserec.model.device import resolve_device
 from pauserec.teacher import rationales
-from pauserec.training import train
+from pauserec.training import stages, train
 from probes import perturb
 from probes._common import ProbeArgs, cli, label, parse, write_results
 
@@ -59,8 +59,8 @@ class Args(ProbeArgs):
     train_batch_size: int = field(default=0, metadata={"help": "trainer --batch-size (0: the preset's)",
                                                        "min": 0})
     n_users: int = field(default=64, metadata={"help": "test users evaluated per condition", "min": 1})
-    beams: int = field(default=20, metadata={"help": "beam width", "min": TOP_K, "max": MAX_BEAMS})
-    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": TOP_K})
+    beams: int = field(default=20, metadata={"help": "beam width", "min": LIST_LEN, "max": MAX_BEAMS})
+    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": LIST_LEN})
 
 
 def train_args(args: Args, condition: str, out: Path, rationale_file: Path | None) -> train.TrainArgs:
@@ -74,9 +74,7 @@ def train_args(args: Args, condition: str, out: Path, rationale_file: Path | Non
 
 def training_examples(sft: checkpoint.Checkpoint, targs: train.TrainArgs) -> list[data.Example]:
     """The examples ``cot-sft`` trains on (the trainer's own sample; it refuses a file missing any)."""
-    windows = data.split(checkpoint.dataset_of(sft), targs.max_history or sft.meta["dataset"].get("max_history", 20),
-                         targs.train_targets)["train"]
-    return [windows[i] for i in data.sample(len(windows), targs.n_train, targs.seed)]
+    return [ex for w in stages.training_windows(sft, targs)[0] for ex in w.examples()]
 
 
 def write_perturbed(args: Args, condition: str, targs: train.TrainArgs, path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -19,6 +20,7 @@ from pauserec.errors import UserError
 from pauserec.registry import STAGES
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
 PROBE_NAMES = ("alignment", "attention", "verbalization", "rationale")
@@ -198,7 +200,8 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
             parser.add_argument(f.name, nargs=nargs, help=help_)
             continue
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")  # e.g. --from for from_ckpt
-        flags = [flag, *f.metadata.get("aliases", ())]  # old names keep working
+        # other names keep working; a deprecated one warns (see parse_args) and goes in the next release
+        flags = [flag, *f.metadata.get("aliases", ()), *f.metadata.get("deprecated", ())]
         if tp is bool:
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_)
@@ -208,7 +211,13 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
 
 
 def parse_args(cls: type[T], argv: list[str] | None, prog: str, section: Sections = None) -> T:
-    """Parse CLI flags into ``cls``; ``--preset P`` (a field of ``cls``) supplies defaults first."""
+    """Parse CLI flags into ``cls``; ``--preset P`` (a field of ``cls``) supplies defaults first. A
+    deprecated flag (field metadata ``deprecated``) still works and logs which flag replaces it."""
+    for f in dataclasses.fields(cls):
+        for old in f.metadata.get("deprecated", ()):
+            if any(a == old or a.startswith(old + "=") for a in argv or []):
+                new = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                log.warning("%s: %s is deprecated and goes in the next release: use %s", prog, old, new)
     ns = vars(build_parser(cls, prog).parse_args(argv))
     given = {k: v for k, v in ns.items() if v is not None}
     types_ = _field_types(cls)

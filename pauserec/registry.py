@@ -41,6 +41,13 @@ def variant_of(stage: str, control: str = "") -> str:
     return "plain" if control == "sft-continued" else VARIANT[stage]
 
 
+def prompt_of(variant: str) -> str:
+    """The prompt a checkpoint of ``variant`` is decoded and probed with: its own, and ``plain`` for a
+    ``base`` checkpoint (init, cpt, pause-pretrain), which has trained no recommendation prompt yet --
+    the one meaning of ``base`` everywhere (pass a variant explicitly to read it another way)."""
+    return "plain" if variant == "base" else variant
+
+
 @dataclass(frozen=True)
 class Cell:
     """One trained condition: a stage and the settings that make it a cell of the experiment."""

@@ -37,8 +37,9 @@ __all__ = ["Args", "compute", "main", "run"]
 class Args(ProbeArgs):
     """SID-token vs word-token embedding alignment (token, item, geometry and contextual levels)."""
 
-    k: int = field(default=10, metadata={"help": "nearest words per SID token, and k of mutual k-NN",
-                                         "min": 1})
+    n_neighbours: int = field(default=10, metadata={
+        "help": "nearest words per SID token, and the neighbours of mutual k-NN", "min": 1,
+        "deprecated": ("--k",)})
     n_perm: int = field(default=20, metadata={"help": "permutations for each baseline", "min": 1})
     max_words: int = field(default=5000, metadata={"help": "word tokens sampled for the geometry", "min": 2})
     max_items: int = field(default=4000, metadata={"help": "items sampled for CKA, k-NN, Procrustes",
@@ -244,8 +245,8 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     frames = []
     for matrix, w in backbone.embedding_matrices(ckpt.model).items():
         w = w.detach().float().cpu()
-        rows = token_level(w, items, rng) + neighbours(w, items, readable, names, args.k, rng)
-        rows += item_level(w, items, args.k, args.n_perm, args.max_items, rng)
+        rows = token_level(w, items, rng) + neighbours(w, items, readable, names, args.n_neighbours, rng)
+        rows += item_level(w, items, args.n_neighbours, args.n_perm, args.max_items, rng)
         rows += geometry(w, sid_ids, sample, special, rng, args.n_perm)
         if args.umap:
             rows += umap_rows(w, sid_ids, names, sample, readable, special, args.umap_words, args.seed)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pauserec import data
+from pauserec import data, registry
 from pauserec.errors import UserError
 from pauserec.evaluation import evaluate
 from pauserec.model.checkpoint import Checkpoint
@@ -53,7 +53,7 @@ class Args(ProbeArgs):
     split: str = field(default="test", metadata={"help": "test, valid or train",
                                                  "choices": ("test", "valid", "train")})
     variant: str = field(default="auto", metadata={"help": "prompt: pause, plain, cot; auto = the "
-                                                           "checkpoint's (base -> pause)",
+                                                           "checkpoint's (base -> plain)",
                                                    "choices": ("auto", "plain", "pause", "cot")})
     n_pauses: int = field(default=-1, metadata={"help": "pauses; -1 = the checkpoint's (5 if it has none)",
                                                 "min": -1, "max": 512})
@@ -68,8 +68,7 @@ class Args(ProbeArgs):
 
 
 def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:
-    variant = ckpt.variant if args.variant == "auto" else args.variant
-    variant = "pause" if variant == "base" else variant
+    variant = registry.prompt_of(ckpt.variant) if args.variant == "auto" else args.variant
     if variant not in ("plain", "pause", "cot"):
         raise UserError(f"unknown variant '{variant}' (known: auto, plain, pause, cot)")
     n_pauses = args.n_pauses if args.n_pauses >= 0 else ckpt.n_pauses or PAPER_PAUSES

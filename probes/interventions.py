@@ -27,7 +27,7 @@ from pauserec.model.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("none", "no-pause", "mask-pause", "pause-mean-text", "pause-zeros")
-TOP_K = 10
+K = 10  # the cut-off of the interventions' Recall@K and NDCG@K
 
 
 @contextlib.contextmanager
@@ -60,7 +60,7 @@ def decode(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example
     replace = {"pause-mean-text": "mean-text", "pause-zeros": "zeros"}.get(condition)
     with pause_row(ckpt, replace):
         rec = recommend(ckpt.model, builder, histories, variant="pause", n_pauses=0 if condition == "no-pause" else n_pauses,
-                        top_k=TOP_K, beams=max(beams, TOP_K), batch_size=batch_size,
+                        top_k=K, beams=max(beams, K), batch_size=batch_size,
                         mask_segments={"pause"} if condition == "mask-pause" else None)
     return metrics.ranks([ex.target for ex in examples], rec.items)
 
@@ -104,13 +104,13 @@ def run(ckpt: Checkpoint, builder: PromptBuilder, examples: list[data.Example], 
     rows: list[dict] = []
     for condition in CONDITIONS:
         ranks = decode(ckpt, builder, examples, condition, n_pauses, beams, batch_size)
-        per[condition] = {f"recall@{TOP_K}": metrics.recall_at_k(ranks, TOP_K), f"ndcg@{TOP_K}": metrics.ndcg_at_k(ranks, TOP_K),
+        per[condition] = {f"recall@{K}": metrics.recall_at_k(ranks, K), f"ndcg@{K}": metrics.ndcg_at_k(ranks, K),
                           "target_logprob": target_logprob(ckpt, builder, examples, condition, n_pauses, batch_size)}
         for metric, values in per[condition].items():
             rows += [{"metric": metric, "intervention": condition, "user_id": u, "value": float(v)}
                      for u, v in zip(users, values)]
-        log.info("intervention %s: recall@%d %.4f, target log-prob %.3f", condition, TOP_K,
-                 per[condition][f"recall@{TOP_K}"].mean(), per[condition]["target_logprob"].mean())
+        log.info("intervention %s: recall@%d %.4f, target log-prob %.3f", condition, K,
+                 per[condition][f"recall@{K}"].mean(), per[condition]["target_logprob"].mean())
     for condition in CONDITIONS[1:]:
         for metric in per["none"]:
             delta = per[condition][metric] - per["none"][metric]

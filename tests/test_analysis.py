@@ -151,15 +151,15 @@ def test_claims_under_the_new_rules(runs):
     table = claims.evaluate(collect.collect(runs)).set_index("key")
     assert set(table["verdict"]) <= set(verdicts.VERDICTS)
     assert table.loc["vs_sft", "compared"] == "pause-k5 vs sft-continued"  # the compute-matched control
-    for key in ("vs_sft", "vs_cot", "vs_baseline", "pretrained_pause", "k5"):
+    for key in ("vs_sft", "vs_cot", "vs_baseline", "pretrained_pause", "pause_count"):
         assert table.loc[key, "verdict"] == "reproduced", (key, table.loc[key, "why"])
         assert table.loc[key, "n_seeds"] == 3 and np.isfinite(table.loc[key, "p_holm"])
     # think-only gives every user one list: the pair has not learned, whatever its interval says
     assert table.loc["vs_think_only", "verdict"] == verdicts.NOT_LEARNED
     assert "same top-10 list" in table.loc["vs_think_only", "why"]
     # best-of rivals are chosen on the valid split (k1 there), not on the test split (k9 there)
-    assert table.loc["k5", "compared"] == "pause-k5 vs pause-k1"
-    assert "valid split: pause-k1" in table.loc["k5", "why"]
+    assert table.loc["pause_count", "compared"] == "pause-k5 vs pause-k1"
+    assert "valid split: pause-k1" in table.loc["pause_count", "why"]
     assert table.loc["pretrained_pause", "compared"] == "pause-k5 vs pause-k5-mean-text"
     for key in ("vs_sft", "vs_cot", "train_cost", "latency"):  # every measured claim states its MDE
         assert np.isfinite(table.loc[key, "mde_rel"]) and "%" in table.loc[key, "mde"], key

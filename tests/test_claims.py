@@ -16,7 +16,7 @@ from test_analysis import write_runs
 
 from analysis import claims, collect, verdicts
 
-QUALITY = ("vs_sft", "vs_think_only", "vs_cot", "pretrained_pause", "k5", "vs_baseline")
+QUALITY = ("vs_sft", "vs_think_only", "vs_cot", "pretrained_pause", "pause_count", "vs_baseline")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def edit_csv(path: Path, **columns) -> None:
 def test_the_planted_runs_earn_verdicts(base_runs):
     """The reference the gates are measured against: without them these pairs read reproduced."""
     table = table_of(base_runs)
-    for key in ("vs_sft", "vs_cot", "pretrained_pause", "k5", "vs_baseline"):
+    for key in ("vs_sft", "vs_cot", "pretrained_pause", "pause_count", "vs_baseline"):
         assert table.loc[key, "verdict"] == verdicts.REPRODUCED, (key, table.loc[key, "why"])
     assert "Holm over 7 claims" in table.loc["vs_cot", "why"]  # 5 quality + cost + latency
 
@@ -133,7 +133,7 @@ def test_a_comparison_without_training_records_gets_no_verdict(runs):
 
 def test_best_of_without_the_valid_split_gets_no_verdict(tmp_path):
     table = table_of(write_runs(tmp_path / "exp", valid=False))
-    for key in ("pretrained_pause", "k5"):
+    for key in ("pretrained_pause", "pause_count"):
         assert table.loc[key, "verdict"] == verdicts.NO_VERDICT
         assert "must be chosen on the valid split" in table.loc[key, "why"]
         assert table.loc[key, "compared"] == "—"  # never picked on the test split
@@ -141,7 +141,7 @@ def test_best_of_without_the_valid_split_gets_no_verdict(tmp_path):
 
 def test_best_of_on_the_split_it_was_chosen_on_gets_no_verdict(base_runs):
     table = claims.evaluate(collect.collect(base_runs), claims.Config(split="valid"))
-    row = table.set_index("key").loc["k5"]
+    row = table.set_index("key").loc["pause_count"]
     assert row["verdict"] == verdicts.NO_VERDICT and "not held out" in row["why"]
 
 

@@ -112,7 +112,9 @@ def test_the_report_reads_the_experiment(exp):
     claims = pd.read_csv(exp / "report" / "claims.csv").set_index("key")
     assert "reproduced" not in set(claims["verdict"])  # two seeds can never earn a verdict
     assert claims.loc["vs_think_only", "compared"] == "pause-k5 vs think-only"
-    assert "2 seed(s), a verdict needs >= 3" in claims.loc["vs_think_only", "why"]
+    why = claims.loc["vs_think_only", "why"]  # a tiny model may score below most-popular: that gate is first
+    assert claims.loc["vs_think_only", "verdict"].startswith("inconclusive")
+    assert "2 seed(s), a verdict needs >= 3" in why or "is below most-popular's" in why, why
     assert "## Deviations from the paper" in report and "popularity" in report
     assert (exp / "probes" / "alignment" / "results.csv").is_file()
 

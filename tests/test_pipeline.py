@@ -91,7 +91,9 @@ def test_quick_pipeline_on_smollm2_with_tiny_step_counts(tmp_path):
     lines = ["[sid]"] + [f"{k} = {v!r}" for k, v in quick["sid"].items()]
     lines += ["[pipeline]"] + [f"{k} = {json.dumps(v)}" for k, v in quick["pipeline"].items()]
     for stage, table in quick["train"].items():
-        table = {**table, "max_steps": 2, "n_train": 32, "progress": False}
+        table = {**table, "max_steps": 2, "n_train": 8, "batch_size": 4, "epochs": 1, "progress": False}
+        if table.get("valid_every"):
+            table["valid_users"] = 8
         lines += [f"[train.{stage}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     preset = tmp_path / "quick-2steps.toml"
     preset.write_text("\n".join(lines) + "\n")

@@ -47,7 +47,7 @@ def test_a_one_seed_pilot_gets_a_plan_with_its_assumptions(pilot, capsys):
     assert "ml-100k 943" in text  # read from the data
     rows = rows_of(text)
     keys = {k for k, _ in rows}
-    assert keys == {"vs_sft", "vs_think_only", "vs_cot", "pretrained_pause", "k5", "vs_baseline",
+    assert keys == {"vs_sft", "vs_think_only", "vs_cot", "pretrained_pause", "pause_count", "vs_baseline",
                     "train_cost", "latency"}
     paper, margin = rows[("vs_cot", "paper")], rows[("vs_cot", "margin")]
     assert paper[2] == "paper +6.22%" and margin[2].startswith("margin ±2%")

@@ -123,7 +123,7 @@ def test_nearest_words_find_a_planted_word(tiny_ckpt):
         word = next(x for x in act.WORD.findall(it.title.lower()) if x in by_word)
         w[tok.convert_tokens_to_ids(it.sid[0])] = w[by_word[word]]
         planted[it.sid[0]] = word
-    df = alignment.compute(ckpt, fast_args(k=3))
+    df = alignment.compute(ckpt, fast_args(n_neighbours=3))
     top = df[(df["metric"] == "neighbour_cosine") & (df["rank"] == 1)].set_index("token")
     for token, word in planted.items():
         assert top.loc[token, "word"] == word and top.loc[token, "value"] == pytest.approx(1.0, abs=1e-5)

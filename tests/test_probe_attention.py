@@ -18,7 +18,7 @@ from probes.relevance import by_position, within_user_corr
 
 
 def args(**kw) -> attention.Args:
-    return attention.Args(**{"n_users": 12, "n_perm": 20, "batch_size": 4, "seed": 0, **kw})
+    return attention.Args(**{"n_users": 12, "n_perm": 20, "batch_size": 4, "seed": 0, "variant": "pause", **kw})
 
 
 @pytest.mark.numeric
@@ -47,15 +47,20 @@ def test_bridge_patterns_and_residuals_match_hf_eager(tiny_ckpt_path):
     assert not torch.allclose(resid[-1], hidden[-1])
 
 
+def test_auto_probes_a_base_checkpoint_with_its_plain_prompt(tiny_ckpt):
+    assert tiny_ckpt.variant == "base"
+    assert attention.resolve_variant(tiny_ckpt, args(variant="auto"))[0] == "plain"  # as evaluate decodes it
+
+
 def test_main_writes_tidy_results(tiny_ckpt_path, tmp_path):
     out = tmp_path / "att"
     df = attention.main([str(tiny_ckpt_path), "--out", str(out), "--n-users", "8", "--n-perm", "10",
-                         "--dtype", "fp32"])
+                         "--dtype", "fp32", "--variant", "pause"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["probe"] == "attention" and meta["dtype"] == "fp32" and meta["checkpoints"][0]["cell"] == "init"
     assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
     assert len(pd.read_csv(out / "results.csv")) == len(df)
-    assert set(df["prompt"]) == {"pause"} and set(df["prompt_pauses"]) == {5}  # base checkpoint: probed with 5 pauses
+    assert set(df["prompt"]) == {"pause"} and set(df["prompt_pauses"]) == {5}  # a base checkpoint probed with 5 pauses
     mass = df[df["metric"].isin(["attn_mass", "attn_mass_sid"])]
     sums = mass.groupby(["metric", "layer", "head", "pos"])["value"].sum()
     assert np.allclose(sums, 1.0, atol=1e-5)  # every query's attention is split over the segments

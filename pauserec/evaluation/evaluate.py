@@ -38,7 +38,7 @@ from pauserec.model.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
-TOP_K = max(metrics.KS)  # every K in metrics.KS is read off one top-20 list
+LIST_LEN = max(metrics.KS)  # the length of the ranked list every K in metrics.KS is read off
 LATENCY_BATCH = 16  # the paper's latency protocol: batches of 16, greedy SID decoding
 MAX_BEAMS = 1024  # a sane bound: beams x users x catalog codes must fit in memory
 VARIANTS = ("plain", "pause", "cot")
@@ -55,14 +55,14 @@ class EvalArgs:
     n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1})
     eval_seed: int = field(default=0, metadata={"help": "seed of the user sample", "min": 0,
                                                 "aliases": ("--seed",)})
-    beams: int = field(default=20, metadata={"help": "beam width (never shrinks)", "min": TOP_K,
+    beams: int = field(default=20, metadata={"help": "beam width (never shrinks)", "min": LIST_LEN,
                                              "max": MAX_BEAMS})
     batch_size: int = field(default=16, metadata={"help": "users decoded together", "min": 1})
     variant: str | None = field(default=None, metadata={"help": "plain, pause or cot (default: checkpoint's)",
                                                         "choices": VARIANTS})
     n_pauses: int | None = field(default=None, metadata={"help": "pause count (default: checkpoint's)",
                                                          "min": 0, "max": registry.MAX_PAUSES,
-                                                         "aliases": ("--k",)})
+                                                         "deprecated": ("--k",)})
     cot_max_new_tokens: int = field(default=64, metadata={"help": "cap on a generated rationale", "min": 1})
     latency_samples: int = field(default=500, metadata={
         "help": f"users timed for latency, in batches of {LATENCY_BATCH} (0: skip)", "min": 0})
@@ -87,8 +87,7 @@ def examples_for(ckpt: Checkpoint, split: str = "test", n_users: int | None = No
 def prompt_variant(ckpt: Checkpoint, variant: str | None = None,
                    n_pauses: int | None = None) -> tuple[str, int]:
     """The decoding variant and pause count: overrides, else the checkpoint's (``base`` -> ``plain``)."""
-    variant = variant or ckpt.variant
-    variant = "plain" if variant == "base" else variant
+    variant = registry.prompt_of(variant or ckpt.variant)
     n_pauses = ckpt.n_pauses if n_pauses is None else n_pauses
     return variant, n_pauses if variant == "pause" else 0
 
@@ -118,14 +117,14 @@ def evaluate(ckpt: Checkpoint, split: str = "test", n_users: int | None = None, 
     builder = PromptBuilder.for_checkpoint(ckpt)
     histories = [ex.history for ex in examples]
     start = time.perf_counter()
-    recs = recommend(ckpt.model, builder, histories, variant=variant, n_pauses=n_pauses, top_k=TOP_K,
+    recs = recommend(ckpt.model, builder, histories, variant=variant, n_pauses=n_pauses, top_k=LIST_LEN,
                      beams=beams, batch_size=batch_size, **decode_kw)
     seconds = time.perf_counter() - start
     targets = np.array([ex.target for ex in examples])
     r = metrics.ranks(targets, recs.items)
     summary: dict[str, Any] = {
         "split": split, "n_users": len(examples), "eval_seed": seed, "prompt": variant, "prompt_pauses": n_pauses,
-        "beams": beams, "top_k": TOP_K, "constrained": decode_kw.get("constrained", True),
+        "beams": beams, "top_k": LIST_LEN, "constrained": decode_kw.get("constrained", True),
         **metrics.summarize(r),
         **metrics.health(recs.items, len(ckpt.catalog),
                          popular if popular is not None else popular_items(ckpt)),

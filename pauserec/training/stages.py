@@ -109,6 +109,13 @@ def prepare(ckpt: Checkpoint, args) -> tuple[dict[str, torch.Tensor], Checkpoint
     return {}, None
 
 
+def training_windows(ckpt: Checkpoint, args) -> tuple[list[data.Window], int]:
+    """A next-item stage's seeded sample of ``args.n_train`` training windows, and how many there were."""
+    history = args.max_history or ckpt.meta["dataset"].get("max_history", 20)
+    every = data.windows(checkpoint.dataset_of(ckpt), history, args.train_targets)
+    return [every[i] for i in data.sample(len(every), args.n_train, args.seed)], len(every)
+
+
 def build_corpus(ckpt: Checkpoint, args) -> tuple[corpus.Corpus, list, list]:
     """The stage's training sequences, plus (examples, rationales) for cot-sft."""
     ds = checkpoint.dataset_of(ckpt)
@@ -119,9 +126,7 @@ def build_corpus(ckpt: Checkpoint, args) -> tuple[corpus.Corpus, list, list]:
         if args.stage == "pause-pretrain":
             c = corpus.with_pauses(c, tok.convert_tokens_to_ids(tokens.PAUSE), args.pause_ratio, args.seed)
         return c, [], []
-    history = args.max_history or ckpt.meta["dataset"].get("max_history", 20)
-    every = data.windows(ds, history, args.train_targets)
-    chosen = [every[i] for i in data.sample(len(every), args.n_train, args.seed)]
+    chosen, available = training_windows(ckpt, args)
     examples = [ex for w in chosen for ex in w.examples()]
     filler = filler_token(tok) if args.control == "filler" else None
     builder = PromptBuilder(tok, ckpt.catalog, pause_token=filler, format=format_of(args.layout))
@@ -129,7 +134,7 @@ def build_corpus(ckpt: Checkpoint, args) -> tuple[corpus.Corpus, list, list]:
     n_pauses = 0 if args.control == "think-only" else args.n_pauses
     c = corpus.recommendation(builder, chosen, registry.variant_of(args.stage, args.control), args.layout,
                               n_pauses, [r.text for r in rats] if rats else None, args.rationale_loss)
-    c.info.update(available=len(every), used=len(chosen), train_targets=args.train_targets)
+    c.info.update(available=available, used=len(chosen), train_targets=args.train_targets)
     return c, examples, rats
 
 

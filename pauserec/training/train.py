@@ -78,7 +78,7 @@ class TrainArgs(LoopConfig):
                                                       "gt": 0.0, "max": 0.99})
     n_pauses: int = field(default=PAPER_PAUSES, metadata={"help": "pause-sft: pauses in the think block",
                                                             "min": 0, "max": registry.MAX_PAUSES,
-                                                            "aliases": ("--k",)})
+                                                            "deprecated": ("--k",)})
     pause_init: str = field(default="pretrained", metadata={"help": "pause-sft: " + ", ".join(registry.PAUSE_INITS),
                                                             "choices": registry.PAUSE_INITS})
     pause_from: str = field(default="", metadata={"help": "pause-sft: the pause-pretrain checkpoint"})

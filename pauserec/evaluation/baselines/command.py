@@ -89,7 +89,7 @@ def run(args: BaselineArgs) -> dict[str, Any]:
         model = baselines.make(args.model, **options).fit(ds, split["train"], seed=args.seed,
                                                           valid=stop_on)
         fit_s = time.perf_counter() - start
-        summary, frame = baselines.evaluate_baseline(model, examples, evaluate.TOP_K)
+        summary, frame = baselines.evaluate_baseline(model, examples, evaluate.LIST_LEN)
         metrics = {k: summary[k] for k in summary if k.startswith(("recall@", "ndcg@"))}
         out = {"split": args.split, "eval_seed": args.eval_seed, "n_users": len(examples),
                "max_history": args.max_history, **metrics,
