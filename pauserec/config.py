@@ -194,7 +194,7 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
     parser = _Parser(prog=prog, description=description or (cls.__doc__ or "").strip())
     for f in dataclasses.fields(cls):
         tp = _field_types(cls)[f.name]
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if f.metadata.get("positional"):
             nargs = "+" if typing.get_origin(tp) in (list, tuple) else None
             parser.add_argument(f.name, nargs=nargs, help=help_)
