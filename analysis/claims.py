@@ -47,23 +47,34 @@ from analysis.conditions import (
 from analysis.verdicts import Effect, Rule
 from pauserec.registry import PAPER_PAUSES
 
-PAPER_COT = ("+6.22% (vs OneRec-Think: CoT-SFT + RL; the paper's best of 12 metrics; ours has no "
-             "RL stage, so it is compared with CoT-SFT)")
+PAPER_COT = (
+    "+6.22% (vs OneRec-Think: CoT-SFT + RL; the paper's best of 12 metrics; ours has no "
+    "RL stage, so it is compared with CoT-SFT)"
+)
 
 
 @dataclass
 class Config:
-    """How claims are judged: the primary metric, the main CoT source and each claim's minimum effect."""
+    """How claims are judged: the primary metric, the main CoT source and each claim's minimum
+    effect."""
 
     metric: str = PRIMARY
     split: str = "test"
     main_rationale: str = "template"
-    quality_margin: float = field(default=verdicts.REL_MARGIN, metadata={"help": "% of the baseline"})
+    quality_margin: float = field(
+        default=verdicts.REL_MARGIN, metadata={"help": "% of the baseline"}
+    )
     cost_margin: float = field(default=10.0, metadata={"help": "% of CoT-SFT's device-hours"})
     latency_margin: float = field(default=10.0, metadata={"help": "% of CoT-SFT's latency"})
     probe_margin: float = field(default=0.01, metadata={"help": "absolute, in the probe's units"})
-    seed_sd: float = field(default=power.SEED_SD, metadata={
-        "help": "assumed seed-level sd of an effect (% of the baseline) where one seed can't tell"})
+    seed_sd: float = field(
+        default=power.SEED_SD,
+        metadata={
+            "help": (
+                "assumed seed-level sd of an effect (% of the baseline) where one seed can't tell"
+            )
+        },
+    )
     n_resamples: int = 2000  # bootstrap resamples of the probes' CIs over items/users
     seed: int = 0
 
@@ -94,8 +105,17 @@ class Claim:
         hidden = ("effect", "rule", "levels", "gate")
         out = {k: v for k, v in asdict(self).items() if k not in hidden}
         e = self.effect or Effect()
-        return {**out, "value": e.value, "lo": e.lo, "hi": e.hi, "rel": e.rel, "rel_lo": e.rel_lo,
-                "rel_hi": e.rel_hi, "n_seeds": e.n_seeds, "method": e.method}
+        return {
+            **out,
+            "value": e.value,
+            "lo": e.lo,
+            "hi": e.hi,
+            "rel": e.rel,
+            "rel_lo": e.rel_lo,
+            "rel_hi": e.rel_hi,
+            "n_seeds": e.n_seeds,
+            "method": e.method,
+        }
 
 
 def _fmt(e: Effect, relative: bool) -> tuple[str, str]:
@@ -113,9 +133,11 @@ def _setting(per_user: pd.DataFrame, cells: list[str]) -> str:
     rows = per_user[per_user["label"].isin(cells)]
     if not len(rows):
         return "—"
-    return (f"{'/'.join(sorted(map(str, rows['dataset'].unique())))}, "
-            f"{'/'.join(sorted(set(map(str, rows['backbone'].unique())) - {''})) or '—'}; "
-            f"{rows['user'].nunique():,} users; seeds {seed_list(rows['train_seed'])}")
+    return (
+        f"{'/'.join(sorted(map(str, rows['dataset'].unique())))}, "
+        f"{'/'.join(sorted(set(map(str, rows['backbone'].unique())) - {''})) or '—'}; "
+        f"{rows['user'].nunique():,} users; seeds {seed_list(rows['train_seed'])}"
+    )
 
 
 def with_seeds(per_user: pd.DataFrame, treat: str) -> pd.DataFrame:
@@ -148,8 +170,11 @@ def quality_rule(cfg: Config) -> Rule:
 
 def _gate(inputs: Inputs, treat: str, base: str, fair: str) -> tuple[str, str]:
     """(gate verdict, why) of a measured pair: not learned first, then an unfair comparison."""
-    sick = [conditions.not_learned(inputs.per_user, inputs.health, c, inputs.cfg.metric)
-            for c in (treat, base) if c not in BASELINES]
+    sick = [
+        conditions.not_learned(inputs.per_user, inputs.health, c, inputs.cfg.metric)
+        for c in (treat, base)
+        if c not in BASELINES
+    ]
     if any(sick):
         return verdicts.NOT_LEARNED, "; ".join(w for w in sick if w)
     if fair == "compute" and (diff := conditions.unmatched(inputs.ckpts, treat, base)):
@@ -159,8 +184,14 @@ def _gate(inputs: Inputs, treat: str, base: str, fair: str) -> tuple[str, str]:
     return "", ""
 
 
-def quality(claim: Claim, inputs: Inputs, treat: str | None, base: str | None,
-            fair: str = "compute", note: str = "") -> Claim:
+def quality(
+    claim: Claim,
+    inputs: Inputs,
+    treat: str | None,
+    base: str | None,
+    fair: str = "compute",
+    note: str = "",
+) -> Claim:
     """Relative gain of ``treat`` over ``base`` in the primary metric, paired over users and seeds,
     behind the gates (``fair``: ``compute``, ``footing`` or ``""``)."""
     cfg, per_user = inputs.cfg, inputs.per_user
@@ -197,8 +228,9 @@ def best_of(claim: Claim, inputs: Inputs, treat: str | None, rivals: list[str]) 
         claim.gate, claim.why = verdicts.NO_VERDICT, why
         return claim
     named = ", ".join(rivals) or "—"
-    return quality(claim, inputs, treat, best, note=f"the best of {named} on the valid split: "
-                                                    f"{best or '—'}")
+    return quality(
+        claim, inputs, treat, best, note=f"the best of {named} on the valid split: {best or '—'}"
+    )
 
 
 def vs_sft(claim: Claim, inputs: Inputs, labels: dict[str, str]) -> Claim:
@@ -206,8 +238,10 @@ def vs_sft(claim: Claim, inputs: Inputs, labels: dict[str, str]) -> Claim:
     if labels.get("plain") and not labels.get("sft-continued") and labels.get("pause"):
         claim.rule = quality_rule(inputs.cfg)
         claim.gate = verdicts.NO_VERDICT
-        claim.why = (f"missing control: sft-continued (plain `{labels['plain']}` stops before "
-                     "pause-sft's extra steps, so it is not a compute-matched reference)")
+        claim.why = (
+            f"missing control: sft-continued (plain `{labels['plain']}` stops before "
+            "pause-sft's extra steps, so it is not a compute-matched reference)"
+        )
         return claim
     return quality(claim, inputs, labels.get("pause"), labels.get("sft-continued"))
 
@@ -218,33 +252,55 @@ def vs_baseline(claim: Claim, inputs: Inputs, treat: str | None) -> Claim:
     base = strongest_baseline(inputs.per_user, inputs.cfg.metric)
     have = set(inputs.per_user["label"].unique()) if len(inputs.per_user) else set()
     named = ", ".join(b for b in BASELINES if b in have)
-    return quality(claim, inputs, treat, base, fair="footing",
-                   note=f"baselines: {named or '—'}; the strongest chosen on the "
-                        f"{inputs.cfg.split} split (biased against the claim)")
+    return quality(
+        claim,
+        inputs,
+        treat,
+        base,
+        fair="footing",
+        note=f"baselines: {named or '—'}; the strongest chosen on the "
+        f"{inputs.cfg.split} split (biased against the claim)",
+    )
 
 
 def cost(claim: Claim, train: pd.DataFrame, margin: float) -> Claim:
-    """Whole-lineage training device-hours per seed, pause vs cot (shared stages shown in the note)."""
+    """Whole-lineage training device-hours per seed, pause vs cot (shared stages shown in the
+    note)."""
     claim.rule = Rule(-1, margin)
     pause, cot = costs.per_seed_hours(train, "pause"), costs.per_seed_hours(train, "cot")
     if not pause or not cot:
         claim.why = "not run: no timings for both pause and cot"
         return claim
     claim.effect = verdicts.replicate_effect(pause, cot)
-    claim.compared, (claim.measured, claim.ci) = "pause vs cot (whole lineage)", _fmt(claim.effect, True)
+    claim.compared, (claim.measured, claim.ci) = (
+        "pause vs cot (whole lineage)",
+        _fmt(claim.effect, True),
+    )
     shared = costs.per_seed_hours(train, "pause", shared=True)
-    own = {r: np.mean(list(costs.per_seed_hours(train, r, shared=False).values())) for r in ("pause", "cot")}
-    claim.why = (f"device-hours per seed: shared stages {np.mean(list(shared.values())):.4g}, own stages pause "
-                 f"{own['pause']:.4g} vs cot {own['cot']:.4g}")
-    claim.setting = f"seeds {','.join(map(str, sorted(pause)))}; {costs.devices(train, pd.DataFrame())}"
+    own = {
+        r: np.mean(list(costs.per_seed_hours(train, r, shared=False).values()))
+        for r in ("pause", "cot")
+    }
+    claim.why = (
+        f"device-hours per seed: shared stages {np.mean(list(shared.values())):.4g}, own stages "
+        f"pause {own['pause']:.4g} vs cot {own['cot']:.4g}"
+    )
+    claim.setting = (
+        f"seeds {','.join(map(str, sorted(pause)))}; {costs.devices(train, pd.DataFrame())}"
+    )
     return claim
 
 
 def latency(claim: Claim, lat: pd.DataFrame, margin: float) -> Claim:
     """Per-sample latency (greedy, batch 16) from timed batches, pause vs cot."""
     claim.rule = Rule(-1, margin)
-    sides = {role: {int(s): g["value"].tolist() for s, g in lat[lat["role"] == role].groupby(
-        lat["train_seed"].fillna(0))} for role in ("pause", "cot")}
+    sides = {
+        role: {
+            int(s): g["value"].tolist()
+            for s, g in lat[lat["role"] == role].groupby(lat["train_seed"].fillna(0))
+        }
+        for role in ("pause", "cot")
+    }
     if not sides["pause"] or not sides["cot"]:
         claim.why = "not run: no timed batches for both pause and cot"
         return claim
@@ -252,7 +308,9 @@ def latency(claim: Claim, lat: pd.DataFrame, margin: float) -> Claim:
     claim.compared, (claim.measured, claim.ci) = "pause vs cot", _fmt(claim.effect, True)
     claim.why = ""
     n = int(lat.groupby("role").size().min()) * 16
-    claim.setting = f"{costs.devices(pd.DataFrame(), lat)}; {n} timed samples per side, batch 16, greedy"
+    claim.setting = (
+        f"{costs.devices(pd.DataFrame(), lat)}; {n} timed samples per side, batch 16, greedy"
+    )
     return claim
 
 
@@ -262,8 +320,15 @@ def probe(claim: Claim, est: Estimate, cfg: Config, direction: int) -> Claim:
     if est.missing:
         claim.why = est.missing
         return claim
-    claim.effect = Effect(est.value, est.lo, est.hi, n_seeds=est.n_seeds, n_units=est.n_units,
-                          unit=est.unit, method=f"a CI over {est.n_units:,} {est.unit}")
+    claim.effect = Effect(
+        est.value,
+        est.lo,
+        est.hi,
+        n_seeds=est.n_seeds,
+        n_units=est.n_units,
+        unit=est.unit,
+        method=f"a CI over {est.n_units:,} {est.unit}",
+    )
     claim.measured, claim.ci = _fmt(claim.effect, False)
     claim.setting, claim.why = est.setting, est.note
     return claim
@@ -296,33 +361,98 @@ def claims_for(data: Collected, cfg: Config) -> list[Claim]:
     pause = labels.get("pause")
     inits, counts = rivals(per_user)
     out = [
-        vs_sft(Claim("vs_sft", "PauseRec beats next-item SFT", "gain in recall@10 / NDCG@10"),
-               inputs, labels),
-        quality(Claim("vs_think_only", "The pauses matter, not the extra think block", "—"), inputs,
-                pause, labels.get("think-only")),
-        quality(Claim("vs_cot", "PauseRec beats explicit CoT-SFT (no RL)", PAPER_COT, target=6.22),
-                inputs, pause, labels.get("cot")),
-        best_of(Claim("pretrained_pause", "A pre-trained <pause> beats other inits and filler "
-                      "tokens", "pretrained init best"), inputs, pause, inits),
-        best_of(Claim("pause_count", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"),
-                inputs, pause, counts),
-        vs_baseline(Claim("vs_baseline", "PauseRec beats the strongest classical baseline", "—"),
-                    inputs, pause),
+        vs_sft(
+            Claim("vs_sft", "PauseRec beats next-item SFT", "gain in recall@10 / NDCG@10"),
+            inputs,
+            labels,
+        ),
+        quality(
+            Claim("vs_think_only", "The pauses matter, not the extra think block", "—"),
+            inputs,
+            pause,
+            labels.get("think-only"),
+        ),
+        quality(
+            Claim("vs_cot", "PauseRec beats explicit CoT-SFT (no RL)", PAPER_COT, target=6.22),
+            inputs,
+            pause,
+            labels.get("cot"),
+        ),
+        best_of(
+            Claim(
+                "pretrained_pause",
+                "A pre-trained <pause> beats other inits and filler tokens",
+                "pretrained init best",
+            ),
+            inputs,
+            pause,
+            inits,
+        ),
+        best_of(
+            Claim(
+                "pause_count", f"{PAPER_PAUSES} pauses is the best count", f"best at {PAPER_PAUSES}"
+            ),
+            inputs,
+            pause,
+            counts,
+        ),
+        vs_baseline(
+            Claim("vs_baseline", "PauseRec beats the strongest classical baseline", "—"),
+            inputs,
+            pause,
+        ),
     ]
     main = {r: labels[r] for r in ("pause", "cot") if r in labels}
-    out.append(cost(Claim("train_cost", "Training cost vs CoT-SFT (device-hours)", "−65% GPU-hours",
-                          target=-65.0), costs.training_rows(data.timings, main), cfg.cost_margin))
-    out.append(latency(Claim("latency", "Inference latency vs CoT-SFT", "−71.3%", target=-71.3),
-                       costs.latency_rows(data.runs, main), cfg.latency_margin))
+    out.append(
+        cost(
+            Claim(
+                "train_cost",
+                "Training cost vs CoT-SFT (device-hours)",
+                "−65% GPU-hours",
+                target=-65.0,
+            ),
+            costs.training_rows(data.timings, main),
+            cfg.cost_margin,
+        )
+    )
+    out.append(
+        latency(
+            Claim("latency", "Inference latency vs CoT-SFT", "−71.3%", target=-71.3),
+            costs.latency_rows(data.runs, main),
+            cfg.latency_margin,
+        )
+    )
     out += [
-        probe(Claim("misalignment", "SID-word misalignment grows with CoT training", "grows"),
-              alignment_claim(data.probes, cfg), cfg, +1),
-        probe(Claim("verbalization", "CoT weakens world-knowledge verbalisation (known but not said)",
-                    "gap grows"), verbalization_claim(data.probes, cfg), cfg, +1),
-        probe(Claim("rationale", "CoT is sensitive to rationale quality", "sensitive"),
-              rationale_claim(data.probes, cfg), cfg, -1),
-        probe(Claim("verbalization_sid", "... and on questions asked by SID (reported separately)", "—"),
-              verbalization_claim(data.probes, cfg, ("sid",)), cfg, +1),
+        probe(
+            Claim("misalignment", "SID-word misalignment grows with CoT training", "grows"),
+            alignment_claim(data.probes, cfg),
+            cfg,
+            +1,
+        ),
+        probe(
+            Claim(
+                "verbalization",
+                "CoT weakens world-knowledge verbalisation (known but not said)",
+                "gap grows",
+            ),
+            verbalization_claim(data.probes, cfg),
+            cfg,
+            +1,
+        ),
+        probe(
+            Claim("rationale", "CoT is sensitive to rationale quality", "sensitive"),
+            rationale_claim(data.probes, cfg),
+            cfg,
+            -1,
+        ),
+        probe(
+            Claim(
+                "verbalization_sid", "... and on questions asked by SID (reported separately)", "—"
+            ),
+            verbalization_claim(data.probes, cfg, ("sid",)),
+            cfg,
+            +1,
+        ),
     ]
     return out
 
@@ -367,16 +497,35 @@ def dataset_groups(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def subset(data: Collected, dataset: str, backbone: str) -> Collected:
-    """The part of ``data`` for one (dataset, backbone); baselines (no backbone) join every backbone."""
+    """The part of ``data`` for one (dataset, backbone); baselines (no backbone) join every
+    backbone."""
+
     def part(df: pd.DataFrame) -> pd.DataFrame:
         if not len(df) or "dataset" not in df.columns:
             return df
         same = df["dataset"].fillna("").astype(str) == dataset
-        bb = df["backbone"].fillna("").astype(str) if "backbone" in df.columns else pd.Series("", index=df.index)
+        bb = (
+            df["backbone"].fillna("").astype(str)
+            if "backbone" in df.columns
+            else pd.Series("", index=df.index)
+        )
         return df[same & ((bb == backbone) | (bb == ""))]
 
-    return Collected(*(part(getattr(data, f)) for f in ("ckpts", "runs", "eval", "probes", "timings",
-                                                        "train_logs", "health", "valid_logs")))
+    return Collected(
+        *(
+            part(getattr(data, f))
+            for f in (
+                "ckpts",
+                "runs",
+                "eval",
+                "probes",
+                "timings",
+                "train_logs",
+                "health",
+                "valid_logs",
+            )
+        )
+    )
 
 
 def evaluate(data: Collected, cfg: Config | None = None) -> pd.DataFrame:
@@ -386,8 +535,9 @@ def evaluate(data: Collected, cfg: Config | None = None) -> pd.DataFrame:
     table = claim_table(data, cfg or Config())
     judged = [c for _, _, c in table if c.effect is not None and not c.gate]
     results = verdicts.holm_verdicts([(c.effect, c.rule) for c in judged])
-    n_tests = max(1, sum(np.isfinite(c.effect.p) and c.effect.n_seeds >= verdicts.MIN_SEEDS
-                         for c in judged))
+    n_tests = max(
+        1, sum(np.isfinite(c.effect.p) and c.effect.n_seeds >= verdicts.MIN_SEEDS for c in judged)
+    )
     for c, (verdict, why, p) in zip(judged, results):
         c.verdict, c.why, c.p_holm = verdict, "; ".join(x for x in (why, c.why) if x), p
     for d, b, c in table:

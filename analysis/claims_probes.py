@@ -1,17 +1,19 @@
-"""The paper's three diagnostics, measured from probe results (tidy rows, see analysis.figures_probes).
+"""The paper's three diagnostics, measured from probe results (tidy rows, see
+analysis.figures_probes).
 
 - misalignment grows with CoT training: an alignment metric at ``cot-sft`` against the last earlier
   stage present (``sft``, else ``cpt``, else ``init``); signed so that positive = more misaligned
-  (``cosine_sid_title``, ``cka``, ``mknn`` fall; ``procrustes_residual``, ``centroid_distance`` rise);
+  (``cosine_sid_title``, ``cka``, ``mknn`` fall; ``procrustes_residual``, ``centroid_distance``
+  rise);
 - verbalisation gap after CoT: chance-corrected ``logit_acc_cc - gen_acc_cc`` at ``cot-sft`` on the
   world-knowledge questions (``query`` fact and title; SID questions are reported separately), minus
   the same gap at the earlier stage when present; positive = the model knows more than it can say;
-- sensitivity to rationale quality: mean ``delta_recall@10`` (perturbed minus clean rationale) over the
-  degrading perturbations (not ``oracle``/``upper_bound`` rows, not the ``paraphrase`` control), per
-  user; negative = sensitive.
+- sensitivity to rationale quality: mean ``delta_recall@10`` (perturbed minus clean rationale) over
+  the degrading perturbations (not ``oracle``/``upper_bound`` rows, not the ``paraphrase`` control),
+  per user; negative = sensitive.
 
-Rows are paired by ``item_id`` / ``user_id`` when both sides have the same ids; otherwise the two sides
-are resampled independently; single values give a point estimate without a CI.
+Rows are paired by ``item_id`` / ``user_id`` when both sides have the same ids; otherwise the two
+sides are resampled independently; single values give a point estimate without a CI.
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ import pandas as pd
 from analysis.conditions import seed_list
 from pauserec.evaluation import stats
 
-MISALIGNMENT = {"cosine_sid_title": -1, "cka": -1, "mknn": -1, "procrustes_residual": 1,
-                "centroid_distance": 1}
+MISALIGNMENT = {
+    "cosine_sid_title": -1,
+    "cka": -1,
+    "mknn": -1,
+    "procrustes_residual": 1,
+    "centroid_distance": 1,
+}
 REFERENCE_STAGES = ("sft", "cpt", "init")
 CLEAN = {"", "none", "clean", "original", "gold", "identity"}
 UPPER_BOUNDS = {"oracle"}  # the rationale names the target: an upper bound, not a degradation
@@ -78,8 +85,11 @@ def embedding_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     """Columns that pair rows of ``a`` and ``b`` (item/user ids, with query/field when present)."""
+
     def usable(col: str) -> bool:
-        return col in a.columns and col in b.columns and a[col].notna().all() and b[col].notna().all()
+        return (
+            col in a.columns and col in b.columns and a[col].notna().all() and b[col].notna().all()
+        )
 
     ids = [c for c in ("item_id", "user_id") if usable(c)]
     return [c for c in ("query", "field") if usable(c)] + ids if ids else []
@@ -103,8 +113,14 @@ def _setting(rows: pd.DataFrame) -> str:
         vals = sorted({str(v) for v in rows.get(col, pd.Series(dtype=str)).dropna() if str(v)})
         return "/".join(vals) or "?"
 
-    n = next((rows[c].nunique() for c in ("item_id", "user_id") if c in rows.columns
-              and rows[c].notna().any()), None)
+    n = next(
+        (
+            rows[c].nunique()
+            for c in ("item_id", "user_id")
+            if c in rows.columns and rows[c].notna().any()
+        ),
+        None,
+    )
     seeds = seed_list(rows.get("train_seed", []))
     return f"{join('dataset')}, {join('backbone')}" + (f"; n={n}" if n else "") + f"; seeds {seeds}"
 
@@ -126,18 +142,23 @@ def alignment_claim(probes: pd.DataFrame, cfg) -> Estimate:
         d, lo, hi, how = difference(cot, m[m["stage"] == ref], cfg)
         lo, hi = sorted((sign * lo, sign * hi))
         ref_mean = m.loc[m["stage"] == ref, "value"].mean()
-        note = (f"{metric}: cot-sft {cot['value'].mean():.4f} vs {ref} {ref_mean:.4f} ({how}); "
-                "positive = more misaligned")
+        note = (
+            f"{metric}: cot-sft {cot['value'].mean():.4f} vs {ref} {ref_mean:.4f} ({how}); "
+            "positive = more misaligned"
+        )
         pause = m[m["stage"] == "pause-sft"]
         if len(pause):
             note += f"; pause-sft change {sign * (pause['value'].mean() - ref_mean):+.4f}"
         n = cot["item_id"].nunique() if "item_id" in cot.columns else len(cot)
         return Estimate(sign * d, lo, hi, _setting(m), note, n_seeds=_n_seeds(cot), n_units=n)
-    return Estimate(missing="not run: alignment results need cot-sft and an earlier stage (sft/cpt/init)")
+    return Estimate(
+        missing="not run: alignment results need cot-sft and an earlier stage (sft/cpt/init)"
+    )
 
 
 def _gaps(rows: pd.DataFrame, suffix: str) -> pd.DataFrame:
-    """``logit_X - gen_X`` per question (or per checkpoint) of one checkpoint, as rows with ``value``."""
+    """``logit_X - gen_X`` per question (or per checkpoint) of one checkpoint, as rows with
+    ``value``."""
     gen, logit = rows[rows["metric"] == f"gen_{suffix}"], rows[rows["metric"] == f"logit_{suffix}"]
     keys = _keys(gen, logit)
     if keys:
@@ -159,14 +180,17 @@ def verbalization_rows(probes: pd.DataFrame, queries: tuple[str, ...] = WORLD) -
 
 
 def verbalization_claim(probes: pd.DataFrame, cfg, queries: tuple[str, ...] = WORLD) -> Estimate:
-    """Chance-corrected generation-vs-logit gap at ``cot-sft`` (minus the pre-CoT gap when measured)."""
+    """Chance-corrected generation-vs-logit gap at ``cot-sft`` (minus the pre-CoT gap when
+    measured)."""
     rows = verbalization_rows(probes, queries)
     cot = rows[rows["stage"] == "cot-sft"] if len(rows) else rows
     names = set(cot.get("metric", []))
     suffix = next((s for s in ("acc_cc", "acc") if {f"gen_{s}", f"logit_{s}"} <= names), None)
     if suffix is None:
-        return Estimate(missing=f"not run: no gen_acc/logit_acc verbalisation results ({'/'.join(queries)}) "
-                                "at cot-sft")
+        return Estimate(
+            missing=f"not run: no gen_acc/logit_acc verbalisation results ({'/'.join(queries)}) "
+            "at cot-sft"
+        )
     gap_cot = _gaps(cot, suffix)
     n_units, seeds = len(gap_cot), _n_seeds(cot)
     what = f"logit_{suffix} - gen_{suffix} on {'/'.join(queries)} questions"
@@ -174,11 +198,21 @@ def verbalization_claim(probes: pd.DataFrame, cfg, queries: tuple[str, ...] = WO
     if ref is None:
         mean, lo, hi = stats.bootstrap_mean_ci(gap_cot["value"], cfg.n_resamples, cfg.seed)
         ok = len(gap_cot) > 1
-        return Estimate(mean, lo if ok else math.nan, hi if ok else math.nan, _setting(cot),
-                        f"{what} at cot-sft (no pre-CoT stage measured)", n_seeds=seeds, n_units=n_units)
+        return Estimate(
+            mean,
+            lo if ok else math.nan,
+            hi if ok else math.nan,
+            _setting(cot),
+            f"{what} at cot-sft (no pre-CoT stage measured)",
+            n_seeds=seeds,
+            n_units=n_units,
+        )
     gap_ref = _gaps(rows[rows["stage"] == ref], suffix)
     d, lo, hi, how = difference(gap_cot, gap_ref, cfg)
-    note = f"{what}: cot-sft {gap_cot['value'].mean():+.4f} vs {ref} {gap_ref['value'].mean():+.4f} ({how})"
+    note = (
+        f"{what}: cot-sft {gap_cot['value'].mean():+.4f} "
+        f"vs {ref} {gap_ref['value'].mean():+.4f} ({how})"
+    )
     return Estimate(d, lo, hi, _setting(cot), note, n_seeds=seeds, n_units=n_units)
 
 
@@ -206,14 +240,30 @@ def rationale_claim(probes: pd.DataFrame, cfg) -> Estimate:
     by_user = "user_id" in kept.columns and kept["user_id"].notna().all()
     values = kept.groupby("user_id")["value"].mean() if by_user else kept["value"]
     mean, lo, hi = stats.bootstrap_mean_ci(values, cfg.n_resamples, cfg.seed)
-    per = rows.groupby("perturbation")["value"].mean() if "perturbation" in rows.columns else pd.Series()
+    per = (
+        rows.groupby("perturbation")["value"].mean()
+        if "perturbation" in rows.columns
+        else pd.Series()
+    )
     excluded = sorted(set(per.index) - set(kept.get("perturbation", [])))
     note = "delta = perturbed - clean, averaged over degrading perturbations; " + ", ".join(
-        f"{k}: {v:+.4f}" for k, v in per.items())
+        f"{k}: {v:+.4f}" for k, v in per.items()
+    )
     if excluded:
         note += f" (not averaged: {', '.join(map(str, excluded))})"
     if not (kept["variant"] == "cot").any():
-        note += f"; WARNING: measured on {'/'.join(sorted(set(kept['variant'])))}, not a CoT checkpoint"
+        note += (
+            f"; WARNING: measured on {'/'.join(sorted(set(kept['variant'])))}, not a CoT checkpoint"
+        )
     if len(values) < 2:
         lo = hi = math.nan
-    return Estimate(mean, lo, hi, _setting(kept), note, n_seeds=_n_seeds(kept), n_units=len(values), unit="users")
+    return Estimate(
+        mean,
+        lo,
+        hi,
+        _setting(kept),
+        note,
+        n_seeds=_n_seeds(kept),
+        n_units=len(values),
+        unit="users",
+    )

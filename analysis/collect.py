@@ -1,14 +1,15 @@
 """Read result files into tidy pandas tables: a concatenation, because every file says what it is.
 
-Under each root (searched recursively; hidden directories such as atomic-write temp dirs are skipped):
+Under each root (searched recursively; hidden directories such as atomic-write temp dirs are
+skipped):
 
-- checkpoints: ``pauserec.json`` -> one row per checkpoint (its identity) and one per timed stage of its
-  whole lineage (:func:`checkpoint_rows`, :func:`timing_rows`);
-- evaluations (checkpoints and classical baselines alike): ``per_user.csv`` rows carry the identity of
-  what was evaluated, the split and the eval seed; ``metrics.json`` the summary -> :func:`eval_rows`,
-  :func:`summary_rows`;
-- probes: ``results.csv`` beside a ``meta.json`` naming the probe; rows carry their checkpoint's identity
-  -> :func:`probe_rows`;
+- checkpoints: ``pauserec.json`` -> one row per checkpoint (its identity) and one per timed stage of
+  its whole lineage (:func:`checkpoint_rows`, :func:`timing_rows`);
+- evaluations (checkpoints and classical baselines alike): ``per_user.csv`` rows carry the identity
+  of what was evaluated, the split and the eval seed; ``metrics.json`` the summary ->
+  :func:`eval_rows`, :func:`summary_rows`;
+- probes: ``results.csv`` beside a ``meta.json`` naming the probe; rows carry their checkpoint's
+  identity -> :func:`probe_rows`;
 - training logs: ``train_log.csv`` beside a ``pauserec.json`` -> :func:`train_log_rows`.
 
 Paths in the tables are relative to the root they were found under.
@@ -33,9 +34,21 @@ from pauserec.registry import PARENT
 
 log = logging.getLogger(__name__)
 Roots = str | Path | Sequence[str | Path]
-SETTINGS = {"n_pauses", "eval_seed", "train_seed", "format_version", "beams", "top_k", "batch_size",
-            "latency_samples", "latency_batch_size", "cot_max_new_tokens", "n_users",
-            "prompt_pauses", "max_history"}  # not measurements
+SETTINGS = {
+    "n_pauses",
+    "eval_seed",
+    "train_seed",
+    "format_version",
+    "beams",
+    "top_k",
+    "batch_size",
+    "latency_samples",
+    "latency_batch_size",
+    "cot_max_new_tokens",
+    "n_users",
+    "prompt_pauses",
+    "max_history",
+}  # not measurements
 
 
 TEXT = [c for c in IDENTITY if c not in ("n_pauses", "train_seed", "rationale_leaky")]
@@ -72,7 +85,8 @@ def find(root: Roots, name: str) -> list[tuple[Path, Path]]:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file, or ``{}`` (with a warning) when it is missing, unreadable or not an object."""
+    """A JSON object file, or ``{}`` (with a warning) when it is missing, unreadable or not an
+    object."""
     if not path.is_file():
         return {}
     try:
@@ -90,7 +104,9 @@ def read_csv(path: Path, need: set[str]) -> pd.DataFrame | None:
         log.warning("skipping %s: %s", path, err)
         return None
     if not need <= set(df.columns):
-        log.warning("skipping %s: it lacks column(s) %s", path, ", ".join(sorted(need - set(df.columns))))
+        log.warning(
+            "skipping %s: it lacks column(s) %s", path, ", ".join(sorted(need - set(df.columns)))
+        )
         return None
     return df
 
@@ -112,9 +128,9 @@ def start_of(meta: dict[str, Any]) -> str:
 
 
 def checkpoint_rows(root: Roots) -> pd.DataFrame:
-    """One row per checkpoint: its identity (hash, dataset, backbone, variant, stage, cell, ...), path,
-    its stage's recipe and schedule (epochs, n_train, lr, batch size, ...), the optimizer steps it
-    took, where it started (:func:`start_of`), history length, how its new token rows were
+    """One row per checkpoint: its identity (hash, dataset, backbone, variant, stage, cell, ...),
+    path, its stage's recipe and schedule (epochs, n_train, lr, batch size, ...), the optimizer
+    steps it took, where it started (:func:`start_of`), history length, how its new token rows were
     initialised (``token_init``, from the lineage's init checkpoint) and where it trained."""
     rows = []
     for base, p in find(root, "pauserec.json"):
@@ -123,35 +139,78 @@ def checkpoint_rows(root: Roots) -> pd.DataFrame:
             stage = meta.get("stage", "init")
             cfg = (meta.get("configs") or {}).get(stage) or {}
             timing = (meta.get("timings") or {}).get(stage) or {}
-            rows.append({**identity(meta, p.parent), "ckpt_path": rel(base, p.parent),
-                         **{k: cfg.get(k) for k in (*RECIPE, *SCHEDULE)},
-                         "steps": timing.get("steps"), "start": start_of(meta),
-                         "max_history": (meta.get("dataset") or {}).get("max_history"),
-                         "token_init": ((meta.get("configs") or {}).get("init") or {}).get("init"),
-                         "device": timing.get("device"), "dtype": timing.get("dtype")})
-    cols = [*IDENTITY, "ckpt_path", *RECIPE, *SCHEDULE, "steps", "start", "max_history",
-            "token_init", "device", "dtype"]
+            rows.append(
+                {
+                    **identity(meta, p.parent),
+                    "ckpt_path": rel(base, p.parent),
+                    **{k: cfg.get(k) for k in (*RECIPE, *SCHEDULE)},
+                    "steps": timing.get("steps"),
+                    "start": start_of(meta),
+                    "max_history": (meta.get("dataset") or {}).get("max_history"),
+                    "token_init": ((meta.get("configs") or {}).get("init") or {}).get("init"),
+                    "device": timing.get("device"),
+                    "dtype": timing.get("dtype"),
+                }
+            )
+    cols = [
+        *IDENTITY,
+        "ckpt_path",
+        *RECIPE,
+        *SCHEDULE,
+        "steps",
+        "start",
+        "max_history",
+        "token_init",
+        "device",
+        "dtype",
+    ]
     return tidy(pd.DataFrame(rows, columns=cols))
 
 
 def timing_rows(root: Roots) -> pd.DataFrame:
-    """One row per (checkpoint, timed stage of its lineage): wall_s, device_hours, tokens, device."""
+    """One row per (checkpoint, timed stage of its lineage): wall_s, device_hours, tokens,
+    device."""
     rows = []
     for base, p in find(root, "pauserec.json"):
         meta = read_json(p)
         ident = identity(meta, p.parent) if meta else {}
         for stage, t in (meta.get("timings") or {}).items():
             if isinstance(t, dict):
-                rows.append({**ident, "ckpt_path": rel(base, p.parent), "timing_stage": stage,
-                             **{k: t.get(k) for k in ("wall_s", "device_hours", "tokens", "tokens_per_s",
-                                                      "device", "dtype")}})
-    cols = [*IDENTITY, "ckpt_path", "timing_stage", "wall_s", "device_hours", "tokens", "tokens_per_s",
-            "device", "dtype"]
+                rows.append(
+                    {
+                        **ident,
+                        "ckpt_path": rel(base, p.parent),
+                        "timing_stage": stage,
+                        **{
+                            k: t.get(k)
+                            for k in (
+                                "wall_s",
+                                "device_hours",
+                                "tokens",
+                                "tokens_per_s",
+                                "device",
+                                "dtype",
+                            )
+                        },
+                    }
+                )
+    cols = [
+        *IDENTITY,
+        "ckpt_path",
+        "timing_stage",
+        "wall_s",
+        "device_hours",
+        "tokens",
+        "tokens_per_s",
+        "device",
+        "dtype",
+    ]
     return tidy(pd.DataFrame(rows, columns=cols))
 
 
 def per_user_metrics(frame: pd.DataFrame, ks=KS) -> pd.DataFrame:
-    """``frame`` with ``recall@K`` and ``ndcg@K`` recomputed from its 1-based ``rank`` (0 = miss)."""
+    """``frame`` with ``recall@K`` and ``ndcg@K`` recomputed from its 1-based ``rank`` (0 =
+    miss)."""
     out = frame.copy()
     rank = pd.to_numeric(out["rank"], errors="coerce").fillna(0).to_numpy()
     for k in ks:
@@ -161,12 +220,15 @@ def per_user_metrics(frame: pd.DataFrame, ks=KS) -> pd.DataFrame:
 
 
 def eval_rows(root: Roots) -> pd.DataFrame:
-    """Every evaluation's per-user rows (identity, split, eval_seed, user, target, rank, metrics)."""
+    """Every evaluation's per-user rows (identity, split, eval_seed, user, target, rank,
+    metrics)."""
     frames = []
     for base, p in find(root, "per_user.csv"):
         df = read_csv(p, {"user", "rank", "cell", "split"})
         if df is not None:
-            df = per_user_metrics(df.drop(columns=[c for c in df.columns if c.startswith(("hit@", "ndcg@"))]))
+            df = per_user_metrics(
+                df.drop(columns=[c for c in df.columns if c.startswith(("hit@", "ndcg@"))])
+            )
             frames.append(df.assign(eval_dir=rel(base, p.parent)))
     if not frames:
         return pd.DataFrame(columns=[*IDENTITY, "split", "eval_seed", "eval_dir", "user", "rank"])
@@ -176,16 +238,22 @@ def eval_rows(root: Roots) -> pd.DataFrame:
 
 
 def summary_rows(root: Roots) -> pd.DataFrame:
-    """Summary measurements of every ``metrics.json``, long: identity, split, metric, value (numbers only;
-    the per-batch latencies stay a list in ``latency_batches_ms``)."""
+    """Summary measurements of every ``metrics.json``, long: identity, split, metric, value (numbers
+    only; the per-batch latencies stay a list in ``latency_batches_ms``)."""
     rows = []
     for base, p in find(root, "metrics.json"):
         m = read_json(p)
         if "cell" not in m:
             continue
         ident = {k: m.get(k) for k in IDENTITY}
-        info = {**ident, "split": m.get("split"), "eval_seed": m.get("eval_seed"), "eval_dir": rel(base, p.parent),
-                "device": m.get("device", ""), "dtype": m.get("dtype", "")}
+        info = {
+            **ident,
+            "split": m.get("split"),
+            "eval_seed": m.get("eval_seed"),
+            "eval_dir": rel(base, p.parent),
+            "device": m.get("device", ""),
+            "dtype": m.get("dtype", ""),
+        }
         for key, value in m.items():
             if key in SETTINGS or key in IDENTITY or isinstance(value, bool):
                 continue
@@ -193,7 +261,17 @@ def summary_rows(root: Roots) -> pd.DataFrame:
                 rows.append({**info, "metric": key, "value": float(value)})
         for i, v in enumerate(m.get("latency_batches_ms") or []):
             rows.append({**info, "metric": "latency_batch_ms", "batch": i, "value": float(v)})
-    cols = [*IDENTITY, "split", "eval_seed", "eval_dir", "device", "dtype", "metric", "value", "batch"]
+    cols = [
+        *IDENTITY,
+        "split",
+        "eval_seed",
+        "eval_dir",
+        "device",
+        "dtype",
+        "metric",
+        "value",
+        "batch",
+    ]
     return tidy(pd.DataFrame(rows, columns=cols))
 
 
@@ -204,10 +282,15 @@ def health_rows(root: Roots) -> pd.DataFrame:
     for base, p in find(root, "metrics.json"):
         m = read_json(p)
         if "cell" in m and "user_independent" in m:
-            rows.append({**{k: m.get(k) for k in IDENTITY}, "split": m.get("split"),
-                         "eval_dir": rel(base, p.parent),
-                         "user_independent": bool(m["user_independent"]),
-                         "distinct_lists@10": m.get("distinct_lists@10")})
+            rows.append(
+                {
+                    **{k: m.get(k) for k in IDENTITY},
+                    "split": m.get("split"),
+                    "eval_dir": rel(base, p.parent),
+                    "user_independent": bool(m["user_independent"]),
+                    "distinct_lists@10": m.get("distinct_lists@10"),
+                }
+            )
     cols = [*IDENTITY, "split", "eval_dir", "user_independent", "distinct_lists@10"]
     return tidy(pd.DataFrame(rows, columns=cols))
 
@@ -227,16 +310,22 @@ def probe_rows(root: Roots) -> pd.DataFrame:
     return tidy(pd.concat(frames, ignore_index=True))
 
 
-def log_rows(root: Roots, name: str = "train_log.csv", need: Sequence[str] = ("step", "loss")) -> pd.DataFrame:
-    """Every log file ``name`` beside a ``pauserec.json`` (the training log, or ``valid_log.csv``: the
-    validation Recall@10 measured while the stage trained), with that checkpoint's identity."""
+def log_rows(
+    root: Roots, name: str = "train_log.csv", need: Sequence[str] = ("step", "loss")
+) -> pd.DataFrame:
+    """Every log file ``name`` beside a ``pauserec.json`` (the training log, or ``valid_log.csv``:
+    the validation Recall@10 measured while the stage trained), with that checkpoint's identity."""
     frames = []
     for base, p in find(root, name):
         meta = read_json(p.parent / "pauserec.json")
         df = read_csv(p, set(need)) if meta else None
         if df is not None:
             frames.append(df.assign(**identity(meta, p.parent), ckpt_path=rel(base, p.parent)))
-    return tidy(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=[*IDENTITY, *need])
+    return (
+        tidy(pd.concat(frames, ignore_index=True))
+        if frames
+        else pd.DataFrame(columns=[*IDENTITY, *need])
+    )
 
 
 def train_log_rows(root: Roots) -> pd.DataFrame:
@@ -245,7 +334,8 @@ def train_log_rows(root: Roots) -> pd.DataFrame:
 
 
 def valid_log_rows(root: Roots) -> pd.DataFrame:
-    """Every ``valid_log.csv`` (validation Recall@10 during training, most-popular on the same users)."""
+    """Every ``valid_log.csv`` (validation Recall@10 during training, most-popular on the same
+    users)."""
     return log_rows(root, "valid_log.csv", ("step", "recall@10", "popular_recall@10"))
 
 
@@ -269,14 +359,23 @@ class Collected:
 def collect(root: Roots) -> Collected:
     """Read every kind of result file under the roots."""
     ckpts = checkpoint_rows(root)
-    tables = [summary_rows(root), eval_rows(root), probe_rows(root), timing_rows(root), train_log_rows(root),
-              health_rows(root), valid_log_rows(root)]
+    tables = [
+        summary_rows(root),
+        eval_rows(root),
+        probe_rows(root),
+        timing_rows(root),
+        train_log_rows(root),
+        health_rows(root),
+        valid_log_rows(root),
+    ]
     return Collected(ckpts, *(from_checkpoints(df, ckpts) for df in tables))
 
 
-def from_checkpoints(df: pd.DataFrame, ckpts: pd.DataFrame, columns: Sequence[str] = ("control",)) -> pd.DataFrame:
-    """Identity columns that result files written before the column existed lack (empty there), filled in
-    from the checkpoint the rows name by hash."""
+def from_checkpoints(
+    df: pd.DataFrame, ckpts: pd.DataFrame, columns: Sequence[str] = ("control",)
+) -> pd.DataFrame:
+    """Identity columns that result files written before the column existed lack (empty there),
+    filled in from the checkpoint the rows name by hash."""
     if not len(df) or not len(ckpts) or "ckpt_hash" not in df.columns:
         return df
     out = df.copy()
@@ -290,7 +389,8 @@ def from_checkpoints(df: pd.DataFrame, ckpts: pd.DataFrame, columns: Sequence[st
 
 
 def collect_all(root: Roots) -> pd.DataFrame:
-    """The one tidy table: every evaluation's summary metrics and every probe's rows (``kind`` says which)."""
+    """The one tidy table: every evaluation's summary metrics and every probe's rows (``kind`` says
+    which)."""
     runs = summary_rows(root).assign(kind="metric")
     probes = probe_rows(root).assign(kind="probe")
     return pd.concat([df for df in (runs, probes) if len(df)] or [runs], ignore_index=True)

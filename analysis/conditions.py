@@ -1,9 +1,10 @@
 """Trained conditions: their labels, which ones the claims compare, and their metric table.
 
-A condition is an experiment *cell*, recorded by the trainer in every checkpoint and carried by every
-evaluation row: ``sft``, ``pause-k5``, ``pause-k5-mean-text``, ``think-only``, ``sft-continued``,
-``filler-k5``, ``cot-template``, and the classical baselines ``popularity``, ``markov``, ``sasrec``. The
-label of a row is its cell; nothing is guessed from paths or metric names.
+A condition is an experiment *cell*, recorded by the trainer in every checkpoint and carried by
+every evaluation row: ``sft``, ``pause-k5``, ``pause-k5-mean-text``, ``think-only``,
+``sft-continued``, ``filler-k5``, ``cot-template``, and the classical baselines ``popularity``,
+``markov``, ``sasrec``. The label of a row is its cell; nothing is guessed from paths or metric
+names.
 
 The claims' gates read here whether a comparison is a fair one: :func:`not_learned` (a condition
 whose lists do not depend on the user, or that scores below most-popular on the same users),
@@ -24,7 +25,8 @@ from pauserec.evaluation import stats
 
 
 def seed_list(values) -> str:
-    """Training seeds as ``0,1,2`` (missing values skipped, floats from CSVs as ints); ``—`` when none."""
+    """Training seeds as ``0,1,2`` (missing values skipped, floats from CSVs as ints); ``—`` when
+    none."""
     return ",".join(str(int(s)) for s in sorted({float(v) for v in values if v == v})) or "—"
 
 
@@ -37,24 +39,31 @@ ORDER = ("baseline", "base", "plain", "pause", "cot")  # how variants are listed
 def with_labels(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` plus a ``label`` column: the cell (empty frames get an empty one)."""
     out = frame.copy()
-    out["label"] = out["cell"].astype(str) if "cell" in out.columns and len(out) else pd.Series(dtype=str)
+    out["label"] = (
+        out["cell"].astype(str) if "cell" in out.columns and len(out) else pd.Series(dtype=str)
+    )
     return out
 
 
 def matching(frame: pd.DataFrame, **columns) -> pd.Series:
-    """Rows of ``frame`` whose identity columns equal ``columns`` (a column ``frame`` lacks matches "")."""
+    """Rows of ``frame`` whose identity columns equal ``columns`` (a column ``frame`` lacks matches
+    "")."""
     keep = pd.Series(True, index=frame.index)
     for col, want in columns.items():
         have = frame[col] if col in frame.columns else pd.Series("", index=frame.index)
-        keep &= (pd.to_numeric(have, errors="coerce") == want) if isinstance(want, int) else \
-            (have.fillna("").astype(str) == str(want))
+        keep &= (
+            (pd.to_numeric(have, errors="coerce") == want)
+            if isinstance(want, int)
+            else (have.fillna("").astype(str) == str(want))
+        )
     return keep
 
 
 def main_labels(frame: pd.DataFrame, main_rationale: str = "template") -> dict[str, str]:
-    """{role: cell} of the conditions the claims compare, for those present in ``frame``, selected by
-    identity columns (:data:`pauserec.registry.ROLES`): ``plain`` (sft), ``pause`` (the paper's pause
-    count, pretrained init), ``cot`` (the main rationale source), the controls and the baselines."""
+    """{role: cell} of the conditions the claims compare, for those present in ``frame``, selected
+    by identity columns (:data:`pauserec.registry.ROLES`): ``plain`` (sft), ``pause`` (the paper's
+    pause count, pretrained init), ``cot`` (the main rationale source), the controls and the
+    baselines."""
     if not len(frame) or "cell" not in frame.columns:
         return {}
     specs = {**registry.ROLES, "cot": {**registry.ROLES["cot"], "rationale_source": main_rationale}}
@@ -68,21 +77,26 @@ def main_labels(frame: pd.DataFrame, main_rationale: str = "template") -> dict[s
 
 
 def strongest_baseline(per_user: pd.DataFrame, metric: str = PRIMARY) -> str | None:
-    """The classical baseline with the best mean ``metric`` (the one every variant is compared with)."""
+    """The classical baseline with the best mean ``metric`` (the one every variant is compared
+    with)."""
     rows = per_user[per_user["cell"].isin(BASELINES)] if len(per_user) else per_user
     if not len(rows):
         return None
     return str(rows.groupby("cell")[metric].mean().idxmax())
 
 
-def not_learned(per_user: pd.DataFrame, health: pd.DataFrame, cell: str,
-                metric: str = PRIMARY) -> str:
+def not_learned(
+    per_user: pd.DataFrame, health: pd.DataFrame, cell: str, metric: str = PRIMARY
+) -> str:
     """Why ``cell`` has not learned to recommend ('' if it has): an evaluation that gives most users
     the same top-10 list (``user_independent``), or a mean ``metric`` below most-popular (the
     ``popularity`` baseline) on the same users. ``per_user`` and ``health`` hold one split."""
     why = []
-    flags = health[(health["cell"] == cell) & health["user_independent"].astype(bool)] if len(
-        health) else health
+    flags = (
+        health[(health["cell"] == cell) & health["user_independent"].astype(bool)]
+        if len(health)
+        else health
+    )
     if len(flags):
         seeds = seed_list(flags["train_seed"])
         why.append(f"`{cell}` gives most users the same top-10 list (seeds {seeds})")
@@ -93,13 +107,27 @@ def not_learned(per_user: pd.DataFrame, health: pd.DataFrame, cell: str,
         mean = rows.groupby("train_seed", dropna=False)[metric].mean().mean()
         floor = pop[rows["user"].unique()].mean()
         if mean < floor:
-            why.append(f"`{cell}` {metric} {mean:.4f} is below most-popular's {floor:.4f} on the "
-                       f"same {rows['user'].nunique():,} users")
+            why.append(
+                f"`{cell}` {metric} {mean:.4f} is below most-popular's {floor:.4f} on the "
+                f"same {rows['user'].nunique():,} users"
+            )
     return "; ".join(why)
 
 
-MATCHED = ("dataset", "start", "steps", "n_train", "train_targets", "max_history", "epochs",
-           "max_steps", "lr", "batch_size", "batch_tokens", "warmup_ratio")  # start, steps, data,
+MATCHED = (
+    "dataset",
+    "start",
+    "steps",
+    "n_train",
+    "train_targets",
+    "max_history",
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "batch_tokens",
+    "warmup_ratio",
+)  # start, steps, data,
 # schedule: what two compute-matched conditions share (the checkpoints' training records)
 
 
@@ -123,8 +151,10 @@ def unmatched(ckpts: pd.DataFrame, treat: str, base: str) -> str:
         return "no training seed on both sides: compute cannot be checked"
     diffs = []
     for col in MATCHED:
-        a, b = ([_text(r[col].get(s)) if col in r else "—" for s in seeds]
-                for r in (rows[treat], rows[base]))
+        a, b = (
+            [_text(r[col].get(s)) if col in r else "—" for s in seeds]
+            for r in (rows[treat], rows[base])
+        )
         bad = [i for i in range(len(seeds)) if a[i] != b[i]]
         if bad:
             diffs.append(f"{col} {a[bad[0]]} vs {b[bad[0]]} (seed {seeds[bad[0]]:g})")
@@ -146,8 +176,9 @@ def footing(per_user: pd.DataFrame, treat: str, base: str) -> str:
     return "; ".join(diffs)
 
 
-def best_on_valid(valid: pd.DataFrame, cells: Sequence[str],
-                  metric: str = PRIMARY) -> tuple[str | None, str]:
+def best_on_valid(
+    valid: pd.DataFrame, cells: Sequence[str], metric: str = PRIMARY
+) -> tuple[str | None, str]:
     """(the cell of ``cells`` with the best mean ``metric`` on the validation rows ``valid``, '')
     or (None, why not): every candidate needs a validation-split evaluation (one: no choice)."""
     if len(cells) <= 1:
@@ -155,13 +186,19 @@ def best_on_valid(valid: pd.DataFrame, cells: Sequence[str],
     have = set(valid["label"].unique()) if len(valid) else set()
     missing = [c for c in cells if c not in have]
     if missing:
-        return None, (f"the best of {', '.join(cells)} must be chosen on the valid split: no "
-                      f"valid-split evaluation of {', '.join(missing)}")
+        return None, (
+            f"the best of {', '.join(cells)} must be chosen on the valid split: no "
+            f"valid-split evaluation of {', '.join(missing)}"
+        )
     return str(valid[valid["label"].isin(cells)].groupby("label")[metric].mean().idxmax()), ""
 
 
-def conditions_table(per_user: pd.DataFrame, metrics: Sequence[str] = ("recall@10", "ndcg@10"),
-                     n_resamples: int = stats.N_RESAMPLES, seed: int = 0) -> pd.DataFrame:
+def conditions_table(
+    per_user: pd.DataFrame,
+    metrics: Sequence[str] = ("recall@10", "ndcg@10"),
+    n_resamples: int = stats.N_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per (dataset, backbone, split, cell): users, seeds, and each metric's mean with a
     bootstrap CI over users (seeds averaged per user first)."""
     if not len(per_user):
@@ -171,7 +208,8 @@ def conditions_table(per_user: pd.DataFrame, metrics: Sequence[str] = ("recall@1
     frame[keys] = frame[keys].fillna("").astype(str)  # baselines have no backbone
     avg = stats.mean_over_seeds(frame, keys, list(metrics), seed="train_seed")
     seeds = frame.groupby(keys, dropna=False)["train_seed"].agg(
-        lambda s: ",".join(str(int(x)) for x in sorted(set(s)) if x >= 0) or "—")
+        lambda s: ",".join(str(int(x)) for x in sorted(set(s)) if x >= 0) or "—"
+    )
     rows = []
     for key, group in avg.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
@@ -182,5 +220,9 @@ def conditions_table(per_user: pd.DataFrame, metrics: Sequence[str] = ("recall@1
         rows.append(row)
     order = {v: i for i, v in enumerate(ORDER)}
     out = pd.DataFrame(rows)
-    return out.sort_values(["variant", "label"], key=lambda s: s.map(lambda v: (order.get(v, 9), v)),
-                           kind="stable", ignore_index=True).drop(columns="variant")
+    return out.sort_values(
+        ["variant", "label"],
+        key=lambda s: s.map(lambda v: (order.get(v, 9), v)),
+        kind="stable",
+        ignore_index=True,
+    ).drop(columns="variant")

@@ -18,7 +18,11 @@ def training_rows(timings: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame
     device_hours, device, shared (the stage is one of :data:`SHARED`)."""
     frames = []
     for role, cell in labels.items():
-        rows = timings[(timings["cell"] == cell) & (timings["stage"] != "init")] if len(timings) else timings
+        rows = (
+            timings[(timings["cell"] == cell) & (timings["stage"] != "init")]
+            if len(timings)
+            else timings
+        )
         if len(rows):
             frames.append(rows.assign(role=role, shared=rows["timing_stage"].isin(SHARED)))
     cols = ["role", "cell", "train_seed", "timing_stage", "device_hours", "device", "shared"]
@@ -28,7 +32,8 @@ def training_rows(timings: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame
 
 
 def per_seed_hours(train: pd.DataFrame, role: str, shared: bool | None = None) -> dict[int, float]:
-    """{train_seed: device-hours} of a role's lineage (``shared``: only shared / only own stages)."""
+    """{train_seed: device-hours} of a role's lineage (``shared``: only shared / only own
+    stages)."""
     rows = train[train["role"] == role]
     if shared is not None:
         rows = rows[rows["shared"] == shared]
@@ -37,8 +42,8 @@ def per_seed_hours(train: pd.DataFrame, role: str, shared: bool | None = None) -
 
 
 def latency_rows(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Per-batch latency (ms per sample) of each labelled condition: role, cell, train_seed, batch, value,
-    device, dtype."""
+    """Per-batch latency (ms per sample) of each labelled condition: role, cell, train_seed, batch,
+    value, device, dtype."""
     rows = runs[runs["metric"] == "latency_batch_ms"] if len(runs) else runs
     frames = [rows[rows["cell"] == cell].assign(role=role) for role, cell in labels.items()]
     cols = ["role", "cell", "train_seed", "batch", "value", "device", "dtype"]
@@ -49,5 +54,7 @@ def latency_rows(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
 def devices(train: pd.DataFrame, latency: pd.DataFrame) -> str:
     """Where the costs were measured, e.g. ``cpu, 2 thread(s) (bf16)``; several are listed."""
     where = set(train["device"].dropna().astype(str)) if len(train) else set()
-    where |= {f"{d} ({t})" for d, t in zip(latency.get("device", []), latency.get("dtype", [])) if d}
+    where |= {
+        f"{d} ({t})" for d, t in zip(latency.get("device", []), latency.get("dtype", [])) if d
+    }
     return "; ".join(sorted(w for w in where if w)) or "—"

@@ -36,24 +36,44 @@ TEST_USERS = {"ml-100k": 943, "office": 4905, "beauty": 22363, "toys": 19412}  #
 class Args:
     """Seeds and test users each claim needs for its verdict, from a pilot run."""
 
-    runs: list[str] = field(default_factory=list, metadata={"positional": True,
-                                                            "help": "pilot runs dir(s)"})
-    seeds: int = field(default=10, metadata={"help": "seeds the users column is planned for",
-                                             "min": MIN_SEEDS})
-    max_seeds: int = field(default=power.MAX_SEEDS, metadata={"help": "most seeds worth planning",
-                                                               "min": MIN_SEEDS})
-    datasets: tuple[str, ...] = field(default=tuple(TEST_USERS), metadata={
-        "help": "datasets whose full test sets are planned for (names or LC-Rec directories)"})
-    data_root: str | None = field(default=None, metadata={
-        "help": "folder holding Office/ Beauty/ Toys/"})
-    seed_sd: float = field(default=power.SEED_SD, metadata={
-        "help": "assumed seed-level sd of an effect, % of the baseline (where one seed can't tell)",
-        "min": 0.0})
+    runs: list[str] = field(
+        default_factory=list, metadata={"positional": True, "help": "pilot runs dir(s)"}
+    )
+    seeds: int = field(
+        default=10, metadata={"help": "seeds the users column is planned for", "min": MIN_SEEDS}
+    )
+    max_seeds: int = field(
+        default=power.MAX_SEEDS, metadata={"help": "most seeds worth planning", "min": MIN_SEEDS}
+    )
+    datasets: tuple[str, ...] = field(
+        default=tuple(TEST_USERS),
+        metadata={
+            "help": "datasets whose full test sets are planned for (names or LC-Rec directories)"
+        },
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
+    seed_sd: float = field(
+        default=power.SEED_SD,
+        metadata={
+            "help": (
+                "assumed seed-level sd of an effect, % of the baseline (where one seed can't tell)"
+            ),
+            "min": 0.0,
+        },
+    )
     metric: str = field(default=PRIMARY, metadata={"help": "primary metric of the claims"})
-    split: str = field(default="test", metadata={
-        "help": "split the pilot's variances are read from", "choices": ("valid", "test")})
-    main_rationale: str = field(default="template", metadata={
-        "help": "the CoT source the claims compare"})
+    split: str = field(
+        default="test",
+        metadata={
+            "help": "split the pilot's variances are read from",
+            "choices": ("valid", "test"),
+        },
+    )
+    main_rationale: str = field(
+        default="template", metadata={"help": "the CoT source the claims compare"}
+    )
 
 
 def test_users(name: str, data_root: str | None) -> tuple[int, bool]:
@@ -101,21 +121,39 @@ def _users(lv: power.Levels, n_seeds: int, crit, target: float) -> str:
     return f"{need:,}" if need else f"> {power.MAX_USERS:,}"
 
 
-def quality_rows(c: Claim, lv: power.Levels, sizes: dict[str, int], args: Args, n_tests: int,
-                 note: str) -> list[list[str]]:
+def quality_rows(
+    c: Claim, lv: power.Levels, sizes: dict[str, int], args: Args, n_tests: int, note: str
+) -> list[list[str]]:
     """The paper-effect and margin rows of one quality claim."""
     margin = lv.absolute(c.rule.margin)
-    targets = [(f"paper {c.target:+.3g}%", "+", lv.absolute(abs(c.target)),
-                lambda p: power.mde(p, margin, n_tests=n_tests))] if math.isfinite(c.target) else []
-    targets.append((f"margin ±{c.rule.margin:g}% (a null reads no difference)", "±", margin,
-                    power.resolution))
+    targets = (
+        [
+            (
+                f"paper {c.target:+.3g}%",
+                "+",
+                lv.absolute(abs(c.target)),
+                lambda p: power.mde(p, margin, n_tests=n_tests),
+            )
+        ]
+        if math.isfinite(c.target)
+        else []
+    )
+    targets.append(
+        (f"margin ±{c.rule.margin:g}% (a null reads no difference)", "±", margin, power.resolution)
+    )
     rows, now = [], lv.parts(max(lv.n_seeds, MIN_SEEDS), lv.n_users)
     design = f"{max(lv.n_seeds, MIN_SEEDS)} seeds x {lv.n_users:,} users"
     for i, (what, sign, target, crit) in enumerate(targets):
-        rows.append([c.key if i == 0 else "", (c.compared + note) if i == 0 else "", what,
-                     f"{sign}{_pct(lv, crit(now))} ({design})",
-                     _users(lv, args.seeds, crit, target),
-                     *(_seeds(lv, n, crit, target, args.max_seeds) for n in sizes.values())])
+        rows.append(
+            [
+                c.key if i == 0 else "",
+                (c.compared + note) if i == 0 else "",
+                what,
+                f"{sign}{_pct(lv, crit(now))} ({design})",
+                _users(lv, args.seeds, crit, target),
+                *(_seeds(lv, n, crit, target, args.max_seeds) for n in sizes.values()),
+            ]
+        )
     return rows
 
 
@@ -126,15 +164,26 @@ def replicate_row(c: Claim, args: Args, n_tests: int, n_sizes: int) -> list[str]
         return None
     e, margin = c.effect, abs(c.effect.base) * c.rule.margin / 100
     target = abs(e.base * c.target / 100)
-    need = next((s for s in range(MIN_SEEDS, args.max_seeds + 1) if power.mde(
-        _replicate_parts(c, args.seed_sd, s), margin, n_tests=n_tests) <= target), None)
+    need = next(
+        (
+            s
+            for s in range(MIN_SEEDS, args.max_seeds + 1)
+            if power.mde(_replicate_parts(c, args.seed_sd, s), margin, n_tests=n_tests) <= target
+        ),
+        None,
+    )
     seeds = f"{need} seeds per side" if need else f"> {args.max_seeds} seeds"
     now = 100 * power.mde(parts, margin, n_tests=n_tests) / abs(e.base)
     measured = e.unit == "seeds" and e.n_seeds >= 2
     spread = "seed spread measured" if measured else f"seed sd {args.seed_sd:g}% assumed"
-    return [c.key, f"{c.compared} ({spread})", f"paper {c.target:+.3g}%",
-            f"{math.copysign(now, c.target):+.3g}% ({MIN_SEEDS} seeds per side)", "—",
-            *[seeds] * n_sizes]
+    return [
+        c.key,
+        f"{c.compared} ({spread})",
+        f"paper {c.target:+.3g}%",
+        f"{math.copysign(now, c.target):+.3g}% ({MIN_SEEDS} seeds per side)",
+        "—",
+        *[seeds] * n_sizes,
+    ]
 
 
 def plan_text(args: Args) -> str:
@@ -142,10 +191,15 @@ def plan_text(args: Args) -> str:
     roots = check_roots(args.runs)
     collected = collect(roots)
     if not len(collected.eval):
-        raise UserError(f"no evaluations (per_user.csv) under {', '.join(args.runs)}: "
-                        "nothing to plan from")
-    cfg = claims.Config(metric=args.metric, split=args.split, main_rationale=args.main_rationale,
-                        seed_sd=args.seed_sd)
+        raise UserError(
+            f"no evaluations (per_user.csv) under {', '.join(args.runs)}: nothing to plan from"
+        )
+    cfg = claims.Config(
+        metric=args.metric,
+        split=args.split,
+        main_rationale=args.main_rationale,
+        seed_sd=args.seed_sd,
+    )
     sizes, found = {}, []
     for name in args.datasets:
         sizes[name], ok = test_users(name, args.data_root)
@@ -161,29 +215,50 @@ def _groups(table: list[tuple[str, str, Claim]]) -> list[tuple[str, str, list[Cl
     return [(d, b, [c for dd, bb, c in table if (dd, bb) == (d, b)]) for d, b in keys]
 
 
-def _plan_group(dataset: str, backbone: str, group: list[Claim], sizes: dict[str, int],
-                found: list[str], args: Args) -> list[str]:
+def _plan_group(
+    dataset: str,
+    backbone: str,
+    group: list[Claim],
+    sizes: dict[str, int],
+    found: list[str],
+    args: Args,
+) -> list[str]:
     measured = [c for c in group if c.levels is not None]
     if not measured:
         return [f"## {dataset}, {backbone}: no quality claim measured in the pilot"]
-    noisiest = max(measured, key=lambda c: (c.levels.seed + c.levels.user + c.levels.resid)
-                   / c.levels.base ** 2)
+    noisiest = max(
+        measured, key=lambda c: (c.levels.seed + c.levels.user + c.levels.resid) / c.levels.base**2
+    )
     n_tests = sum(c.rule is not None and c.rule.relative for c in group)
     seeds, users = (min(getattr(c.levels, k) for c in measured) for k in ("n_seeds", "n_users"))
-    lines = [f"## Power plan: {dataset}, {backbone} (pilot {', '.join(display_roots(args.runs))}: "
-             f"{seeds} seed(s) x {users:,}+ test users, {args.metric})", "",
-             "Planned for the verdict rule: \"reproduced\" needs the 95% CI above the margin and "
-             f"p < {ALPHA:g}/{n_tests} (Holm's strictest step over the {n_tests} claims that can "
-             f"earn a verdict); {power.POWER:.0%} power, simulated for the t intervals (exact for "
-             "few seeds). MDE now: at the pilot's users and >= 3 seeds.",
-             f"Test users (one held-out target each): {'; '.join(found)}.", "", "Assumed:"]
+    lines = [
+        f"## Power plan: {dataset}, {backbone} (pilot {', '.join(display_roots(args.runs))}: "
+        f"{seeds} seed(s) x {users:,}+ test users, {args.metric})",
+        "",
+        'Planned for the verdict rule: "reproduced" needs the 95% CI above the margin and '
+        f"p < {ALPHA:g}/{n_tests} (Holm's strictest step over the {n_tests} claims that can "
+        f"earn a verdict); {power.POWER:.0%} power, simulated for the t intervals (exact for "
+        "few seeds). MDE now: at the pilot's users and >= 3 seeds.",
+        f"Test users (one held-out target each): {'; '.join(found)}.",
+        "",
+        "Assumed:",
+    ]
     lines += [f"- {a}" for a in sorted({a for c in measured for a in c.levels.assumed})]
-    lines += [f"- other datasets: the pilot's variances in percent of the baseline mean (pilot on "
-              f"{dataset}; a pilot on the target dataset replaces this)",
-              "- claims the pilot did not measure: the levels of its noisiest pair "
-              f"({noisiest.compared}; conservative)", ""]
-    head = ["claim", "compared", "target", "MDE now", f"users at {args.seeds} seeds",
-            *(f"{n} ({sizes[n]:,})" for n in sizes)]
+    lines += [
+        f"- other datasets: the pilot's variances in percent of the baseline mean (pilot on "
+        f"{dataset}; a pilot on the target dataset replaces this)",
+        "- claims the pilot did not measure: the levels of its noisiest pair "
+        f"({noisiest.compared}; conservative)",
+        "",
+    ]
+    head = [
+        "claim",
+        "compared",
+        "target",
+        "MDE now",
+        f"users at {args.seeds} seeds",
+        *(f"{n} ({sizes[n]:,})" for n in sizes),
+    ]
     rows = []
     for c in group:
         if c.rule is None or not c.rule.relative:
@@ -196,8 +271,9 @@ def _plan_group(dataset: str, backbone: str, group: list[Claim], sizes: dict[str
         rows += quality_rows(c, lv, sizes, args, n_tests, note)
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     table += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines + table + ["", "Probe claims run on one seed (CIs over items or users): not "
-                                "planned."]
+    return (
+        lines + table + ["", "Probe claims run on one seed (CIs over items or users): not planned."]
+    )
 
 
 def main(argv: list[str] | None = None) -> str:

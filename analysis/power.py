@@ -87,8 +87,14 @@ def _pooled(cols: Sequence[np.ndarray]) -> float:
     return float(ss / dof) if dof > 0 else 0.0
 
 
-def levels(cols: Sequence[np.ndarray], same_users: bool, *, seed_sd: float = SEED_SD,
-           hit_rate: float | None = None, rho: float = RHO) -> Levels:
+def levels(
+    cols: Sequence[np.ndarray],
+    same_users: bool,
+    *,
+    seed_sd: float = SEED_SD,
+    hit_rate: float | None = None,
+    rho: float = RHO,
+) -> Levels:
     """:class:`Levels` from per-seed (N, 2) columns (difference, baseline), as
     :func:`analysis.verdicts.paired_columns` returns them; assumed where the run cannot tell."""
     n_s, n_u = len(cols), min(len(c) for c in cols)
@@ -98,8 +104,10 @@ def levels(cols: Sequence[np.ndarray], same_users: bool, *, seed_sd: float = SEE
     if not base > 0 or not w > 0:
         p = base if base > 0 else hit_rate or HIT_RATE
         w, base = 2 * p * (1 - p) * (1 - rho), p
-        assumed.append(f"a user's paired variance from hit rate {p:.3g} and correlation "
-                       f"{rho:g} (the pilot's baseline or differences are all 0)")
+        assumed.append(
+            f"a user's paired variance from hit rate {p:.3g} and correlation "
+            f"{rho:g} (the pilot's baseline or differences are all 0)"
+        )
     if n_s >= 2 and same_users and n_u >= 2 and not assumed:
         ms_seed, ms_user, ms_res = (float(m[0, 0]) for m in mean_squares(np.stack(cols)))
         seed, user = max(0.0, (ms_seed - ms_res) / n_u), max(0.0, (ms_user - ms_res) / n_s)
@@ -110,8 +118,10 @@ def levels(cols: Sequence[np.ndarray], same_users: bool, *, seed_sd: float = SEE
     else:
         seed = (seed_sd / 100 * base) ** 2
         assumed.append(f"seed-level sd of the effect {seed_sd:g}% of the baseline mean (one seed)")
-    assumed.append("a user's difference repeats in every seed (conservative: more seeds do not "
-                   "average it; >= 2 seeds on the same users measure how much does)")
+    assumed.append(
+        "a user's difference repeats in every seed (conservative: more seeds do not "
+        "average it; >= 2 seeds on the same users measure how much does)"
+    )
     return Levels(seed, w, 0.0, base, n_s, n_u, tuple(assumed))
 
 
@@ -129,8 +139,9 @@ def _half(var_hat: np.ndarray, parts: Parts, alpha: float) -> np.ndarray:
     return np.sqrt(var_hat @ np.array([tq(alpha, df) ** 2 for _, df in parts]))
 
 
-def mde(parts: Parts, margin: float, *, alpha: float = ALPHA, power: float = POWER,
-        n_tests: int = 1) -> float:
+def mde(
+    parts: Parts, margin: float, *, alpha: float = ALPHA, power: float = POWER, n_tests: int = 1
+) -> float:
     """Smallest true effect (metric units, in the claimed direction) that reads "reproduced" with
     probability ``power`` when the effect's variance has ``parts``, for a claim with ``margin``."""
     z, var_hat, var = draws(parts)
@@ -149,8 +160,9 @@ def resolution(parts: Parts, *, alpha: float = ALPHA, power: float = POWER) -> f
 Criterion = Callable[[Parts], float]  # a design's parts -> the smallest target it meets
 
 
-def seeds_needed(lv: Levels, n_users: int, crit: Criterion, target: float,
-                 max_seeds: int = MAX_SEEDS) -> int | None:
+def seeds_needed(
+    lv: Levels, n_users: int, crit: Criterion, target: float, max_seeds: int = MAX_SEEDS
+) -> int | None:
     """Fewest seeds (>= ``MIN_SEEDS``) on ``n_users`` users with ``crit <= target``; None past the
     cap."""
     lo, hi = MIN_SEEDS, max(max_seeds, MIN_SEEDS)
@@ -162,8 +174,9 @@ def seeds_needed(lv: Levels, n_users: int, crit: Criterion, target: float,
     return lo
 
 
-def users_needed(lv: Levels, n_seeds: int, crit: Criterion, target: float,
-                 max_users: int = MAX_USERS) -> int | None:
+def users_needed(
+    lv: Levels, n_seeds: int, crit: Criterion, target: float, max_users: int = MAX_USERS
+) -> int | None:
     """Fewest test users, each seen by all ``n_seeds`` seeds, with ``crit <= target``; None past the
     cap."""
     lo, hi = 2, max_users

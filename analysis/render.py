@@ -1,7 +1,8 @@
 """A report as a list of blocks, rendered to Markdown and to a self-contained-enough HTML page.
 
 Blocks: ``("h", level, text)``, ``("p", text)``, ``("list", [text, ...])``, ``("code", text)``,
-``("table", DataFrame)``, ``("img", relative_path, caption)``. Text may use ``**bold**`` and `` `code` ``.
+``("table", DataFrame)``, ``("img", relative_path, caption)``. Text may use ``**bold**`` and
+`` `code` ``.
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ import pandas as pd
 Block = tuple[Any, ...]
 CSS = (  # one line in the page
     'body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: '
-    '1100px; margin: 2em auto; padding: 0 1em; color: #222; } h1, h2, h3 { line-height: 1.2; } h2 '
-    '{ border-bottom: 1px solid #ddd; padding-bottom: .2em; } table { border-collapse: collapse; '
-    'margin: 1em 0; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 3px 7px; '
-    'text-align: left; vertical-align: top; }th { background: #f3f3f3; } tr:nth-child(even) td { '
-    'background: #fafafa; } code, pre { font-family: Menlo, Consolas, monospace; font-size: 13px; '
-    'background: #f5f5f5; } pre { padding: .6em; overflow-x: auto; } figure { margin: 1.5em 0; } '
-    'figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 13px; color: '
-    '#555; } .reproduced { color: #137333; font-weight: 600; }.not-reproduced { color: #b3261e; '
-    'font-weight: 600; } .inconclusive { color: #8a6d00; } '
+    "1100px; margin: 2em auto; padding: 0 1em; color: #222; } h1, h2, h3 { line-height: 1.2; } h2 "
+    "{ border-bottom: 1px solid #ddd; padding-bottom: .2em; } table { border-collapse: collapse; "
+    "margin: 1em 0; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 3px 7px; "
+    "text-align: left; vertical-align: top; }th { background: #f3f3f3; } tr:nth-child(even) td { "
+    "background: #fafafa; } code, pre { font-family: Menlo, Consolas, monospace; font-size: 13px; "
+    "background: #f5f5f5; } pre { padding: .6em; overflow-x: auto; } figure { margin: 1.5em 0; } "
+    "figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 13px; color: "
+    "#555; } .reproduced { color: #137333; font-weight: 600; }.not-reproduced { color: #b3261e; "
+    "font-weight: 600; } .inconclusive { color: #8a6d00; } "
 )
-
 
 
 def cell(value: Any) -> str:
@@ -43,8 +43,10 @@ def _md_table(df: pd.DataFrame) -> str:
     def esc(v: Any) -> str:
         return cell(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |",
-             "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines = [
+        "| " + " | ".join(esc(c) for c in df.columns) + " |",
+        "|" + "|".join("---" for _ in df.columns) + "|",
+    ]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -108,7 +110,12 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif kind == "table":
             body.append(_html_table(rest[0]) if len(rest[0]) else "<p><em>(empty)</em></p>")
         elif kind == "img":
-            body.append(f'<figure><img src="{html.escape(rest[0])}" alt="{html.escape(Path(rest[0]).stem)}">'
-                        f"<figcaption>{inline(rest[1])}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-            f"</title>\n<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+            body.append(
+                f'<figure><img src="{html.escape(rest[0])}" '
+                f'alt="{html.escape(Path(rest[0]).stem)}">'
+                f"<figcaption>{inline(rest[1])}</figcaption></figure>"
+            )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title>\n<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

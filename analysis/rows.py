@@ -26,7 +26,8 @@ def col(df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def pick(df: pd.DataFrame, metric: str, space: str | None = None, **eq) -> pd.DataFrame:
-    """Rows of ``metric`` (and ``space``) whose columns equal ``eq`` (``None``: the column is empty)."""
+    """Rows of ``metric`` (and ``space``) whose columns equal ``eq`` (``None``: the column is
+    empty)."""
     rows = df[df["metric"] == metric]
     if space is not None:
         rows = rows[col(rows, "space") == space]

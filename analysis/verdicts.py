@@ -1,4 +1,5 @@
-"""Verdicts on the paper's claims: an effect with an honest interval, a stated margin, Holm across claims.
+"""Verdicts on the paper's claims: an effect with an honest interval, a stated margin, Holm across
+claims.
 
 Verdicts are ``reproduced``, ``not reproduced``, ``no meaningful difference``, ``inconclusive`` and
 ``point estimate only``, each with a ``why`` that names what decided it or what is missing. Two
@@ -8,35 +9,38 @@ verdict`` when the comparison is not a fair one (not compute-matched, a control 
 choice not made on held-out data).
 
 Rules. A claim states a direction (+1: a gain is claimed, -1: a reduction) and a minimum effect, the
-margin ``m`` (default 2% of the baseline mean; an absolute margin when the baseline mean is 0 or cannot
-be told from 0). A verdict other than "point estimate only" or "inconclusive" needs >= 3 training seeds
-(``MIN_SEEDS``). With the 95% CI signed so that the claimed direction is positive: CI entirely above
-``+m`` and Holm-adjusted p < 0.05 -> reproduced; CI entirely below ``-m`` and Holm p < 0.05 -> not
-reproduced; CI entirely inside ``[-m, +m]`` -> no meaningful difference; anything else -> inconclusive.
-One value per side (no replicates), or fewer than 3 seeds where seeds are the only replicates (cost),
--> point estimate only. Holm runs over the claims that can earn a verdict (a p-value and >= 3 seeds).
+margin ``m`` (default 2% of the baseline mean; an absolute margin when the baseline mean is 0 or
+cannot be told from 0). A verdict other than "point estimate only" or "inconclusive" needs >= 3
+training seeds (``MIN_SEEDS``). With the 95% CI signed so that the claimed direction is positive: CI
+entirely above ``+m`` and Holm-adjusted p < 0.05 -> reproduced; CI entirely below ``-m`` and Holm p
+< 0.05 -> not reproduced; CI entirely inside ``[-m, +m]`` -> no meaningful difference; anything else
+-> inconclusive. One value per side (no replicates), or fewer than 3 seeds where seeds are the only
+replicates (cost), -> point estimate only. Holm runs over the claims that can earn a verdict (a
+p-value and >= 3 seeds).
 
-Intervals. No bootstrap percentiles: with 3 seeds those cannot leave [min, max] of the seed effects, so
-a null effect whose three seed effects share a sign (1 time in 4) excludes 0. Instead the variance of an
-effect is split into independent parts, each estimated with its own degrees of freedom, and the CI
-half-width is ``sqrt(sum_i t_i^2 var_i)`` with ``t_i`` the 97.5% Student-t quantile of part ``i`` (one
-part: the ordinary t-interval; Satterthwaite pooling of the parts over-rejected, ~7.8% for 5% nominal,
-when with 3 seeds the seed part was a few times the user part).
-- Paired metrics (:func:`paired_effect`): per seed ``s``, ``d_s`` = mean over users of treatment minus
-  baseline (paired by user; seeds paired by seed id). The effect is the mean of the ``d_s``. Part 1,
-  ``var(d_s) / S`` with ``S - 1`` df: the seeds' spread, which already holds the user noise that differs
-  between seeds. Part 2, only when every seed was evaluated on the same users: the user-sampling
-  variance shared by all seeds, ``max(0, MS_user - MS_resid) / (N S)`` from the two-way (seed x user)
-  decomposition, with ``N - 1`` df. These are the two levels a hierarchical bootstrap (seeds, then
-  users) resamples, estimated by moments. One seed: a t-interval over users (training noise not covered).
-- Replicates (:func:`replicate_effect`), unpaired: one value per seed (cost) or timed batches per seed
-  (latency). Both sides with >= 2 seeds: the seed means, one part per side (``n - 1`` df each). One
-  seed: the batches, >= 10 per side (``MIN_BATCHES``); timing noise only, so no verdict -- a CoT
-  model's latency depends on the rationale lengths its seed learned, so timing claims need 3 seeds too.
+Intervals. No bootstrap percentiles: with 3 seeds those cannot leave [min, max] of the seed effects,
+so a null effect whose three seed effects share a sign (1 time in 4) excludes 0. Instead the
+variance of an effect is split into independent parts, each estimated with its own degrees of
+freedom, and the CI half-width is ``sqrt(sum_i t_i^2 var_i)`` with ``t_i`` the 97.5% Student-t
+quantile of part ``i`` (one part: the ordinary t-interval; Satterthwaite pooling of the parts
+over-rejected, ~7.8% for 5% nominal, when with 3 seeds the seed part was a few times the user part).
+- Paired metrics (:func:`paired_effect`): per seed ``s``, ``d_s`` = mean over users of treatment
+  minus baseline (paired by user; seeds paired by seed id). The effect is the mean of the ``d_s``.
+  Part 1, ``var(d_s) / S`` with ``S - 1`` df: the seeds' spread, which already holds the user noise
+  that differs between seeds. Part 2, only when every seed was evaluated on the same users: the
+  user-sampling variance shared by all seeds, ``max(0, MS_user - MS_resid) / (N S)`` from the
+  two-way (seed x user) decomposition, with ``N - 1`` df. These are the two levels a hierarchical
+  bootstrap (seeds, then users) resamples, estimated by moments. One seed: a t-interval over users
+  (training noise not covered).
+- Replicates (:func:`replicate_effect`), unpaired: one value per seed (cost) or timed batches per
+  seed (latency). Both sides with >= 2 seeds: the seed means, one part per side (``n - 1`` df each).
+  One seed: the batches, >= 10 per side (``MIN_BATCHES``); timing noise only, so no verdict -- a CoT
+  model's latency depends on the rationale lengths its seed learned, so timing claims need 3 seeds
+  too.
 - p is two-sided for "effect = 0": the alpha at which the (1 - alpha) interval just reaches 0 (the
   t-test p with one part). Holm-adjusted p-values gate reproduced / not reproduced.
-- Relative effects are ``100 * diff / |baseline mean|``; their CI is Fieller's interval for the ratio
-  (it carries the baseline's own noise), undefined when the baseline cannot be told from 0.
+- Relative effects are ``100 * diff / |baseline mean|``; their CI is Fieller's interval for the
+  ratio (it carries the baseline's own noise), undefined when the baseline cannot be told from 0.
 """
 
 from __future__ import annotations
@@ -52,10 +56,21 @@ from scipy import optimize, special
 from pauserec.evaluation import stats
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
-NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY = "no meaningful difference", "inconclusive", "point estimate only"
+NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY = (
+    "no meaningful difference",
+    "inconclusive",
+    "point estimate only",
+)
 NOT_LEARNED, NO_VERDICT = "inconclusive (not learned)", "no verdict"  # the claims' gates
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NO_DIFFERENCE, INCONCLUSIVE, POINT_ONLY, NOT_LEARNED,
-            NO_VERDICT)
+VERDICTS = (
+    REPRODUCED,
+    NOT_REPRODUCED,
+    NO_DIFFERENCE,
+    INCONCLUSIVE,
+    POINT_ONLY,
+    NOT_LEARNED,
+    NO_VERDICT,
+)
 MIN_SEEDS = 3  # replicate training seeds a verdict needs
 MIN_BATCHES = 10  # timed batches per side for a CI over batches
 REL_MARGIN = 2.0  # default minimum effect: percent of the baseline mean
@@ -63,7 +78,8 @@ ALPHA = 0.05
 LEVEL = 0.95
 NAN = math.nan
 
-Parts = list[tuple[float, float]]  # independent parts of a variance: (variance, t degrees of freedom)
+# independent parts of a variance: (variance, t degrees of freedom)
+Parts = list[tuple[float, float]]
 Values = Sequence[float] | Mapping[int, float] | Mapping[int, Sequence[float]]
 
 
@@ -71,9 +87,10 @@ Values = Sequence[float] | Mapping[int, float] | Mapping[int, Sequence[float]]
 class Effect:
     """Treatment minus baseline, with a ``LEVEL`` CI; NaN bounds and p when there is no CI.
 
-    ``unit`` names the replicates inside the CI: ``users``, ``batches``, ``seeds`` (each seed one value),
-    or anything a caller measured (e.g. ``items``). ``n_units`` is the smallest count per seed and side.
-    ``parts`` are the independent parts of ``var(value)`` the CI was built from: (variance, t df).
+    ``unit`` names the replicates inside the CI: ``users``, ``batches``, ``seeds`` (each seed one
+    value), or anything a caller measured (e.g. ``items``). ``n_units`` is the smallest count per
+    seed and side. ``parts`` are the independent parts of ``var(value)`` the CI was built from:
+    (variance, t df).
     """
 
     value: float = NAN  # mean difference, metric units
@@ -143,7 +160,8 @@ def _p(value: float, parts: Parts) -> float:
 
 
 def _effect(value: float, base: float, cov: np.ndarray | None, parts: Parts, **ids) -> Effect:
-    """An Effect from the estimate, the 2x2 covariance of (value, base) and the parts of var(value)."""
+    """An Effect from the estimate, the 2x2 covariance of (value, base) and the parts of
+    var(value)."""
     rel = 100.0 * value / abs(base) if base and np.isfinite(base) else NAN
     if cov is None or not parts or not all(np.isfinite(var) and df > 0 for var, df in parts):
         return Effect(value, rel=rel, base=base, **ids)
@@ -151,8 +169,18 @@ def _effect(value: float, base: float, cov: np.ndarray | None, parts: Parts, **i
     se = math.sqrt(sum(var for var, _ in parts))
     q = half / se if se > 0 else tq(1 - LEVEL, min(df for _, df in parts))
     rel_lo, rel_hi = _fieller(value, base, cov, q)
-    return Effect(value, value - half, value + half, rel, rel_lo, rel_hi, base, _p(value, parts),
-                  **ids, parts=tuple(parts))
+    return Effect(
+        value,
+        value - half,
+        value + half,
+        rel,
+        rel_lo,
+        rel_hi,
+        base,
+        _p(value, parts),
+        **ids,
+        parts=tuple(parts),
+    )
 
 
 def mean_squares(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,7 +196,8 @@ def mean_squares(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _crossed(x: np.ndarray) -> tuple[np.ndarray, Parts]:
     """Covariance of the grand mean of ``x`` (S seeds, N users, 2: diff, base), seeds crossed with
-    users, and the parts of its first variance: seed-level spread, user sampling shared by all seeds."""
+    users, and the parts of its first variance: seed-level spread, user sampling shared by all
+    seeds."""
     n_s, n_u, _ = x.shape
     ms_seed, ms_user, ms_res = mean_squares(x)
     vals, vecs = np.linalg.eigh((ms_user - ms_res) / (n_s * n_u))
@@ -181,14 +210,23 @@ def _seed_pairs(t_seeds: Sequence, b_seeds: Sequence) -> tuple[list[tuple], str]
     """(treatment seed, baseline seed) pairs: the shared seed ids, else by position; and a note."""
     common = sorted(set(t_seeds) & set(b_seeds))
     if not common:
-        return list(zip(sorted(t_seeds), sorted(b_seeds))), "; seeds paired by position (no shared ids)"
+        return list(
+            zip(sorted(t_seeds), sorted(b_seeds))
+        ), "; seeds paired by position (no shared ids)"
     alone = sorted(set(t_seeds) ^ set(b_seeds))
     return [(s, s) for s in common], f"; seeds on one side only, ignored: {alone}" if alone else ""
 
 
-def paired_columns(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
-                   label: str = "label", seed: str = "seed",
-                   user: str = "user") -> tuple[list[np.ndarray], bool, str]:
+def paired_columns(
+    per_user: pd.DataFrame,
+    treat: str,
+    base: str,
+    metric: str,
+    *,
+    label: str = "label",
+    seed: str = "seed",
+    user: str = "user",
+) -> tuple[list[np.ndarray], bool, str]:
     """Per paired seed, the (N, 2) columns (treatment - baseline, baseline), paired by user; whether
     every seed has the same users; and a note on how seeds were paired. Rows: (label, seed, user).
 
@@ -215,16 +253,25 @@ def paired_columns(per_user: pd.DataFrame, treat: str, base: str, metric: str, *
     return cols, all(u.equals(users[0]) for u in users), note
 
 
-def paired_effect(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
-                  label: str = "label", seed: str = "seed", user: str = "user") -> Effect:
+def paired_effect(
+    per_user: pd.DataFrame,
+    treat: str,
+    base: str,
+    metric: str,
+    *,
+    label: str = "label",
+    seed: str = "seed",
+    user: str = "user",
+) -> Effect:
     """Paired effect of condition ``treat`` over ``base`` in ``metric``: one row per (label, seed,
     user).
 
     Raises:
         ValueError: as :func:`paired_columns`.
     """
-    cols, same_users, note = paired_columns(per_user, treat, base, metric, label=label, seed=seed,
-                                            user=user)
+    cols, same_users, note = paired_columns(
+        per_user, treat, base, metric, label=label, seed=seed, user=user
+    )
     n_s, n_u = len(cols), min(len(c) for c in cols)
     value, base_mean = (float(np.mean([c[:, i].mean() for c in cols])) for i in (0, 1))
     ids = {"n_seeds": n_s, "n_units": n_u, "unit": "users"}
@@ -234,8 +281,10 @@ def paired_effect(per_user: pd.DataFrame, treat: str, base: str, metric: str, *,
         method = f"one seed: t over {n_u:,} paired users (training variance not covered)"
     elif same_users and n_u > 1:
         cov, parts = _crossed(np.stack(cols))
-        method = (f"{n_s} seeds x {n_u:,} paired users (the same in every seed): t({n_s - 1}) on the "
-                  f"seed spread + t({n_u - 1}) on user sampling shared by the seeds")
+        method = (
+            f"{n_s} seeds x {n_u:,} paired users (the same in every seed): t({n_s - 1}) on the "
+            f"seed spread + t({n_u - 1}) on user sampling shared by the seeds"
+        )
     else:
         cov = np.cov(np.array([c.mean(0) for c in cols]).T) / n_s
         parts = [(cov[0, 0], n_s - 1.0)]
@@ -269,17 +318,36 @@ def replicate_effect(treat: Values, base: Values) -> Effect:
     value, base_mean = float(t_means.mean() - b_means.mean()), float(b_means.mean())
     if len(t) >= 2 and len(b) >= 2:
         per = f" ({n_units}+ batches each)" if n_units > 1 else ""
-        return _welch(t_means, b_means, n_seeds=n_s, n_units=n_units, unit="seeds",
-                      method=f"t over {len(t)} vs {len(b)} seed means{per}, unpaired")
+        return _welch(
+            t_means,
+            b_means,
+            n_seeds=n_s,
+            n_units=n_units,
+            unit="seeds",
+            method=f"t over {len(t)} vs {len(b)} seed means{per}, unpaired",
+        )
     xt, xb = np.concatenate(t), np.concatenate(b)
     if min(len(xt), len(xb)) >= MIN_BATCHES:
-        return _welch(xt, xb, n_seeds=n_s, n_units=min(len(xt), len(xb)), unit="batches",
-                      method=f"one seed: t over {len(xt)} vs {len(xb)} timed batches "
-                             "(timing noise only)")
+        return _welch(
+            xt,
+            xb,
+            n_seeds=n_s,
+            n_units=min(len(xt), len(xb)),
+            unit="batches",
+            method=f"one seed: t over {len(xt)} vs {len(xb)} timed batches (timing noise only)",
+        )
     what = "timed batches" if max(len(xt), len(xb)) > 1 else "value"
-    return _effect(value, base_mean, None, [], n_seeds=n_s, n_units=min(len(xt), len(xb)),
-                   unit="seeds", method=f"one seed, {len(xt)} vs {len(xb)} {what} (a CI needs "
-                                       f">= 2 seeds or >= {MIN_BATCHES} batches per side)")
+    return _effect(
+        value,
+        base_mean,
+        None,
+        [],
+        n_seeds=n_s,
+        n_units=min(len(xt), len(xb)),
+        unit="seeds",
+        method=f"one seed, {len(xt)} vs {len(xb)} {what} (a CI needs "
+        f">= 2 seeds or >= {MIN_BATCHES} batches per side)",
+    )
 
 
 def _fmt(lo: float, hi: float, relative: bool) -> str:
@@ -292,15 +360,23 @@ def _scale(effect: Effect, rule: Rule) -> tuple[float, float, float, bool, str] 
         return effect.lo, effect.hi, rule.margin, False, ""
     if np.isfinite(effect.rel_lo) and np.isfinite(effect.rel_hi):
         return effect.rel_lo, effect.rel_hi, rule.margin, True, ""
-    why = ("baseline mean is 0" if not effect.base else "baseline mean not distinguishable from 0")
+    why = "baseline mean is 0" if not effect.base else "baseline mean not distinguishable from 0"
     if rule.abs_margin is None:
         return f"relative change undefined ({why}) and no absolute margin stated"
     return effect.lo, effect.hi, rule.abs_margin, False, f"; {why}: absolute margin used"
 
 
-def decide(effect: Effect, rule: Rule, *, p: float | None = None, n_tests: int = 1,
-           min_seeds: int = MIN_SEEDS, alpha: float = ALPHA) -> tuple[str, str]:
-    """(verdict, why) of one claim; ``p`` replaces ``effect.p`` (the Holm-adjusted one, of ``n_tests``)."""
+def decide(
+    effect: Effect,
+    rule: Rule,
+    *,
+    p: float | None = None,
+    n_tests: int = 1,
+    min_seeds: int = MIN_SEEDS,
+    alpha: float = ALPHA,
+) -> tuple[str, str]:
+    """(verdict, why) of one claim; ``p`` replaces ``effect.p`` (the Holm-adjusted one, of
+    ``n_tests``)."""
     if rule.direction not in (1, -1) or rule.margin < 0:
         raise ValueError(f"direction must be +1 or -1 and margin >= 0 (got {rule})")
     if not np.isfinite(effect.value):
@@ -322,16 +398,22 @@ def decide(effect: Effect, rule: Rule, *, p: float | None = None, n_tests: int =
     if a > m or b < -m:
         side = "beyond the margin on the claimed side" if a > m else "meaningfully the other way"
         if p >= alpha:
-            return INCONCLUSIVE, f"{ci} lies {side} (margin {margin}) but {p_text} >= {alpha:g}{note}"
-        return (REPRODUCED if a > m else NOT_REPRODUCED), f"{ci} lies {side} (margin {margin}); {p_text}{note}"
+            return (
+                INCONCLUSIVE,
+                f"{ci} lies {side} (margin {margin}) but {p_text} >= {alpha:g}{note}",
+            )
+        return (
+            REPRODUCED if a > m else NOT_REPRODUCED
+        ), f"{ci} lies {side} (margin {margin}); {p_text}{note}"
     if -m <= a and b <= m:
         return NO_DIFFERENCE, f"{ci} lies inside +/-{margin}{note}"
     ruled_out = "; the claimed effect is ruled out" if b <= m else ""
     return INCONCLUSIVE, f"{ci} overlaps the margin +/-{margin}{ruled_out}{note}"
 
 
-def holm_verdicts(rows: Sequence[tuple[Effect, Rule]], *, min_seeds: int = MIN_SEEDS,
-                  alpha: float = ALPHA) -> list[tuple[str, str, float]]:
+def holm_verdicts(
+    rows: Sequence[tuple[Effect, Rule]], *, min_seeds: int = MIN_SEEDS, alpha: float = ALPHA
+) -> list[tuple[str, str, float]]:
     """(verdict, why, Holm-adjusted p) per claim, Holm over the claims that can earn a verdict
     (a p-value and >= ``min_seeds`` seeds); the others keep their own p."""
     eligible = [np.isfinite(e.p) and e.n_seeds >= min_seeds for e, _ in rows]
@@ -340,5 +422,7 @@ def holm_verdicts(rows: Sequence[tuple[Effect, Rule]], *, min_seeds: int = MIN_S
     out = []
     for (effect, rule), ok, p_holm in zip(rows, eligible, adjusted):
         p = float(p_holm) if ok else effect.p
-        out.append((*decide(effect, rule, p=p, n_tests=n_tests, min_seeds=min_seeds, alpha=alpha), p))
+        out.append(
+            (*decide(effect, rule, p=p, n_tests=n_tests, min_seeds=min_seeds, alpha=alpha), p)
+        )
     return out

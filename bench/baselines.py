@@ -1,21 +1,23 @@
-"""Classical baselines on the leave-one-out split: Recall/NDCG@10, wall and CPU seconds, per setting.
+"""Classical baselines on the leave-one-out split: Recall/NDCG@10, wall and CPU seconds, per
+setting.
 
 For every dataset and baseline, fits on ``train`` (what the LLM trains on) and/or ``train+valid``
-(the validation item added back for the test evaluation), then scores all test users with history items
-kept (as the LLM's beam search does) and excluded. SASRec also prints a learning curve: Recall@10 on the
-validation and test users after each epoch against its training seconds. Prints ``ratio to reference``
-where the issue gives a reference Recall@10 (fitted on ``train``, history kept).
+(the validation item added back for the test evaluation), then scores all test users with history
+items kept (as the LLM's beam search does) and excluded. SASRec also prints a learning curve:
+Recall@10 on the validation and test users after each epoch against its training seconds. Prints
+``ratio to reference`` where the issue gives a reference Recall@10 (fitted on ``train``, history
+kept).
 
-    python bench/baselines.py --datasets ml-100k,beauty --sasrec-seconds 120 --out /tmp/baselines.csv
+  python bench/baselines.py --datasets ml-100k,beauty --sasrec-seconds 120 --out /tmp/baselines.csv
 
-Runs on ``--threads`` torch threads (default 1: the machine is shared). Timings on a busy machine are
-inflated; the CPU seconds of this process are printed beside wall time.
+Runs on ``--threads`` torch threads (default 1: the machine is shared). Timings on a busy machine
+are inflated; the CPU seconds of this process are printed beside wall time.
 
 Measured (fit on train, history kept, all test users, 1 thread, seed 0; Recall@10 / NDCG@10):
 
-    dataset  popularity       markov (L=3, 0.5)  sasrec (2x64, hist 20, full softmax)
-    ml-100k  0.0498 / 0.0224  0.1198 / 0.0644    0.1357 / 0.0610 after 120 s (beats popularity at 8 s)
-    beauty   0.0114 / 0.0053  0.0706 / 0.0444    0.0825 / 0.0413 after 900 s (18 epochs, busy machine)
+  dataset  popularity       markov (L=3, 0.5)  sasrec (2x64, hist 20, full softmax)
+  ml-100k  0.0498 / 0.0224  0.1198 / 0.0644    0.1357 / 0.0610 after 120 s (beats popularity at 8 s)
+  beauty   0.0114 / 0.0053  0.0706 / 0.0444    0.0825 / 0.0413 after 900 s (18 epochs, busy machine)
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ from pauserec.errors import UserError
 from pauserec.evaluation import baselines
 
 # (dataset, baseline) -> (Recall@10, NDCG@10) from issue #11, all test users
-REFERENCE = {("ml-100k", "popularity"): (0.050, 0.022), ("beauty", "popularity"): (0.011, 0.005),
-             ("ml-100k", "markov"): (0.120, 0.064), ("beauty", "markov"): (0.069, 0.044),
-             ("beauty", "sasrec"): (0.081, 0.041)}
+REFERENCE = {
+    ("ml-100k", "popularity"): (0.050, 0.022),
+    ("beauty", "popularity"): (0.011, 0.005),
+    ("ml-100k", "markov"): (0.120, 0.064),
+    ("beauty", "markov"): (0.069, 0.044),
+    ("beauty", "sasrec"): (0.081, 0.041),
+}
 FIT_ON = {"train": ("train",), "train+valid": ("train", "valid")}
 
 
@@ -45,22 +51,28 @@ FIT_ON = {"train": ("train",), "train+valid": ("train", "valid")}
 class BenchArgs:
     """Fit and score the classical baselines on the same split, users and metrics as the LLM."""
 
-    datasets: str = field(default="ml-100k", metadata={"help": "comma-separated: ml-100k, beauty, ..."})
+    datasets: str = field(
+        default="ml-100k", metadata={"help": "comma-separated: ml-100k, beauty, ..."}
+    )
     baselines: str = field(default="popularity,markov,sasrec", metadata={"help": "comma-separated"})
     fit_on: str = field(default="train", metadata={"help": "train, train+valid or both"})
     sasrec_seconds: float = field(default=120.0, metadata={"help": "SASRec training budget (s)"})
     sasrec_epochs: int = field(default=200, metadata={"help": "SASRec epoch cap"})
     sasrec_dropout: float = field(default=0.2, metadata={"help": "SASRec dropout"})
-    curve_every: int = field(default=1, metadata={"help": "SASRec learning curve: valid+test every N "
-                                                         "epochs (0 = none)"})
+    curve_every: int = field(
+        default=1, metadata={"help": "SASRec learning curve: valid+test every N epochs (0 = none)"}
+    )
     threads: int = field(default=1, metadata={"help": "torch threads"})
     seed: int = field(default=0, metadata={"help": "training seed"})
-    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
     out: str = field(default="", metadata={"help": "write tidy results CSV here ('' = don't)"})
 
 
 def curve_hook(model, sp: dict[str, list[data.Example]], rows: list[dict], ident: dict, every: int):
     """on_epoch callback: Recall/NDCG@10 of valid and test users, printed and kept as rows."""
+
     def hook(epoch: int, seconds: float) -> None:
         if epoch % every:
             return
@@ -68,16 +80,33 @@ def curve_hook(model, sp: dict[str, list[data.Example]], rows: list[dict], ident
         for split in ("valid", "test"):
             s, _ = baselines.evaluate_baseline(model, sp[split])
             line.append(f"{split} R@10 {s['recall@10']:.4f} N@10 {s['ndcg@10']:.4f}")
-            rows.extend({**ident, "split": split, "epoch": epoch, "train_seconds": seconds,
-                         "metric": m, "value": s[m]} for m in ("recall@10", "ndcg@10"))
+            rows.extend(
+                {
+                    **ident,
+                    "split": split,
+                    "epoch": epoch,
+                    "train_seconds": seconds,
+                    "metric": m,
+                    "value": s[m],
+                }
+                for m in ("recall@10", "ndcg@10")
+            )
         print(f"  epoch {epoch:3d} {seconds:7.1f} s  " + "  ".join(line), flush=True)
+
     return hook
 
 
 def fit_one(name: str, ds: data.Dataset, sp: dict, fit_on: str, args: BenchArgs, rows: list[dict]):
     """(fitted model, wall s, cpu s)."""
-    options = {"max_seconds": args.sasrec_seconds, "epochs": args.sasrec_epochs,
-               "dropout": args.sasrec_dropout} if name == "sasrec" else {}
+    options = (
+        {
+            "max_seconds": args.sasrec_seconds,
+            "epochs": args.sasrec_epochs,
+            "dropout": args.sasrec_dropout,
+        }
+        if name == "sasrec"
+        else {}
+    )
     model = baselines.make(name, **options)
     if name == "sasrec" and args.curve_every > 0:
         ident = {"dataset": ds.name, "baseline": name, "fit_on": fit_on}
@@ -99,16 +128,36 @@ def bench_dataset(name: str, args: BenchArgs, rows: list[dict]) -> None:
             for exclude in (False, True):
                 model.exclude_history = exclude
                 s, _ = baselines.evaluate_baseline(model, sp["test"])
-                ref = REFERENCE.get((ds.name, baseline)) if fit_on == "train" and not exclude else None
+                ref = (
+                    REFERENCE.get((ds.name, baseline))
+                    if fit_on == "train" and not exclude
+                    else None
+                )
                 note = f"  ratio to reference {s['recall@10'] / ref[0]:.2f}" if ref else ""
-                print(f"  test, history {'excluded' if exclude else 'kept    '}: R@10 {s['recall@10']:.4f}"
-                      f" N@10 {s['ndcg@10']:.4f}  fit wall {wall:.1f} s cpu {cpu:.1f} s"
-                      f"  ranking {s['recommend_seconds']:.1f} s{note}", flush=True)
-                settings = {k: v for k, v in model.info.items() if k not in ("baseline", "exclude_history")}
-                rows.extend({"dataset": ds.name, "baseline": baseline, "fit_on": fit_on, "split": "test",
-                             "exclude_history": exclude, "fit_wall_s": wall, "fit_cpu_s": cpu,
-                             "settings": str(settings), "metric": m, "value": s[m]}
-                            for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20"))
+                print(
+                    f"  test, history {'excluded' if exclude else 'kept    '}: R@10 "
+                    f"{s['recall@10']:.4f} N@10 {s['ndcg@10']:.4f}  fit wall {wall:.1f} s cpu "
+                    f"{cpu:.1f} s  ranking {s['recommend_seconds']:.1f} s{note}",
+                    flush=True,
+                )
+                settings = {
+                    k: v for k, v in model.info.items() if k not in ("baseline", "exclude_history")
+                }
+                rows.extend(
+                    {
+                        "dataset": ds.name,
+                        "baseline": baseline,
+                        "fit_on": fit_on,
+                        "split": "test",
+                        "exclude_history": exclude,
+                        "fit_wall_s": wall,
+                        "fit_cpu_s": cpu,
+                        "settings": str(settings),
+                        "metric": m,
+                        "value": s[m],
+                    }
+                    for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+                )
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

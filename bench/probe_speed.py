@@ -49,16 +49,31 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         if args.align_ckpt:
             n = len(Catalog.read(f"{args.align_ckpt}/{checkpoint.CATALOG_FILE}"))
             print(f"alignment on {args.align_ckpt} ({n:,} items), --no-umap")
-            results["alignment"] = timed(lambda: alignment.main([args.align_ckpt, "--out", f"{tmp}/a",
-                                                                  "--no-umap", "--device", args.device]))
+            results["alignment"] = timed(
+                lambda: alignment.main(
+                    [args.align_ckpt, "--out", f"{tmp}/a", "--no-umap", "--device", args.device]
+                )
+            )
         if args.attn_ckpt:
             print(f"attention on {args.attn_ckpt}, {args.n_users} users")
-            results["attention"] = timed(lambda: attention.main([args.attn_ckpt, "--out", f"{tmp}/b",
-                                                                  "--n-users", str(args.n_users),
-                                                                  "--device", args.device]))
+            results["attention"] = timed(
+                lambda: attention.main(
+                    [
+                        args.attn_ckpt,
+                        "--out",
+                        f"{tmp}/b",
+                        "--n-users",
+                        str(args.n_users),
+                        "--device",
+                        args.device,
+                    ]
+                )
+            )
     for name, (wall, cpu) in results.items():
-        print(f"{name}: wall {wall:.1f} s, cpu {cpu:.1f} s, target {TARGETS[name]:.0f} s, "
-              f"ratio wall/target {wall / TARGETS[name]:.2f}")
+        print(
+            f"{name}: wall {wall:.1f} s, cpu {cpu:.1f} s, target {TARGETS[name]:.0f} s, "
+            f"ratio wall/target {wall / TARGETS[name]:.2f}"
+        )
     return results
 
 

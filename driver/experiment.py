@@ -1,13 +1,14 @@
-"""``python -m pauserec experiment``: the paper's matrix -- train, evaluate, probe, report -- resumable.
+"""``python -m pauserec experiment``: the paper's matrix -- train, evaluate, probe, report --
+resumable.
 
 Layout of ``--out``::
 
-    init/                                        shared: backbone + SID tokens (SIDs fixed per dataset)
-    seed{S}/{cpt,sft,pause-pretrain}/            shared stages of seed S (every stage trains with seed S)
-    seed{S}/{CELL}/                              the cells: pause-k{K}, pause-k5-{INIT}, the controls
-                                                 (think-only, sft-continued, filler-k5), cot-{SOURCE}
+    init/                                 shared: backbone + SID tokens (SIDs fixed per dataset)
+    seed{S}/{cpt,sft,pause-pretrain}/     shared stages of seed S (every stage trains with seed S)
+    seed{S}/{CELL}/                       the cells: pause-k{K}, pause-k5-{INIT}, the controls
+                                          (think-only, sft-continued, filler-k5), cot-{SOURCE}
     seed{S}/eval/{CELL}/metrics.json, per_user.csv
-    seed{S}/eval-valid/{CELL}/                   the best-of candidates on the validation split
+    seed{S}/eval-valid/{CELL}/            the best-of candidates on the validation split
     baselines/{popularity,markov,sasrec-seed{S}}/             classical baselines, evaluation format
     probes/{alignment,attention,verbalization,rationale}/    probes (seed 0)
     report/REPORT.md                                         analysis.make_report
@@ -52,52 +53,108 @@ TRAJECTORY = ("init", "cpt", "sft", "pause", "cot")
 
 @dataclass
 class ExperimentArgs(RunArgs):
-    """Run the paper's matrix (plain, pause k-sweep and inits, compute-matched controls, CoT sources,
-    classical baselines), evaluate, probe, report."""
+    """Run the paper's matrix (plain, pause k-sweep and inits, compute-matched controls, CoT
+    sources, classical baselines), evaluate, probe, report."""
 
-    seeds: int = field(default=1, metadata={"help": "training seeds (0..N-1); verdicts need 3+",
-                                            "min": 1, "max": 100})
-    pause_counts: tuple[int, ...] = field(default=(1, 3, 5, 10), metadata={
-        "help": "pause counts (init pretrained)", "min": 1, "deprecated": ("--ks",)})
-    pause_inits: tuple[str, ...] = field(default=("mean-text", "mean-sid", "default"), metadata={
-        "help": f"other pause inits, at {PAPER_PAUSES} pauses", "choices": registry.PAUSE_INITS})
-    controls: tuple[str, ...] = field(default=registry.CONTROLS, metadata={
-        "help": "compute-matched controls of pause-sft", "choices": registry.CONTROLS})
-    rationales: tuple[str, ...] = field(default=("template", "template-leaky", "local", "openai"), metadata={
-        "help": "cot-sft rationale sources", "choices": SOURCES})
-    main_rationale: str = field(default="template", metadata={
-        "help": "the CoT source the claims compare against", "choices": SOURCES})
-    baselines: tuple[str, ...] = field(default=BASELINES, metadata={
-        "help": "classical baselines on the same split", "choices": BASELINES})
-    sasrec_seconds: float | None = field(default=None, metadata={
-        "help": "sasrec: optional hard cap on training seconds per seed (default: early stopping "
-                "on the validation split decides; a cap makes runs irreproducible)", "gt": 0.0})
-    eval_users: int = field(default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0})
-    beams: int = field(default=20, metadata={"help": "beam width for evaluation",
-                                             "min": evaluate.LIST_LEN, "max": evaluate.MAX_BEAMS})
-    latency_samples: int = field(default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0})
-    probes: tuple[str, ...] = field(default=tuple(PROBES), metadata={"help": "probes to run (seed 0)",
-                                                                      "choices": tuple(PROBES)})
-    probe_users: int = field(default=64, metadata={"help": "users for attention/rationale probes", "min": 2})
-    probe_items: int = field(default=100, metadata={"help": "items for the verbalization probe", "min": 1})
-    umap: bool = field(default=True, metadata={"help": "alignment probe: the UMAP map of SID and words"})
-    alignment_stages: tuple[str, ...] = field(default=TRAJECTORY, metadata={
-        "help": "checkpoints the alignment probe follows", "choices": TRAJECTORY})
-    verbalization_stages: tuple[str, ...] = field(default=TRAJECTORY, metadata={
-        "help": "checkpoints the verbalisation probe asks", "choices": TRAJECTORY})
-    latency_roles: tuple[str, ...] = field(default=("plain", "pause", "cot"), metadata={
-        "help": "which main conditions are timed for latency", "choices": ("plain", "pause", "cot")})
+    seeds: int = field(
+        default=1,
+        metadata={"help": "training seeds (0..N-1); verdicts need 3+", "min": 1, "max": 100},
+    )
+    pause_counts: tuple[int, ...] = field(
+        default=(1, 3, 5, 10),
+        metadata={"help": "pause counts (init pretrained)", "min": 1, "deprecated": ("--ks",)},
+    )
+    pause_inits: tuple[str, ...] = field(
+        default=("mean-text", "mean-sid", "default"),
+        metadata={
+            "help": f"other pause inits, at {PAPER_PAUSES} pauses",
+            "choices": registry.PAUSE_INITS,
+        },
+    )
+    controls: tuple[str, ...] = field(
+        default=registry.CONTROLS,
+        metadata={"help": "compute-matched controls of pause-sft", "choices": registry.CONTROLS},
+    )
+    rationales: tuple[str, ...] = field(
+        default=("template", "template-leaky", "local", "openai"),
+        metadata={"help": "cot-sft rationale sources", "choices": SOURCES},
+    )
+    main_rationale: str = field(
+        default="template",
+        metadata={"help": "the CoT source the claims compare against", "choices": SOURCES},
+    )
+    baselines: tuple[str, ...] = field(
+        default=BASELINES,
+        metadata={"help": "classical baselines on the same split", "choices": BASELINES},
+    )
+    sasrec_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "sasrec: optional hard cap on training seconds per seed (default: early stopping "
+                "on the validation split decides; a cap makes runs irreproducible)"
+            ),
+            "gt": 0.0,
+        },
+    )
+    eval_users: int = field(
+        default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0}
+    )
+    beams: int = field(
+        default=20,
+        metadata={
+            "help": "beam width for evaluation",
+            "min": evaluate.LIST_LEN,
+            "max": evaluate.MAX_BEAMS,
+        },
+    )
+    latency_samples: int = field(
+        default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0}
+    )
+    probes: tuple[str, ...] = field(
+        default=tuple(PROBES), metadata={"help": "probes to run (seed 0)", "choices": tuple(PROBES)}
+    )
+    probe_users: int = field(
+        default=64, metadata={"help": "users for attention/rationale probes", "min": 2}
+    )
+    probe_items: int = field(
+        default=100, metadata={"help": "items for the verbalization probe", "min": 1}
+    )
+    umap: bool = field(
+        default=True, metadata={"help": "alignment probe: the UMAP map of SID and words"}
+    )
+    alignment_stages: tuple[str, ...] = field(
+        default=TRAJECTORY,
+        metadata={"help": "checkpoints the alignment probe follows", "choices": TRAJECTORY},
+    )
+    verbalization_stages: tuple[str, ...] = field(
+        default=TRAJECTORY,
+        metadata={"help": "checkpoints the verbalisation probe asks", "choices": TRAJECTORY},
+    )
+    latency_roles: tuple[str, ...] = field(
+        default=("plain", "pause", "cot"),
+        metadata={
+            "help": "which main conditions are timed for latency",
+            "choices": ("plain", "pause", "cot"),
+        },
+    )
     report: str = field(default="", metadata={"help": "report directory (default OUT/report)"})
 
 
 # Every preset section, and the arguments each is checked against before any work.
-SCHEMAS = {**pipeline.SCHEMAS, "experiment": ExperimentArgs, "evaluate": evaluate.EvalArgs,
-           "baselines": command.BaselineArgs, "gpu": gpu_prepare.PrepareArgs,
-           **{f"probes.{name}": module.Args for name, module in PROBES.items()}}
+SCHEMAS = {
+    **pipeline.SCHEMAS,
+    "experiment": ExperimentArgs,
+    "evaluate": evaluate.EvalArgs,
+    "baselines": command.BaselineArgs,
+    "gpu": gpu_prepare.PrepareArgs,
+    **{f"probes.{name}": module.Args for name, module in PROBES.items()},
+}
 
 
 def cells(args: ExperimentArgs) -> list[registry.Cell]:
-    """The cells every seed trains (``sft`` is one of the shared stages), from :mod:`pauserec.registry`."""
+    """The cells every seed trains (``sft`` is one of the shared stages), from
+    :mod:`pauserec.registry`."""
     return registry.matrix(args.pause_counts, args.pause_inits, args.controls, sources(args))
 
 
@@ -107,8 +164,10 @@ def sources(args: ExperimentArgs, warn: bool = True) -> list[str]:
     for source in args.rationales:
         if source.startswith("openai") and not os.environ.get("PAUSEREC_OPENAI_BASE_URL"):
             if warn:
-                log.warning("cot-%s skipped: set PAUSEREC_OPENAI_BASE_URL (and _MODEL) to an "
-                            "endpoint", source)
+                log.warning(
+                    "cot-%s skipped: set PAUSEREC_OPENAI_BASE_URL (and _MODEL) to an endpoint",
+                    source,
+                )
             continue
         out.append(source)
     return out
@@ -116,10 +175,17 @@ def sources(args: ExperimentArgs, warn: bool = True) -> list[str]:
 
 def shared_args(args: ExperimentArgs, seed: int) -> pipeline.PipelineArgs:
     """The pipeline of one seed's shared stages (``seed{S}/``), on the run's one init checkpoint."""
-    values = {"out": str(Path(args.out) / f"seed{seed}"), "dataset": args.dataset, "seed": seed,
-              "backbone": args.backbone, "preset": args.preset, "data_root": args.data_root,
-              "device": args.device, "stages": registry.SHARED,
-              "init": str(Path(args.out) / "init")}
+    values = {
+        "out": str(Path(args.out) / f"seed{seed}"),
+        "dataset": args.dataset,
+        "seed": seed,
+        "backbone": args.backbone,
+        "preset": args.preset,
+        "data_root": args.data_root,
+        "device": args.device,
+        "stages": registry.SHARED,
+        "init": str(Path(args.out) / "init"),
+    }
     return build(pipeline.PipelineArgs, values, args.preset, "pipeline")
 
 
@@ -127,26 +193,50 @@ def cell_args(args: ExperimentArgs, seed: int, cell: registry.Cell) -> train.Tra
     root = Path(args.out) / f"seed{seed}"
     extra = {"pause_from": str(root / "pause-pretrain")} if cell.pause_source else {}
     extra |= {"device": args.device} if args.device else {}
-    return train.stage_args(cell.stage, args.preset, **cell.train_values(), **extra,
-                            from_ckpt=str(root / cell.parent), out=str(root / cell.name), seed=seed,
-                            resume=True)
+    return train.stage_args(
+        cell.stage,
+        args.preset,
+        **cell.train_values(),
+        **extra,
+        from_ckpt=str(root / cell.parent),
+        out=str(root / cell.name),
+        seed=seed,
+        resume=True,
+    )
 
 
-def eval_args(args: ExperimentArgs, ckpt: Path, out: Path, split: str = "test") -> evaluate.EvalArgs:
+def eval_args(
+    args: ExperimentArgs, ckpt: Path, out: Path, split: str = "test"
+) -> evaluate.EvalArgs:
     timed = split == "test" and ckpt.name in {main_cells(args)[r] for r in args.latency_roles}
-    values = {"ckpt": str(ckpt), "out": str(out), "beams": args.beams, "split": split,
-              "n_users": args.eval_users or None, "device": args.device or "auto",
-              "latency_samples": args.latency_samples if timed else 0}
+    values = {
+        "ckpt": str(ckpt),
+        "out": str(out),
+        "beams": args.beams,
+        "split": split,
+        "n_users": args.eval_users or None,
+        "device": args.device or "auto",
+        "latency_samples": args.latency_samples if timed else 0,
+    }
     return build(evaluate.EvalArgs, values)
 
 
-def baseline_args(args: ExperimentArgs, name: str, seed: int | None,
-                  out: Path) -> command.BaselineArgs:
-    """A baseline on the conditions' footing (:func:`footing`) and users; ``[baselines]`` of the preset
-    tunes it (e.g. ``sasrec_epochs``)."""
-    values = {"model": name, "dataset": args.dataset, "data_root": args.data_root, "out": str(out),
-              "n_users": args.eval_users or None, "eval_seed": 0, "seed": seed or 0, **footing(args),
-              "device": args.device or "auto"}
+def baseline_args(
+    args: ExperimentArgs, name: str, seed: int | None, out: Path
+) -> command.BaselineArgs:
+    """A baseline on the conditions' footing (:func:`footing`) and users; ``[baselines]`` of the
+    preset tunes it (e.g. ``sasrec_epochs``)."""
+    values = {
+        "model": name,
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "out": str(out),
+        "n_users": args.eval_users or None,
+        "eval_seed": 0,
+        "seed": seed or 0,
+        **footing(args),
+        "device": args.device or "auto",
+    }
     values |= {"sasrec_seconds": args.sasrec_seconds} if args.sasrec_seconds else {}
     return build(command.BaselineArgs, values, args.preset, "baselines")
 
@@ -159,8 +249,12 @@ def probe_run_args(args: ExperimentArgs, name: str, values: dict[str, Any]):
 
 
 def report_args(args: ExperimentArgs) -> make_report.Args:
-    values = {"runs": [args.out], "out": str(report_dir(args)), "overwrite": True,
-              "main_rationale": args.main_rationale}
+    values = {
+        "runs": [args.out],
+        "out": str(report_dir(args)),
+        "overwrite": True,
+        "main_rationale": args.main_rationale,
+    }
     return build(make_report.Args, values)
 
 
@@ -187,9 +281,11 @@ def check_plan(args: ExperimentArgs) -> None:
     config.check_preset(args.preset, SCHEMAS)
     trained = sources(args, warn=False)
     if trained and args.main_rationale not in trained:
-        raise UserError(f"--main-rationale {args.main_rationale} is not among the trained "
-                        f"rationale sources ({', '.join(trained)}; openai needs "
-                        "PAUSEREC_OPENAI_BASE_URL)")
+        raise UserError(
+            f"--main-rationale {args.main_rationale} is not among the trained "
+            f"rationale sources ({', '.join(trained)}; openai needs "
+            "PAUSEREC_OPENAI_BASE_URL)"
+        )
     pipeline.check_plan(shared_args(args, 0))  # the seeds differ in their seed only
     for cell in cells(args):
         cell_args(args, 0, cell)
@@ -220,17 +316,26 @@ def run_seed(args: ExperimentArgs, seed: int) -> Path:
 def candidates(args: ExperimentArgs) -> list[registry.Cell]:
     """The cells a best-of claim chooses among on the validation split: the other pause inits and
     the filler control, the other pause counts -- each family only with two or more to choose."""
-    rivals = [c for c in cells(args) if c.stage == "pause-sft" and c.control in ("", "filler")
-              and c.name != main_cells(args)["pause"]]
+    rivals = [
+        c
+        for c in cells(args)
+        if c.stage == "pause-sft"
+        and c.control in ("", "filler")
+        and c.name != main_cells(args)["pause"]
+    ]
     inits = [c for c in rivals if c.control == "filler" or c.pause_init != "pretrained"]
     counts = [c for c in rivals if c.control == "" and c.pause_init == "pretrained"]
     return [c for family in (inits, counts) if len(family) > 1 for c in family]
 
 
 def main_cells(args: ExperimentArgs) -> dict[str, str]:
-    """{role: cell name} of the main conditions: plain SFT, the paper's pause cell, the main CoT source."""
-    return {"plain": "sft", "pause": registry.cell_name("pause-sft", PAPER_PAUSES),
-            "cot": registry.cell_name("cot-sft", rationale=args.main_rationale)}
+    """{role: cell name} of the main conditions: plain SFT, the paper's pause cell, the main CoT
+    source."""
+    return {
+        "plain": "sft",
+        "pause": registry.cell_name("pause-sft", PAPER_PAUSES),
+        "cot": registry.cell_name("cot-sft", rationale=args.main_rationale),
+    }
 
 
 def run_eval(args: ExperimentArgs, ckpt: Path, out: Path, split: str = "test") -> None:
@@ -247,8 +352,10 @@ def footing(args: ExperimentArgs) -> dict[str, Any]:
     for name in (main_cells(args)["pause"], "sft"):
         if pipeline.done(root / name):
             meta = checkpoint.read_meta(root / name)
-            return {"max_history": (meta.get("dataset") or {}).get("max_history", 20),
-                    "train_targets": meta.get("train_targets") or "all"}
+            return {
+                "max_history": (meta.get("dataset") or {}).get("max_history", 20),
+                "train_targets": meta.get("train_targets") or "all",
+            }
     return {}
 
 
@@ -266,30 +373,58 @@ def run_baselines(args: ExperimentArgs) -> None:
 
 
 def probe_args(args: ExperimentArgs, root: Path) -> dict[str, dict[str, Any]]:
-    """Probe -> its arguments (checkpoints + options). Trajectories run over the stages of seed 0."""
+    """Probe -> its arguments (checkpoints + options). Trajectories run over the stages of seed
+    0."""
     counts = sorted(args.pause_counts, key=lambda n: n != PAPER_PAUSES)  # the paper's count first
-    pause = next((c for c in (registry.cell_name("pause-sft", n) for n in counts) if (root / c).is_dir()), None)
+    pause = next(
+        (c for c in (registry.cell_name("pause-sft", n) for n in counts) if (root / c).is_dir()),
+        None,
+    )
     cot = main_cells(args)["cot"] if (root / main_cells(args)["cot"]).is_dir() else None
-    where = {"init": Path(args.out) / "init", "cpt": root / "cpt", "sft": root / "sft",
-             "pause": root / pause if pause else None, "cot": root / cot if cot else None}
+    where = {
+        "init": Path(args.out) / "init",
+        "cpt": root / "cpt",
+        "sft": root / "sft",
+        "pause": root / pause if pause else None,
+        "cot": root / cot if cot else None,
+    }
 
     def trajectory(names: tuple[str, ...]) -> list[str]:
-        return [str(where[n]) for n in TRAJECTORY if n in names and where[n] and (where[n] / "pauserec.json").is_file()]
+        return [
+            str(where[n])
+            for n in TRAJECTORY
+            if n in names and where[n] and (where[n] / "pauserec.json").is_file()
+        ]
 
     common = {"device": args.device or "auto", "seed": 0}
     plan = {
         "alignment": {"ckpt": trajectory(args.alignment_stages), "umap": args.umap},
-        "attention": {"ckpt": [str(root / pause)], "n_users": args.probe_users, "interventions": True}
-        if pause else None,
-        "verbalization": {"ckpt": trajectory(args.verbalization_stages), "n_items": args.probe_items},
+        "attention": {
+            "ckpt": [str(root / pause)],
+            "n_users": args.probe_users,
+            "interventions": True,
+        }
+        if pause
+        else None,
+        "verbalization": {
+            "ckpt": trajectory(args.verbalization_stages),
+            "n_items": args.probe_items,
+        },
         "rationale": {"ckpt": [str(root / cot)], "n_users": args.probe_users} if cot else None,
     }
     if not backbone.language_model(args.backbone):
         for name in ("alignment", "verbalization"):
             if plan.pop(name, None) and name in args.probes:
-                print(f"== probe {name}: skipped, it needs a pretrained language model and {args.backbone} is "
-                      "trained from scratch here", flush=True)
-    return {name: {**values, **common} for name, values in plan.items() if name in args.probes and values}
+                print(
+                    f"== probe {name}: skipped, it needs a pretrained language model and "
+                    f"{args.backbone} is trained from scratch here",
+                    flush=True,
+                )
+    return {
+        name: {**values, **common}
+        for name, values in plan.items()
+        if name in args.probes and values
+    }
 
 
 def run_probes(args: ExperimentArgs, root: Path) -> None:
@@ -305,8 +440,8 @@ def run_probes(args: ExperimentArgs, root: Path) -> None:
 
 
 def run(args: ExperimentArgs, report: bool = True) -> Path:
-    """The whole matrix for every seed, the probes on seed 0, then (``report``) the report; returns the
-    report's directory (``OUT/report`` unless ``--report``)."""
+    """The whole matrix for every seed, the probes on seed 0, then (``report``) the report; returns
+    the report's directory (``OUT/report`` unless ``--report``)."""
     start = time.perf_counter()
     wanted = check(args)
     with pipeline.claim_run(args.out, "experiment", wanted):  # resumed, never replaced
@@ -319,8 +454,10 @@ def run(args: ExperimentArgs, report: bool = True) -> Path:
         if report:
             make_report.run(report_args(args))
     where = report_dir(args)
-    print(f"experiment finished in {time.perf_counter() - start:.0f}s"
-          + (f"; report: {where / 'REPORT.md'}" if report else ""))
+    print(
+        f"experiment finished in {time.perf_counter() - start:.0f}s"
+        + (f"; report: {where / 'REPORT.md'}" if report else "")
+    )
     return where
 
 

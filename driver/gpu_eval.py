@@ -51,9 +51,16 @@ def chunk(test: list[data.Example], done: int, size: int) -> list[data.Example]:
 
 def load_rounds(folder: Path) -> list[dict]:
     """The finished rounds: per round, per cell, (summary, per-user frame)."""
-    return [{c: (json.loads((d / f"{c}.json").read_text()),
-                 pd.read_csv(d / f"{c}.csv", keep_default_na=False)) for c in CELLS}
-            for d in sorted(folder.glob("[0-9][0-9]"))]
+    return [
+        {
+            c: (
+                json.loads((d / f"{c}.json").read_text()),
+                pd.read_csv(d / f"{c}.csv", keep_default_na=False),
+            )
+            for c in CELLS
+        }
+        for d in sorted(folder.glob("[0-9][0-9]"))
+    ]
 
 
 class Evaluation:
@@ -63,14 +70,19 @@ class Evaluation:
         self.args, self.work, self.publish = args, work, publish
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype("auto", self.device)
-        self.ckpts = {c: checkpoint.load(work / "seed0" / c, device=self.device, dtype=self.dtype)
-                      for c in CELLS}
+        self.ckpts = {
+            c: checkpoint.load(work / "seed0" / c, device=self.device, dtype=self.dtype)
+            for c in CELLS
+        }
         self.tests = {c: evaluate.examples_for(ck, "test") for c, ck in self.ckpts.items()}  # all
         self.popular = {c: evaluate.popular_items(ck) for c, ck in self.ckpts.items()}
         self.folder = work / "seed0" / "eval-rounds"
         self.rounds = load_rounds(self.folder)
-        self.latency = {c: json.loads((self.folder / "latency" / f"{c}.json").read_text())
-                        for c in CELLS if (self.folder / "latency" / f"{c}.json").is_file()}
+        self.latency = {
+            c: json.loads((self.folder / "latency" / f"{c}.json").read_text())
+            for c in CELLS
+            if (self.folder / "latency" / f"{c}.json").is_file()
+        }
         self.ev = record.setdefault("evaluation", {})
         self.record = record
 
@@ -83,8 +95,14 @@ class Evaluation:
         ckpt = self.ckpts[cell]
         summary, frame = evaluate.merge(ckpt, [r[cell] for r in self.rounds], self.popular[cell])
         summary.update(describe(self.device, self.dtype), **self.latency.get(cell, {}))
-        settings = {"beams": BEAMS, "batch_size": self.args.eval_batch, "rounds": len(self.rounds),
-                    "split": "test", "eval_seed": EVAL_SEED, "device": self.args.device}
+        settings = {
+            "beams": BEAMS,
+            "batch_size": self.args.eval_batch,
+            "rounds": len(self.rounds),
+            "split": "test",
+            "eval_seed": EVAL_SEED,
+            "device": self.args.device,
+        }
         out = self.work / "seed0" / "eval" / cell  # rewritten after every round: claimed each time
         with files.claim(out, kind="pauserec evaluate", overwrite=True):
             evaluate.write(str(out), ckpt.identity(), summary, frame, settings)
@@ -96,16 +114,25 @@ class Evaluation:
         fixed = self.ev.get("seconds_per_round", 0.0)  # writing and exporting a round's results
         while self.users < cap:
             left, done = clock.left("evaluate"), self.users
-            most = math.ceil(cap / ROUNDS) if "seconds_per_user" in self.ev else self.args.eval_batch
+            most = (
+                math.ceil(cap / ROUNDS) if "seconds_per_user" in self.ev else self.args.eval_batch
+            )
             size = min(cap - done, most, int((SAFETY * left - fixed) / per_user))
             if left <= 0 or size < 1:
                 self.ev["stopped"] = f"time: {done:,} of {cap:,} users by the evaluation deadline"
                 break
             start = time.time()
-            results = {c: evaluate.evaluate(self.ckpts[c], seed=EVAL_SEED, beams=BEAMS,
-                                            examples=chunk(self.tests[c], done, size),
-                                            popular=self.popular[c],
-                                            batch_size=self.args.eval_batch) for c in CELLS}
+            results = {
+                c: evaluate.evaluate(
+                    self.ckpts[c],
+                    seed=EVAL_SEED,
+                    beams=BEAMS,
+                    examples=chunk(self.tests[c], done, size),
+                    popular=self.popular[c],
+                    batch_size=self.args.eval_batch,
+                )
+                for c in CELLS
+            }
             per_user, start = (time.time() - start) / size, time.time()
             with files.atomic_dir(self.folder / f"{len(self.rounds):02d}") as tmp:
                 for c, (summary, frame) in results.items():
@@ -117,25 +144,36 @@ class Evaluation:
             self.ev.update(users=self.users, rounds=len(self.rounds), seconds_per_user=per_user)
             self.publish()
             fixed = self.ev["seconds_per_round"] = time.time() - start
-            print(f"== evaluation round {len(self.rounds)}: {size:,} users ({self.users:,} of "
-                  f"{cap:,}), {1000 * per_user:.1f} ms a user for all cells + {fixed:.1f}s to "
-                  f"write; {clock.left('evaluate'):.0f}s left", flush=True)
+            print(
+                f"== evaluation round {len(self.rounds)}: {size:,} users ({self.users:,} of "
+                f"{cap:,}), {1000 * per_user:.1f} ms a user for all cells + {fixed:.1f}s to "
+                f"write; {clock.left('evaluate'):.0f}s left",
+                flush=True,
+            )
 
     def run_baselines(self, plan: dict, folder: Path, clock) -> None:
         """Each baseline on exactly the users the cells reached."""
         users, notes = self.users, self.ev.setdefault("baselines", {})
         for name in BASELINES:
             out = self.work / "baselines" / name
-            if (out / "metrics.json").is_file() and json.loads(
-                    (out / "metrics.json").read_text())["n_users"] == users:
+            if (out / "metrics.json").is_file() and json.loads((out / "metrics.json").read_text())[
+                "n_users"
+            ] == users:
                 continue
             left = clock.left("baselines")
             if name in TRAINED and left <= 0:
                 notes[name] = "skipped: no time left before the baselines' deadline"
                 continue
-            values = {"model": name, "dataset": plan["source_dataset"],
-                      "data_root": str(folder / "data"), "out": str(out), "overwrite": True,
-                      "n_users": users, "eval_seed": EVAL_SEED, "device": self.args.device}
+            values = {
+                "model": name,
+                "dataset": plan["source_dataset"],
+                "data_root": str(folder / "data"),
+                "out": str(out),
+                "overwrite": True,
+                "n_users": users,
+                "eval_seed": EVAL_SEED,
+                "device": self.args.device,
+            }
             if name == "sasrec":
                 values["sasrec_seconds"] = max(1.0, min(self.args.sasrec_seconds, 0.6 * left))
             baseline.run(build(baseline.BaselineArgs, values))
@@ -166,8 +204,9 @@ class Evaluation:
             self.publish()
 
 
-def evaluate_all(args, plan: dict, folder: Path, work: Path, clock, cap: int, record: dict,
-                 publish) -> None:
+def evaluate_all(
+    args, plan: dict, folder: Path, work: Path, clock, cap: int, record: dict, publish
+) -> None:
     """Rounds, then baselines, then latency (see the module docstring); ``publish`` after each."""
     ev = Evaluation(args, work, record, lambda: (collect(work, record), publish()))
     ev.run_rounds(clock, cap)
@@ -178,18 +217,30 @@ def evaluate_all(args, plan: dict, folder: Path, work: Path, clock, cap: int, re
 
 def collect(work: Path, record: dict) -> None:
     """The headline numbers of every evaluated cell and baseline into the record."""
-    keys = ("n_users", "recall@10", "ndcg@10", "coverage@10", "latency_ms_per_sample",
-            "latency_samples")
-    found = [*sorted((work / "seed0" / "eval").glob("*/metrics.json")),
-             *sorted((work / "baselines").glob("*/metrics.json"))]
-    record["metrics"] = {p.parent.name: {k: m[k] for k in keys if k in m}
-                         for p in found for m in [json.loads(p.read_text())]}
+    keys = (
+        "n_users",
+        "recall@10",
+        "ndcg@10",
+        "coverage@10",
+        "latency_ms_per_sample",
+        "latency_samples",
+    )
+    found = [
+        *sorted((work / "seed0" / "eval").glob("*/metrics.json")),
+        *sorted((work / "baselines").glob("*/metrics.json")),
+    ]
+    record["metrics"] = {
+        p.parent.name: {k: m[k] for k in keys if k in m}
+        for p in found
+        for m in [json.loads(p.read_text())]
+    }
 
 
 def format_metrics(record: dict) -> str:
     lines = [f"{'':<14} {'users':>7}  recall@10  ndcg@10  latency ms"]
     for name, m in record.get("metrics", {}).items():
         lat = f"{m['latency_ms_per_sample']:9.1f}" if "latency_ms_per_sample" in m else "        -"
-        lines.append(f"{name:<14} {m['n_users']:>7,}  {m['recall@10']:9.4f}  {m['ndcg@10']:7.4f}  "
-                     f"{lat}")
+        lines.append(
+            f"{name:<14} {m['n_users']:>7,}  {m['recall@10']:9.4f}  {m['ndcg@10']:7.4f}  {lat}"
+        )
     return "\n".join(lines)

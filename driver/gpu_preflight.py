@@ -66,8 +66,13 @@ def smoke(device: torch.device, seconds: float) -> str:
     with torch.no_grad():
         full = model(input_ids=ids[:, :17]).logits[:, -1].float()  # (B, V)
         _, cache, keys = prefill(model, ids[:, :16].tolist())
-        step, _ = forward(model, cache, input_ids=ids[:, 16:17], attention_mask=torch.cat(
-            [keys, keys.new_ones((8, 1))], 1), position_ids=torch.full((8, 1), 16, device=device))
+        step, _ = forward(
+            model,
+            cache,
+            input_ids=ids[:, 16:17],
+            attention_mask=torch.cat([keys, keys.new_ones((8, 1))], 1),
+            position_ids=torch.full((8, 1), 16, device=device),
+        )
     gap = (step.logits[:, -1].float() - full).abs().max().item()
     if gap > 1e-3:
         raise UserError(f"smoke: the cached decode differs from a full forward by {gap:.2g}")
@@ -76,18 +81,27 @@ def smoke(device: torch.device, seconds: float) -> str:
     if (found < 0).any():
         raise UserError("smoke: the constrained beam search returned a non-item")
     synchronize(device)
-    return (f"smoke ok on {name_of(device)} in {time.time() - start:.1f}s: {len(losses)} {dtype} "
-            f"steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; cached decode = full forward (max "
-            f"gap {gap:.1e}); beam search: 8 users x 8 beams, all items")
+    return (
+        f"smoke ok on {name_of(device)} in {time.time() - start:.1f}s: {len(losses)} {dtype} "
+        f"steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; cached decode = full forward (max "
+        f"gap {gap:.1e}); beam search: 8 users x 8 beams, all items"
+    )
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(PreflightArgs, argv, "pauserec gpu preflight")
     device = resolve_device(args.device)
     print(VERSIONS, flush=True)
-    print(f"device: {name_of(device)}" + (f", CUDA {torch.version.cuda}, "
-          f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB"
-          if device.type == "cuda" else ""), flush=True)
+    print(
+        f"device: {name_of(device)}"
+        + (
+            f", CUDA {torch.version.cuda}, "
+            f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB"
+            if device.type == "cuda"
+            else ""
+        ),
+        flush=True,
+    )
     line = smoke(device, args.seconds)
     print(line, flush=True)
     return line

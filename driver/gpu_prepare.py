@@ -38,14 +38,22 @@ from pauserec.model.checkpoint import Checkpoint
 from pauserec.training import stages, train
 
 log = logging.getLogger(__name__)
-CELLS = registry.matrix(controls=("think-only",), rationales=("template",))  # evaluated, in this order
-STAGE_PLAN = ([registry.Cell(s) for s in registry.SHARED]
-              + [c for c in CELLS if c.stage not in registry.SHARED])  # trained, in this order
+# evaluated, in this order
+CELLS = registry.matrix(controls=("think-only",), rationales=("template",))
+STAGE_PLAN = [registry.Cell(s) for s in registry.SHARED] + [
+    c for c in CELLS if c.stage not in registry.SHARED
+]  # trained, in this order
 CARRY_MIB = 64  # what one device call carries
 # Each part's share of the run's budget, in run order; a part's deadline is the sum of the shares
 # up to it, so time an earlier part leaves goes to the next. "export": the last export's reserve.
-SHARES = {"init": 0.05, "train": 0.50, "evaluate": 0.27, "baselines": 0.06, "latency": 0.06,
-          "export": 0.06}
+SHARES = {
+    "init": 0.05,
+    "train": 0.50,
+    "evaluate": 0.27,
+    "baselines": 0.06,
+    "latency": 0.06,
+    "export": 0.06,
+}
 COT_COST = 5  # decoding a CoT cell costs ~5 plain cells: it writes a rationale before the SID
 
 
@@ -53,42 +61,84 @@ COT_COST = 5  # decoding a CoT cell costs ~5 plain cells: it writes a rationale 
 class PrepareArgs:
     """Prepare the one-command GPU run: data, SIDs, the backbone in parts, wheels and the budget."""
 
-    dataset: str = field(default="beauty", metadata={
-        "help": "ml-100k, office, beauty, toys, or a directory"})
-    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    out: str = field(default="gpu_run", metadata={
-        "help": "output folder (gitignored; carried to the GPU)"})
+    dataset: str = field(
+        default="beauty", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
+    out: str = field(
+        default="gpu_run", metadata={"help": "output folder (gitignored; carried to the GPU)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    backbone: str = field(default="smollm2-135m", metadata={
-        "help": "smollm2-135m (carried as GGUF parts) or tiny (rehearsals)"})
-    sid_source: str = field(default="", metadata={
-        "help": "a SID index file (default: the dataset's published index when there is one, else "
-                "rq-vae built here)"})
+    backbone: str = field(
+        default="smollm2-135m",
+        metadata={"help": "smollm2-135m (carried as GGUF parts) or tiny (rehearsals)"},
+    )
+    sid_source: str = field(
+        default="",
+        metadata={
+            "help": (
+                "a SID index file (default: the dataset's published index when there is one, else "
+                "rq-vae built here)"
+            )
+        },
+    )
     preset: str = field(default="gpu", metadata={"help": "configs/NAME.toml: [train.*] of the run"})
     max_history: int = field(default=20, metadata={"help": "history length", "min": 1})
-    part_mib: int = field(default=56, metadata={"help": "size of the first GGUF part, MiB", "min": 1,
-                                                "max": CARRY_MIB - 1})
-    tokens_per_s: float = field(default=150_000.0, metadata={
-        "help": "assumed training throughput on the GPU (SmolLM2-135M on an H100, eager PyTorch: "
-                "100-200k; the run measures its own)", "gt": 0.0})
-    stage_overhead_s: float = field(default=5.0, metadata={
-        "help": "assumed seconds per stage beside its steps (load, corpus, save; the run "
-                "measures it)", "min": 0.0})
-    users_per_s: float = field(default=1500.0, metadata={
-        "help": "assumed test users/s of a plain cell's 20-beam search on the GPU (sets the "
-                "evaluated users; the run stops early, on the same users everywhere, when it is "
-                "slower)", "gt": 0.0})
-    budget_s: float = field(default=300.0, metadata={"help": "the run's time budget, seconds",
-                                                     "gt": 0.0})
-    wheels: bool = field(default=True, metadata={
-        "help": "download the wheels the GPU image lacks (PyPI)"})
+    part_mib: int = field(
+        default=56,
+        metadata={"help": "size of the first GGUF part, MiB", "min": 1, "max": CARRY_MIB - 1},
+    )
+    tokens_per_s: float = field(
+        default=150_000.0,
+        metadata={
+            "help": (
+                "assumed training throughput on the GPU (SmolLM2-135M on an H100, eager PyTorch: "
+                "100-200k; the run measures its own)"
+            ),
+            "gt": 0.0,
+        },
+    )
+    stage_overhead_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "assumed seconds per stage beside its steps (load, corpus, save; the run "
+            "measures it)",
+            "min": 0.0,
+        },
+    )
+    users_per_s: float = field(
+        default=1500.0,
+        metadata={
+            "help": "assumed test users/s of a plain cell's 20-beam search on the GPU (sets the "
+            "evaluated users; the run stops early, on the same users everywhere, when it is "
+            "slower)",
+            "gt": 0.0,
+        },
+    )
+    budget_s: float = field(
+        default=300.0, metadata={"help": "the run's time budget, seconds", "gt": 0.0}
+    )
+    wheels: bool = field(
+        default=True, metadata={"help": "download the wheels the GPU image lacks (PyPI)"}
+    )
 
 
 def write_dataset(ds: data.Dataset, folder: Path) -> str:
-    """The dataset as LC-Rec files (its own item ids, oldest-first sequences); returns its folder name."""
+    """The dataset as LC-Rec files (its own item ids, oldest-first sequences); returns its folder
+    name."""
     name = data.folder_name(ds.name)
-    items = {it.item_id: {"title": it.title, "categories": it.categories, "brand": it.brand,
-                          "description": it.description, "year": it.year} for it in ds.items}
+    items = {
+        it.item_id: {
+            "title": it.title,
+            "categories": it.categories,
+            "brand": it.brand,
+            "description": it.description,
+            "year": it.year,
+        }
+        for it in ds.items
+    }
     inter = {user: [ds.items[i].item_id for i in seq] for user, seq in ds.sequences.items()}
     files.write_json(folder / name / f"{name}.item.json", items)
     files.write_json(folder / name / f"{name}.inter.json", inter)
@@ -121,10 +171,16 @@ def stage_tokens(ckpt: Checkpoint, preset: str) -> dict[str, dict]:
         corpus = stages.build_corpus(ckpt, args)[0]
         tokens_per_epoch = int(corpus.lengths().sum())
         steps = math.ceil(len(corpus) / args.batch_size) * args.epochs
-        out[cell.name] = {"stage": cell.stage, "extra": cell.train_values(),
-                          "sequences": len(corpus), "tokens_per_epoch": tokens_per_epoch,
-                          "epochs": args.epochs, "tokens": tokens_per_epoch * args.epochs,
-                          "steps": steps, "batch_size": args.batch_size}
+        out[cell.name] = {
+            "stage": cell.stage,
+            "extra": cell.train_values(),
+            "sequences": len(corpus),
+            "tokens_per_epoch": tokens_per_epoch,
+            "epochs": args.epochs,
+            "tokens": tokens_per_epoch * args.epochs,
+            "steps": steps,
+            "batch_size": args.batch_size,
+        }
     return out
 
 
@@ -141,19 +197,26 @@ def budget(stages: dict, users: int, budget_s: float, assumed: dict) -> dict:
     tokens = sum(s["tokens"] for s in stages.values())
     room = seconds["train"] - len(stages) * assumed["stage_overhead_s"]
     units = sum(eval_cost(c) for c in CELLS)
-    return {"budget_s": budget_s, "assumed": assumed, "seconds": seconds, "deadlines": deadlines,
-            "train_tokens": tokens, "train_s": tokens / assumed["tokens_per_s"],
-            "train_scale": min(1.0, max(room, 0.0) * assumed["tokens_per_s"] / max(tokens, 1)),
-            "eval_units": units,
-            "users": min(users, int(seconds["evaluate"] * assumed["users_per_s"] / units))}
+    return {
+        "budget_s": budget_s,
+        "assumed": assumed,
+        "seconds": seconds,
+        "deadlines": deadlines,
+        "train_tokens": tokens,
+        "train_s": tokens / assumed["tokens_per_s"],
+        "train_scale": min(1.0, max(room, 0.0) * assumed["tokens_per_s"] / max(tokens, 1)),
+        "eval_units": units,
+        "users": min(users, int(seconds["evaluate"] * assumed["users_per_s"] / units)),
+    }
 
 
 def prepare(args: PrepareArgs) -> dict:
     for cell in STAGE_PLAN:  # every stage's settings, before any work
         train.stage_args(cell.stage, args.preset, from_ckpt="-", out="-", **cell.train_values())
     inputs = [args.dataset, *data.source_paths(args.dataset, args.data_root), args.sid_source]
-    claim = files.claim(args.out, kind="pauserec gpu prepare", overwrite=args.overwrite,
-                        inputs=inputs)
+    claim = files.claim(
+        args.out, kind="pauserec gpu prepare", overwrite=args.overwrite, inputs=inputs
+    )
     with claim, files.atomic_dir(args.out) as tmp:
         ds = data.load_dataset(args.dataset, args.data_root)
         name = write_dataset(ds, tmp / "run" / "data")
@@ -162,23 +225,40 @@ def prepare(args: PrepareArgs) -> dict:
         codes = sid.build(ds.items, cfg)
         sid.write_index(tmp / "run" / "sids.json", ds.items, codes, cfg)
         catalog = Catalog.from_codes(ds.items, codes)
-        model, tok = backbone.load_backbone(args.backbone, corpus=init_ckpt.vocabulary_texts(ds.items))
+        model, tok = backbone.load_backbone(
+            args.backbone, corpus=init_ckpt.vocabulary_texts(ds.items)
+        )
         backbone.add_tokens(model, tok, tokens.special_tokens(catalog.codebook_sizes))
-        where = {"name": args.dataset, "data_root": str(tmp / "run" / "data"),
-                 "max_history": args.max_history}
+        where = {
+            "name": args.dataset,
+            "data_root": str(tmp / "run" / "data"),
+            "max_history": args.max_history,
+        }
         ckpt = Checkpoint(model, tok, catalog, {"dataset": where})
-        plan = {"dataset": name, "source_dataset": args.dataset, "backbone": args.backbone,
-                "preset": args.preset,
-                "sid_source": Path(index).name if index else "rq-vae (built here)",
-                "sid_report": sid.report(codes), "max_history": args.max_history,
-                "users": len(ds.sequences), "stages": stage_tokens(ckpt, args.preset)}
-        assumed = {"tokens_per_s": args.tokens_per_s, "stage_overhead_s": args.stage_overhead_s,
-                   "users_per_s": args.users_per_s}
+        plan = {
+            "dataset": name,
+            "source_dataset": args.dataset,
+            "backbone": args.backbone,
+            "preset": args.preset,
+            "sid_source": Path(index).name if index else "rq-vae (built here)",
+            "sid_report": sid.report(codes),
+            "max_history": args.max_history,
+            "users": len(ds.sequences),
+            "stages": stage_tokens(ckpt, args.preset),
+        }
+        assumed = {
+            "tokens_per_s": args.tokens_per_s,
+            "stage_overhead_s": args.stage_overhead_s,
+            "users_per_s": args.users_per_s,
+        }
         plan["budget"] = budget(plan["stages"], plan["users"], args.budget_s, assumed)
         if args.backbone in backbone.GGUF_BACKBONES:
-            plan["gguf_sha256"] = split_gguf(backbone.gguf_file(args.backbone),
-                                             tmp / "part1" / "backbone.gguf.part1",
-                                             tmp / "run" / "backbone.gguf.part2", args.part_mib)
+            plan["gguf_sha256"] = split_gguf(
+                backbone.gguf_file(args.backbone),
+                tmp / "part1" / "backbone.gguf.part1",
+                tmp / "run" / "backbone.gguf.part2",
+                args.part_mib,
+            )
         if args.wheels and args.backbone in backbone.GGUF_BACKBONES:
             plan["wheels"] = download_wheels(tmp / "part1" / "wheels")
         files.write_json(tmp / "run" / "plan.json", plan)
@@ -192,11 +272,23 @@ def download_wheels(folder: Path) -> list[str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     want = [f"gguf=={importlib.metadata.version('gguf')}"]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-           str(folder), *want]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(folder),
+        *want,
+    ]
     if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
-        raise UserError(f"could not download {', '.join(want)} (needs PyPI); pass --no-wheels and "
-                        "carry them yourself")
+        raise UserError(
+            f"could not download {', '.join(want)} (needs PyPI); pass --no-wheels and "
+            "carry them yourself"
+        )
     return sorted(p.name for p in folder.glob("*.whl"))
 
 
@@ -207,22 +299,27 @@ def format_budget(b: dict) -> str:
 
 def format_plan(plan: dict, out: str) -> str:
     b, a = plan["budget"], plan["budget"]["assumed"]
-    lines = [f"prepared {out}: {plan['dataset']} ({plan['users']:,} users), backbone "
-             f"{plan['backbone']}, SIDs {plan['sid_source']} (collisions before de-dup "
-             f"{plan['sid_report']['collision_rate']:.2%})",
-             "stage            sequences   tokens/epoch  epochs      tokens   minutes at "
-             f"{a['tokens_per_s'] / 1000:.0f}k tokens/s"]
+    lines = [
+        f"prepared {out}: {plan['dataset']} ({plan['users']:,} users), backbone "
+        f"{plan['backbone']}, SIDs {plan['sid_source']} (collisions before de-dup "
+        f"{plan['sid_report']['collision_rate']:.2%})",
+        "stage            sequences   tokens/epoch  epochs      tokens   minutes at "
+        f"{a['tokens_per_s'] / 1000:.0f}k tokens/s",
+    ]
     for name, s in plan["stages"].items():
         minutes = s["tokens"] / a["tokens_per_s"] / 60
-        lines.append(f"{name:<16} {s['sequences']:>9,}  {s['tokens_per_epoch']:>13,}  "
-                     f"{s['epochs']:>6}  {s['tokens']:>10,}   {minutes:6.2f}")
-    lines += [format_budget(b),
-              f"training: {b['train_s'] / 60:.2f} min of steps + {len(plan['stages'])} x "
-              f"{a['stage_overhead_s']:.0f}s overhead in its {b['seconds']['train']:.0f}s: "
-              + ("fits" if b["train_scale"] >= 1
-                 else f"every stage's steps x {b['train_scale']:.2f}"),
-              f"evaluation: {b['users']:,} of {plan['users']:,} users for all cells and baselines "
-              f"({a['users_per_s']:,.0f}/s a plain cell; CoT x{COT_COST})"]
+        lines.append(
+            f"{name:<16} {s['sequences']:>9,}  {s['tokens_per_epoch']:>13,}  "
+            f"{s['epochs']:>6}  {s['tokens']:>10,}   {minutes:6.2f}"
+        )
+    lines += [
+        format_budget(b),
+        f"training: {b['train_s'] / 60:.2f} min of steps + {len(plan['stages'])} x "
+        f"{a['stage_overhead_s']:.0f}s overhead in its {b['seconds']['train']:.0f}s: "
+        + ("fits" if b["train_scale"] >= 1 else f"every stage's steps x {b['train_scale']:.2f}"),
+        f"evaluation: {b['users']:,} of {plan['users']:,} users for all cells and baselines "
+        f"({a['users_per_s']:,.0f}/s a plain cell; CoT x{COT_COST})",
+    ]
     return "\n".join(lines)
 
 

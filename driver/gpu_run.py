@@ -60,23 +60,46 @@ EXPORT_MIB = 16  # the device tool returns files up to this size
 class GpuRunArgs:
     """Run the prepared comparison in one command (see the module docstring)."""
 
-    folder: str = field(default="", metadata={"positional": True, "help": "the prepared run/ folder"})
-    part1: str = field(default="", metadata={
-        "help": "the GGUF's first part (default: FOLDER/../part1/...)"})
+    folder: str = field(
+        default="", metadata={"positional": True, "help": "the prepared run/ folder"}
+    )
+    part1: str = field(
+        default="", metadata={"help": "the GGUF's first part (default: FOLDER/../part1/...)"}
+    )
     work: str = field(default=WORK, metadata={"help": "experiment directory (a rerun resumes it)"})
-    export: str = field(default="", metadata={
-        "help": "where results.tar.gz, results.json and run.log go (default: $OUT, else "
-                "WORK/export)"})
-    budget_s: float = field(default=300.0, metadata={
-        "help": "total time budget, seconds, counted from the process's start", "gt": 0.0})
+    export: str = field(
+        default="",
+        metadata={
+            "help": "where results.tar.gz, results.json and run.log go (default: $OUT, else "
+            "WORK/export)"
+        },
+    )
+    budget_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "total time budget, seconds, counted from the process's start",
+            "gt": 0.0,
+        },
+    )
     eval_batch: int = field(default=256, metadata={"help": "users decoded together", "min": 1})
-    latency_samples: int = field(default=500, metadata={
-        "help": "timed users per cell (batches of 16; fewer when its deadline is near)", "min": 16})
-    sasrec_seconds: float = field(default=30.0, metadata={
-        "help": "SASRec training time, at most (less when the baselines' deadline is near)",
-        "gt": 0.0})
-    max_users: int = field(default=0, metadata={
-        "help": "cap on evaluated users below the plan's (0: the plan's)", "min": 0})
+    latency_samples: int = field(
+        default=500,
+        metadata={
+            "help": "timed users per cell (batches of 16; fewer when its deadline is near)",
+            "min": 16,
+        },
+    )
+    sasrec_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "SASRec training time, at most (less when the baselines' deadline is near)",
+            "gt": 0.0,
+        },
+    )
+    max_users: int = field(
+        default=0,
+        metadata={"help": "cap on evaluated users below the plan's (0: the plan's)", "min": 0},
+    )
     device: str = field(default="auto", metadata={"help": DEVICES_HELP})
 
 
@@ -133,8 +156,11 @@ class Tee(io.TextIOBase):
 def logged_to(path: Path) -> Iterator[None]:
     """Everything printed or logged meanwhile goes to ``path`` too (appended, flushed per write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handlers = [h for h in logging.getLogger().handlers
-                if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)]
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+    ]
     with open(path, "a", encoding="utf-8") as fh:
         old = sys.stdout, sys.stderr, [h.stream for h in handlers]
         sys.stdout, sys.stderr = Tee(sys.stdout, fh), Tee(sys.stderr, fh)
@@ -160,6 +186,7 @@ def export(work: Path, dest: Path, record: dict) -> None:
     """``results.tar.gz`` + ``results.json`` into ``dest``, each replaced in one rename; the record
     is also kept in ``work`` for a rerun. Over the device tool's file size, the per-user rows go to
     a second archive, ``per_user.tar.gz`` (extracted into the same folder)."""
+
     def kept(p: Path) -> bool:
         parts = p.relative_to(work).parts
         hidden = any(x.startswith(".") or x.endswith(".partial") for x in parts)
@@ -169,12 +196,18 @@ def export(work: Path, dest: Path, record: dict) -> None:
     archives = {"results.tar.gz": tar_gz(work, paths)}
     if len(archives["results.tar.gz"]) > EXPORT_MIB * 2**20:
         rows = [p for p in paths if p.name == "per_user.csv"]
-        archives = {"results.tar.gz": tar_gz(work, [p for p in paths if p not in rows]),
-                    "per_user.tar.gz": tar_gz(work, rows)}
+        archives = {
+            "results.tar.gz": tar_gz(work, [p for p in paths if p not in rows]),
+            "per_user.tar.gz": tar_gz(work, rows),
+        }
     for name, blob in archives.items():
         if len(blob) > EXPORT_MIB * 2**20:
-            log.warning("%s is %.1f MiB: the device tool returns at most %d MiB a file", name,
-                        len(blob) / 2**20, EXPORT_MIB)
+            log.warning(
+                "%s is %.1f MiB: the device tool returns at most %d MiB a file",
+                name,
+                len(blob) / 2**20,
+                EXPORT_MIB,
+            )
         files.write_bytes(dest / name, blob)
     files.write_json(dest / "results.json", record)
     files.write_json(work / "record.json", record)
@@ -187,12 +220,15 @@ def backbone_file(folder: Path, plan: dict, part1: str, work: Path) -> str:
         return plan["backbone"]
     first = Path(part1) if part1 else folder.parent / "part1" / "backbone.gguf.part1"
     if not first.is_file():
-        raise UserError(f"the GGUF's first part is missing ({first}); carry it first "
-                        "(gpu/oneshot.sh)")
+        raise UserError(
+            f"the GGUF's first part is missing ({first}); carry it first (gpu/oneshot.sh)"
+        )
     joined = work / "backbone.gguf"
     blob = first.read_bytes() + (folder / "backbone.gguf.part2").read_bytes()
     if hashlib.sha256(blob).hexdigest() != plan["gguf_sha256"]:
-        raise UserError("the joined GGUF does not match the prepared one: a part is truncated or stale")
+        raise UserError(
+            "the joined GGUF does not match the prepared one: a part is truncated or stale"
+        )
     files.write_bytes(joined, blob)
     return str(joined)
 
@@ -200,10 +236,14 @@ def backbone_file(folder: Path, plan: dict, part1: str, work: Path) -> str:
 def init(args: GpuRunArgs, folder: Path, plan: dict, work: Path) -> None:
     if (work / "init" / checkpoint.META_FILE).is_file():
         return
-    values = {"dataset": plan["source_dataset"], "data_root": str(folder / "data"),
-              "backbone": backbone_file(folder, plan, args.part1, work),
-              "sid_source": str(folder / "sids.json"),
-              "max_history": plan["max_history"], "out": str(work / "init")}
+    values = {
+        "dataset": plan["source_dataset"],
+        "data_root": str(folder / "data"),
+        "backbone": backbone_file(folder, plan, args.part1, work),
+        "sid_source": str(folder / "sids.json"),
+        "max_history": plan["max_history"],
+        "out": str(work / "init"),
+    }
     init_ckpt.create(build(init_ckpt.InitArgs, values))
 
 
@@ -213,8 +253,10 @@ def throughput(plan: dict, done: dict) -> tuple[float, float]:
         assumed = plan["budget"]["assumed"]
         return assumed["tokens_per_s"], assumed["stage_overhead_s"]
     runs = done.values()
-    return (sum(r["tokens"] for r in runs) / max(sum(r["train_s"] for r in runs), 1e-9),
-            sum(r["overhead_s"] for r in runs) / len(runs))
+    return (
+        sum(r["tokens"] for r in runs) / max(sum(r["train_s"] for r in runs), 1e-9),
+        sum(r["overhead_s"] for r in runs) / len(runs),
+    )
 
 
 def train_all(plan: dict, work: Path, clock: Clock, device: str, record: dict, publish) -> None:
@@ -232,18 +274,33 @@ def train_all(plan: dict, work: Path, clock: Clock, device: str, record: dict, p
         if not (out / checkpoint.META_FILE).is_file():
             src = work / "init" if cell.parent == "init" else seed_dir / cell.parent
             more = {"pause_from": str(seed_dir / "pause-pretrain")} if cell.pause_source else {}
-            args = train.stage_args(cell.stage, plan["preset"], **cell.train_values(), **more,
-                                    from_ckpt=str(src), out=str(out), max_steps=steps[cell.stage],
-                                    device=device, resume=True)
+            args = train.stage_args(
+                cell.stage,
+                plan["preset"],
+                **cell.train_values(),
+                **more,
+                from_ckpt=str(src),
+                out=str(out),
+                max_steps=steps[cell.stage],
+                device=device,
+                resume=True,
+            )
             train.run(args)
         t = checkpoint.read_meta(out)["timings"][cell.stage]  # measured: the later stages use it
-        done[cell.name] = {"steps": t["steps"], "planned_steps": todo["steps"],
-                           "scale": t["steps"] / todo["steps"], "tokens": t["tokens"],
-                           "train_s": t["train_s"], "wall_s": t["wall_s"],
-                           "overhead_s": max(t["wall_s"] - t["train_s"], 0.0)}
-        print(f"== {cell.name}: {t['steps']}/{todo['steps']} steps, {t['tokens_per_s']:,.0f} "
-              f"tokens/s, {t['wall_s']:.0f}s; {clock.left('train'):.0f}s left for training",
-              flush=True)
+        done[cell.name] = {
+            "steps": t["steps"],
+            "planned_steps": todo["steps"],
+            "scale": t["steps"] / todo["steps"],
+            "tokens": t["tokens"],
+            "train_s": t["train_s"],
+            "wall_s": t["wall_s"],
+            "overhead_s": max(t["wall_s"] - t["train_s"], 0.0),
+        }
+        print(
+            f"== {cell.name}: {t['steps']}/{todo['steps']} steps, {t['tokens_per_s']:,.0f} "
+            f"tokens/s, {t['wall_s']:.0f}s; {clock.left('train'):.0f}s left for training",
+            flush=True,
+        )
         publish()
 
 
@@ -253,8 +310,10 @@ def load(args: GpuRunArgs) -> tuple[Path, dict, Path, dict]:
         raise UserError("usage: python -m pauserec gpu run PREPARED_RUN_FOLDER")
     folder, work = Path(args.folder), Path(args.work)
     if not (folder / "plan.json").is_file():
-        raise UserError(f"{folder} is not a prepared GPU run (no plan.json): run `python -m "
-                        "pauserec gpu prepare`")
+        raise UserError(
+            f"{folder} is not a prepared GPU run (no plan.json): run `python -m "
+            "pauserec gpu prepare`"
+        )
     plan = files.read_json(folder / "plan.json")
     kept = work / "record.json"
     record = files.read_json(kept) if kept.is_file() else {}
@@ -268,19 +327,26 @@ def run(args: GpuRunArgs) -> dict:
     folder, plan, work, record = load(args)
     dest = Path(args.export or os.environ.get("OUT") or work / "export")
     device = resolve_device(args.device)
-    budget = gpu_prepare.budget(plan["stages"], plan["users"], args.budget_s,
-                                plan["budget"]["assumed"])
+    budget = gpu_prepare.budget(
+        plan["stages"], plan["users"], args.budget_s, plan["budget"]["assumed"]
+    )
     clock = Clock(budget["deadlines"], start)
-    record.update(plan=plan, budget=budget, versions=VERSIONS, device=name_of(device),
-                  status="running")
+    record.update(
+        plan=plan, budget=budget, versions=VERSIONS, device=name_of(device), status="running"
+    )
     publish = lambda: export(work, dest, record)  # noqa: E731
     with logged_to(dest / "run.log"):
-        print(f"== GPU run on {name_of(device)}: budget {args.budget_s:.0f}s "
-              f"({clock.used():.0f}s used by the start); {VERSIONS}", flush=True)
+        print(
+            f"== GPU run on {name_of(device)}: budget {args.budget_s:.0f}s "
+            f"({clock.used():.0f}s used by the start); {VERSIONS}",
+            flush=True,
+        )
         try:
             publish()  # a rerun hands back what earlier runs finished at once
-            print(f"== {gpu_prepare.format_budget(budget)}; up to {budget['users']:,} test users",
-                  flush=True)
+            print(
+                f"== {gpu_prepare.format_budget(budget)}; up to {budget['users']:,} test users",
+                flush=True,
+            )
             init(args, folder, plan, work)
             print(f"== init: {clock.used():.0f}s used", flush=True)
             publish()
@@ -294,8 +360,9 @@ def run(args: GpuRunArgs) -> dict:
             raise
         record.update(status="done", seconds=clock.used())
         publish()
-        print(f"== done in {clock.used():.0f}s of {args.budget_s:.0f}s; results in {dest}",
-              flush=True)
+        print(
+            f"== done in {clock.used():.0f}s of {args.budget_s:.0f}s; results in {dest}", flush=True
+        )
         print(gpu_eval.format_metrics(record), flush=True)
     return record
 

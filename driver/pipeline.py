@@ -1,10 +1,11 @@
-"""``python -m pauserec pipeline --dataset D --backbone B --preset P --out runs/NAME``: every stage in order.
+"""``python -m pauserec pipeline --dataset D --backbone B --preset P --out runs/NAME``: every stage
+in order.
 
-init-ckpt -> cpt -> sft -> pause-pretrain -> pause-sft, and cot-sft, each into ``runs/NAME/<stage>/`` with
-the ``[train.<stage>]`` settings of the preset and one training seed (``--seed``). A finished stage (its
-checkpoint exists) is skipped on a rerun and an interrupted one resumes from its saved state, so rerunning
-the command continues. Each stage's wall time and device-hours are in its ``pauserec.json``;
-``runs/NAME/pipeline.json`` sums up.
+init-ckpt -> cpt -> sft -> pause-pretrain -> pause-sft, and cot-sft, each into
+``runs/NAME/<stage>/`` with the ``[train.<stage>]`` settings of the preset and one training seed
+(``--seed``). A finished stage (its checkpoint exists) is skipped on a rerun and an interrupted one
+resumes from its saved state, so rerunning the command continues. Each stage's wall time and
+device-hours are in its ``pauserec.json``; ``runs/NAME/pipeline.json`` sums up.
 
 ``--out`` is a run directory, always resumed: it may be missing, empty, or a run this workbench
 made (it holds ``run.json``, written when a run starts, with the run's kind, dataset, backbone and
@@ -43,37 +44,59 @@ class RunArgs:
     """What every driver takes: where, on what, with which preset."""
 
     out: str = field(default="", metadata={"help": "run directory"})
-    dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
-    backbone: str = field(default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"})
+    dataset: str = field(
+        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
+    )
+    backbone: str = field(
+        default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"}
+    )
     preset: str = field(default="quick", metadata={"help": "configs/NAME.toml"})
-    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    device: str | None = field(default=None, metadata={"help": "override every stage's device: " + DEVICES_HELP})
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "override every stage's device: " + DEVICES_HELP}
+    )
 
 
 @dataclass
 class PipelineArgs(RunArgs):
     """Train every stage of the PauseRec matrix in order, skipping finished ones."""
 
-    stages: tuple[str, ...] = field(default=STAGES, metadata={"help": "comma-separated subset, in order",
-                                                              "choices": STAGES})
-    max_history: int = field(default=20, metadata={"help": "history length recorded in the init checkpoint",
-                                                   "min": 1})
+    stages: tuple[str, ...] = field(
+        default=STAGES, metadata={"help": "comma-separated subset, in order", "choices": STAGES}
+    )
+    max_history: int = field(
+        default=20, metadata={"help": "history length recorded in the init checkpoint", "min": 1}
+    )
     seed: int = field(default=0, metadata={"help": "the training seed of every stage", "min": 0})
-    init: str = field(default="", metadata={"help": "an existing init checkpoint to start from (default: "
-                                                    "OUT/init, built when missing)"})
+    init: str = field(
+        default="",
+        metadata={
+            "help": "an existing init checkpoint to start from (default: "
+            "OUT/init, built when missing)"
+        },
+    )
 
 
 RUN_MARKER = "run.json"
 # The preset sections a pipeline reads, and the arguments each is checked against before any work.
-SCHEMAS = {"sid": init_ckpt.InitArgs, "init": init_ckpt.InitArgs, "pipeline": PipelineArgs,
-           **{f"train.{s}": train.TrainArgs for s in STAGES}}
+SCHEMAS = {
+    "sid": init_ckpt.InitArgs,
+    "init": init_ckpt.InitArgs,
+    "pipeline": PipelineArgs,
+    **{f"train.{s}": train.TrainArgs for s in STAGES},
+}
 
 
 def settings(args: RunArgs, **more: object) -> dict:
     """What a run directory is a run of (recorded in ``run.json``; a rerun with other settings is
     refused): the dataset, the backbone and the preset, each as it resolves."""
-    dataset = args.dataset.lower() if args.dataset.lower() in ("ml-100k", *data.AMAZON) else \
-        str(Path(args.dataset).resolve())
+    dataset = (
+        args.dataset.lower()
+        if args.dataset.lower() in ("ml-100k", *data.AMAZON)
+        else str(Path(args.dataset).resolve())
+    )
     return {"dataset": dataset, "backbone": args.backbone, "preset": preset_id(args.preset), **more}
 
 
@@ -100,19 +123,24 @@ def check_run(out: str, kind: str, wanted: dict) -> Path:
     if files.is_empty(path):
         return path
     if not is_run(path):
-        raise UserError(f"--out {out} exists and is not a workbench run (no {RUN_MARKER}); a run "
-                        "directory is resumed, never replaced: pick another --out")
+        raise UserError(
+            f"--out {out} exists and is not a workbench run (no {RUN_MARKER}); a run "
+            "directory is resumed, never replaced: pick another --out"
+        )
     recorded = files.read_json(path / RUN_MARKER) if (path / RUN_MARKER).is_file() else {}
     recorded = recorded if isinstance(recorded, dict) else {}
     if recorded.get("kind", kind) != kind:
-        raise UserError(f"--out {out} is a {recorded['kind']} run, not a {kind} run: pick another "
-                        "--out")
+        raise UserError(
+            f"--out {out} is a {recorded['kind']} run, not a {kind} run: pick another --out"
+        )
     changed = [k for k, v in wanted.items() if k in recorded and recorded[k] != v]
     if changed:
         was = ", ".join(f"{k} {recorded[k]}" for k in changed)
         now = ", ".join(f"{k} {wanted[k]}" for k in changed)
-        raise UserError(f"--out {out} is a run of {was}; this one asks for {now}: a run is resumed "
-                        "with its own settings, never relabelled -- pick another --out")
+        raise UserError(
+            f"--out {out} is a run of {was}; this one asks for {now}: a run is resumed "
+            "with its own settings, never relabelled -- pick another --out"
+        )
     return path
 
 
@@ -144,14 +172,27 @@ def stage_args(args: PipelineArgs, stage: str) -> init_ckpt.InitArgs | train.Tra
     """The arguments of one stage (the init checkpoint or a training stage): the preset's settings
     and the run's seed."""
     if stage == "init":
-        values = {"dataset": args.dataset, "backbone": args.backbone, "preset": args.preset,
-                  "max_history": args.max_history, "data_root": args.data_root, "out": str(init_path(args))}
+        values = {
+            "dataset": args.dataset,
+            "backbone": args.backbone,
+            "preset": args.preset,
+            "max_history": args.max_history,
+            "data_root": args.data_root,
+            "out": str(init_path(args)),
+        }
         return build(init_ckpt.InitArgs, values, args.preset, init_ckpt.INIT_SECTIONS)
     extra = {"pause_from": str(stage_path(args, "pause-pretrain"))} if stage == "pause-sft" else {}
     extra |= {"device": args.device} if args.device else {}
     source = str(stage_path(args, registry.PARENT[stage]))
-    return train.stage_args(stage, args.preset, from_ckpt=source, out=str(stage_path(args, stage)),
-                            resume=True, seed=args.seed, **extra)
+    return train.stage_args(
+        stage,
+        args.preset,
+        from_ckpt=source,
+        out=str(stage_path(args, stage)),
+        resume=True,
+        seed=args.seed,
+        **extra,
+    )
 
 
 def order(args: PipelineArgs) -> list[str]:
@@ -182,10 +223,14 @@ def run_stage(args: PipelineArgs, stage: str) -> None:
 def run(args: PipelineArgs) -> dict:
     """Every stage in order (init first); finished ones are skipped. The run is checked first."""
     if not args.out:
-        raise UserError("usage: python -m pauserec pipeline --dataset D --backbone B --preset P --out DIR")
+        raise UserError(
+            "usage: python -m pauserec pipeline --dataset D --backbone B --preset P --out DIR"
+        )
     if args.init and not done(Path(args.init)):
-        raise UserError(f"--init {args.init} is not a checkpoint (no {checkpoint.META_FILE}); "
-                        "leave --init out to build one in OUT/init")
+        raise UserError(
+            f"--init {args.init} is not a checkpoint (no {checkpoint.META_FILE}); "
+            "leave --init out to build one in OUT/init"
+        )
     wanted = settings(args, seed=args.seed)
     check_run(args.out, "pipeline", wanted)
     check_plan(args)
@@ -236,6 +281,8 @@ def format_summary(summary: dict) -> str:
         tps = f"{r['tokens_per_s']:9.0f}" if r.get("tokens_per_s") else " " * 9
         cpu = f"{r['cpu_s']:8.1f}" if r.get("cpu_s") else " " * 8
         where = " ".join(str(r[k]) for k in ("device", "dtype") if r.get(k))
-        lines.append(f"{r['stage']:<16} {r['status']:<8} {r['wall_s'] or 0:8.1f} {cpu}  {tps}  {where}")
+        lines.append(
+            f"{r['stage']:<16} {r['status']:<8} {r['wall_s'] or 0:8.1f} {cpu}  {tps}  {where}"
+        )
     lines.append(f"total this run: {summary['wall_s']:.1f}s")
     return "\n".join(lines)

@@ -1,17 +1,19 @@
-"""Training-time rationale sensitivity: train ``cot-sft`` once per rationale condition, then tabulate the
-final Recall/NDCG against the quality of the rationales it was trained on.
+"""Training-time rationale sensitivity: train ``cot-sft`` once per rationale condition, then
+tabulate the final Recall/NDCG against the quality of the rationales it was trained on.
 
-``python -m pauserec rationale-train SFT_CKPT --out DIR [--conditions template,template-leaky,drop50,...]``
+``python -m pauserec rationale-train SFT_CKPT --out DIR [--conditions
+template,template-leaky,drop50,...]``
 
-A condition is either a rationale source of :mod:`pauserec.rationales` (``template``, ``template-leaky``,
-``local``, ``openai``, ...: the trainer builds them, ``--rationale SOURCE``) or a perturbation of
-:mod:`probes.perturb` applied to the ``--base-source`` rationales of exactly the trainer's training
-examples (written with :func:`pauserec.rationales.write`, passed as ``--rationale-file``; recorded as
-source ``BASE+PERTURBATION``). Each condition trains from the same SFT checkpoint into
-``WORK/<condition>/`` (``--work``, default ``DIR.runs``; a finished one is reused) with the preset's
-``[train.cot-sft]`` settings (``--max-steps`` / ``--n-train`` / ``--train-batch-size`` override them: the
-``quick`` preset with a few steps shows it on CPU; real runs are GPU-sized), and is evaluated on a
-seeded sample of test users, writing its own rationale as deployed.
+A condition is either a rationale source of :mod:`pauserec.rationales` (``template``,
+``template-leaky``, ``local``, ``openai``, ...: the trainer builds them, ``--rationale SOURCE``) or
+a perturbation of :mod:`probes.perturb` applied to the ``--base-source`` rationales of exactly the
+trainer's training examples (written with :func:`pauserec.rationales.write`, passed as
+``--rationale-file``; recorded as source ``BASE+PERTURBATION``). Each condition trains from the same
+SFT checkpoint into ``WORK/<condition>/`` (``--work``, default ``DIR.runs``; a finished one is
+reused) with the preset's ``[train.cot-sft]`` settings (``--max-steps`` / ``--n-train`` /
+``--train-batch-size`` override them: the ``quick`` preset with a few steps shows it on CPU; real
+runs are GPU-sized), and is evaluated on a seeded sample of test users, writing its own rationale as
+deployed.
 
 Rows (``DIR/results.csv``): ``ckpt, stage, variant, perturbation`` (= the condition),
 ``rationale_source, user_id, item_id, metric, value`` with per-user ``recall@K`` / ``ndcg@K`` /
@@ -48,32 +50,67 @@ QUALITY = ("length", "leakage", "agreement")
 class Args(ProbeArgs):
     """Train cot-sft once per rationale source/perturbation; final metrics vs rationale quality."""
 
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": "rationale sources and/or perturbations (paraphrase excluded)"})
-    base_source: str = field(default="template", metadata={"help": "source the perturbations start from",
-                                                           "choices": rationales.SOURCES})
-    preset: str = field(default="quick", metadata={"help": "configs/NAME.toml supplies [train.cot-sft]"})
+    conditions: tuple[str, ...] = field(
+        default=CONDITIONS,
+        metadata={"help": "rationale sources and/or perturbations (paraphrase excluded)"},
+    )
+    base_source: str = field(
+        default="template",
+        metadata={"help": "source the perturbations start from", "choices": rationales.SOURCES},
+    )
+    preset: str = field(
+        default="quick", metadata={"help": "configs/NAME.toml supplies [train.cot-sft]"}
+    )
     work: str = field(default="", metadata={"help": "trained checkpoints (default OUT.runs)"})
-    max_steps: int = field(default=0, metadata={"help": "trainer --max-steps (0: the preset's)", "min": 0})
-    n_train: int = field(default=0, metadata={"help": "trainer --n-train (0: the preset's)", "min": 0})
-    train_batch_size: int = field(default=0, metadata={"help": "trainer --batch-size (0: the preset's)",
-                                                       "min": 0})
-    n_users: int = field(default=64, metadata={"help": "test users evaluated per condition", "min": 1})
-    beams: int = field(default=20, metadata={"help": "beam width", "min": LIST_LEN, "max": MAX_BEAMS})
-    top_k: int = field(default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": LIST_LEN})
+    max_steps: int = field(
+        default=0, metadata={"help": "trainer --max-steps (0: the preset's)", "min": 0}
+    )
+    n_train: int = field(
+        default=0, metadata={"help": "trainer --n-train (0: the preset's)", "min": 0}
+    )
+    train_batch_size: int = field(
+        default=0, metadata={"help": "trainer --batch-size (0: the preset's)", "min": 0}
+    )
+    n_users: int = field(
+        default=64, metadata={"help": "test users evaluated per condition", "min": 1}
+    )
+    beams: int = field(
+        default=20, metadata={"help": "beam width", "min": LIST_LEN, "max": MAX_BEAMS}
+    )
+    top_k: int = field(
+        default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": LIST_LEN}
+    )
 
 
-def train_args(args: Args, condition: str, out: Path, rationale_file: Path | None) -> train.TrainArgs:
-    values = {"from_ckpt": args.ckpt[0], "out": str(out), "device": args.device, "seed": args.seed,
-              "progress": False, "resume": True}
-    values |= {k: v for k, v in (("max_steps", args.max_steps), ("n_train", args.n_train),
-                                 ("batch_size", args.train_batch_size)) if v}
-    values |= {"rationale_file": str(rationale_file)} if rationale_file else {"rationale": condition}
+def train_args(
+    args: Args, condition: str, out: Path, rationale_file: Path | None
+) -> train.TrainArgs:
+    values = {
+        "from_ckpt": args.ckpt[0],
+        "out": str(out),
+        "device": args.device,
+        "seed": args.seed,
+        "progress": False,
+        "resume": True,
+    }
+    values |= {
+        k: v
+        for k, v in (
+            ("max_steps", args.max_steps),
+            ("n_train", args.n_train),
+            ("batch_size", args.train_batch_size),
+        )
+        if v
+    }
+    values |= (
+        {"rationale_file": str(rationale_file)} if rationale_file else {"rationale": condition}
+    )
     return train.stage_args("cot-sft", args.preset, **values)
 
 
 def training_examples(sft: checkpoint.Checkpoint, targs: train.TrainArgs) -> list[data.Example]:
-    """The examples ``cot-sft`` trains on (the trainer's own sample; it refuses a file missing any)."""
+    """The examples ``cot-sft`` trains on (the trainer's own sample; it refuses a file missing
+    any)."""
     return [ex for w in stages.training_windows(sft, targs)[0] for ex in w.examples()]
 
 
@@ -85,8 +122,11 @@ def write_perturbed(args: Args, condition: str, targs: train.TrainArgs, path: Pa
     rng = np.random.default_rng([args.seed, *condition.encode()])
     texts = perturb.apply(condition, [r.text for r in base], examples, sft.catalog, rng)
     leaky = any(r.leaky for r in base) or condition in perturb.UPPER_BOUND
-    rationales.write(path, examples, [rationales.Rationale(t, leaky, f"{args.base_source}+{condition}")
-                                      for t in texts])
+    rationales.write(
+        path,
+        examples,
+        [rationales.Rationale(t, leaky, f"{args.base_source}+{condition}") for t in texts],
+    )
 
 
 def train_condition(args: Args, condition: str, work: Path) -> Path:
@@ -103,7 +143,8 @@ def train_condition(args: Args, condition: str, work: Path) -> Path:
 
 
 def condition_rows(args: Args, condition: str, path: Path) -> pd.DataFrame:
-    """Per-user final metrics and test-rationale quality, and the training rationales' mean quality."""
+    """Per-user final metrics and test-rationale quality, and the training rationales' mean
+    quality."""
     ckpt = checkpoint.load(path, resolve_device(args.device))
     examples = examples_for(ckpt, "test", args.n_users, args.seed)
     _, frame = evaluate(ckpt, examples=examples, beams=args.beams, latency_samples=0)
@@ -111,18 +152,25 @@ def condition_rows(args: Args, condition: str, path: Path) -> pd.DataFrame:
     source = (ckpt.meta.get("rationale") or {}).get("source", condition)
     base = {**label(ckpt), "perturbation": condition, "rationale_source": source}
     ranks = frame["rank"].to_numpy()
-    per_user = {f"recall@{k}": metrics.recall_at_k(ranks, k), f"ndcg@{k}": metrics.ndcg_at_k(ranks, k)}
+    per_user = {
+        f"recall@{k}": metrics.recall_at_k(ranks, k),
+        f"ndcg@{k}": metrics.ndcg_at_k(ranks, k),
+    }
     written = frame["rationale"] if "rationale" in frame else [""] * len(frame)
     q = [perturb.quality(r, ex, cat) for r, ex in zip(written, examples)]
     per_user |= {f"test_quality_{m}": np.array([x[m] for x in q]) for m in QUALITY}
-    ids = {"user_id": [ex.user for ex in examples],
-           "item_id": [cat.items[ex.target].item_id for ex in examples]}
+    ids = {
+        "user_id": [ex.user for ex in examples],
+        "item_id": [cat.items[ex.target].item_id for ex in examples],
+    }
     frames = [pd.DataFrame({**base, **ids, "metric": m, "value": v}) for m, v in per_user.items()]
     trained = rationales.read(path / "rationales.jsonl")
     tq = [perturb.quality(r.text, ex, cat) for ex, r in trained.items()]
     log_file = path / "train_log.csv"
     loss = float(pd.read_csv(log_file)["loss"].iloc[-1]) if log_file.is_file() else float("nan")
-    means = {f"train_quality_{m}": float(np.mean([x[m] for x in tq])) for m in QUALITY} | {"train_loss": loss}
+    means = {f"train_quality_{m}": float(np.mean([x[m] for x in tq])) for m in QUALITY} | {
+        "train_loss": loss
+    }
     frames.append(pd.DataFrame([{**base, "metric": m, "value": v} for m, v in means.items()]))
     return pd.concat(frames, ignore_index=True)
 
@@ -132,7 +180,6 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     return df.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="mean")
 
 
-
 def run(args: Args) -> pd.DataFrame:
     """Train, evaluate and tabulate every condition; write ``args.out`` (results.csv, meta.json)."""
     if len(args.ckpt) != 1:
@@ -140,15 +187,22 @@ def run(args: Args) -> pd.DataFrame:
     unknown = [c for c in args.conditions if c not in rationales.SOURCES]
     perturb.check(unknown)
     if "paraphrase" in unknown:
-        raise UserError("paraphrase at training time is not supported: write a rationale file "
-                                "(`python -m pauserec rationales`) and train with --rationale-file")
+        raise UserError(
+            "paraphrase at training time is not supported: write a rationale file "
+            "(`python -m pauserec rationales`) and train with --rationale-file"
+        )
     work = Path(args.work or f"{args.out}.runs")
-    df = pd.concat([condition_rows(args, c, train_condition(args, c, work)) for c in args.conditions],
-                   ignore_index=True)
+    df = pd.concat(
+        [condition_rows(args, c, train_condition(args, c, work)) for c in args.conditions],
+        ignore_index=True,
+    )
     summary = table(df)
     print(summary.round(4).to_string())
-    write_results(df, args,
-                  extra={"probe": "rationale_train", "table": summary.reset_index().to_dict("records")})
+    write_results(
+        df,
+        args,
+        extra={"probe": "rationale_train", "table": summary.reset_index().to_dict("records")},
+    )
     return df
 
 

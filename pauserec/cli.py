@@ -1,9 +1,9 @@
 """The CLI edge: every command's errors become one line on stderr and exit code 2.
 
 User mistakes raise :class:`UserError` where they are found. What the operating system or a library
-raises while reading the user's files (a missing or unreadable path, a read-only folder, a full disk,
-bytes that are not UTF-8, a truncated JSON/CSV/TOML file) is turned into the same one line here, with the
-path it concerns -- a traceback is for bugs only.
+raises while reading the user's files (a missing or unreadable path, a read-only folder, a full
+disk, bytes that are not UTF-8, a truncated JSON/CSV/TOML file) is turned into the same one line
+here, with the path it concerns -- a traceback is for bugs only.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ import tomllib
 from pauserec.errors import UserError
 
 # Library errors that mean "this input is broken", not "this program is broken".
-_DATA_ERRORS: tuple[type[BaseException], ...] = (UnicodeError, json.JSONDecodeError, tomllib.TOMLDecodeError,
-                                                  EOFError)
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    UnicodeError,
+    json.JSONDecodeError,
+    tomllib.TOMLDecodeError,
+    EOFError,
+)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

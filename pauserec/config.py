@@ -24,9 +24,17 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # What a preset may hold; an unknown (e.g. misspelled) section is an error, like an unknown key.
 PROBE_NAMES = ("alignment", "attention", "verbalization", "rationale")
-SECTIONS = ("sid", "init", "pipeline", "experiment", "evaluate", "baselines", "gpu",
-            *(f"train.{s}" for s in STAGES),
-            *(f"probes.{p}" for p in PROBE_NAMES))
+SECTIONS = (
+    "sid",
+    "init",
+    "pipeline",
+    "experiment",
+    "evaluate",
+    "baselines",
+    "gpu",
+    *(f"train.{s}" for s in STAGES),
+    *(f"probes.{p}" for p in PROBE_NAMES),
+)
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -35,7 +43,8 @@ def _field_types(cls) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; allow only lossless conversions (int -> float)."""
+    """Check ``value`` against the annotation ``tp``; allow only lossless conversions (int ->
+    float)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -89,9 +98,9 @@ def from_dict(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
 
 
 def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
-    """A field's allowed range (``metadata`` ``min``/``max`` inclusive, ``gt`` exclusive) and ``choices``, for a scalar or
-    every item of a list (``min_items``: how short the list may be); the message names the flag and
-    what is allowed."""
+    """A field's allowed range (``metadata`` ``min``/``max`` inclusive, ``gt`` exclusive) and
+    ``choices``, for a scalar or every item of a list (``min_items``: how short the list may be);
+    the message names the flag and what is allowed."""
     flag = "--" + key.replace("_", "-")
     if isinstance(value, (list, tuple)) and len(value) < meta.get("min_items", 0):
         raise UserError(f"{flag}: needs at least {meta['min_items']} value(s), got {len(value)}")
@@ -107,16 +116,20 @@ def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         if "max" in meta and item > meta["max"]:
             raise UserError(f"{flag}: {item!r} is above the allowed maximum {meta['max']!r}")
         if "choices" in meta and item not in meta["choices"]:
-            raise UserError(f"{flag}: unknown value {item!r} (known: {', '.join(map(str, meta['choices']))})")
+            raise UserError(
+                f"{flag}: unknown value {item!r} (known: {', '.join(map(str, meta['choices']))})"
+            )
 
 
 Sections = str | tuple[str, ...] | None
 
 
-def build(cls: type[T], values: dict[str, Any], preset: str | None = None, section: Sections = None) -> T:
-    """``cls`` from ``values`` over the ``[section]`` of ``preset`` (when both are given; several sections
-    merge in order, a later one winning): what drivers call instead of building argv lists. Unknown keys,
-    wrong types and out-of-range values are errors."""
+def build(
+    cls: type[T], values: dict[str, Any], preset: str | None = None, section: Sections = None
+) -> T:
+    """``cls`` from ``values`` over the ``[section]`` of ``preset`` (when both are given; several
+    sections merge in order, a later one winning): what drivers call instead of building argv lists.
+    Unknown keys, wrong types and out-of-range values are errors."""
     base: dict[str, Any] = {}
     if preset and section:
         loaded = load_preset(preset)
@@ -139,8 +152,10 @@ def load_preset(name: str) -> dict[str, Any]:
         raise UserError(f"preset {path} cannot be read: {err or 'nested too deeply'}") from None
     unknown = sorted(set(_section_names(preset)) - set(SECTIONS))
     if unknown:
-        raise UserError(f"preset {path}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)} "
-                        f"(known: {', '.join(SECTIONS)})")
+        raise UserError(
+            f"preset {path}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)} "
+            f"(known: {', '.join(SECTIONS)})"
+        )
     return preset
 
 
@@ -159,7 +174,8 @@ def check_preset(name: str, schemas: typing.Mapping[str, type]) -> None:
 
 
 def _section_names(preset: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the tables that hold values (``train.sft``), not of their parents (``train``)."""
+    """Dotted names of the tables that hold values (``train.sft``), not of their parents
+    (``train``)."""
     names = []
     for key, value in preset.items():
         if isinstance(value, dict):
@@ -185,12 +201,14 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
-    def error(self, message: str) -> typing.NoReturn:  # argparse's own errors become one line, exit 2
+    # argparse's own errors become one line, exit 2
+    def error(self, message: str) -> typing.NoReturn:
         raise UserError(f"{self.prog}: {message}")
 
 
 def build_parser(cls, prog: str, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per dataclass field; field ``metadata["help"]`` is its help."""
+    """An argparse parser with one flag per dataclass field; field ``metadata["help"]`` is its
+    help."""
     parser = _Parser(prog=prog, description=description or (cls.__doc__ or "").strip())
     for f in dataclasses.fields(cls):
         tp = _field_types(cls)[f.name]
@@ -199,14 +217,19 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
             nargs = "+" if typing.get_origin(tp) in (list, tuple) else None
             parser.add_argument(f.name, nargs=nargs, help=help_)
             continue
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")  # e.g. --from for from_ckpt
-        # other names keep working; a deprecated one warns (see parse_args) and goes in the next release
+        # e.g. --from for from_ckpt
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        # other names keep working; a deprecated one warns (see parse_args) and goes in the next
+        # release
         flags = [flag, *f.metadata.get("aliases", ()), *f.metadata.get("deprecated", ())]
         if tp is bool:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_)
+            parser.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
         else:
-            parser.add_argument(*flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
+            parser.add_argument(
+                *flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_
+            )
     return parser
 
 
@@ -217,7 +240,9 @@ def parse_args(cls: type[T], argv: list[str] | None, prog: str, section: Section
         for old in f.metadata.get("deprecated", ()):
             if any(a == old or a.startswith(old + "=") for a in argv or []):
                 new = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-                log.warning("%s: %s is deprecated and goes in the next release: use %s", prog, old, new)
+                log.warning(
+                    "%s: %s is deprecated and goes in the next release: use %s", prog, old, new
+                )
     ns = vars(build_parser(cls, prog).parse_args(argv))
     given = {k: v for k, v in ns.items() if v is not None}
     types_ = _field_types(cls)

@@ -1,4 +1,5 @@
-"""Outputs users can rely on: atomic writes, and ``--out`` that never destroys what is already there.
+"""Outputs users can rely on: atomic writes, and ``--out`` that never destroys what is already
+there.
 
 * Atomic: a reader never sees a half-written file or directory (temp file or directory + rename).
 * :func:`claim` is the output policy every command applies before any long work starts:
@@ -18,8 +19,8 @@
 * What a killed run leaves beside an output -- temp folders and files named with its PID, a replaced
   output it had moved aside -- is recognised by the dead PID and removed by the next run that writes
   there (:func:`sweep`).
-* Permissions follow the user's umask (temp files are created private, then opened up to what a plain
-  ``open()`` would have given).
+* Permissions follow the user's umask (temp files are created private, then opened up to what a
+  plain ``open()`` would have given).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_csv(path: str | Path, frame) -> None:
-    """A DataFrame as CSV (no index), atomically; gzip-compressed (reproducibly) when ``path`` ends in
-    ``.gz`` -- ``pandas.read_csv`` reads either."""
+    """A DataFrame as CSV (no index), atomically; gzip-compressed (reproducibly) when ``path`` ends
+    in ``.gz`` -- ``pandas.read_csv`` reads either."""
     text = frame.to_csv(index=False)
     if str(path).endswith(".gz"):
         write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
@@ -111,6 +112,7 @@ def read_json(path: str | Path, allow_nan: bool = True) -> Any:
 
 def parse_json(text: str, where: str, allow_nan: bool = True) -> Any:
     """:func:`json.loads` with :func:`read_json`'s errors (``where``: the file, or file + line)."""
+
     def refuse(name: str) -> None:
         raise ValueError(f"{name} is not a number")
 
@@ -125,6 +127,7 @@ def parse_json(text: str, where: str, allow_nan: bool = True) -> Any:
 
 
 # ---- what a killed run leaves behind ---------------------------------------------------------
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -160,10 +163,13 @@ def sweep(path: str | Path) -> list[Path]:
 
 # ---- markers: which command wrote an output --------------------------------------------------
 
+
 def mark(folder: str | Path, kind: str) -> None:
     """Record in ``folder`` that the command ``kind`` wrote it (what ``--overwrite`` checks)."""
-    write_json(Path(folder) / MARKER, {"written_by": kind, "pid": os.getpid(),
-                                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json(
+        Path(folder) / MARKER,
+        {"written_by": kind, "pid": os.getpid(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    )
 
 
 def written_by(folder: str | Path) -> str | None:
@@ -218,8 +224,9 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         except OSError as err:
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            raise UserError(f"{path} is no longer empty; its contents are kept and nothing was "
-                            "written there") from None
+            raise UserError(
+                f"{path} is no longer empty; its contents are kept and nothing was written there"
+            ) from None
         return
     old = path.with_name(f"{_temp_prefix(path.name)}old")
     os.replace(path, old)
@@ -228,7 +235,8 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 
 
 def cache_dir(*parts: str) -> Path:
-    """The workbench's cache (dequantised backbones, text embeddings): $PAUSEREC_CACHE or ~/.cache."""
+    """The workbench's cache (dequantised backbones, text embeddings): $PAUSEREC_CACHE or
+    ~/.cache."""
     root = Path(os.environ.get("PAUSEREC_CACHE") or Path.home() / ".cache" / "pauserec")
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
@@ -242,26 +250,31 @@ def is_empty(path: Path) -> bool:
 
 # ---- the output policy -----------------------------------------------------------------------
 
+
 def _related(a: Path, b: Path) -> bool:
     return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
-def check_apart(out: Path, inputs: Iterable[str | Path], flag: str = "--out",
-                around: Iterable[str | Path] = ()) -> None:
+def check_apart(
+    out: Path, inputs: Iterable[str | Path], flag: str = "--out", around: Iterable[str | Path] = ()
+) -> None:
     """``out`` may not be, contain or lie inside any of ``inputs`` that is on disk (a dataset given
     by name is passed resolved, see the module docstring), nor be or contain any of ``around``
     (folders an output may sit inside, as a report inside its runs directory)."""
     real = out.resolve()
     overlaps = [g for g in inputs if g and os.path.lexists(g) and _related(real, Path(g).resolve())]
-    overlaps += [g for g in around if g and Path(g).exists()
-                 and Path(g).resolve().is_relative_to(real)]
+    overlaps += [
+        g for g in around if g and Path(g).exists() and Path(g).resolve().is_relative_to(real)
+    ]
     if overlaps:
-        raise UserError(f"{flag} {out} overlaps the input {overlaps[0]}; write the output "
-                        "somewhere else")
+        raise UserError(
+            f"{flag} {out} overlaps the input {overlaps[0]}; write the output somewhere else"
+        )
 
 
-def _check_existing(out: Path, kind: str, overwrite: bool, resume: bool, flag: str,
-                    file: bool) -> None:
+def _check_existing(
+    out: Path, kind: str, overwrite: bool, resume: bool, flag: str, file: bool
+) -> None:
     """What may stand at ``out`` already (see the module docstring)."""
     if not os.path.lexists(out):
         return
@@ -270,8 +283,10 @@ def _check_existing(out: Path, kind: str, overwrite: bool, resume: bool, flag: s
     if resume and out.is_dir():
         return  # the caller recognises its own earlier work (a run directory)
     if out.is_symlink():
-        raise UserError(f"{flag} {out} is a symbolic link, which would be replaced; give the path "
-                        "it points to, or another one")
+        raise UserError(
+            f"{flag} {out} is a symbolic link, which would be replaced; give the path "
+            "it points to, or another one"
+        )
     if file and out.is_dir():
         raise UserError(f"{flag} {out} is a directory; {kind} writes a file")
     if is_empty(out):
@@ -282,19 +297,30 @@ def _check_existing(out: Path, kind: str, overwrite: bool, resume: bool, flag: s
     if file:
         return
     if out.is_file():
-        raise UserError(f"{flag} {out} exists and is a file; {kind} writes a folder there: pick "
-                        f"another {flag}")
+        raise UserError(
+            f"{flag} {out} exists and is a file; {kind} writes a folder there: pick another {flag}"
+        )
     owner = written_by(out)
     if owner != kind:
         by = f"by {owner}" if owner else "by the workbench (it has no marker)"
-        raise UserError(f"{flag} {out} exists and was not written by {kind} but {by}; --overwrite "
-                        f"replaces only an earlier output of the same command: pick another {flag}")
+        raise UserError(
+            f"{flag} {out} exists and was not written by {kind} but {by}; --overwrite "
+            f"replaces only an earlier output of the same command: pick another {flag}"
+        )
 
 
 @contextlib.contextmanager
-def claim(out: str | Path, *, kind: str, overwrite: bool = False, resume: bool = False,
-          inputs: Iterable[str | Path] = (), around: Iterable[str | Path] = (), flag: str = "--out",
-          file: bool = False) -> Iterator[Path]:
+def claim(
+    out: str | Path,
+    *,
+    kind: str,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Iterable[str | Path] = (),
+    around: Iterable[str | Path] = (),
+    flag: str = "--out",
+    file: bool = False,
+) -> Iterator[Path]:
     """Check ``out`` against the output policy (the module docstring), then hold its lock while the
     caller writes it; an :func:`atomic_dir` of ``out`` meanwhile carries the marker of ``kind`` (the
     command, e.g. ``"pauserec evaluate"``).
@@ -345,8 +371,9 @@ def _lock(lock_path: Path, out: Path, flag: str) -> Iterator[None]:
         holder = fh.read().strip()
         fh.close()
         who = f"another process (PID {holder})" if holder.isdigit() else "another process"
-        raise UserError(f"{who} is writing {out} (lock {lock_path}); wait for it or pick "
-                        f"another {flag}") from None
+        raise UserError(
+            f"{who} is writing {out} (lock {lock_path}); wait for it or pick another {flag}"
+        ) from None
     try:
         fh.seek(0)
         fh.truncate()

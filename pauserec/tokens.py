@@ -46,7 +46,9 @@ def is_sid_token(token: str) -> bool:
 
 def vocabulary(codebook_sizes: list[int]) -> list[str]:
     """All SID tokens for a codebook (every code of every level), in level-major order."""
-    return [sid_token(level, code) for level, size in enumerate(codebook_sizes) for code in range(size)]
+    return [
+        sid_token(level, code) for level, size in enumerate(codebook_sizes) for code in range(size)
+    ]
 
 
 def special_tokens(codebook_sizes: list[int]) -> list[str]:

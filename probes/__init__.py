@@ -1,1 +1,2 @@
-"""Diagnostics on PauseRec checkpoints; each module runs as ``python -m probes.<name> CKPT ... --out DIR``."""
+"""Diagnostics on PauseRec checkpoints; each module runs as ``python -m probes.<name> CKPT ... --out
+DIR``."""

@@ -1,9 +1,10 @@
 """What every probe shares: its argument base class, checkpoint loading and the results contract.
 
-Every probe writes, atomically, ``OUT/results.csv`` (tidy: one measurement per row, ``metric, value``
-plus the identity of the checkpoint it came from -- :data:`pauserec.checkpoint.IDENTITY` -- and whichever
-of ``layer, head, pos, user_id, item_id`` apply) and ``OUT/meta.json`` (args, versions, device, each
-checkpoint's identity and health). Nothing else: figures are drawn by :mod:`analysis` from these files.
+Every probe writes, atomically, ``OUT/results.csv`` (tidy: one measurement per row,
+``metric, value`` plus the identity of the checkpoint it came from --
+:data:`pauserec.checkpoint.IDENTITY` -- and whichever of ``layer, head, pos, user_id, item_id``
+apply) and ``OUT/meta.json`` (args, versions, device, each checkpoint's identity and health).
+Nothing else: figures are drawn by :mod:`analysis` from these files.
 """
 
 from __future__ import annotations
@@ -37,13 +38,20 @@ HEALTH_USERS = 16
 class ProbeArgs:
     """Base arguments of every probe."""
 
-    ckpt: list[str] = field(default_factory=list, metadata={"positional": True, "help": "checkpoint dir(s)"})
-    out: str = field(default="", metadata={"help": "output directory: results.csv and meta.json (must not exist)"})
+    ckpt: list[str] = field(
+        default_factory=list, metadata={"positional": True, "help": "checkpoint dir(s)"}
+    )
+    out: str = field(
+        default="",
+        metadata={"help": "output directory: results.csv and meta.json (must not exist)"},
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     seed: int = field(default=0, metadata={"help": "seed of the probe's samples", "min": 0})
     device: str = field(default="auto", metadata={"help": DEVICES_HELP})
-    dtype: str = field(default="auto", metadata={"help": "weights: auto (bf16 where native), bf16, fp16, fp32",
-                                                 "choices": DTYPES})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "weights: auto (bf16 where native), bf16, fp16, fp32", "choices": DTYPES},
+    )
 
 
 def parse(cls, argv: list[str] | None, prog: str):
@@ -85,15 +93,24 @@ def label(ckpt: Checkpoint) -> dict[str, Any]:
     return ckpt.identity()
 
 
-_HEALTH: dict[tuple, dict[str, Any]] = {}  # an experiment probes one checkpoint several times in one process
+# an experiment probes one checkpoint several times in one process
+_HEALTH: dict[tuple, dict[str, Any]] = {}
 
 
 def _health_key(ckpt: Checkpoint, seed: int) -> tuple:
-    """The checkpoint's files as they are on disk (a rewritten checkpoint is checked again), where and in
-    what precision it runs, and the seed of the users."""
-    weights = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                    for p in sorted(Path(ckpt.path).glob("*.safetensors")))
-    return (str(Path(ckpt.path).resolve()), weights, str(ckpt.model.device), str(ckpt.model.dtype), seed)
+    """The checkpoint's files as they are on disk (a rewritten checkpoint is checked again), where
+    and in what precision it runs, and the seed of the users."""
+    weights = tuple(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(Path(ckpt.path).glob("*.safetensors"))
+    )
+    return (
+        str(Path(ckpt.path).resolve()),
+        weights,
+        str(ckpt.model.device),
+        str(ckpt.model.dtype),
+        seed,
+    )
 
 
 def health(ckpt: Checkpoint, seed: int = 0) -> dict[str, Any]:
@@ -110,20 +127,33 @@ def health(ckpt: Checkpoint, seed: int = 0) -> dict[str, Any]:
 
         examples = evaluate.examples_for(ckpt, "test", HEALTH_USERS, seed)
         variant, n_pauses = evaluate.prompt_variant(ckpt)
-        recs = decoding.recommend(ckpt.model, PromptBuilder.for_checkpoint(ckpt), [ex.history for ex in examples],
-                                variant=variant, n_pauses=n_pauses, top_k=10, beams=10, batch_size=HEALTH_USERS)
+        recs = decoding.recommend(
+            ckpt.model,
+            PromptBuilder.for_checkpoint(ckpt),
+            [ex.history for ex in examples],
+            variant=variant,
+            n_pauses=n_pauses,
+            top_k=10,
+            beams=10,
+            batch_size=HEALTH_USERS,
+        )
         _HEALTH[key] = metrics.health(recs.items, len(ckpt.catalog), evaluate.popular_items(ckpt))
     out = dict(_HEALTH[key])
     if out.get("user_independent"):
-        log.warning("%s gives most users the same top-10 list: it has not learned to condition on the "
-                    "user, so read its probe results with care", ckpt.path)
+        log.warning(
+            "%s gives most users the same top-10 list: it has not learned to condition on the "
+            "user, so read its probe results with care",
+            ckpt.path,
+        )
     return out
 
 
-def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,
-              **load: Any) -> pd.DataFrame:
+def run_probe(
+    args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str, **load: Any
+) -> pd.DataFrame:
     """Load each checkpoint in turn, ``compute(ckpt, args)`` its rows, check its health, write the
-    results: the body of every probe's ``run``. ``load`` goes to :func:`pauserec.checkpoint.load`."""
+    results: the body of every probe's ``run``. ``load`` goes to
+    :func:`pauserec.checkpoint.load`."""
     frames, healths = [], {}
     for ckpt in iter_ckpts(args, **load):
         log.info("%s probe on %s (%s)", name, ckpt.path, ckpt.stage)
@@ -134,13 +164,20 @@ def run_probe(args, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: st
     return df
 
 
-def entry(cls, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,
-          check: Callable[[Any], None] | None = None, language_model: bool = False, **load: Any):
-    """A probe module's ``(run, main)``: ``run(args)`` computes every checkpoint's rows and writes them,
-    ``main(argv)`` parses ``python -m probes.NAME`` flags into ``cls`` first. ``check(args)`` validates
-    what no single field can, before any checkpoint loads. ``language_model``: the probe asks what a
-    pretrained language model knows, so it skips (one line each) checkpoints of a backbone trained from
-    scratch, and writes nothing when none is left."""
+def entry(
+    cls,
+    compute: Callable[[Checkpoint, Any], pd.DataFrame],
+    name: str,
+    check: Callable[[Any], None] | None = None,
+    language_model: bool = False,
+    **load: Any,
+):
+    """A probe module's ``(run, main)``: ``run(args)`` computes every checkpoint's rows and writes
+    them, ``main(argv)`` parses ``python -m probes.NAME`` flags into ``cls`` first. ``check(args)``
+    validates what no single field can, before any checkpoint loads. ``language_model``: the probe
+    asks what a pretrained language model knows, so it skips (one line each) checkpoints of a
+    backbone trained from scratch, and writes nothing when none is left."""
+
     def run(args) -> pd.DataFrame:
         if check is not None:
             check(args)
@@ -157,7 +194,8 @@ def entry(cls, compute: Callable[[Checkpoint, Any], pd.DataFrame], name: str,
 
 
 def with_language_models(args, name: str):
-    """``args`` with only the checkpoints whose backbone knows language; one line per one skipped."""
+    """``args`` with only the checkpoints whose backbone knows language; one line per one
+    skipped."""
     from pauserec.model import backbone
 
     kept = []
@@ -166,8 +204,13 @@ def with_language_models(args, name: str):
         if backbone.language_model(model):
             kept.append(path)
         else:
-            log.warning("%s probe skips %s: it needs a pretrained language model, and backbone %s is "
-                        "trained from scratch here", name, path, model)
+            log.warning(
+                "%s probe skips %s: it needs a pretrained language model, and backbone %s is "
+                "trained from scratch here",
+                name,
+                path,
+                model,
+            )
     return dataclasses.replace(args, ckpt=kept)
 
 
@@ -184,8 +227,12 @@ def write_results(df: pd.DataFrame, args, extra: dict[str, Any] | None = None) -
     meta = {
         "probe": getattr(args, "probe_name", "") or type(args).__module__.rsplit(".", 1)[-1],
         "args": to_dict(args),
-        "versions": {"pauserec": __version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "versions": {
+            "pauserec": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
         **describe(device, resolve_dtype(args.dtype, device)),
         "checkpoints": [checkpoint.identity(checkpoint.read_meta(p), p) for p in args.ckpt],
         "rows": len(df),
@@ -201,7 +248,11 @@ def write_results(df: pd.DataFrame, args, extra: dict[str, Any] | None = None) -
 def llm_cache_path(args) -> str | None:
     if args.llm_cache:
         return args.llm_cache
-    return str(Path(args.out).with_name(Path(args.out).name + ".llm-cache.jsonl")) if args.out else None
+    return (
+        str(Path(args.out).with_name(Path(args.out).name + ".llm-cache.jsonl"))
+        if args.out
+        else None
+    )
 
 
 def cli(main: Callable[[list[str] | None], object]) -> None:

@@ -1,5 +1,6 @@
-"""What the probes read out of a model: embedding matrices, readable vocabulary, the residual stream,
-attention patterns (through a TransformerLens bridge) and a cross-check against HF eager attentions.
+"""What the probes read out of a model: embedding matrices, readable vocabulary, the residual
+stream, attention patterns (through a TransformerLens bridge) and a cross-check against HF eager
+attentions.
 
 Dimension names follow TransformerLens: ``batch pos d_model n_layers n_heads d_head d_vocab``. The
 residual stream is indexed like HF ``hidden_states`` -- layer ``l`` is the stream after ``l`` blocks
@@ -26,17 +27,21 @@ log = logging.getLogger(__name__)
 WORD = re.compile(r"[A-Za-z]{3,}")
 
 
-
-
 def readable_words(tok: PreTrainedTokenizerBase, min_len: int = 3) -> dict[int, str]:
-    """Text-token ids that read as a word (letters only, ``min_len``+), mapped to the lower-cased word.
+    """Text-token ids that read as a word (letters only, ``min_len``+), mapped to the lower-cased
+    word.
 
     Where the tokenizer marks word starts (a leading space, as byte-level BPE does for most of its
-    words) only word-initial tokens count, so ``" lip"`` is a word and the fragment ``"stick"`` is not.
+    words) only word-initial tokens count, so ``" lip"`` is a word and the fragment ``"stick"`` is
+    not.
     """
     text = backbone.token_groups(tok)["text"]
     strings = [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(text)]
-    ok = [(i, s) for i, s in zip(text, strings) if WORD.fullmatch(s.strip()) and len(s.strip()) >= min_len]
+    ok = [
+        (i, s)
+        for i, s in zip(text, strings)
+        if WORD.fullmatch(s.strip()) and len(s.strip()) >= min_len
+    ]
     initial = [(i, s) for i, s in ok if s[:1].isspace()]
     if len(initial) >= 0.3 * len(ok):  # the tokenizer marks word starts: keep whole words only
         ok = initial
@@ -63,20 +68,23 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        ids[b, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
     return ids, torch.tensor([len(r) for r in rows])
 
 
 @torch.no_grad()
 def residual_stream(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
-    """Raw residual stream (n_layers + 1, batch, pos, d_model): embeddings, then each block's output.
+    """Raw residual stream (n_layers + 1, batch, pos, d_model): embeddings, then each block's
+    output.
 
     Read with forward hooks on the blocks (no final norm), so ``out[-1]`` differs from HF's
     ``hidden_states[-1]``, which has the final norm applied.
     """
     layers = decoder_layers(model)
     acts: list[torch.Tensor] = []
-    grab = lambda _m, _a, out: acts.append((out[0] if isinstance(out, tuple) else out).detach())  # noqa: E731
+    grab = (  # noqa: E731
+        lambda _m, _a, out: acts.append((out[0] if isinstance(out, tuple) else out).detach())
+    )
     handles = [model.get_input_embeddings().register_forward_hook(grab)]
     handles += [layer.register_forward_hook(grab) for layer in layers]
     try:
@@ -96,12 +104,17 @@ def hf_attentions(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     out = model(input_ids=ids.to(model.device), output_attentions=True, use_cache=False)
     n_layers = model.config.num_hidden_layers
     if out.attentions is None or len(out.attentions) != n_layers or out.attentions[0] is None:
-        raise UserError(f"expected {n_layers} attention patterns; load with attn_implementation='eager'")
+        raise UserError(
+            f"expected {n_layers} attention patterns; load with attn_implementation='eager'"
+        )
     return torch.stack(out.attentions).float()
 
 
-def boot_bridge(model: PreTrainedModel, tok: PreTrainedTokenizerBase, device: str | torch.device = "cpu"):
-    """A TransformerLens ``TransformerBridge`` around a *copy* of ``model`` (booting wraps in place).
+def boot_bridge(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, device: str | torch.device = "cpu"
+):
+    """A TransformerLens ``TransformerBridge`` around a *copy* of ``model`` (booting wraps in
+    place).
 
     Hook names: ``blocks.{L}.attn.hook_pattern`` (batch, n_heads, pos, pos) and
     ``blocks.{L}.hook_resid_post`` (batch, pos, d_model), raw like :func:`residual_stream`.
@@ -110,8 +123,9 @@ def boot_bridge(model: PreTrainedModel, tok: PreTrainedTokenizerBase, device: st
 
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     log.info("booting a TransformerLens bridge around a copy of the model")
-    bridge = TransformerBridge.boot_transformers(name, hf_model=copy.deepcopy(model), tokenizer=tok,
-                                                 device=str(device))
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=copy.deepcopy(model), tokenizer=tok, device=str(device)
+    )
     bridge.eval()
     return bridge
 

@@ -1,8 +1,9 @@
-"""Are SID tokens in the same space as words? Token-, item- and geometry-level alignment of SID-token
-embeddings with the words of the items' titles, plus SID-vs-title hidden states layer by layer.
+"""Are SID tokens in the same space as words? Token-, item- and geometry-level alignment of
+SID-token embeddings with the words of the items' titles, plus SID-vs-title hidden states layer by
+layer.
 
-Writes ``results.csv`` (tidy; columns ``ckpt, stage, variant, metric, value`` plus ``matrix`` (input /
-output embeddings), ``level``, ``layer``, ``item_id``, ``token``, ``rank``, ``word``, ``group``,
+Writes ``results.csv`` (tidy; columns ``ckpt, stage, variant, metric, value`` plus ``matrix`` (input
+/ output embeddings), ``level``, ``layer``, ``item_id``, ``token``, ``rank``, ``word``, ``group``,
 ``space`` where they apply), ``meta.json`` and ``figures/``. Every agreement metric ``m`` has a
 permutation baseline ``m_baseline`` (items re-paired at random) and, where it is a test, ``m_p``;
 item-level metrics also get ``m_random``: the value with every SID token's row replaced by a random
@@ -37,17 +38,28 @@ __all__ = ["Args", "compute", "main", "run"]
 class Args(ProbeArgs):
     """SID-token vs word-token embedding alignment (token, item, geometry and contextual levels)."""
 
-    n_neighbours: int = field(default=10, metadata={
-        "help": "nearest words per SID token, and the neighbours of mutual k-NN", "min": 1,
-        "deprecated": ("--k",)})
+    n_neighbours: int = field(
+        default=10,
+        metadata={
+            "help": "nearest words per SID token, and the neighbours of mutual k-NN",
+            "min": 1,
+            "deprecated": ("--k",),
+        },
+    )
     n_perm: int = field(default=20, metadata={"help": "permutations for each baseline", "min": 1})
-    max_words: int = field(default=5000, metadata={"help": "word tokens sampled for the geometry", "min": 2})
-    max_items: int = field(default=4000, metadata={"help": "items sampled for CKA, k-NN, Procrustes",
-                                                   "min": 3})
-    n_context: int = field(default=32, metadata={"help": "items for the contextual (hidden-state) probe",
-                                                 "min": 1})
+    max_words: int = field(
+        default=5000, metadata={"help": "word tokens sampled for the geometry", "min": 2}
+    )
+    max_items: int = field(
+        default=4000, metadata={"help": "items sampled for CKA, k-NN, Procrustes", "min": 3}
+    )
+    n_context: int = field(
+        default=32, metadata={"help": "items for the contextual (hidden-state) probe", "min": 1}
+    )
     umap: bool = field(default=True, metadata={"help": "UMAP map of SID and word tokens (slower)"})
-    umap_words: int = field(default=2000, metadata={"help": "word tokens in the UMAP map", "min": 2})
+    umap_words: int = field(
+        default=2000, metadata={"help": "word tokens in the UMAP map", "min": 2}
+    )
 
 
 @dataclass
@@ -65,15 +77,19 @@ def item_table(ckpt: Checkpoint, readable: dict[int, str]) -> Items:
     tok, cat = ckpt.tokenizer, ckpt.catalog
     keep = np.array([i for i, it in enumerate(cat.items) if it.title.strip()])
     if len(keep) < 3:
-        raise UserError(f"only {len(keep)} catalog item(s) have a title; the alignment probe needs 3+")
+        raise UserError(
+            f"only {len(keep)} catalog item(s) have a title; the alignment probe needs 3+"
+        )
     titles = [" " + cat.items[i].title for i in keep]
     title_ids = tok(titles, add_special_tokens=False)["input_ids"]
     cats = tok([" " + cat.items[i].categories for i in keep], add_special_tokens=False)["input_ids"]
     words = []
     for n, i in enumerate(keep):
         text = f"{cat.items[i].title} {cat.items[i].categories}"
-        words.append({w.lower() for w in act.WORD.findall(text)}
-                     | {readable[t] for t in title_ids[n] + cats[n] if t in readable})
+        words.append(
+            {w.lower() for w in act.WORD.findall(text)}
+            | {readable[t] for t in title_ids[n] + cats[n] if t in readable}
+        )
     sid = torch.tensor([tok.convert_tokens_to_ids(list(cat.items[i].sid)) for i in keep])
     return Items(keep, [cat.items[i].item_id for i in keep], sid, title_ids, words)
 
@@ -86,25 +102,47 @@ def title_view(w: torch.Tensor, title: list[list[int]]) -> torch.Tensor:
 
 
 def token_level(w: torch.Tensor, items: Items, rng: np.random.Generator) -> list[dict]:
-    """Cosine of each item's SID embedding (mean over levels, and per level) with its title's mean."""
+    """Cosine of each item's SID embedding (mean over levels, and per level) with its title's
+    mean."""
     title = title_view(w, items.title)  # (n, d_model)
     sid = w[items.sid].float()  # (n, n_levels, d_model)
     perm = act.permutation(len(title), rng)
     obs = act.cosine_rows(sid.mean(1), title).numpy()
     base = act.cosine_rows(sid.mean(1), title[perm]).numpy()
-    rows = [{"metric": "cosine_sid_title", "item_id": i, "value": v} for i, v in zip(items.item_ids, obs)]
-    rows += [{"metric": "cosine_sid_title_baseline", "item_id": i, "value": v}
-             for i, v in zip(items.item_ids, base)]
+    rows = [
+        {"metric": "cosine_sid_title", "item_id": i, "value": v}
+        for i, v in zip(items.item_ids, obs)
+    ]
+    rows += [
+        {"metric": "cosine_sid_title_baseline", "item_id": i, "value": v}
+        for i, v in zip(items.item_ids, base)
+    ]
     for level in range(sid.shape[1]):
-        rows.append({"metric": "cosine_sid_title_level", "level": level,
-                     "value": float(act.cosine_rows(sid[:, level], title).mean())})
-        rows.append({"metric": "cosine_sid_title_level_baseline", "level": level,
-                     "value": float(act.cosine_rows(sid[:, level], title[perm]).mean())})
+        rows.append(
+            {
+                "metric": "cosine_sid_title_level",
+                "level": level,
+                "value": float(act.cosine_rows(sid[:, level], title).mean()),
+            }
+        )
+        rows.append(
+            {
+                "metric": "cosine_sid_title_level_baseline",
+                "level": level,
+                "value": float(act.cosine_rows(sid[:, level], title[perm]).mean()),
+            }
+        )
     return rows
 
 
-def neighbours(w: torch.Tensor, items: Items, readable: dict[int, str], names: dict[int, str], k: int,
-               rng: np.random.Generator) -> list[dict]:
+def neighbours(
+    w: torch.Tensor,
+    items: Items,
+    readable: dict[int, str],
+    names: dict[int, str],
+    k: int,
+    rng: np.random.Generator,
+) -> list[dict]:
     """Each SID token's ``k`` nearest words, and precision@k against the words of the items that
     carry it (baseline: the words of the items carrying another token of the same level)."""
     word_ids = torch.tensor(sorted(readable))
@@ -114,14 +152,24 @@ def neighbours(w: torch.Tensor, items: Items, readable: dict[int, str], names: d
         for t in row:
             carriers.setdefault(t, []).append(n)
     sid_ids = sorted(carriers)
-    sims = torch.nn.functional.normalize(w[sid_ids].float(), dim=1) @ \
-        torch.nn.functional.normalize(w[word_ids].float(), dim=1).T  # (n_sid, n_words)
+    sims = (
+        torch.nn.functional.normalize(w[sid_ids].float(), dim=1)
+        @ torch.nn.functional.normalize(w[word_ids].float(), dim=1).T
+    )  # (n_sid, n_words)
     top = sims.topk(min(k, len(vocab)), dim=1)
     rows, found = [], []
     for r, t in enumerate(sid_ids):
         found.append([vocab[j] for j in top.indices[r].tolist()])
-        rows += [{"metric": "neighbour_cosine", "token": names[t], "rank": n + 1, "word": word,
-                  "value": float(v)} for n, (word, v) in enumerate(zip(found[r], top.values[r]))]
+        rows += [
+            {
+                "metric": "neighbour_cosine",
+                "token": names[t],
+                "rank": n + 1,
+                "word": word,
+                "value": float(v),
+            }
+            for n, (word, v) in enumerate(zip(found[r], top.values[r]))
+        ]
     wordsets = [set().union(*(items.words[n] for n in carriers[t])) for t in sid_ids]
     levels = np.array([tokens.parse_sid(names[t])[0][0] for t in sid_ids])
     other = np.arange(len(sid_ids))
@@ -129,16 +177,21 @@ def neighbours(w: torch.Tensor, items: Items, readable: dict[int, str], names: d
         idx = np.flatnonzero(levels == level)
         other[idx] = idx[act.permutation(len(idx), rng)]
     prec = np.array([np.mean([x in wordsets[r] for x in found[r]]) for r in range(len(found))])
-    base = np.array([np.mean([x in wordsets[other[r]] for x in found[r]]) for r in range(len(found))])
+    base = np.array(
+        [np.mean([x in wordsets[other[r]] for x in found[r]]) for r in range(len(found))]
+    )
     for level in [None, *np.unique(levels).tolist()]:
         sel = np.ones(len(prec), bool) if level is None else levels == level
         rows.append({"metric": "word_precision", "level": level, "value": float(prec[sel].mean())})
-        rows.append({"metric": "word_precision_baseline", "level": level, "value": float(base[sel].mean())})
+        rows.append(
+            {"metric": "word_precision_baseline", "level": level, "value": float(base[sel].mean())}
+        )
     return rows
 
 
-def item_level(w: torch.Tensor, items: Items, k: int, n_perm: int, max_items: int,
-               rng: np.random.Generator) -> list[dict]:
+def item_level(
+    w: torch.Tensor, items: Items, k: int, n_perm: int, max_items: int, rng: np.random.Generator
+) -> list[dict]:
     """Linear CKA, mutual k-NN and Procrustes between the SID view and the title view of (at most
     ``max_items`` sampled) items."""
     sub = np.sort(rng.choice(len(items.title), min(max_items, len(items.title)), replace=False))
@@ -152,29 +205,41 @@ def item_level(w: torch.Tensor, items: Items, k: int, n_perm: int, max_items: in
         ("procrustes_residual", "mean"): sim.procrustes(mean, title, n_perm, rng),
     }
     rand = random_rows(w, items.sid[sub], rng).mean(1).numpy()  # same code structure, random rows
-    reference = {"cka": sim.cka(rand, title, 0, rng)[0], "mknn": sim.mutual_knn(rand, title, k, 0, rng)[0],
-                 "procrustes_residual": sim.procrustes_residual(rand, title)}
+    reference = {
+        "cka": sim.cka(rand, title, 0, rng)[0],
+        "mknn": sim.mutual_knn(rand, title, k, 0, rng)[0],
+        "procrustes_residual": sim.procrustes_residual(rand, title),
+    }
     rows = []
     for (metric, view), (obs, base, p) in results.items():
-        rows += [{"metric": metric, "space": view, "value": obs},
-                 {"metric": f"{metric}_baseline", "space": view, "value": base},
-                 {"metric": f"{metric}_p", "space": view, "value": p}]
+        rows += [
+            {"metric": metric, "space": view, "value": obs},
+            {"metric": f"{metric}_baseline", "space": view, "value": base},
+            {"metric": f"{metric}_p", "space": view, "value": p},
+        ]
         if view == "mean":
             rows.append({"metric": f"{metric}_random", "space": view, "value": reference[metric]})
     return rows
 
 
 def random_rows(w: torch.Tensor, sid: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """(n, n_levels, d_model) SID embeddings with every SID token's row replaced by a random Gaussian
-    row of the real rows' scale: what the item-level metrics give from the code structure alone."""
+    """(n, n_levels, d_model) SID embeddings with every SID token's row replaced by a random
+    Gaussian row of the real rows' scale: what the item-level metrics give from the code structure
+    alone."""
     ids, inverse = torch.unique(sid, return_inverse=True)
     scale = float(w[ids].float().std()) or 1.0
     fresh = torch.from_numpy(rng.normal(0.0, scale, (len(ids), w.shape[1])).astype(np.float32))
     return fresh[inverse]
 
 
-def geometry(w: torch.Tensor, sid_ids: list[int], word_ids: list[int], special: dict[str, int],
-             rng: np.random.Generator, n_perm: int) -> list[dict]:
+def geometry(
+    w: torch.Tensor,
+    sid_ids: list[int],
+    word_ids: list[int],
+    special: dict[str, int],
+    rng: np.random.Generator,
+    n_perm: int,
+) -> list[dict]:
     """SID cloud vs word cloud: centroids, norms, linear separability; where ``<pause>`` sits."""
     s, x = w[sid_ids].double(), w[word_ids].double()  # (n_sid, d_model), (n_words, d_model)
     cs, cw = s.mean(0), x.mean(0)
@@ -184,30 +249,54 @@ def geometry(w: torch.Tensor, sid_ids: list[int], word_ids: list[int], special: 
     base = []
     for _ in range(n_perm):  # baseline: the same two cloud sizes drawn from the pooled tokens
         idx = rng.permutation(len(pooled))
-        base.append(float(np.linalg.norm(pooled[idx[:len(s)]].mean(0) - pooled[idx[len(s):]].mean(0))))
-    rows = [{"metric": "centroid_distance", "value": dist},
-            {"metric": "centroid_distance_baseline", "value": float(np.mean(base))},
-            {"metric": "centroid_distance_rel", "value": dist / float(spread)},
-            {"metric": "centroid_cosine", "value": float(torch.cosine_similarity(cs, cw, dim=0))}]
+        base.append(
+            float(np.linalg.norm(pooled[idx[: len(s)]].mean(0) - pooled[idx[len(s) :]].mean(0)))
+        )
+    rows = [
+        {"metric": "centroid_distance", "value": dist},
+        {"metric": "centroid_distance_baseline", "value": float(np.mean(base))},
+        {"metric": "centroid_distance_rel", "value": dist / float(spread)},
+        {"metric": "centroid_cosine", "value": float(torch.cosine_similarity(cs, cw, dim=0))},
+    ]
     groups = {"sid": s, "word": x, **{name: w[[i]].double() for name, i in special.items()}}
     for group, m in groups.items():
         norms = m.norm(dim=1).numpy()
         rows.append({"metric": "norm_mean", "group": group, "value": float(norms.mean())})
         for q in (5, 25, 50, 75, 95):
-            rows.append({"metric": f"norm_q{q:02d}", "group": group, "value": float(np.percentile(norms, q))})
+            rows.append(
+                {
+                    "metric": f"norm_q{q:02d}",
+                    "group": group,
+                    "value": float(np.percentile(norms, q)),
+                }
+            )
     acc, acc_base = separability(s.numpy(), x.numpy(), rng)
-    rows += [{"metric": "separability_acc", "value": acc},
-             {"metric": "separability_acc_baseline", "value": acc_base}]
+    rows += [
+        {"metric": "separability_acc", "value": acc},
+        {"metric": "separability_acc_baseline", "value": acc_base},
+    ]
     for name, i in special.items():
         v = w[i].double()
         d_sid, d_word = float((v - cs).norm()), float((v - cw).norm())
-        rows += [{"metric": "dist_to_sid_centroid", "group": name, "value": d_sid},
-                 {"metric": "dist_to_word_centroid", "group": name, "value": d_word},
-                 {"metric": "cos_to_sid_centroid", "group": name,
-                  "value": float(torch.cosine_similarity(v, cs, dim=0))},
-                 {"metric": "cos_to_word_centroid", "group": name,
-                  "value": float(torch.cosine_similarity(v, cw, dim=0))},
-                 {"metric": "bridge_position", "group": name, "value": d_sid / max(d_sid + d_word, 1e-12)}]
+        rows += [
+            {"metric": "dist_to_sid_centroid", "group": name, "value": d_sid},
+            {"metric": "dist_to_word_centroid", "group": name, "value": d_word},
+            {
+                "metric": "cos_to_sid_centroid",
+                "group": name,
+                "value": float(torch.cosine_similarity(v, cs, dim=0)),
+            },
+            {
+                "metric": "cos_to_word_centroid",
+                "group": name,
+                "value": float(torch.cosine_similarity(v, cw, dim=0)),
+            },
+            {
+                "metric": "bridge_position",
+                "group": name,
+                "value": d_sid / max(d_sid + d_word, 1e-12),
+            },
+        ]
     return rows
 
 
@@ -220,7 +309,9 @@ def separability(s: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> tupl
     from sklearn.preprocessing import StandardScaler
 
     n = min(len(s), len(x))
-    data = np.concatenate([s[rng.choice(len(s), n, replace=False)], x[rng.choice(len(x), n, replace=False)]])
+    data = np.concatenate(
+        [s[rng.choice(len(s), n, replace=False)], x[rng.choice(len(x), n, replace=False)]]
+    )
     labels = np.repeat([1, 0], n)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500))
     folds = min(5, n)
@@ -245,11 +336,15 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     frames = []
     for matrix, w in backbone.embedding_matrices(ckpt.model).items():
         w = w.detach().float().cpu()
-        rows = token_level(w, items, rng) + neighbours(w, items, readable, names, args.n_neighbours, rng)
+        rows = token_level(w, items, rng) + neighbours(
+            w, items, readable, names, args.n_neighbours, rng
+        )
         rows += item_level(w, items, args.n_neighbours, args.n_perm, args.max_items, rng)
         rows += geometry(w, sid_ids, sample, special, rng, args.n_perm)
         if args.umap:
-            rows += umap_rows(w, sid_ids, names, sample, readable, special, args.umap_words, args.seed)
+            rows += umap_rows(
+                w, sid_ids, names, sample, readable, special, args.umap_words, args.seed
+            )
         frames.append(pd.DataFrame(rows).assign(matrix=matrix))
         log.info("%s embeddings: done", matrix)
     frames.append(pd.DataFrame(contextual(ckpt, items.index, args.n_context, rng)))

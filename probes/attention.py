@@ -4,10 +4,11 @@
   SID-generating position (``attn_mass_sid``, ``pos`` = SID level) onto the prompt's segments, per
   ``layer`` and ``head``, averaged over users; early vs late pauses (``attn_mass_early/late``: the
   first and the last ``n_pauses // 2`` pauses, mean over heads);
-* relevance: correlation of the attention on each history item with how much it shares with the target
-  (SID prefix / categories), against targets re-paired across users (``relevance_corr*``);
-* trie-restricted logit lens: each pause's residual stream after each block, through the final norm and
-  the unembedding, ranked among the first-level SID codes (``lens_rank``, ``lens_top1`` per user);
+* relevance: correlation of the attention on each history item with how much it shares with the
+  target (SID prefix / categories), against targets re-paired across users (``relevance_corr*``);
+* trie-restricted logit lens: each pause's residual stream after each block, through the final norm
+  and the unembedding, ranked among the first-level SID codes (``lens_rank``, ``lens_top1`` per
+  user);
 * interventions (``--interventions``): no pauses, masked pauses, replaced pause embedding
   -> paired change in Recall/NDCG@10 (see :mod:`probes.interventions`).
 
@@ -50,21 +51,42 @@ class Args(ProbeArgs):
     """Attention from pause / SID positions, relevance, logit lens and pause interventions."""
 
     n_users: int = field(default=256, metadata={"help": "test users sampled (seeded)", "min": 1})
-    split: str = field(default="test", metadata={"help": "test, valid or train",
-                                                 "choices": ("test", "valid", "train")})
-    variant: str = field(default="auto", metadata={"help": "prompt: pause, plain, cot; auto = the "
-                                                           "checkpoint's (base -> plain)",
-                                                   "choices": ("auto", "plain", "pause", "cot")})
-    n_pauses: int = field(default=-1, metadata={"help": "pauses; -1 = the checkpoint's (5 if it has none)",
-                                                "min": -1, "max": 512})
+    split: str = field(
+        default="test",
+        metadata={"help": "test, valid or train", "choices": ("test", "valid", "train")},
+    )
+    variant: str = field(
+        default="auto",
+        metadata={
+            "help": "prompt: pause, plain, cot; auto = the checkpoint's (base -> plain)",
+            "choices": ("auto", "plain", "pause", "cot"),
+        },
+    )
+    n_pauses: int = field(
+        default=-1,
+        metadata={
+            "help": "pauses; -1 = the checkpoint's (5 if it has none)",
+            "min": -1,
+            "max": 512,
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "users per forward pass", "min": 1})
-    n_perm: int = field(default=200, metadata={"help": "target re-pairings for the relevance baseline",
-                                               "min": 1})
-    interventions: bool = field(default=False, metadata={"help": "also decode with pauses removed / "
-                                                                 "masked / replaced (slow)"})
-    intervention_users: int = field(default=0, metadata={"help": "users decoded (0 = n_users)", "min": 0})
-    beams: int = field(default=20, metadata={"help": "beam width of the intervention decoding", "min": 1})
-    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples of paired CIs", "min": 1})
+    n_perm: int = field(
+        default=200, metadata={"help": "target re-pairings for the relevance baseline", "min": 1}
+    )
+    interventions: bool = field(
+        default=False,
+        metadata={"help": "also decode with pauses removed / masked / replaced (slow)"},
+    )
+    intervention_users: int = field(
+        default=0, metadata={"help": "users decoded (0 = n_users)", "min": 0}
+    )
+    beams: int = field(
+        default=20, metadata={"help": "beam width of the intervention decoding", "min": 1}
+    )
+    n_boot: int = field(
+        default=1000, metadata={"help": "bootstrap resamples of paired CIs", "min": 1}
+    )
 
 
 def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:
@@ -75,10 +97,17 @@ def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:
     return variant, n_pauses if variant == "pause" else 0
 
 
-def encode_all(builder: PromptBuilder, examples: list[data.Example], variant: str, n_pauses: int) -> list[Encoded]:
+def encode_all(
+    builder: PromptBuilder, examples: list[data.Example], variant: str, n_pauses: int
+) -> list[Encoded]:
     """Teacher-forced prompts with the target SID (cot: the leak-free template rationale)."""
-    why = lambda ex: rationales.template(builder.catalog, ex.history) if variant == "cot" else None  # noqa: E731
-    return [builder.encode(ex.history, ex.target, variant, n_pauses, rationale=why(ex)) for ex in examples]
+    why = (  # noqa: E731
+        lambda ex: rationales.template(builder.catalog, ex.history) if variant == "cot" else None
+    )
+    return [
+        builder.encode(ex.history, ex.target, variant, n_pauses, rationale=why(ex))
+        for ex in examples
+    ]
 
 
 @dataclass
@@ -97,7 +126,12 @@ def lens_targets(builder: PromptBuilder, examples: list[data.Example]) -> Lens:
     cands = []
     for ex in examples:
         t = ids[ex.target]
-        cands.append([torch.tensor(np.unique(ids[(ids[:, :j] == t[:j]).all(1), j])) for j in range(ids.shape[1])])
+        cands.append(
+            [
+                torch.tensor(np.unique(ids[(ids[:, :j] == t[:j]).all(1), j]))
+                for j in range(ids.shape[1])
+            ]
+        )
     return Lens(level0, cands, torch.tensor(ids[[ex.target for ex in examples]]))
 
 
@@ -107,15 +141,30 @@ class Recorder:
     def __init__(self, n_layers: int, norm, w_u: torch.Tensor, lens: Lens):
         self.n_layers, self.norm, self.w_u, self.lens = n_layers, norm, w_u, lens
         self.seg_sum: dict[int, torch.Tensor] = {}  # layer -> (n_heads, n_query, n_segments)
-        self.hist: dict[int, list[torch.Tensor]] = {i: [] for i in range(n_layers)}  # (batch, nq, n_hist)
+        # (batch, nq, n_hist)
+        self.hist: dict[int, list[torch.Tensor]] = {i: [] for i in range(n_layers)}
         self.ranks: dict[int, list[torch.Tensor]] = {i: [] for i in range(n_layers)}  # (batch, nq)
-        dev = w_u.device  # the lens tables stay on the CPU; what the hooks multiply goes to the model
+        # the lens tables stay on the CPU; what the hooks multiply goes to the model
+        dev = w_u.device
         self.w0 = w_u[lens.level0.to(dev)]  # (n_codes0, d_model)
         self.where0 = torch.searchsorted(lens.level0, lens.target[:, 0].contiguous()).to(dev)
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
 
-    def start(self, query: torch.Tensor, seg: torch.Tensor, hist: torch.Tensor, users: range, n_pauses: int):
-        self.query, self.seg, self.hist_onehot, self.users, self.n_pauses = query, seg, hist, users, n_pauses
+    def start(
+        self,
+        query: torch.Tensor,
+        seg: torch.Tensor,
+        hist: torch.Tensor,
+        users: range,
+        n_pauses: int,
+    ):
+        self.query, self.seg, self.hist_onehot, self.users, self.n_pauses = (
+            query,
+            seg,
+            hist,
+            users,
+            n_pauses,
+        )
 
     def hooks(self) -> list:
         out = []
@@ -127,10 +176,13 @@ class Recorder:
     def _pattern(self, layer: int):
         def hook(pattern: torch.Tensor, hook=None):  # (batch, n_heads, pos, pos)
             b, h, _, p = pattern.shape
-            rows = pattern.detach().float().gather(2, self.query[:, None, :, None].expand(b, h, -1, p))
+            rows = (
+                pattern.detach().float().gather(2, self.query[:, None, :, None].expand(b, h, -1, p))
+            )
             mass = rows @ self.seg[:, None]  # (batch, n_heads, nq, n_segments)
             self.seg_sum[layer] = self.seg_sum.get(layer, 0) + mass.sum(0)
             self.hist[layer].append(rows.mean(1) @ self.hist_onehot)  # (batch, nq, n_hist)
+
         return hook
 
     def _resid(self, layer: int):
@@ -142,13 +194,14 @@ class Recorder:
             self.ranks[layer].append(self._rank(normed))
             if layer == self.n_layers - 1:  # all recorded: skip the final norm and unembedding
                 raise StopAtLayerException(resid)
+
         return hook
 
     def _rank(self, normed: torch.Tensor) -> torch.Tensor:
         """1-based rank of the target code among the candidates, per user and query (batch, nq).
         The target's logit is read from the same product as its rivals' (no rounding mismatch)."""
         lens, n_pauses, users = self.lens, self.n_pauses, list(self.users)
-        logits0 = normed[:, :n_pauses + 1] @ self.w0.T  # (batch, n_pauses + 1, n_codes0)
+        logits0 = normed[:, : n_pauses + 1] @ self.w0.T  # (batch, n_pauses + 1, n_codes0)
         where0 = self.where0[users]  # (batch,)
         target0 = logits0.gather(-1, where0[:, None, None].expand(-1, n_pauses + 1, 1))
         ranks = [1 + (logits0 > target0).sum(-1)]
@@ -171,10 +224,13 @@ class Recorder:
 
 
 def batch_tensors(encs: list[Encoded], n_pauses: int, n_levels: int, pad: int):
-    """ids (batch, pos); queries (batch, n_pauses + n_levels): pause positions, then the positions whose next
-    token is SID level j; one-hot segments (batch, pos, n_segments) and history items (batch, pos, n_hist)."""
+    """ids (batch, pos); queries (batch, n_pauses + n_levels): pause positions, then the positions
+    whose next token is SID level j; one-hot segments (batch, pos, n_segments) and history items
+    (batch, pos, n_hist)."""
     ids, _ = act.pad_right([e.input_ids for e in encs], pad)
-    n_hist = 1 + max(int(s.split(":")[1]) for e in encs for s in e.segments if s.startswith("history:"))
+    n_hist = 1 + max(
+        int(s.split(":")[1]) for e in encs for s in e.segments if s.startswith("history:")
+    )
     seg = torch.zeros((*ids.shape, len(SEGMENTS)))
     hist = torch.zeros((*ids.shape, n_hist))
     query = []
@@ -190,19 +246,25 @@ def batch_tensors(encs: list[Encoded], n_pauses: int, n_levels: int, pad: int):
 
 
 @torch.no_grad()
-def record(ckpt: Checkpoint, encs: list[Encoded], lens: Lens, n_pauses: int, batch_size: int) -> Recorder:
+def record(
+    ckpt: Checkpoint, encs: list[Encoded], lens: Lens, n_pauses: int, batch_size: int
+) -> Recorder:
     """One bridge pass per batch; the hooks keep segment masses, history masses and lens ranks."""
     model = ckpt.model
     bridge = act.boot_bridge(model, ckpt.tokenizer, model.device)
     n_layers = model.config.num_hidden_layers
-    rec = Recorder(n_layers, act.final_norm(model), model.get_output_embeddings().weight.detach().float(), lens)
+    rec = Recorder(
+        n_layers, act.final_norm(model), model.get_output_embeddings().weight.detach().float(), lens
+    )
     pad = ckpt.tokenizer.pad_token_id or 0
     n_levels = lens.target.shape[1]
     for start in range(0, len(encs), batch_size):
-        chunk = encs[start:start + batch_size]
+        chunk = encs[start : start + batch_size]
         ids, query, seg, hist = batch_tensors(chunk, n_pauses, n_levels, pad)
         dev = model.device
-        rec.start(query.to(dev), seg.to(dev), hist.to(dev), range(start, start + len(chunk)), n_pauses)
+        rec.start(
+            query.to(dev), seg.to(dev), hist.to(dev), range(start, start + len(chunk)), n_pauses
+        )
         bridge.run_with_hooks(ids.to(dev), fwd_hooks=rec.hooks())
         log.info("attention probe: %d/%d users", start + len(chunk), len(encs))
     del bridge
@@ -216,46 +278,84 @@ def mass_rows(rec: Recorder, n_users: int, n_pauses: int) -> list[dict]:
         for head in range(mean.shape[0]):
             for q in range(mean.shape[1]):
                 metric, pos = ("attn_mass", q) if q < n_pauses else ("attn_mass_sid", q - n_pauses)
-                rows += [{"metric": metric, "layer": layer, "head": head, "pos": pos, "segment": s,
-                          "value": float(mean[head, q, i])} for i, s in enumerate(SEGMENTS)]
+                rows += [
+                    {
+                        "metric": metric,
+                        "layer": layer,
+                        "head": head,
+                        "pos": pos,
+                        "segment": s,
+                        "value": float(mean[head, q, i]),
+                    }
+                    for i, s in enumerate(SEGMENTS)
+                ]
         if n_pauses >= 2:
-            for name, sel in (("attn_mass_early", slice(0, n_pauses // 2)), ("attn_mass_late", slice(n_pauses - n_pauses // 2, n_pauses))):
+            for name, sel in (
+                ("attn_mass_early", slice(0, n_pauses // 2)),
+                ("attn_mass_late", slice(n_pauses - n_pauses // 2, n_pauses)),
+            ):
                 part = mean[:, sel].mean((0, 1))
-                rows += [{"metric": name, "layer": layer, "segment": s, "value": float(part[i])}
-                         for i, s in enumerate(SEGMENTS)]
+                rows += [
+                    {"metric": name, "layer": layer, "segment": s, "value": float(part[i])}
+                    for i, s in enumerate(SEGMENTS)
+                ]
     return rows
 
 
 def lens_rows(rec: Recorder, examples: list[data.Example], n_pauses: int) -> list[dict]:
-    ranks = torch.stack([torch.cat(rec.ranks[layer]) for layer in range(rec.n_layers)]).cpu().numpy()
+    ranks = (
+        torch.stack([torch.cat(rec.ranks[layer]) for layer in range(rec.n_layers)]).cpu().numpy()
+    )
     ranks = ranks.astype(float)  # (n_layers, n_users, nq)
     rows = []
     users = [ex.user for ex in examples]
     for layer in range(ranks.shape[0]):
         for pos in range(n_pauses):
             for u, r in zip(users, ranks[layer, :, pos]):
-                rows += [{"metric": "lens_rank", "layer": layer, "pos": pos, "user_id": u, "value": r},
-                         {"metric": "lens_top1", "layer": layer, "pos": pos, "user_id": u, "value": float(r == 1)}]
+                rows += [
+                    {"metric": "lens_rank", "layer": layer, "pos": pos, "user_id": u, "value": r},
+                    {
+                        "metric": "lens_top1",
+                        "layer": layer,
+                        "pos": pos,
+                        "user_id": u,
+                        "value": float(r == 1),
+                    },
+                ]
         for level in range(ranks.shape[2] - n_pauses):
             r = ranks[layer, :, n_pauses + level]
-            rows += [{"metric": "lens_rank_sid", "layer": layer, "pos": level, "value": float(r.mean())},
-                     {"metric": "lens_top1_sid", "layer": layer, "pos": level, "value": float((r == 1).mean())}]
+            rows += [
+                {"metric": "lens_rank_sid", "layer": layer, "pos": level, "value": float(r.mean())},
+                {
+                    "metric": "lens_top1_sid",
+                    "layer": layer,
+                    "pos": level,
+                    "value": float((r == 1).mean()),
+                },
+            ]
     top1 = ranks == 1  # (n_layers, n_users, nq)
     for pos in range(n_pauses):
         hit = top1[:, :, pos]
         reached = hit.any(0)
         first = hit.argmax(0)[reached]
         rate = hit.mean(1)
-        rows += [{"metric": "lens_reach", "pos": pos, "value": float(reached.mean())},
-                 {"metric": "lens_first_top1_layer", "pos": pos,
-                  "value": float(first.mean()) if len(first) else float("nan")},
-                 {"metric": "lens_best_layer", "pos": pos, "value": float(rate.argmax())},
-                 {"metric": "lens_best_top1", "pos": pos, "value": float(rate.max())}]
+        rows += [
+            {"metric": "lens_reach", "pos": pos, "value": float(reached.mean())},
+            {
+                "metric": "lens_first_top1_layer",
+                "pos": pos,
+                "value": float(first.mean()) if len(first) else float("nan"),
+            },
+            {"metric": "lens_best_layer", "pos": pos, "value": float(rate.argmax())},
+            {"metric": "lens_best_top1", "pos": pos, "value": float(rate.max())},
+        ]
     rows.append({"metric": "lens_chance_top1", "value": 1.0 / len(rec.lens.level0)})
     return rows
 
 
-def compute(ckpt: Checkpoint, args: Args, examples: list[data.Example] | None = None) -> pd.DataFrame:
+def compute(
+    ckpt: Checkpoint, args: Args, examples: list[data.Example] | None = None
+) -> pd.DataFrame:
     """All attention-probe measurements of one checkpoint (``examples``: default, a seeded sample
     of ``args.n_users`` users of ``args.split``)."""
     variant, n_pauses = resolve_variant(ckpt, args)
@@ -272,8 +372,17 @@ def compute(ckpt: Checkpoint, args: Args, examples: list[data.Example] | None = 
     if args.interventions:
         n = min(args.intervention_users or len(examples), len(examples))
         pick = data.sample(len(examples), n, args.seed)
-        rows += interventions.run(ckpt, builder, [examples[i] for i in pick], variant, n_pauses, args.beams,
-                                  args.batch_size, args.n_boot, args.seed)
+        rows += interventions.run(
+            ckpt,
+            builder,
+            [examples[i] for i in pick],
+            variant,
+            n_pauses,
+            args.beams,
+            args.batch_size,
+            args.n_boot,
+            args.seed,
+        )
     df = pd.DataFrame(rows)
     for key, value in reversed(label(ckpt).items()):
         df.insert(0, key, value)

@@ -4,16 +4,17 @@ at inference time and :mod:`probes.rationale_train` at training time).
 Perturbations (all seeded, all on whitespace-separated words):
 
 * ``drop10`` / ``drop30`` / ``drop50`` (any ``dropNN``): each word dropped with probability NN%;
-* ``word_shuffle``: the words in a random order; ``sentence_shuffle``: the sentences (never the identity
-  when two differ);
+* ``word_shuffle``: the words in a random order; ``sentence_shuffle``: the sentences (never the
+  identity when two differ);
 * ``paraphrase``: rewritten by a language model (computed by the caller: local or ``openai``);
 * ``swap``: another user's rationale (a random derangement);
 * ``empty``: no rationale; ``filler``: neutral filler words, as many as the rationale has;
-* ``oracle``: names the target's title and categories -- an upper bound, flagged (:data:`UPPER_BOUND`).
+* ``oracle``: names the target's title and categories -- an upper bound, flagged
+  (:data:`UPPER_BOUND`).
 
 Quality (:func:`quality`): ``length`` (words), ``leakage`` (share of the target's title/category
-content words the rationale contains) and ``agreement`` (share of the rationale's content words found in
-the history's titles/categories).
+content words the rationale contains) and ``agreement`` (share of the rationale's content words
+found in the history's titles/categories).
 """
 
 from __future__ import annotations
@@ -28,15 +29,28 @@ from pauserec.errors import UserError
 from pauserec.model.catalog import Catalog
 from probes.qa import words
 
-PERTURBATIONS = ("drop10", "drop30", "drop50", "word_shuffle", "sentence_shuffle", "paraphrase", "swap",
-                 "empty", "filler", "oracle")
+PERTURBATIONS = (
+    "drop10",
+    "drop30",
+    "drop50",
+    "word_shuffle",
+    "sentence_shuffle",
+    "paraphrase",
+    "swap",
+    "empty",
+    "filler",
+    "oracle",
+)
 UPPER_BOUND = frozenset({"oracle"})  # not a degradation: an upper bound on what a rationale can do
-FILLER = ("this sentence is only neutral filler text and it carries no information of any kind for "
-          "the task at hand").split()
+FILLER = (
+    "this sentence is only neutral filler text and it carries no information of any kind for "
+    "the task at hand"
+).split()
 STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or s that the their these this to "
-    "was were which will with user users item items next recently bought latest should fit interests "
-    "likely".split())
+    "a an and are as at be by for from has have in is it its of on or s that the their these this "
+    "to was were which will with user users item items next recently bought latest should fit "
+    "interests likely".split()
+)
 
 
 def word_dropout(text: str, p: float, rng: np.random.Generator) -> str:
@@ -94,12 +108,21 @@ def oracle(catalog: Catalog, target: int) -> str:
 def check(names: Sequence[str]) -> None:
     bad = [n for n in names if n not in PERTURBATIONS and not re.fullmatch(r"drop\d{1,2}", n)]
     if bad:
-        raise UserError(f"unknown perturbation(s) {bad} (known: {', '.join(PERTURBATIONS)}, dropNN)")
+        raise UserError(
+            f"unknown perturbation(s) {bad} (known: {', '.join(PERTURBATIONS)}, dropNN)"
+        )
 
 
-def apply(name: str, texts: Sequence[str], examples: Sequence[Example], catalog: Catalog,
-          rng: np.random.Generator, paraphrases: Sequence[str] | None = None) -> list[str]:
-    """Perturbation ``name`` of every text (``paraphrases``: the caller's rewrites, for ``paraphrase``)."""
+def apply(
+    name: str,
+    texts: Sequence[str],
+    examples: Sequence[Example],
+    catalog: Catalog,
+    rng: np.random.Generator,
+    paraphrases: Sequence[str] | None = None,
+) -> list[str]:
+    """Perturbation ``name`` of every text (``paraphrases``: the caller's rewrites, for
+    ``paraphrase``)."""
     check([name])
     if m := re.fullmatch(r"drop(\d+)", name):
         return [word_dropout(t, int(m.group(1)) / 100, rng) for t in texts]
@@ -129,8 +152,14 @@ def quality(text: str, example: Example, catalog: Catalog) -> dict[str, float]:
     target = catalog.items[example.target]
     said = content_words(text)
     leak = content_words(f"{target.display_title} {target.categories}")
-    history = set().union(*[content_words(f"{catalog.items[i].display_title} {catalog.items[i].categories}")
-                            for i in example.history])
-    return {"length": float(len(text.split())),
-            "leakage": len(said & leak) / len(leak) if leak else 0.0,
-            "agreement": len(said & history) / len(said) if said else 0.0}
+    history = set().union(
+        *[
+            content_words(f"{catalog.items[i].display_title} {catalog.items[i].categories}")
+            for i in example.history
+        ]
+    )
+    return {
+        "length": float(len(text.split())),
+        "leakage": len(said & leak) / len(leak) if leak else 0.0,
+        "agreement": len(said & history) / len(said) if said else 0.0,
+    }

@@ -1,8 +1,8 @@
 """Questions about items and general facts, their prompt templates, and text scores.
 
 Shared by :mod:`probes.verbalization` (knowledge readouts) and :mod:`probes.rationale` (paraphrases
-through :meth:`Asker.wrap`). ``resources/facts.jsonl`` is the shipped general-knowledge set: one fact
-per line with ``id, topic, question, answer, distractors`` (facts, not recommendation data).
+through :meth:`Asker.wrap`). ``resources/facts.jsonl`` is the shipped general-knowledge set: one
+fact per line with ``id, topic, question, answer, distractors`` (facts, not recommendation data).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class Question:
         return self.candidates[0]
 
 
-# -- text scores --------------------------------------------------------------------------------------
+# -- text scores
+# --------------------------------------------------------------------------------------
+
 
 def words(text: str) -> list[str]:
     """Lower-case alphanumeric words: the unit of every text score here."""
@@ -87,12 +89,15 @@ def rouge_l(pred: str, truth: str) -> float:
 
 
 def truth_rank(scores) -> float:
-    """1-based rank of ``scores[0]`` among ``scores`` (higher is better); ties share it (mean rank)."""
+    """1-based rank of ``scores[0]`` among ``scores`` (higher is better); ties share it (mean
+    rank)."""
     s = np.asarray(scores, dtype=float)
     return float(1 + (s[1:] > s[0]).sum() + 0.5 * (s[1:] == s[0]).sum())
 
 
-# -- questions ----------------------------------------------------------------------------------------
+# -- questions
+# ----------------------------------------------------------------------------------------
+
 
 def tokens_of(sid: str) -> list[str]:
     """``"<a_1><b_2>"`` -> ``["<a_1>", "<b_2>"]``."""
@@ -123,7 +128,8 @@ def value_of(item: CatalogItem, name: str, movies: bool) -> str:
 
 
 def _wrong(value: str, truth: str, name: str, movies: bool) -> bool:
-    """A distractor must be unambiguously wrong: another value (for genre lists: no shared genre)."""
+    """A distractor must be unambiguously wrong: another value (for genre lists: no shared
+    genre)."""
     if name == "category" and movies:
         return not (_genres(value) & _genres(truth))
     return words(value) != words(truth)
@@ -131,19 +137,28 @@ def _wrong(value: str, truth: str, name: str, movies: bool) -> bool:
 
 def default_fields(catalog: Catalog) -> list[str]:
     names = ["title", "category", "year" if is_movie_catalog(catalog) else "brand"]
-    return [n for n in names if any(value_of(it, n, is_movie_catalog(catalog)) for it in catalog.items)]
+    return [
+        n for n in names if any(value_of(it, n, is_movie_catalog(catalog)) for it in catalog.items)
+    ]
 
 
-def item_questions(catalog: Catalog, fields: list[str], queries: list[str], n_items: int,
-                   n_distractors: int, seed: int) -> list[Question]:
-    """SID and title questions about a seeded sample of items; distractors seeded per (field, item), so
-    every checkpoint (and the SID and title form of a question) gets the same candidates."""
+def item_questions(
+    catalog: Catalog,
+    fields: list[str],
+    queries: list[str],
+    n_items: int,
+    n_distractors: int,
+    seed: int,
+) -> list[Question]:
+    """SID and title questions about a seeded sample of items; distractors seeded per (field, item),
+    so every checkpoint (and the SID and title form of a question) gets the same candidates."""
     movies = is_movie_catalog(catalog)
     noun, cat = ("movie", "genres") if movies else ("product", "category")
     picked = np.random.default_rng(seed).permutation(len(catalog))[:n_items]
     out = []
     for name in fields:
-        f_no = list(QUESTIONS).index(name) if name in QUESTIONS else -1  # stable, whatever --fields says
+        # stable, whatever --fields says
+        f_no = list(QUESTIONS).index(name) if name in QUESTIONS else -1
         pool = sorted({v for it in catalog.items if (v := value_of(it, name, movies))})
         for idx in sorted(int(i) for i in picked):
             item = catalog.items[idx]
@@ -151,8 +166,11 @@ def item_questions(catalog: Catalog, fields: list[str], queries: list[str], n_it
             if not truth:
                 continue
             order = np.random.default_rng([seed, f_no, idx]).permutation(len(pool))
-            wrong = list(islice((pool[j] for j in order if _wrong(pool[j], truth, name, movies)),
-                                n_distractors))
+            wrong = list(
+                islice(
+                    (pool[j] for j in order if _wrong(pool[j], truth, name, movies)), n_distractors
+                )
+            )
             for query in queries:
                 if query == "fact" or (query == "title" and name == "title"):
                     continue
@@ -163,14 +181,22 @@ def item_questions(catalog: Catalog, fields: list[str], queries: list[str], n_it
 
 
 def fact_questions(path: str | Path = FACTS_PATH) -> list[Question]:
-    """The shipped general-knowledge facts (``id, topic, question, answer, distractors`` per line)."""
+    """The shipped general-knowledge facts (``id, topic, question, answer, distractors`` per
+    line)."""
     out = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)
-                out.append(Question("fact", row["topic"], f"fact:{row['id']}", row["question"],
-                                    (row["answer"], *row["distractors"])))
+                out.append(
+                    Question(
+                        "fact",
+                        row["topic"],
+                        f"fact:{row['id']}",
+                        row["question"],
+                        (row["answer"], *row["distractors"]),
+                    )
+                )
             except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as err:
                 why = err or "nested too deeply"
                 raise UserError(f"corrupt facts file {path} line {n}: {why}") from None
@@ -180,9 +206,10 @@ def fact_questions(path: str | Path = FACTS_PATH) -> list[Question]:
 class Asker:
     """Turns a question into prompt ids, and answers into continuation ids.
 
-    Templates: ``chat`` (the tokenizer's chat template), ``plain`` (``Question: ...\nAnswer:``), ``auto``
-    (chat when the tokenizer has one) and ``grounding`` -- item questions in the CPT corpus's own format
-    (``Describe the item <SID>. Title:`` -> `` X.``, see :mod:`pauserec.corpus`; facts use ``plain``).
+    Templates: ``chat`` (the tokenizer's chat template), ``plain`` (``Question: ...\nAnswer:``),
+    ``auto`` (chat when the tokenizer has one) and ``grounding`` -- item questions in the CPT
+    corpus's own format (``Describe the item <SID>. Title:`` -> `` X.``, see :mod:`pauserec.corpus`;
+    facts use ``plain``).
     """
 
     def __init__(self, tok, catalog: Catalog, template: str = "auto"):
@@ -197,16 +224,21 @@ class Asker:
         end: list[int] = []  # what closes a chat answer (the turn's end marker): a stop token
         if self.chat:
             user = [{"role": "user", "content": "Q"}]
-            full = tok.apply_chat_template([*user, {"role": "assistant", "content": "XYZ"}], tokenize=False)
+            full = tok.apply_chat_template(
+                [*user, {"role": "assistant", "content": "XYZ"}], tokenize=False
+            )
             suffix = full.split("XYZ", 1)[1].strip()
             end = tok.encode(suffix, add_special_tokens=False) if suffix else []
-        self.stop = sorted({*end[:1], *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
+        self.stop = sorted(
+            {*end[:1], *([tok.eos_token_id] if tok.eos_token_id is not None else [])}
+        )
 
     def _enc(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
 
     def wrap(self, text: str) -> list[int]:
-        """Any question or instruction as a prompt (chat or plain, see :func:`pauserec.prompts.chat_ids`)."""
+        """Any question or instruction as a prompt (chat or plain, see
+        :func:`pauserec.prompts.chat_ids`)."""
         if self.chat:
             return chat_ids(self.tok, text)
         return self.bos + self._enc(f"Question: {text}\nAnswer:")
@@ -218,13 +250,24 @@ class Asker:
         if not self._grounded(q):
             return self.wrap(q.text)
         before, after = SID_TO_TEXT
-        ref = self.tok.convert_tokens_to_ids(tokens_of(q.ref)) if q.query == "sid" else self._enc(" " + q.ref)
-        return self.bos + self._enc(" " + before) + ref + self._enc(after) + self._enc(f" {LABELS[q.field]}:")
+        ref = (
+            self.tok.convert_tokens_to_ids(tokens_of(q.ref))
+            if q.query == "sid"
+            else self._enc(" " + q.ref)
+        )
+        return (
+            self.bos
+            + self._enc(" " + before)
+            + ref
+            + self._enc(after)
+            + self._enc(f" {LABELS[q.field]}:")
+        )
 
     def answer(self, text: str, q: Question) -> list[int]:
-        """A candidate's continuation ids. Chat answers start the assistant turn and carry no end marker:
-        a small chat model rarely ends a turn on a bare answer, and that marker's probability then
-        swamps the content (SmolLM2 on the shipped facts: MC accuracy 0.27 with it, 0.42 without)."""
+        """A candidate's continuation ids. Chat answers start the assistant turn and carry no end
+        marker: a small chat model rarely ends a turn on a bare answer, and that marker's
+        probability then swamps the content (SmolLM2 on the shipped facts: MC accuracy 0.27 with it,
+        0.42 without)."""
         if self._grounded(q):
             return self._enc(f" {text}.")
         return self._enc(("" if self.chat else " ") + text)
@@ -238,12 +281,16 @@ class Asker:
             text = _NEXT_LABEL.split(text)[0]
         return clean(text)
 
-def generate_answers(model, asker: Asker, prompts: list[list[int]], max_new_tokens: int,
-                     batch_size: int = 16) -> list[str]:
+
+def generate_answers(
+    model, asker: Asker, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
     """Greedy answers (read by ``asker``), prompts batched shortest first."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less left padding per batch
-    new = decoding.generate(model, asker.tok, [prompts[i] for i in order], max_new_tokens, asker.stop,
-                          batch_size)
+    # less left padding per batch
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    new = decoding.generate(
+        model, asker.tok, [prompts[i] for i in order], max_new_tokens, asker.stop, batch_size
+    )
     out = [""] * len(prompts)
     for i, ids in zip(order, new):
         out[i] = asker.read(ids)

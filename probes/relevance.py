@@ -46,8 +46,8 @@ class Relevance:
         self.hist = np.zeros((len(examples), width), dtype=np.int64)
         self.valid = np.zeros((len(examples), width), dtype=bool)
         for u, ex in enumerate(examples):
-            self.hist[u, :len(ex.history)] = ex.history
-            self.valid[u, :len(ex.history)] = True
+            self.hist[u, : len(ex.history)] = ex.history
+            self.valid[u, : len(ex.history)] = True
 
     def prefix(self, targets: np.ndarray) -> np.ndarray:
         same = self.codes[self.hist] == self.codes[targets][:, None, :]  # (users, items, levels)
@@ -61,8 +61,8 @@ class Relevance:
 
 
 def by_position(x: np.ndarray, cell: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``x`` (..., users, items) minus its mean over the valid entries of the same ``cell`` (users, items)
-    -- here (history length, position): a cell's mean is the purely positional part."""
+    """``x`` (..., users, items) minus its mean over the valid entries of the same ``cell`` (users,
+    items) -- here (history length, position): a cell's mean is the purely positional part."""
     out = x.copy()
     for c in np.unique(cell[valid]):
         sel = valid & (cell == c)
@@ -83,11 +83,17 @@ def history_attention(hist: dict[int, list[torch.Tensor]], width: int) -> np.nda
     return np.stack(out)
 
 
-def relevance_rows(hist: dict[int, list[torch.Tensor]], examples: list[data.Example], catalog: Catalog,
-                   k: int, n_perm: int, seed: int) -> list[dict]:
-    """``relevance_corr`` (+ ``_baseline``, ``_p``) per relation, query group and layer (and over the
-    layer-mean attention, ``layer`` empty). Query groups: ``pause`` (mean over pauses), ``sid`` (the
-    position that generates the first SID token)."""
+def relevance_rows(
+    hist: dict[int, list[torch.Tensor]],
+    examples: list[data.Example],
+    catalog: Catalog,
+    k: int,
+    n_perm: int,
+    seed: int,
+) -> list[dict]:
+    """``relevance_corr`` (+ ``_baseline``, ``_p``) per relation, query group and layer (and over
+    the layer-mean attention, ``layer`` empty). Query groups: ``pause`` (mean over pauses), ``sid``
+    (the position that generates the first SID token)."""
     width = max(len(ex.history) for ex in examples)
     att = history_attention(hist, width)  # (n_layers, users, nq, width)
     groups = {"sid": att[:, :, k]}
@@ -104,23 +110,42 @@ def relevance_rows(hist: dict[int, list[torch.Tensor]], examples: list[data.Exam
         observed, shuffled = score(targets), [score(targets[p]) for p in perms]
         for query, a in groups.items():  # a: (n_layers, users, width)
             a = np.concatenate([a, a.mean(0, keepdims=True)])  # last entry: layer-mean attention
-            for metric, adjust in (("relevance_corr", lambda x: x),
-                                   ("relevance_corr_partial", lambda x: by_position(x, cell, rel.valid))):
-                rows += _corr_rows(metric, adjust(a), adjust(observed), [adjust(s) for s in shuffled],
-                                   rel.valid, {"relation": relation, "query": query})
+            for metric, adjust in (
+                ("relevance_corr", lambda x: x),
+                ("relevance_corr_partial", lambda x: by_position(x, cell, rel.valid)),
+            ):
+                rows += _corr_rows(
+                    metric,
+                    adjust(a),
+                    adjust(observed),
+                    [adjust(s) for s in shuffled],
+                    rel.valid,
+                    {"relation": relation, "query": query},
+                )
     return rows
 
 
-def _corr_rows(metric: str, att: np.ndarray, observed: np.ndarray, shuffled: list[np.ndarray],
-               valid: np.ndarray, common: dict) -> list[dict]:
+def _corr_rows(
+    metric: str,
+    att: np.ndarray,
+    observed: np.ndarray,
+    shuffled: list[np.ndarray],
+    valid: np.ndarray,
+    common: dict,
+) -> list[dict]:
     obs = within_user_corr(att, observed, valid)  # (n_layers + 1,)
-    base = np.stack([within_user_corr(att, s, valid) for s in shuffled]) if shuffled else \
-        np.full((1, len(obs)), np.nan)
+    base = (
+        np.stack([within_user_corr(att, s, valid) for s in shuffled])
+        if shuffled
+        else np.full((1, len(obs)), np.nan)
+    )
     p = (1 + (base >= obs).sum(0)) / (1 + len(shuffled))
     rows = []
     for i in range(len(obs)):
         at = {**common, "layer": i if i < len(obs) - 1 else None}
-        rows += [{**at, "metric": metric, "value": float(obs[i])},
-                 {**at, "metric": f"{metric}_baseline", "value": float(np.mean(base[:, i]))},
-                 {**at, "metric": f"{metric}_p", "value": float(p[i])}]
+        rows += [
+            {**at, "metric": metric, "value": float(obs[i])},
+            {**at, "metric": f"{metric}_baseline", "value": float(np.mean(base[:, i]))},
+            {**at, "metric": f"{metric}_p", "value": float(p[i])},
+        ]
     return rows

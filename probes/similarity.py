@@ -1,8 +1,9 @@
 """Representational agreement between two views of the same items, each with a permutation baseline.
 
 Views are (n, d) matrices whose row ``i`` describes item ``i`` (e.g. the mean of its SID-token
-embeddings, and the mean of its title-token embeddings). A permutation baseline pairs row ``i`` of one
-view with row ``perm[i]`` of the other, which keeps both clouds intact and breaks only the pairing.
+embeddings, and the mean of its title-token embeddings). A permutation baseline pairs row ``i`` of
+one view with row ``perm[i]`` of the other, which keeps both clouds intact and breaks only the
+pairing.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from probes.activations import permutation
 
 
 def _centered(x, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rows minus their mean, computed in float64 (rows that differ by 1e-5 keep their differences)."""
+    """Rows minus their mean, computed in float64 (rows that differ by 1e-5 keep their
+    differences)."""
     x = torch.as_tensor(x).double()
     return (x - x.mean(0, keepdim=True)).to(dtype)
 
 
 def linear_cka(x, y) -> float:
-    """Linear CKA (Kornblith et al. 2019) of (n, p) and (n, q): 1 = same geometry up to rotation/scale."""
+    """Linear CKA (Kornblith et al. 2019) of (n, p) and (n, q): 1 = same geometry up to
+    rotation/scale."""
     x, y = _centered(x), _centered(y)
     cross = (x.T @ y).double().square().sum()
     norm = (x.T @ x).double().square().sum().sqrt() * (y.T @ y).double().square().sum().sqrt()
@@ -33,7 +36,9 @@ def linear_cka(x, y) -> float:
 def cka(x, y, n_perm: int, rng: np.random.Generator) -> tuple[float, float, float]:
     """Linear CKA, its permutation baseline and p; the self-similarity norms are computed once."""
     x, y = _centered(x), _centered(y)
-    norm = float((x.T @ x).double().square().sum().sqrt() * (y.T @ y).double().square().sum().sqrt())
+    norm = float(
+        (x.T @ x).double().square().sum().sqrt() * (y.T @ y).double().square().sum().sqrt()
+    )
     if norm == 0:
         return 0.0, 0.0, 1.0
     cross = lambda yy: float((x.T @ yy).double().square().sum()) / norm  # noqa: E731
@@ -66,14 +71,14 @@ def _procrustes_fast(x: np.ndarray, y: np.ndarray) -> float:
 
 @torch.no_grad()
 def knn(x, k: int, chunk: int = 2048) -> np.ndarray:
-    """Indices (n, k) of each row's ``k`` nearest other rows by cosine similarity of the centred rows
-    (without centring, rows sharing a large common component -- e.g. SID rows initialised at one
-    mean vector -- have cosines that float32 cannot tell apart)."""
+    """Indices (n, k) of each row's ``k`` nearest other rows by cosine similarity of the centred
+    rows (without centring, rows sharing a large common component -- e.g. SID rows initialised at
+    one mean vector -- have cosines that float32 cannot tell apart)."""
     x = torch.nn.functional.normalize(_centered(x), dim=1)
     k = min(k, len(x) - 1)
     out = []
     for start in range(0, len(x), chunk):
-        sim = x[start:start + chunk] @ x.T  # (chunk, n)
+        sim = x[start : start + chunk] @ x.T  # (chunk, n)
         rows = torch.arange(sim.shape[0])
         sim[rows, rows + start] = -torch.inf  # never your own neighbour
         out.append(sim.topk(k, dim=1).indices)
@@ -87,14 +92,16 @@ def knn_overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def permuted_knn(nbrs: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """Neighbour lists of the view re-paired by ``perm`` (row i becomes row perm[i]), without a search."""
+    """Neighbour lists of the view re-paired by ``perm`` (row i becomes row perm[i]), without a
+    search."""
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(len(perm))
     return inverse[nbrs[perm]]
 
 
-def with_baseline(fn: Callable[[np.ndarray, np.ndarray], float], x, y, n_perm: int,
-                  rng: np.random.Generator) -> tuple[float, float, float]:
+def with_baseline(
+    fn: Callable[[np.ndarray, np.ndarray], float], x, y, n_perm: int, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """(observed, mean over ``n_perm`` re-pairings, one-sided p that a re-pairing does as well)."""
     obs = fn(x, y)
     y = np.asarray(y)

@@ -1,28 +1,29 @@
 """Can the model still say what it knows? Generation vs logit readouts of the same facts.
 
-Questions ask for an item's ``title`` / ``category`` / ``year`` (ml-100k) or ``brand`` (Amazon) given its
-SID (``query=sid``) or its title (``query=title``: the world-knowledge reference the SID should
-inherit), plus a shipped set of general-knowledge facts (``query=fact``, ``resources/facts.jsonl``;
-``field`` is the fact's topic). Each question is read out two ways:
+Questions ask for an item's ``title`` / ``category`` / ``year`` (ml-100k) or ``brand`` (Amazon)
+given its SID (``query=sid``) or its title (``query=title``: the world-knowledge reference the SID
+should inherit), plus a shipped set of general-knowledge facts (``query=fact``,
+``resources/facts.jsonl``; ``field`` is the fact's topic). Each question is read out two ways:
 
 * generation -- the greedy answer (:func:`pauserec.decode.generate`, first line) scored against the
-  truth: ``gen_f1`` (token F1), ``gen_rougeL`` (LCS F-measure), ``gen_cosine`` (MiniLM), ``gen_acc`` /
-  ``gen_mrr`` (the answer matched by token F1 to the same multiple-choice candidates as the logit
-  readout; acc = the truth is strictly the closest), ``gen_judge`` (``--judge``: an LLM judge through
-  :func:`pauserec.llm.complete`; 1/0, NaN when its reply is neither yes nor no);
+  truth: ``gen_f1`` (token F1), ``gen_rougeL`` (LCS F-measure), ``gen_cosine`` (MiniLM), ``gen_acc``
+  / ``gen_mrr`` (the answer matched by token F1 to the same multiple-choice candidates as the logit
+  readout; acc = the truth is strictly the closest), ``gen_judge`` (``--judge``: an LLM judge
+  through :func:`pauserec.llm.complete`; 1/0, NaN when its reply is neither yes nor no);
 * logits -- the truth and ``n_distractors`` catalog distractors ranked by length-normalised
   log-likelihood (:func:`pauserec.decode.score_continuations`): ``logit_acc`` (truth strictly best),
   ``logit_mrr`` (ties share the rank).
 
-The two readouts have different chance floors (logits: 1 in n candidates; generation: ~0 -- an answer that
-knows nothing rarely beats 9 distractors), so a model that knows nothing would show a logit-minus-generation
-gap of about +0.1. Every question therefore also gets ``chance_gen_acc`` / ``chance_logit_acc`` (see
-:func:`chance_levels`) and the chance-corrected ``gen_acc_cc`` / ``logit_acc_cc`` = (acc - chance) /
-(1 - chance), on which gaps are read.
+The two readouts have different chance floors (logits: 1 in n candidates; generation: ~0 -- an
+answer that knows nothing rarely beats 9 distractors), so a model that knows nothing would show a
+logit-minus-generation gap of about +0.1. Every question therefore also gets ``chance_gen_acc`` /
+``chance_logit_acc`` (see :func:`chance_levels`) and the chance-corrected ``gen_acc_cc`` /
+``logit_acc_cc`` = (acc - chance) / (1 - chance), on which gaps are read.
 
-Rows: the checkpoint's identity, ``query, field, item_id, metric, value`` (+ ``answer``, ``output``); per
-checkpoint, query and field (and ``field=all``), ``gap_acc`` / ``gap_acc_cc`` / ``gap_mrr`` = logit - gen,
-the mean of per-question paired differences with a bootstrap CI (``ci_lo``, ``ci_hi``, ``n``).
+Rows: the checkpoint's identity, ``query, field, item_id, metric, value`` (+ ``answer``,
+``output``); per checkpoint, query and field (and ``field=all``), ``gap_acc`` / ``gap_acc_cc`` /
+``gap_mrr`` = logit - gen, the mean of per-question paired differences with a bootstrap CI
+(``ci_lo``, ``ci_hi``, ``n``).
 """
 
 from __future__ import annotations
@@ -63,37 +64,68 @@ JUDGE_SYSTEM = "You grade answers to quiz questions. Reply with exactly one word
 class Args(ProbeArgs):
     """Item knowledge (from the SID and from the title) and general facts: generation vs logits."""
 
-    n_items: int = field(default=100, metadata={"help": "catalog items asked about (seeded sample)",
-                                                "min": 1})
-    queries: tuple[str, ...] = field(default=QUERIES, metadata={"help": "sid, title, fact", "choices": QUERIES})
-    fields: tuple[str, ...] = field(default=(), metadata={
-        "help": "title, category, year, brand (default: those the dataset has; ml-100k: title,category,year)",
-        "choices": tuple(QUESTIONS)})
-    n_distractors: int = field(default=9, metadata={"help": "catalog distractors per item question", "min": 1})
+    n_items: int = field(
+        default=100, metadata={"help": "catalog items asked about (seeded sample)", "min": 1}
+    )
+    queries: tuple[str, ...] = field(
+        default=QUERIES, metadata={"help": "sid, title, fact", "choices": QUERIES}
+    )
+    fields: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": (
+                "title, category, year, brand (default: those "
+                "the dataset has; ml-100k: title,category,year)"
+            ),
+            "choices": tuple(QUESTIONS),
+        },
+    )
+    n_distractors: int = field(
+        default=9, metadata={"help": "catalog distractors per item question", "min": 1}
+    )
     max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer", "min": 1})
-    template: str = field(default="auto", metadata={
-        "help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)",
-        "choices": ("auto", "chat", "plain", "grounding")})
+    template: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)",
+            "choices": ("auto", "chat", "plain", "grounding"),
+        },
+    )
     cosine: bool = field(default=True, metadata={"help": "score generations by MiniLM cosine"})
-    judge: bool = field(default=False, metadata={"help": "also grade generations with an LLM judge"})
-    llm_base_url: str | None = field(default=None, metadata={
-        "help": f"judge endpoint (else ${llm.ENV_BASE_URL})"})
-    llm_model: str | None = field(default=None, metadata={"help": f"judge model (else ${llm.ENV_MODEL})"})
-    llm_cache: str | None = field(default=None, metadata={
-        "help": "judge response cache (default OUT.llm-cache.jsonl)"})
-    llm_timeout: float = field(default=60.0, metadata={"help": "total seconds per judge request", "gt": 0.0})
-    llm_max_retries: int = field(default=5, metadata={"help": "retries per judge request", "min": 0})
-    llm_backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)",
-                                                      "min": 0.0})
-    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples of the gap CIs", "min": 1})
+    judge: bool = field(
+        default=False, metadata={"help": "also grade generations with an LLM judge"}
+    )
+    llm_base_url: str | None = field(
+        default=None, metadata={"help": f"judge endpoint (else ${llm.ENV_BASE_URL})"}
+    )
+    llm_model: str | None = field(
+        default=None, metadata={"help": f"judge model (else ${llm.ENV_MODEL})"}
+    )
+    llm_cache: str | None = field(
+        default=None, metadata={"help": "judge response cache (default OUT.llm-cache.jsonl)"}
+    )
+    llm_timeout: float = field(
+        default=60.0, metadata={"help": "total seconds per judge request", "gt": 0.0}
+    )
+    llm_max_retries: int = field(
+        default=5, metadata={"help": "retries per judge request", "min": 0}
+    )
+    llm_backoff: float = field(
+        default=0.5, metadata={"help": "first retry delay, seconds (doubles)", "min": 0.0}
+    )
+    n_boot: int = field(
+        default=1000, metadata={"help": "bootstrap resamples of the gap CIs", "min": 1}
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per generate() batch", "min": 1})
 
 
-# -- readouts -----------------------------------------------------------------------------------------
+# -- readouts
+# -----------------------------------------------------------------------------------------
 
 
-def logit_ranks(ckpt: Checkpoint, asker: Asker, questions: list[Question],
-                prompts: list[list[int]]) -> list[float]:
+def logit_ranks(
+    ckpt: Checkpoint, asker: Asker, questions: list[Question], prompts: list[list[int]]
+) -> list[float]:
     """Rank of the truth among each question's candidates by mean per-token log-probability."""
     cands = [[asker.answer(c, q) for c in q.candidates] for q in questions]
     sums = decoding.score_continuations(ckpt.model, prompts, cands)
@@ -111,8 +143,8 @@ def cosines(outputs: list[str], answers: list[str]) -> np.ndarray:
 
 
 def parse_judge(reply: str) -> float:
-    """1.0 / 0.0 when the reply says yes or no as a word ("The answer is no." -> 0), and not both; else
-    NaN (a reply that echoes "yes or no" is no verdict)."""
+    """1.0 / 0.0 when the reply says yes or no as a word ("The answer is no." -> 0), and not both;
+    else NaN (a reply that echoes "yes or no" is no verdict)."""
     said = set(re.findall(r"\b(yes|no)\b", reply.lower()))
     return float(said == {"yes"}) if len(said) == 1 else float("nan")
 
@@ -121,17 +153,34 @@ def judge(questions: list[Question], outputs: list[str], args: Args) -> np.ndarr
     """1/0 per question from an LLM judge; an empty output is 0 without a request; an unparseable
     reply is NaN (logged). Failed requests raise :class:`UserError` -- never a silent 0."""
     ask = [i for i, o in enumerate(outputs) if o.strip()]
-    prompts = [f"Question: {questions[i].text}\nReference answer: {questions[i].answer}\n"
-               f"Candidate answer: {outputs[i]}\nDoes the candidate answer give the same answer as the "
-               "reference? Reply yes or no." for i in ask]
-    replies = llm.complete(prompts, base_url=args.llm_base_url, model=args.llm_model, system=JUDGE_SYSTEM,
-                           cache_path=llm_cache_path(args), max_tokens=4, timeout=args.llm_timeout,
-                           max_retries=args.llm_max_retries, backoff=args.llm_backoff) if prompts else []
+    prompts = [
+        f"Question: {questions[i].text}\nReference answer: {questions[i].answer}\n"
+        f"Candidate answer: {outputs[i]}\nDoes the candidate answer give the same answer as the "
+        "reference? Reply yes or no."
+        for i in ask
+    ]
+    replies = (
+        llm.complete(
+            prompts,
+            base_url=args.llm_base_url,
+            model=args.llm_model,
+            system=JUDGE_SYSTEM,
+            cache_path=llm_cache_path(args),
+            max_tokens=4,
+            timeout=args.llm_timeout,
+            max_retries=args.llm_max_retries,
+            backoff=args.llm_backoff,
+        )
+        if prompts
+        else []
+    )
     out = np.zeros(len(outputs))
     for i, reply in zip(ask, replies):
         out[i] = parse_judge(reply)
     if bad := int(np.isnan(out).sum()):
-        log.warning("judge: %d of %d replies were neither yes nor no (scored NaN, not 0)", bad, len(ask))
+        log.warning(
+            "judge: %d of %d replies were neither yes nor no (scored NaN, not 0)", bad, len(ask)
+        )
     return out
 
 
@@ -140,7 +189,9 @@ def questions_for(ckpt: Checkpoint, args: Args) -> list[Question]:
     if unknown:
         raise UserError(f"unknown query {sorted(unknown)} (known: {', '.join(QUERIES)})")
     fields = list(args.fields) or default_fields(ckpt.catalog)
-    out = item_questions(ckpt.catalog, fields, list(args.queries), args.n_items, args.n_distractors, args.seed)
+    out = item_questions(
+        ckpt.catalog, fields, list(args.queries), args.n_items, args.n_distractors, args.seed
+    )
     return out + (fact_questions() if "fact" in args.queries else [])
 
 
@@ -160,7 +211,9 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
     }
     if args.cosine:
         scores["gen_cosine"] = cosines(outputs, answers)
-    g_ranks = np.array([truth_rank([token_f1(o, c) for c in q.candidates]) for o, q in zip(outputs, questions)])
+    g_ranks = np.array(
+        [truth_rank([token_f1(o, c) for c in q.candidates]) for o, q in zip(outputs, questions)]
+    )
     scores["gen_acc"], scores["gen_mrr"] = (g_ranks == 1).astype(float), 1 / g_ranks
     if args.judge:
         scores["gen_judge"] = judge(questions, outputs, args)
@@ -172,21 +225,36 @@ def compute(ckpt: Checkpoint, args: Args) -> pd.DataFrame:
         scores[f"{kind}_acc_cc"] = (scores[f"{kind}_acc"] - c) / np.where(c < 1, 1 - c, 1)
         scores[f"chance_{kind}_acc"] = c
     base = label(ckpt)
-    rows = [{**base, "query": q.query, "field": q.field, "item_id": q.item_id, "metric": m,
-             "value": float(v[i]), "answer": q.answer, "output": outputs[i]}
-            for m, v in scores.items() for i, q in enumerate(questions)]
+    rows = [
+        {
+            **base,
+            "query": q.query,
+            "field": q.field,
+            "item_id": q.item_id,
+            "metric": m,
+            "value": float(v[i]),
+            "answer": q.answer,
+            "output": outputs[i],
+        }
+        for m, v in scores.items()
+        for i, q in enumerate(questions)
+    ]
     df = pd.DataFrame(rows)
-    log.info("%s: %s", base["ckpt"], df.groupby(["query", "metric"])["value"].mean().round(3).to_dict())
+    log.info(
+        "%s: %s", base["ckpt"], df.groupby(["query", "metric"])["value"].mean().round(3).to_dict()
+    )
     return pd.concat([df, gaps(df, args.n_boot, args.seed)], ignore_index=True)
 
 
-def chance_levels(questions: list[Question], outputs: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+def chance_levels(
+    questions: list[Question], outputs: list[str], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Per question, the accuracy each readout gets by chance, so the two can be compared:
 
     * logits: the truth is strictly best among ``n`` candidates 1 time in ``n``;
-    * generation: an answer that knows nothing about *this* question -- the outputs re-paired with other
-      questions of the same query and field (a derangement) and scored the same way; the mean over the
-      group is every question's chance level (an empty answer scores 0 either way).
+    * generation: an answer that knows nothing about *this* question -- the outputs re-paired with
+      other questions of the same query and field (a derangement) and scored the same way; the mean
+      over the group is every question's chance level (an empty answer scores 0 either way).
     """
     logit = np.array([1.0 / len(q.candidates) for q in questions])
     gen = np.zeros(len(questions))
@@ -198,27 +266,39 @@ def chance_levels(questions: list[Question], outputs: list[str], seed: int = 0) 
         if len(idx) < 2:
             continue
         other = [idx[j] for j in act.permutation(len(idx), rng)]
-        hits = [truth_rank([token_f1(outputs[o], c) for c in questions[i].candidates]) == 1
-                for i, o in zip(idx, other)]
+        hits = [
+            truth_rank([token_f1(outputs[o], c) for c in questions[i].candidates]) == 1
+            for i, o in zip(idx, other)
+        ]
         gen[idx] = float(np.mean(hits))
     return {"chance_logit_acc": logit, "chance_gen_acc": gen}
 
 
 def gaps(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """``gap_X = logit_X - gen_X`` (X = acc, acc_cc (chance-corrected), mrr) per checkpoint, query and
-    field (and ``all``)."""
+    """``gap_X = logit_X - gen_X`` (X = acc, acc_cc (chance-corrected), mrr) per checkpoint, query
+    and field (and ``all``)."""
     rows = []
     keys = ["ckpt", "stage", "variant", "query"]
     for suffix in ("acc", "acc_cc", "mrr"):
         gen = df[df["metric"] == f"gen_{suffix}"].set_index([*keys, "field", "item_id"])["value"]
-        logit = df[df["metric"] == f"logit_{suffix}"].set_index([*keys, "field", "item_id"])["value"]
+        logit = df[df["metric"] == f"logit_{suffix}"].set_index([*keys, "field", "item_id"])[
+            "value"
+        ]
         diff = (logit - gen).dropna().reset_index()
         groups = [(k, g) for k, g in diff.groupby([*keys, "field"])]
         groups += [((*k, "all"), g) for k, g in diff.groupby(keys)]
         for key, g in groups:
             mean, lo, hi = stats.bootstrap_mean_ci(g["value"].to_numpy(), n_boot, seed)
-            rows.append({**dict(zip([*keys, "field"], key)), "metric": f"gap_{suffix}", "value": mean,
-                         "ci_lo": lo, "ci_hi": hi, "n": len(g)})
+            rows.append(
+                {
+                    **dict(zip([*keys, "field"], key)),
+                    "metric": f"gap_{suffix}",
+                    "value": mean,
+                    "ci_lo": lo,
+                    "ci_hi": hi,
+                    "n": len(g),
+                }
+            )
     return pd.DataFrame(rows)
 
 

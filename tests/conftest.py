@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny-model checkpoint in the real format, and small LC-Rec datasets on disk."""
+"""Shared fixtures: a tiny-model checkpoint in the real format, and small LC-Rec datasets on
+disk."""
 
 from __future__ import annotations
 
@@ -19,15 +20,27 @@ from pauserec.model import (
 )
 
 AMAZON_ROOT = next((p for p in data.default_roots() if (p / "Office").is_dir()), None)
-needs_amazon = pytest.mark.skipif(AMAZON_ROOT is None, reason="Amazon data (../shared/data/amazon) absent")
+needs_amazon = pytest.mark.skipif(
+    AMAZON_ROOT is None, reason="Amazon data (../shared/data/amazon) absent"
+)
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt_path(tmp_path_factory) -> Path:
     """An untrained tiny-Llama checkpoint on ml-100k, written by the real ``init-ckpt`` command."""
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    init_ckpt.main(["--backbone", "tiny", "--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced",
-                        "--out", str(out)])
+    init_ckpt.main(
+        [
+            "--backbone",
+            "tiny",
+            "--dataset",
+            "ml-100k",
+            "--sid-method",
+            "rq-kmeans-balanced",
+            "--out",
+            str(out),
+        ]
+    )
     return out
 
 
@@ -41,8 +54,15 @@ def write_lcrec(root: Path, name: str, sequences: dict, items: dict | None = Non
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
     n_items = 1 + max(i for seq in sequences.values() for i in seq)
-    items = items or {str(i): {"title": f"Item &amp; thing {i}", "description": "", "brand": "Acme",
-                               "categories": f"Cat {i % 3}, Sub {i % 5}"} for i in range(n_items)}
+    items = items or {
+        str(i): {
+            "title": f"Item &amp; thing {i}",
+            "description": "",
+            "brand": "Acme",
+            "categories": f"Cat {i % 3}, Sub {i % 5}",
+        }
+        for i in range(n_items)
+    }
     (d / f"{name}.inter.json").write_text(json.dumps(sequences))
     (d / f"{name}.item.json").write_text(json.dumps(items))
     return d
@@ -54,7 +74,8 @@ def lcrec(tmp_path):
     return lambda sequences, items=None, name="Mini": write_lcrec(tmp_path, name, sequences, items)
 
 
-from servers import llama_server  # noqa: E402,F401 -- session fixture: a real llama.cpp server (tests/servers.py)
+# session fixture: a real llama.cpp server (tests/servers.py)
+from servers import llama_server  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

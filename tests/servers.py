@@ -1,11 +1,12 @@
 """Real HTTP servers on loopback for the LLM-client tests.
 
 * :class:`ScriptedServer` speaks ``/v1/chat/completions`` and injects a scripted fault per request
-  (timeout, 429, 500, malformed JSON, no choices, empty content, a dropped connection, a reply of only
-  workbench tokens, a body dripped a byte at a time), answering the
+  (timeout, 429, 500, malformed JSON, no choices, empty content, a dropped connection, a reply of
+  only workbench tokens, a body dripped a byte at a time), answering the
   rest itself or forwarding them to a real upstream server. It counts and records every request.
 * :func:`llama_cpp_server` runs ``python -m llama_cpp.server`` on the SmolLM2 GGUF;
-  :func:`llama_server` is the session fixture around it (skipped only when llama_cpp is not installed).
+  :func:`llama_server` is the session fixture around it (skipped only when llama_cpp is not
+  installed).
 """
 
 from __future__ import annotations
@@ -28,8 +29,20 @@ from pathlib import Path
 
 import pytest
 
-FAULTS = ("timeout", "429", "500", "503", "400", "badjson", "nochoices", "nocontent", "empty", "drop", "tokens",
-          "drip")
+FAULTS = (
+    "timeout",
+    "429",
+    "500",
+    "503",
+    "400",
+    "badjson",
+    "nochoices",
+    "nocontent",
+    "empty",
+    "drop",
+    "tokens",
+    "drip",
+)
 Script = Callable[[int, str], "str | None"]  # (request number, prompt) -> fault or None for success
 
 
@@ -59,17 +72,31 @@ def free_port() -> int:
 
 
 def _completion(content: str | None, choices: bool = True) -> dict:
-    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
-            "model": "scripted", "choices": [choice] if choices else [],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    choice = {
+        "index": 0,
+        "finish_reason": "stop",
+        "message": {"role": "assistant", "content": content},
+    }
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "scripted",
+        "choices": [choice] if choices else [],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 class ScriptedServer:
     """A ThreadingHTTPServer on 127.0.0.1 with scripted faults; use as a context manager."""
 
-    def __init__(self, script: Script | None = None, upstream: str | None = None, hang: float = 2.0,
-                 retry_after: str = "1"):
+    def __init__(
+        self,
+        script: Script | None = None,
+        upstream: str | None = None,
+        hang: float = 2.0,
+        retry_after: str = "1",
+    ):
         self.script = script or (lambda n, prompt: None)
         self.upstream = upstream.rstrip("/") if upstream else None
         self.hang, self.retry_after = hang, retry_after
@@ -85,7 +112,8 @@ class ScriptedServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def prompts(self, fault: str | None = "any") -> list[str]:
-        """Prompts of the recorded requests (``fault=None``: only the ones answered successfully)."""
+        """Prompts of the recorded requests (``fault=None``: only the ones answered
+        successfully)."""
         return [r.prompt for r in self.requests if fault == "any" or r.fault == fault]
 
     def __enter__(self) -> ScriptedServer:
@@ -151,7 +179,7 @@ class ScriptedServer:
                     for i in range(len(data)):
                         if server._stop.wait(server.hang / len(data)):
                             return
-                        self.wfile.write(data[i:i + 1])
+                        self.wfile.write(data[i : i + 1])
                         self.wfile.flush()
                 elif fault == "tokens":
                     self._send(200, _completion("<pause> <a_1><b_2></think>"))
@@ -172,9 +200,11 @@ class ScriptedServer:
                     self._send(200, _completion(f"reply to: {prompt}"))
 
             def _forward(self, body: dict) -> None:
-                req = urllib.request.Request(server.upstream + "/chat/completions",
-                                             data=json.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    server.upstream + "/chat/completions",
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=120) as resp:
                         self._send(resp.status, resp.read())
@@ -188,11 +218,30 @@ class ScriptedServer:
 def llama_cpp_server(gguf: Path, startup_timeout: float = 180.0) -> Iterator[str]:
     """``python -m llama_cpp.server`` on 127.0.0.1 serving ``gguf``; yields its ``/v1`` base URL."""
     port = free_port()
-    logfile = tempfile.NamedTemporaryFile(prefix="llama_server.", suffix=".log", delete=False)  # noqa: SIM115
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1",
-           "--model_alias", "smollm2",
-           "--verbose", "false"]
+    logfile = (  # noqa: SIM115
+        tempfile.NamedTemporaryFile(prefix="llama_server.", suffix=".log", delete=False)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
+        "--model_alias",
+        "smollm2",
+        "--verbose",
+        "false",
+    ]
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -208,7 +257,9 @@ def llama_cpp_server(gguf: Path, startup_timeout: float = 180.0) -> Iterator[str
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not answer {url}/models in {startup_timeout:.0f}s")
+                raise RuntimeError(
+                    f"llama_cpp.server did not answer {url}/models in {startup_timeout:.0f}s"
+                )
             time.sleep(0.25)
         yield url
     finally:

@@ -7,7 +7,9 @@ from pauserec.model import backbone
 
 
 def _tiny(tied=True):
-    return backbone.load_backbone("tiny" if tied else "tiny-untied", corpus=["red shoes and blue hats"])
+    return backbone.load_backbone(
+        "tiny" if tied else "tiny-untied", corpus=["red shoes and blue hats"]
+    )
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -26,15 +28,20 @@ def test_added_rows_follow_the_init_strategy(tied, init):
     if init == "default":
         assert new.std(0).mean() > 1e-3  # sampled, not collapsed to a point
     else:
-        assert torch.allclose(new, text_mean.expand_as(new), atol=1e-3)  # mean (all = text here) + ~0 noise
+        # mean (all = text here) + ~0 noise
+        assert torch.allclose(new, text_mean.expand_as(new), atol=1e-3)
         assert new.var(0).max() < 1e-6
-    if not tied:  # the untied output rows are initialised by the same strategy, from the output rows
+    # the untied output rows are initialised by the same strategy, from the output rows
+    if not tied:
         out = model.get_output_embeddings().weight
         out_new = out[ids].detach()
         if init == "default":
-            assert out_new.std(0).mean() > 1e-3 and not torch.allclose(out_new, new)  # drawn, and separately
+            # drawn, and separately
+            assert out_new.std(0).mean() > 1e-3 and not torch.allclose(out_new, new)
         else:
-            assert torch.allclose(out_new, out[text_ids].mean(0).detach().expand_as(out_new), atol=1e-3)
+            assert torch.allclose(
+                out_new, out[text_ids].mean(0).detach().expand_as(out_new), atol=1e-3
+            )
 
 
 def test_default_init_draws_from_the_word_distribution_without_touching_the_global_rng():
@@ -83,9 +90,11 @@ def test_smollm2_backbone_loads_offline_and_answers():
     model, tok = backbone.load_backbone("smollm2-135m")  # cached safetensors after the first call
     assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_compact_backbone_is_a_small_llama_over_the_workbench_words():
@@ -98,8 +107,12 @@ def test_compact_backbone_is_a_small_llama_over_the_workbench_words():
     assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 128
     assert 0.5e6 < dense < 5e6 and model.config.tie_word_embeddings
     assert len(tok) <= backbone.SCRATCH["compact"].words + len(backbone.TINY_SPECIAL)
-    for text in prompts.fixed_texts():  # the prompt, grounding questions, rationale templates: no <unk>
-        assert tok.unk_token_id not in tok(text.format(top="drama", latest="toy", leaf="comedy"))["input_ids"], text
+    # the prompt, grounding questions, rationale templates: no <unk>
+    for text in prompts.fixed_texts():
+        assert (
+            tok.unk_token_id
+            not in tok(text.format(top="drama", latest="toy", leaf="comedy"))["input_ids"]
+        ), text
     rationale = prompts.RATIONALE.format(top="Comedy, Drama", latest=ds.items[0].display_title)
     assert tok.unk_token_id not in tok(rationale)["input_ids"]
     assert not backbone.language_model("compact") and backbone.language_model("tiny")

@@ -11,8 +11,8 @@ from pauserec.evaluation import baselines
 from pauserec.evaluation.baselines import _common
 
 # Training parts (seq[:-2]): u1 [0 1 2], u2 [1 2 0], u3 [2 1]; u4 has none (3 items).
-# Popularity counts: item0 2, item1 3, item2 3, items 3/4/5 never (validation and test targets only).
-# Transitions: 0->1 once, 1->2 twice, 2->0 once, 2->1 once.
+# Popularity counts: item0 2, item1 3, item2 3, items 3/4/5 never (validation and test targets
+# only). Transitions: 0->1 once, 1->2 twice, 2->0 once, 2->1 once.
 TOY = {"u1": [0, 1, 2, 3, 4], "u2": [1, 2, 0, 3, 5], "u3": [2, 1, 2, 4], "u4": [0, 1, 5]}
 POP_ORDER = [1, 2, 0, 3, 4, 5]  # counts 3, 3, 2, 0, 0, 0; ties by item index
 
@@ -23,8 +23,11 @@ def toy() -> tuple[data.Dataset, dict[str, list[data.Example]]]:
     return ds, data.split(ds)
 
 
-def chain_dataset(n_items: int = 30, n_users: int = 120, length: int = 12, seed: int = 0) -> data.Dataset:
-    """Every item i is always followed by succ(i) = (7 i + 3) mod n_items; users start at random items."""
+def chain_dataset(
+    n_items: int = 30, n_users: int = 120, length: int = 12, seed: int = 0
+) -> data.Dataset:
+    """Every item i is always followed by succ(i) = (7 i + 3) mod n_items; users start at random
+    items."""
     rng = np.random.default_rng(seed)
     seqs = {}
     for u in range(n_users):
@@ -41,8 +44,9 @@ def test_training_sequences_rebuild_the_training_parts(toy):
     with_valid = baselines.training_sequences(sp["train"] + sp["valid"])
     assert with_valid == [[0, 1, 2, 3], [1, 2, 0, 3], [2, 1, 2], [0, 1]]
     long = chain_dataset(length=40)  # histories truncated to 3 items still chain back together
-    assert baselines.training_sequences(data.split(long, max_history=3)["train"]) == \
-        [s[:-2] for s in long.sequences.values()]
+    assert baselines.training_sequences(data.split(long, max_history=3)["train"]) == [
+        s[:-2] for s in long.sequences.values()
+    ]
 
 
 def test_popularity_known_answer(toy):
@@ -58,7 +62,10 @@ def test_markov_known_answer(toy):
     ds, sp = toy
     model = baselines.make("markov", window=2, decay=0.5).fit(ds, sp["train"])
     assert model.transitions.toarray()[[0, 1, 2]].tolist() == [
-        [0, 1, 0, 0, 0, 0], [0, 0, 2, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
+        [0, 1, 0, 0, 0, 0],
+        [0, 0, 2, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+    ]
     # [0, 1]: P(.|1) = {2: 1}, weight 1; P(.|0) = {1: 1}, weight 0.5; the rest by popularity.
     # [2]: P(.|2) = {0: .5, 1: .5}, a tie broken by popularity (1 before 0).
     # [5]: item 5 is never followed by anything in training: pure popularity.
@@ -72,7 +79,8 @@ def test_markov_known_answer(toy):
 
 
 def test_no_held_out_target_is_counted():
-    """Item 9 is only ever a test target, item 8 only a validation target: training never sees them."""
+    """Item 9 is only ever a test target, item 8 only a validation target: training never sees
+    them."""
     seqs = {"a": [0, 1, 2, 3, 8, 9], "b": [1, 2, 3, 0, 2, 9], "c": [3, 2, 1, 8, 7]}
     ds = data.Dataset("plant", [data.Item(str(i), "") for i in range(10)], seqs)
     sp = data.split(ds)
@@ -82,7 +90,8 @@ def test_no_held_out_target_is_counted():
         assert pop.counts[planted] == 0
         assert markov.transitions[:, planted].sum() == 0 and markov.transitions[planted].sum() == 0
     assert all(8 not in s and 9 not in s for s in baselines.training_sequences(sp["train"]))
-    assert baselines.make("popularity").fit(ds, sp["train"] + sp["valid"]).counts[8] == 2  # the check bites
+    # the check bites
+    assert baselines.make("popularity").fit(ds, sp["train"] + sp["valid"]).counts[8] == 2
 
 
 def test_rank_breaks_ties_by_the_given_order():
@@ -94,7 +103,8 @@ def test_rank_breaks_ties_by_the_given_order():
         scores[rng.random((users, n)) < 0.2] = -np.inf
         order = rng.permutation(n)
         items, vals = _common.rank(scores, k, order)
-        ref = np.argsort(-scores[:, order], axis=1, kind="stable")[:, :k]  # sort by score, then order
+        # sort by score, then order
+        ref = np.argsort(-scores[:, order], axis=1, kind="stable")[:, :k]
         assert (items == order[ref]).all()
         assert (vals == np.take_along_axis(scores, items, 1)).all()
 
@@ -117,7 +127,9 @@ def test_sasrec_is_deterministic_under_a_seed():
     ds = chain_dataset(n_users=40)
     sp = data.split(ds)
     hist = [ex.history for ex in sp["test"]]
-    runs = [baselines.make("sasrec", dim=16, epochs=2).fit(ds, sp["train"], seed=s) for s in (0, 0, 1)]
+    runs = [
+        baselines.make("sasrec", dim=16, epochs=2).fit(ds, sp["train"], seed=s) for s in (0, 0, 1)
+    ]
     a, b, c = (m.recommend_scored(hist, top_k=5) for m in runs)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[1], c[1])  # another seed, other weights
@@ -128,8 +140,9 @@ def test_sasrec_stops_early_on_the_validation_split():
     best epoch, far below the epoch cap, keeps the best epoch's weights, and is reproducible."""
     ds = chain_dataset(n_users=60)
     sp = data.split(ds)
-    fit = lambda: baselines.make("sasrec", dim=32, epochs=200, patience=3, batch_size=32,  # noqa: E731
-                                 dropout=0.1, lr=3e-3).fit(ds, sp["train"], seed=0, valid=sp["valid"])
+    fit = lambda: baselines.make(  # noqa: E731
+        "sasrec", dim=32, epochs=200, patience=3, batch_size=32, dropout=0.1, lr=3e-3
+    ).fit(ds, sp["train"], seed=0, valid=sp["valid"])
     model = fit()
     info = model.info
     assert info["stopped_by"] == "patience" and info["epochs_run"] < 200
@@ -180,11 +193,14 @@ def test_unknown_names_and_options_are_user_errors(toy):
 
 
 def test_ml100k_reference_numbers():
-    """Most-popular and first-order transitions on ml-100k reproduce the reference Recall/NDCG@10."""
+    """Most-popular and first-order transitions on ml-100k reproduce the reference
+    Recall/NDCG@10."""
     ds = data.load_dataset("ml-100k")
     sp = data.split(ds)
     for name, recall, ndcg in (("popularity", 0.050, 0.022), ("markov", 0.120, 0.064)):
-        summary, _ = baselines.evaluate_baseline(baselines.make(name).fit(ds, sp["train"]), sp["test"])
+        summary, _ = baselines.evaluate_baseline(
+            baselines.make(name).fit(ds, sp["train"]), sp["test"]
+        )
         assert summary["recall@10"] == pytest.approx(recall, abs=0.003), name
         assert summary["ndcg@10"] == pytest.approx(ndcg, abs=0.003), name
 
@@ -193,7 +209,9 @@ def test_ml100k_reference_numbers():
 def test_beauty_popularity_reference_numbers():
     ds = data.load_dataset("beauty")
     sp = data.split(ds)
-    summary, _ = baselines.evaluate_baseline(baselines.make("popularity").fit(ds, sp["train"]), sp["test"])
+    summary, _ = baselines.evaluate_baseline(
+        baselines.make("popularity").fit(ds, sp["train"]), sp["test"]
+    )
     assert summary["recall@10"] == pytest.approx(0.011, abs=0.001)
     assert summary["ndcg@10"] == pytest.approx(0.005, abs=0.001)
 
@@ -208,9 +226,26 @@ def test_baseline_command_reads_the_llms_history_and_targets(tmp_path):
     from pauserec.evaluation.baselines import command
 
     out = tmp_path / "sasrec"
-    argv = ["--model", "sasrec", "--dataset", "ml-100k", "--out", str(out), "--n-users", "40",
-            "--max-history", "3", "--train-targets", "last", "--sasrec-epochs", "4",
-            "--sasrec-patience", "1", "--device", "cpu"]
+    argv = [
+        "--model",
+        "sasrec",
+        "--dataset",
+        "ml-100k",
+        "--out",
+        str(out),
+        "--n-users",
+        "40",
+        "--max-history",
+        "3",
+        "--train-targets",
+        "last",
+        "--sasrec-epochs",
+        "4",
+        "--sasrec-patience",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert run(command.main, argv) == 0
     rows = pd.read_csv(out / "per_user.csv")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -237,12 +272,35 @@ def test_baseline_command_writes_the_evaluation_format_on_the_llms_users(tiny_ck
     from pauserec.model import checkpoint
 
     out = tmp_path / "markov"
-    assert run(command.main, ["--model", "markov", "--dataset", "ml-100k", "--out", str(out), "--n-users", "50",
-                              "--eval-seed", "3"]) == 0
+    assert (
+        run(
+            command.main,
+            [
+                "--model",
+                "markov",
+                "--dataset",
+                "ml-100k",
+                "--out",
+                str(out),
+                "--n-users",
+                "50",
+                "--eval-seed",
+                "3",
+            ],
+        )
+        == 0
+    )
     rows = pd.read_csv(out / "per_user.csv")
-    users = [ex.user for ex in evaluate.examples_for(checkpoint.load(tiny_ckpt_path), "test", 50, seed=3)]
-    assert sorted(rows["user"].astype(str)) == sorted(users)  # pairable with a checkpoint's evaluation
-    assert set(rows["cell"]) == {"markov"} and set(rows["stage"]) == {"baseline"} and rows["train_seed"].isna().all()
+    users = [
+        ex.user for ex in evaluate.examples_for(checkpoint.load(tiny_ckpt_path), "test", 50, seed=3)
+    ]
+    # pairable with a checkpoint's evaluation
+    assert sorted(rows["user"].astype(str)) == sorted(users)
+    assert (
+        set(rows["cell"]) == {"markov"}
+        and set(rows["stage"]) == {"baseline"}
+        and rows["train_seed"].isna().all()
+    )
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["recall@10"] == pytest.approx(((rows["rank"] > 0) & (rows["rank"] <= 10)).mean())
     assert "coverage@10" in summary and summary["variant"] == "baseline"

@@ -67,11 +67,17 @@ def one_list_in_one_seed(root: Path) -> None:
     edit_json(path, lambda m: m.update(user_independent=True))
 
 
-@pytest.mark.parametrize("sicken, key, says", [
-    (below_popularity, "vs_cot", "below most-popular's 0.0"),
-    (one_list_in_one_seed, "vs_sft",
-     "`sft-continued` gives most users the same top-10 list (seeds 1)"),
-])
+@pytest.mark.parametrize(
+    "sicken, key, says",
+    [
+        (below_popularity, "vs_cot", "below most-popular's 0.0"),
+        (
+            one_list_in_one_seed,
+            "vs_sft",
+            "`sft-continued` gives most users the same top-10 list (seeds 1)",
+        ),
+    ],
+)
 def test_an_unhealthy_pair_never_reads_reproduced(runs, sicken, key, says):
     sicken(runs)
     table = table_of(runs)
@@ -94,14 +100,23 @@ def test_without_sft_continued_there_is_no_fallback_to_sft(runs):
 
 def steps(root: Path, cell: str, stage: str, per_seed: dict[int, int]) -> None:
     for seed, n in per_seed.items():
-        edit_json(root / f"seed{seed}" / cell / "pauserec.json",
-                  lambda m, n=n: m["timings"][stage].update(steps=n))
+        edit_json(
+            root / f"seed{seed}" / cell / "pauserec.json",
+            lambda m, n=n: m["timings"][stage].update(steps=n),
+        )
 
 
 def test_unmatched_steps_get_no_verdict(runs):
     """The GPU run's kind of mismatch (max_steps rescaled per stage): cot-sft took fewer steps."""
-    for cell in ("pause-k5", "pause-k1", "pause-k9", "pause-k5-mean-text", "filler-k5",
-                 "think-only", "sft-continued"):
+    for cell in (
+        "pause-k5",
+        "pause-k1",
+        "pause-k9",
+        "pause-k5-mean-text",
+        "filler-k5",
+        "think-only",
+        "sft-continued",
+    ):
         steps(runs, cell, "pause-sft", {0: 40, 1: 40, 2: 40})
     steps(runs, "cot-template", "cot-sft", {0: 40, 1: 20, 2: 40})
     table = table_of(runs)
@@ -113,15 +128,19 @@ def test_unmatched_steps_get_no_verdict(runs):
 def test_a_different_start_data_or_schedule_gets_no_verdict(runs):
     """Seed 0 of the control took another learning rate, seed 1 started from a shorter sft, seed 2
     read another history length: each difference is named, at its seed."""
-    changes = {0: lambda m: m["configs"]["pause-sft"].update(lr=3e-4),
-               1: lambda m: m["timings"]["sft"].update(steps=7),
-               2: lambda m: m["dataset"].update(max_history=9)}
+    changes = {
+        0: lambda m: m["configs"]["pause-sft"].update(lr=3e-4),
+        1: lambda m: m["timings"]["sft"].update(steps=7),
+        2: lambda m: m["dataset"].update(max_history=9),
+    }
     for seed, change in changes.items():
         edit_json(runs / f"seed{seed}" / "sft-continued" / "pauserec.json", change)
     row = table_of(runs).loc["vs_sft"]
     assert row["verdict"] == verdicts.NO_VERDICT
-    assert row["why"] == ("not compute-matched: start sft vs sft (7 steps) (seed 1); "
-                          "max_history 20 vs 9 (seed 2); lr 0.0001 vs 0.0003 (seed 0)")
+    assert row["why"] == (
+        "not compute-matched: start sft vs sft (7 steps) (seed 1); "
+        "max_history 20 vs 9 (seed 2); lr 0.0001 vs 0.0003 (seed 0)"
+    )
 
 
 def test_a_comparison_without_training_records_gets_no_verdict(runs):
@@ -151,7 +170,8 @@ def test_a_baseline_on_another_footing_gets_no_verdict(runs):
     row = table_of(runs).loc["vs_baseline"]
     assert row["verdict"] == verdicts.NO_VERDICT
     assert row["why"].startswith(
-        "baseline not on the same footing: history read: up to 5 vs 20 items")
+        "baseline not on the same footing: history read: up to 5 vs 20 items"
+    )
 
 
 def test_the_gates_are_the_claims_own(runs):

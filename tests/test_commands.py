@@ -1,5 +1,6 @@
-"""Every command of ``python -m pauserec`` prints its help and exits 0 (argparse formats help strings
-with ``%``: a help text saying "80%" once broke ``experiment plan --help`` with a traceback)."""
+"""Every command of ``python -m pauserec`` prints its help and exits 0 (argparse formats help
+strings with ``%``: a help text saying "80%" once broke ``experiment plan --help`` with a
+traceback)."""
 
 from __future__ import annotations
 

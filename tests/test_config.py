@@ -30,8 +30,12 @@ def test_from_dict_checks_keys_and_types():
 
 
 def test_parse_args_flags_override_and_reject_bad_values():
-    args = parse_args(Args, ["--lr", "3e-4", "--fields", "title,brand", "--flag", "--maybe", "none"], "t")
-    assert args.lr == 3e-4 and args.fields == ("title", "brand") and args.flag and args.maybe is None
+    args = parse_args(
+        Args, ["--lr", "3e-4", "--fields", "title,brand", "--flag", "--maybe", "none"], "t"
+    )
+    assert (
+        args.lr == 3e-4 and args.fields == ("title", "brand") and args.flag and args.maybe is None
+    )
     with pytest.raises(UserError, match="not a int"):
         parse_args(Args, ["--epochs", "two"], "t")
     with pytest.raises(UserError, match="unrecognized"):
@@ -56,10 +60,13 @@ def test_preset_section_supplies_defaults(tmp_path):
 
 def test_several_sections_merge_in_order_and_flags_still_win(tmp_path):
     p = tmp_path / "p.toml"
-    p.write_text("[sid]\nepochs = 7\nlr = 0.5\n[init]\nlr = 0.25\nname = \"y\"\n")
+    p.write_text('[sid]\nepochs = 7\nlr = 0.5\n[init]\nlr = 0.25\nname = "y"\n')
     args = parse_args(Args, ["--preset", str(p)], "t", section=("sid", "init"))
     assert (args.epochs, args.lr, args.name) == (7, 0.25, "y")
-    assert parse_args(Args, ["--preset", str(p), "--lr", "0.1"], "t", section=("sid", "init")).lr == 0.1
+    assert (
+        parse_args(Args, ["--preset", str(p), "--lr", "0.1"], "t", section=("sid", "init")).lr
+        == 0.1
+    )
 
 
 def test_quick_preset_init_section_reaches_init_ckpt_but_not_sid_build():
@@ -70,4 +77,7 @@ def test_quick_preset_init_section_reaches_init_ckpt_but_not_sid_build():
     quick = load_preset("quick")
     args = build(init_ckpt.InitArgs, {"dataset": "ml-100k"}, "quick", init_ckpt.INIT_SECTIONS)
     assert args.init == quick["init"]["init"] and args.sid_method == quick["sid"]["sid_method"]
-    assert build(sid_command.SidBuildArgs, {"dataset": "ml-100k"}, "quick", "sid").sid_method == args.sid_method
+    assert (
+        build(sid_command.SidBuildArgs, {"dataset": "ml-100k"}, "quick", "sid").sid_method
+        == args.sid_method
+    )

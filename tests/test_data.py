@@ -13,10 +13,13 @@ def _check_split(ds, max_history=20):
     for name in ("valid", "test"):
         assert len(parts[name]) == len(ds.sequences)
         for ex in parts[name]:
-            assert ex.target not in train_targets.get(ex.user, set()), f"{name} target leaks into training"
+            assert ex.target not in train_targets.get(ex.user, set()), (
+                f"{name} target leaks into training"
+            )
     valid = {ex.user: ex for ex in parts["valid"]}
     for ex in parts["test"]:
-        assert valid[ex.user].target == ex.history[-1]  # validation target is the test history's last item
+        # validation target is the test history's last item
+        assert valid[ex.user].target == ex.history[-1]
     for part in parts.values():
         for ex in part:
             assert ex.target not in ex.history

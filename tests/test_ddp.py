@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun compute what one process computes with the same global batch."""
+"""Two gloo processes under torchrun compute what one process computes with the same global
+batch."""
 
 import os
 import subprocess
@@ -12,23 +13,62 @@ from numeric import close
 from pauserec.model import checkpoint
 from pauserec.training import train, trainstate
 
-pytestmark = [pytest.mark.slow, pytest.mark.numeric, pytest.mark.usefixtures("one_thread")]  # starts processes
+# starts processes
+pytestmark = [pytest.mark.slow, pytest.mark.numeric, pytest.mark.usefixtures("one_thread")]
 
 
-ARGS = ["--stage", "sft", "--n-train", "48", "--batch-size", "8", "--epochs", "1", "--max-steps", "4",
-        "--lr", "3e-3", "--warmup-ratio", "0", "--dtype", "fp32", "--device", "cpu", "--no-progress",
-        "--save-every", "0", "--log-every", "1"]
+ARGS = [
+    "--stage",
+    "sft",
+    "--n-train",
+    "48",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--max-steps",
+    "4",
+    "--lr",
+    "3e-3",
+    "--warmup-ratio",
+    "0",
+    "--dtype",
+    "fp32",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--save-every",
+    "0",
+    "--log-every",
+    "1",
+]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_ckpt_path, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pauserec", "train", *ARGS, "--from", str(tiny_ckpt_path), "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pauserec",
+        "train",
+        *ARGS,
+        "--from",
+        str(tiny_ckpt_path),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train.main([*ARGS, "--from", str(tiny_ckpt_path), "--out", str(tmp_path / "one")])
     two = checkpoint.load(tmp_path / "ddp")
-    assert two.meta["timings"]["sft"]["world_size"] == 2 and two.meta["timings"]["sft"]["steps"] == 4
+    assert (
+        two.meta["timings"]["sft"]["world_size"] == 2 and two.meta["timings"]["sft"]["steps"] == 4
+    )
     start = checkpoint.load(tiny_ckpt_path).model.state_dict()
     a, b = one.model.state_dict(), two.model.state_dict()
     moved = [name for name in a if not torch.equal(a[name], start[name])]

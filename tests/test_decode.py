@@ -1,4 +1,5 @@
-"""Decoding on the tiny fixture checkpoint, with its embeddings re-drawn so scores are not near-tied."""
+"""Decoding on the tiny fixture checkpoint, with its embeddings re-drawn so scores are not
+near-tied."""
 
 import numpy as np
 import pytest
@@ -21,11 +22,16 @@ pytestmark = pytest.mark.numeric  # layouts of one computation: also run under A
 
 @pytest.fixture(scope="module")
 def spread(tiny_ckpt_path):
-    """(checkpoint, builder, test histories of mixed lengths): a fixed random model, distinct scores."""
+    """(checkpoint, builder, test histories of mixed lengths): a fixed random model, distinct
+    scores."""
     ckpt = checkpoint.load(tiny_ckpt_path)
     with torch.no_grad():
         ckpt.model.get_input_embeddings().weight.copy_(
-            torch.randn(ckpt.model.get_input_embeddings().weight.shape, generator=torch.Generator().manual_seed(0)))
+            torch.randn(
+                ckpt.model.get_input_embeddings().weight.shape,
+                generator=torch.Generator().manual_seed(0),
+            )
+        )
     ds = data.load_dataset("ml-100k")
     tests = data.split(ds, 20)["test"]
     histories = [ex.history[: 1 + (i * 5) % 20] for i, ex in enumerate(tests[:17])]
@@ -45,9 +51,10 @@ def test_generate_is_greedy_and_batch_independent(spread):
         ids = list(prompt)
         for _ in range(6):  # naive greedy: full forward, argmax
             ids.append(int(full_logprobs(ckpt.model, ids)[-1].argmax()))
-        assert got == ids[len(prompt):]
+        assert got == ids[len(prompt) :]
     first = batched[0][0]
-    assert generate(ckpt.model, ckpt.tokenizer, prompts[:1], 6, stop_ids=[first]) == [[]]  # stop excluded
+    # stop excluded
+    assert generate(ckpt.model, ckpt.tokenizer, prompts[:1], 6, stop_ids=[first]) == [[]]
 
 
 def test_score_continuations_matches_full_forward(spread):
@@ -66,7 +73,10 @@ def test_trie_tables_known_answer():
     trie = Trie([[1, 5, 9], [1, 5, 8], [1, 6, 9], [2, 5, 9]])
     assert trie.sizes == [1, 2, 3, 4]
     assert trie.tok[0].tolist() == [[1, 2]] and trie.nxt[0].tolist() == [[0, 1]]
-    assert trie.tok[1].tolist() == [[5, 6], [5, 0]] and trie.ok[1].tolist() == [[True, True], [True, False]]
+    assert trie.tok[1].tolist() == [[5, 6], [5, 0]] and trie.ok[1].tolist() == [
+        [True, True],
+        [True, False],
+    ]
     # level-2 prefixes (1,5) (1,6) (2,5); their children are items, so nxt holds item indices
     assert trie.tok[2].tolist() == [[8, 9], [9, 0], [9, 0]]
     assert trie.nxt[2].tolist() == [[1, 0], [2, 0], [3, 0]]
@@ -74,7 +84,8 @@ def test_trie_tables_known_answer():
 
 
 def reference_beam_search(model, builder, prompt, beams):
-    """Trie-constrained beam search written the slow, obvious way: score every child of every beam."""
+    """Trie-constrained beam search written the slow, obvious way: score every child of every
+    beam."""
     sids = [tuple(s) for s in builder.item_ids]
     live = [()]
     for level in range(len(sids[0])):
@@ -92,10 +103,15 @@ def test_beam_search_matches_reference_and_exhaustive(spread):
     want, want_scores = reference_beam_search(ckpt.model, builder, prompt, 6)
     assert got.items[0].tolist() == want
     np.testing.assert_allclose(got.scores[0], want_scores, atol=1e-4)
-    # beams >= items at every level: beam search is exhaustive, so it returns exhaustive scoring's top-K
+    # beams >= items at every level: beam search is exhaustive, so it returns exhaustive scoring's
+    # top-K
     full = recommend(ckpt.model, builder, hs[:2], beams=len(ckpt.catalog), top_k=10)
-    exhaustive = score_continuations(ckpt.model, [builder.encode(h).input_ids for h in hs[:2]],
-                                     [builder.item_ids] * 2, batch_size=1024)
+    exhaustive = score_continuations(
+        ckpt.model,
+        [builder.encode(h).input_ids for h in hs[:2]],
+        [builder.item_ids] * 2,
+        batch_size=1024,
+    )
     for u in range(2):
         assert full.items[u].tolist() == np.argsort(-exhaustive[u], kind="stable")[:10].tolist()
 
@@ -104,8 +120,18 @@ def test_beam_search_matches_reference_and_exhaustive(spread):
 def test_identical_across_batch_sizes_and_inside_catalog(spread, variant):
     ckpt, builder, hs = spread
     hs = hs[:7] if variant == "cot" else hs  # cot generates first; keep it short
-    runs = [recommend(ckpt.model, builder, hs, variant=variant, n_pauses=3, batch_size=bs, cot_max_new_tokens=4)
-            for bs in (1, 3, 16)]
+    runs = [
+        recommend(
+            ckpt.model,
+            builder,
+            hs,
+            variant=variant,
+            n_pauses=3,
+            batch_size=bs,
+            cot_max_new_tokens=4,
+        )
+        for bs in (1, 3, 16)
+    ]
     for r in runs[1:]:
         assert np.array_equal(r.items, runs[0].items)
         np.testing.assert_allclose(r.scores, runs[0].scores, atol=1e-4)
@@ -122,11 +148,14 @@ def test_prompt_variant_changes_the_answer_and_rationales_are_teacher_forced(spr
     plain = recommend(ckpt.model, builder, hs[:4])
     pause = recommend(ckpt.model, builder, hs[:4], variant="pause", n_pauses=5)
     assert not np.array_equal(plain.scores, pause.scores)
-    forced = recommend(ckpt.model, builder, hs[:2], variant="cot", rationales=["likes drama", "likes war"])
+    forced = recommend(
+        ckpt.model, builder, hs[:2], variant="cot", rationales=["likes drama", "likes war"]
+    )
     assert forced.rationales == ["likes drama", "likes war"]
     prompt = builder.encode(hs[0], variant="cot", rationale="likes drama").input_ids
     exhaustive = score_continuations(ckpt.model, [prompt], [builder.item_ids], batch_size=1024)[0]
-    np.testing.assert_allclose(forced.scores[0], exhaustive[forced.items[0]], atol=1e-4)  # that prompt
+    # that prompt
+    np.testing.assert_allclose(forced.scores[0], exhaustive[forced.items[0]], atol=1e-4)
 
 
 def test_generation_config_cannot_shrink_beams(spread):
@@ -174,14 +203,17 @@ def test_bad_arguments_are_user_errors(spread):
 
 
 def test_cot_search_continues_from_the_rationales_cache(spread):
-    """Generated CoT: searching on the generation's KV cache gives what re-reading prompt + rationale gives,
-    even when the rows of a batch stop thinking at different steps (finished rows feed no keys)."""
+    """Generated CoT: searching on the generation's KV cache gives what re-reading prompt +
+    rationale gives, even when the rows of a batch stop thinking at different steps (finished rows
+    feed no keys)."""
     from pauserec.decoding import generate_state
 
     ckpt, builder, hs = spread
     starts = [builder.encode(h, variant="cot", rationale=[]).input_ids[:-1] for h in hs[:6]]
     stops = {builder.think_close, ckpt.tokenizer.eos_token_id}
-    (toks, items, score), made = think_then_search(ckpt.model, builder, starts, Trie(builder.item_ids), 10, 6)
+    (toks, items, score), made = think_then_search(
+        ckpt.model, builder, starts, Trie(builder.item_ids), 10, 6
+    )
     alone = [generate_state(ckpt.model, [s], 6, stops)[0][0] for s in starts]
     assert made == alone  # batching does not change any row's rationale
     full = [s + m + [builder.think_close] for s, m in zip(starts, made)]
@@ -193,8 +225,8 @@ def test_cot_search_continues_from_the_rationales_cache(spread):
 
 
 def test_cot_search_when_every_row_stops_thinking_at_once(tiny_ckpt_path):
-    """A model that closes the think block at once: empty rationales, and the search continues from the
-    prompt's own cache exactly as re-reading prompt + </think> would."""
+    """A model that closes the think block at once: empty rationales, and the search continues from
+    the prompt's own cache exactly as re-reading prompt + </think> would."""
     from pauserec.decoding import generate_state
 
     ckpt = checkpoint.load(tiny_ckpt_path)
@@ -208,8 +240,12 @@ def test_cot_search_when_every_row_stops_thinking_at_once(tiny_ckpt_path):
     with torch.no_grad():  # tied head: </think> now outscores what the random model would say first
         w[builder.think_close] = 1.5 * w[first.pop()]
     assert not first  # (every row would have said the same token)
-    (toks, items, score), made = think_then_search(ckpt.model, builder, starts, Trie(builder.item_ids), 8, 5)
+    (toks, items, score), made = think_then_search(
+        ckpt.model, builder, starts, Trie(builder.item_ids), 8, 5
+    )
     assert made == [[]] * 4
-    ref = beam_search(ckpt.model, [s + [builder.think_close] for s in starts], Trie(builder.item_ids), 8)
+    ref = beam_search(
+        ckpt.model, [s + [builder.think_close] for s in starts], Trie(builder.item_ids), 8
+    )
     assert torch.equal(items, ref[1])
     torch.testing.assert_close(score, ref[2], atol=1e-4, rtol=1e-4)

@@ -1,5 +1,5 @@
-"""The driver layer end to end on the tiny backbone: the experiment (two training seeds, a control, the
-baselines, a probe, the report), the demo entry point, and the benches' ratio lines."""
+"""The driver layer end to end on the tiny backbone: the experiment (two training seeds, a control,
+the baselines, a probe, the report), the demo entry point, and the benches' ratio lines."""
 
 from __future__ import annotations
 
@@ -51,37 +51,53 @@ umap = false
 
 
 def preset(path: Path, seeds: int) -> str:
-    path.write_text(EXPERIMENT.format(seeds=seeds) + "\n".join(STAGE.format(stage=s) for s in STAGES))
+    path.write_text(
+        EXPERIMENT.format(seeds=seeds) + "\n".join(STAGE.format(stage=s) for s in STAGES)
+    )
     return str(path)
-
-
 
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory, one_thread) -> Path:
     root = tmp_path_factory.mktemp("exp")
     out = root / "run"
-    experiment.main(["--backbone", "tiny", "--preset", preset(root / "tiny.toml", 2), "--out", str(out),
-                     "--device", "cpu"])
+    experiment.main(
+        [
+            "--backbone",
+            "tiny",
+            "--preset",
+            preset(root / "tiny.toml", 2),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     return out
 
 
 def test_the_training_seed_reaches_every_stage(exp):
-    assert (exp / "init" / "pauserec.json").is_file() and not (exp / "seed0" / "init").exists()  # SIDs shared
+    # SIDs shared
+    assert (exp / "init" / "pauserec.json").is_file() and not (exp / "seed0" / "init").exists()
     for stage in ("cpt", "sft", "pause-pretrain", "pause-k5", "think-only"):
         a, b = (checkpoint.load(exp / f"seed{s}" / stage) for s in (0, 1))
         assert (a.meta["train_seed"], b.meta["train_seed"]) == (0, 1), stage
         sa, sb = a.model.state_dict(), b.model.state_dict()
-        assert not all(torch.equal(sa[k], sb[k]) for k in sa), f"{stage}: seeds 0 and 1 trained the same model"
+        assert not all(torch.equal(sa[k], sb[k]) for k in sa), (
+            f"{stage}: seeds 0 and 1 trained the same model"
+        )
 
 
 def test_every_cell_is_evaluated_with_its_identity_and_the_baselines_join(exp):
     rows = pd.concat([pd.read_csv(p) for p in exp.rglob("per_user.csv")], ignore_index=True)
-    cells = rows.groupby(["cell"])["train_seed"].apply(lambda s: sorted(set(s.dropna().astype(int))))
+    cells = rows.groupby(["cell"])["train_seed"].apply(
+        lambda s: sorted(set(s.dropna().astype(int)))
+    )
     assert cells["pause-k5"] == [0, 1] and cells["sft"] == [0, 1] and cells["think-only"] == [0, 1]
     assert cells["popularity"] == [] and cells["markov"] == []  # deterministic: no training seed
     users = rows.groupby("cell")["user"].apply(lambda u: tuple(sorted(set(u))))
-    assert users.nunique() == 1  # every condition on the same 8 users: paired statistics are possible
+    # every condition on the same 8 users: paired statistics are possible
+    assert users.nunique() == 1
     latency = json.loads((exp / "seed0" / "eval" / "pause-k5" / "metrics.json").read_text())
     assert len(latency["latency_batches_ms"]) == 1 and latency["device"].startswith("cpu")
 
@@ -100,9 +116,9 @@ def test_best_of_candidates_are_chosen_among_on_the_valid_split():
         args = experiment.ExperimentArgs(**values)
         return {c.name for c in experiment.candidates(args)}
 
-    assert names(pause_counts=(1, 5, 10), pause_inits=("mean-text",),
-                 controls=("think-only", "filler")) == {"pause-k1", "pause-k10", "pause-k5-mean-text",
-                                                        "filler-k5"}
+    assert names(
+        pause_counts=(1, 5, 10), pause_inits=("mean-text",), controls=("think-only", "filler")
+    ) == {"pause-k1", "pause-k10", "pause-k5-mean-text", "filler-k5"}
     assert names(pause_counts=(5, 10), pause_inits=(), controls=("filler",)) == set()  # no choice
     assert names(pause_counts=(5,), pause_inits=(), controls=("think-only",)) == set()
 
@@ -112,7 +128,8 @@ def test_the_report_reads_the_experiment(exp):
     claims = pd.read_csv(exp / "report" / "claims.csv").set_index("key")
     assert "reproduced" not in set(claims["verdict"])  # two seeds can never earn a verdict
     assert claims.loc["vs_think_only", "compared"] == "pause-k5 vs think-only"
-    why = claims.loc["vs_think_only", "why"]  # a tiny model may score below most-popular: that gate is first
+    # a tiny model may score below most-popular: that gate is first
+    why = claims.loc["vs_think_only", "why"]
     assert claims.loc["vs_think_only", "verdict"].startswith("inconclusive")
     assert "2 seed(s), a verdict needs >= 3" in why or "is below most-popular's" in why, why
     assert "## Deviations from the paper" in report and "popularity" in report
@@ -122,8 +139,18 @@ def test_the_report_reads_the_experiment(exp):
 def test_a_rerun_skips_what_is_finished(exp, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("pauserec.json")}
     start = time.perf_counter()
-    experiment.main(["--backbone", "tiny", "--preset", preset(tmp_path / "tiny.toml", 2), "--out", str(exp),
-                     "--device", "cpu"])
+    experiment.main(
+        [
+            "--backbone",
+            "tiny",
+            "--preset",
+            preset(tmp_path / "tiny.toml", 2),
+            "--out",
+            str(exp),
+            "--device",
+            "cpu",
+        ]
+    )
     assert time.perf_counter() - start < 60
     assert {p: p.stat().st_mtime_ns for p in exp.rglob("pauserec.json")} == stamps
 
@@ -131,8 +158,22 @@ def test_a_rerun_skips_what_is_finished(exp, tmp_path):
 def test_demo_entry_point(tmp_path, capsys, one_thread):
     """Two experiments (the recommendation comparison, the language-model part) and one report."""
     tiny = preset(tmp_path / "tiny.toml", 1)
-    demo.main(["--backbone", "tiny-untied", "--preset", tiny, "--llm-backbone", "tiny", "--llm-preset", tiny,
-               "--out", str(tmp_path / "demo"), "--device", "cpu"])
+    demo.main(
+        [
+            "--backbone",
+            "tiny-untied",
+            "--preset",
+            tiny,
+            "--llm-backbone",
+            "tiny",
+            "--llm-preset",
+            tiny,
+            "--out",
+            str(tmp_path / "demo"),
+            "--device",
+            "cpu",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "== dataset ml-100k" in printed and "users         943" in printed
     assert re.search(r"demo finished in \d+s", printed)
@@ -152,13 +193,57 @@ def _ratio(out: str, name: str) -> float:
 
 def test_bench_ratio_lines(exp):
     ckpt = str(exp / "init")
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    dec = subprocess.run([sys.executable, "bench/decode.py", "--ckpt", ckpt, "--n-users", "4", "--batch-size", "4",
-                          "--device", "cpu"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    dec = subprocess.run(
+        [
+            sys.executable,
+            "bench/decode.py",
+            "--ckpt",
+            ckpt,
+            "--n-users",
+            "4",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert dec.returncode == 0, dec.stderr[-2000:]
     assert _ratio(dec.stdout, "speedup") > 0 and "outputs match up to ties" in dec.stdout
-    tr = subprocess.run([sys.executable, "bench/train.py", "--ckpt", ckpt, "--steps", "2", "--rounds", "1",
-                         "--warmup", "1", "--n-seqs", "48", "--batch-size", "8", "--device", "cpu"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    tr = subprocess.run(
+        [
+            sys.executable,
+            "bench/train.py",
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "1",
+            "--n-seqs",
+            "48",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert tr.returncode == 0, tr.stderr[-2000:]
     assert _ratio(tr.stdout, "speedup") > 0 and _ratio(tr.stdout, "speedup per CPU-second") > 0

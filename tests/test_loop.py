@@ -1,6 +1,6 @@
-"""The loop's throughput features on the tiny fixture: packing (same loss and gradients as one sequence at a
-time), token-budget steps, plans that are pure functions of (seed, epoch), packed training equal to
-unpacked, and torch.compile over packed rows."""
+"""The loop's throughput features on the tiny fixture: packing (same loss and gradients as one
+sequence at a time), token-budget steps, plans that are pure functions of (seed, epoch), packed
+training equal to unpacked, and torch.compile over packed rows."""
 
 import dataclasses
 import importlib.util
@@ -29,7 +29,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """The tiny model is all overhead: one thread is several times faster than two on shared cores."""
+    """The tiny model is all overhead: one thread is several times faster than two on shared
+    cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -37,11 +38,11 @@ def one_thread():
 
 
 def toy_corpus(lengths, vocab: int, seed: int = 0) -> Corpus:
-    """Random sequences labelled everywhere but a prefix, so a label leaking across sequences (the first
-    token of one as a target of the one before) would add a term to the loss."""
+    """Random sequences labelled everywhere but a prefix, so a label leaking across sequences (the
+    first token of one as a target of the one before) would add a term to the loss."""
     rng = np.random.default_rng(seed)
     ids = [rng.integers(4, vocab, size=n).tolist() for n in lengths]
-    labels = [[IGNORE] * (n // 3) + s[n // 3:] for s, n in zip(ids, lengths)]
+    labels = [[IGNORE] * (n // 3) + s[n // 3 :] for s, n in zip(ids, lengths)]
     for lab, s in zip(labels, ids):
         lab[0] = s[0]  # a labelled first token: never a target, packed or not
     return Corpus(ids, labels)
@@ -49,7 +50,9 @@ def toy_corpus(lengths, vocab: int, seed: int = 0) -> Corpus:
 
 def loss_and_grads(net, model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    loss, n = net(batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"])
+    loss, n = net(
+        batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"]
+    )
     loss.backward()
     return loss.detach(), n, {k: p.grad.clone() for k, p in model.named_parameters()}
 
@@ -68,7 +71,12 @@ def test_packed_row_gives_the_loss_and_gradients_of_one_sequence_at_a_time(tiny_
     assert packed["labels"][0, [0, 19, 31, 38]].eq(IGNORE).all()  # no target starts a sequence
     loss, n, grads = loss_and_grads(net, model, packed)
     singles = [loss_and_grads(net, model, batches.collate(data, [[i]], 0, CPU)) for i in range(4)]
-    assert n == packed["labelled"] == sum(s[1] for s in singles) == sum(k - k // 3 for k in (7, 19, 4, 12))
+    assert (
+        n
+        == packed["labelled"]
+        == sum(s[1] for s in singles)
+        == sum(k - k // 3 for k in (7, 19, 4, 12))
+    )
     assert close(loss, sum(s[0] for s in singles), torch.float32, int(n))
     for name, g in grads.items():
         assert close(g, sum(s[2][name] for s in singles), torch.float32, int(n)), name
@@ -88,15 +96,18 @@ def test_packed_padded_rows_equal_unpacked_padded_rows(tiny_ckpt):
     packed = batches.collate(data, rows, 0, CPU)
     plain = batches.collate(data, range(7), 0, CPU)
     assert plain["position_ids"] is None and plain["attention_mask"] is not None
-    assert packed["tokens"] == plain["tokens"] == 100 and packed["input_ids"].numel() < plain["input_ids"].numel()
+    assert (
+        packed["tokens"] == plain["tokens"] == 100
+        and packed["input_ids"].numel() < plain["input_ids"].numel()
+    )
     a, b = loss_and_grads(net, model, packed), loss_and_grads(net, model, plain)
     assert a[1] == b[1] and close(a[0], b[0], torch.float32, int(a[1]))
     assert all(close(a[2][k], b[2][k], torch.float32, int(a[1])) for k in a[2])
 
 
 def test_packed_rows_joined_into_one_row_give_the_same_loss(tiny_ckpt):
-    """What LabelledLoss does for flash-attention (varlen reads one row): joining rows end to end, padding
-    tails included, keeps every sequence and every target."""
+    """What LabelledLoss does for flash-attention (varlen reads one row): joining rows end to end,
+    padding tails included, keeps every sequence and every target."""
     model = tiny_ckpt.model.train()
     net = loop.LabelledLoss(model)
     data = toy_corpus([30, 11, 9, 25, 5, 17, 3], model.config.vocab_size, seed=2)
@@ -116,7 +127,8 @@ def test_pack_fits_rows_and_is_deterministic():
     assert sum(lengths[r].sum() for r in rows) > 0.9 * 256 * len(rows)  # rows come out nearly full
     assert rows == batches.pack(idx.copy(), lengths, 256)
     assert batches.pack([3, 1], lengths, 0) == [[3], [1]]  # unpacked: a row per sequence
-    assert batches.pack([0, 1], np.array([300, 10]), 256) == [[0], [1]]  # too long: a row of its own
+    # too long: a row of its own
+    assert batches.pack([0, 1], np.array([300, 10]), 256) == [[0], [1]]
     for seed in range(20):  # the loop's default width, the step's longest: never more padded tokens
         step = np.random.default_rng(seed).choice(300, size=16, replace=False)
         rows = batches.pack(step, lengths, int(lengths[step].max()))
@@ -146,7 +158,8 @@ def test_token_budget_plan_is_a_pure_function_of_seed_and_epoch(pack, bucket):
 
 
 def test_batch_size_plans_are_unchanged():
-    """The sequence-count plan is the one earlier runs trained with (same steps for the same seed)."""
+    """The sequence-count plan is the one earlier runs trained with (same steps for the same
+    seed)."""
     lengths = np.random.default_rng(0).integers(5, 200, size=100)
     steps = batches.plan(lengths, 16, seed=3, epoch=1)
     assert [s[:3].tolist() for s in steps[:2]] == [[54, 9, 21], [59, 45, 22]]
@@ -164,28 +177,59 @@ def test_steps_find_their_place_across_epochs_of_different_sizes():
         rows = steps.rows(step)
         assert sorted(i for r in rows for i in r) == sorted(flat[step].tolist())
         assert all(lengths[r].sum() <= 512 for r in rows)
-    auto = loop.Steps(lengths, dataclasses.replace(cfg, pack_len=0))  # rows as wide as a step's longest
+    # rows as wide as a step's longest
+    auto = loop.Steps(lengths, dataclasses.replace(cfg, pack_len=0))
     for rows in (auto.rows(step) for step in range(20)):
         assert all(lengths[r].sum() <= max(lengths[i] for r in rows for i in r) for r in rows)
     assert sum(len(r) > 1 for step in range(20) for r in auto.rows(step)) > 10
     shares = [loop.Steps(lengths, cfg, rank, 2).rows(5) for rank in (0, 1)]
-    assert sorted(i for s in shares for r in s for i in r) == sorted(loop.Steps(lengths, cfg, 0, 2)
-                                                                      .epoch(0)[5].tolist())
+    assert sorted(i for s in shares for r in s for i in r) == sorted(
+        loop.Steps(lengths, cfg, 0, 2).epoch(0)[5].tolist()
+    )
 
 
-FAST = ["--stage", "sft", "--n-train", "32", "--epochs", "1", "--no-progress", "--device", "cpu",
-        "--save-every", "0", "--log-every", "1", "--dtype", "fp32", "--lr", "3e-3", "--warmup-ratio", "0"]
+FAST = [
+    "--stage",
+    "sft",
+    "--n-train",
+    "32",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--save-every",
+    "0",
+    "--log-every",
+    "1",
+    "--dtype",
+    "fp32",
+    "--lr",
+    "3e-3",
+    "--warmup-ratio",
+    "0",
+]
 
 
 def test_packed_training_trains_the_same_steps_with_the_same_losses(tiny_ckpt_path, tmp_path):
-    """Packing changes the layout only: through the real command, the same steps train the same sequences,
-    and every step's loss agrees up to float noise (the weights are compared through their gradients in
-    the next test: Adam amplifies float noise in near-zero gradients, so weights after Adam steps are not
-    mathematically equal quantities)."""
+    """Packing changes the layout only: through the real command, the same steps train the same
+    sequences, and every step's loss agrees up to float noise (the weights are compared through
+    their gradients in the next test: Adam amplifies float noise in near-zero gradients, so weights
+    after Adam steps are not mathematically equal quantities)."""
     runs, logs = {}, {}
     for name, extra in [("plain", []), ("packed", ["--pack", "--pack-len", "256"])]:
-        runs[name] = train.main([*FAST, "--batch-size", "8", "--from", str(tiny_ckpt_path),
-                                 "--out", str(tmp_path / name), *extra])
+        runs[name] = train.main(
+            [
+                *FAST,
+                "--batch-size",
+                "8",
+                "--from",
+                str(tiny_ckpt_path),
+                "--out",
+                str(tmp_path / name),
+                *extra,
+            ]
+        )
         logs[name] = pd.read_csv(tmp_path / name / "train_log.csv")
     t = [r.meta["timings"]["sft"] for r in runs.values()]
     assert t[0]["steps"] == t[1]["steps"] == 4 and t[0]["tokens"] == t[1]["tokens"]
@@ -198,15 +242,18 @@ def test_packed_training_trains_the_same_steps_with_the_same_losses(tiny_ckpt_pa
 
 
 def test_every_step_of_a_packed_plan_has_the_loss_and_gradients_of_the_unpacked_one(tiny_ckpt):
-    """The loop's real plan (seeded steps, bucketing, packing to the step's longest sequence): on the same
-    weights, each step's packed rows give the loss and gradients of its unpacked rows."""
+    """The loop's real plan (seeded steps, bucketing, packing to the step's longest sequence): on
+    the same weights, each step's packed rows give the loss and gradients of its unpacked rows."""
     model = tiny_ckpt.model.train()
     net = loop.LabelledLoss(model)
-    data = toy_corpus(np.random.default_rng(3).integers(5, 60, size=48).tolist(), model.config.vocab_size)
+    data = toy_corpus(
+        np.random.default_rng(3).integers(5, 60, size=48).tolist(), model.config.vocab_size
+    )
     cfg = loop.LoopConfig(epochs=1, batch_size=8, pack=True, seed=1)
     packed = loop.Steps(data.lengths(), cfg)
     plain = loop.Steps(data.lengths(), dataclasses.replace(cfg, pack=False))
-    assert [len(r) for r in plain.rows(0)] == [1] * 8 and len(packed.rows(0)) < 8  # rows really differ
+    # rows really differ
+    assert [len(r) for r in plain.rows(0)] == [1] * 8 and len(packed.rows(0)) < 8
     for step in range(3):
         a = loss_and_grads(net, model, batches.collate(data, packed.rows(step), 0, CPU))
         b = loss_and_grads(net, model, batches.collate(data, plain.rows(step), 0, CPU))
@@ -217,16 +264,32 @@ def test_every_step_of_a_packed_plan_has_the_loss_and_gradients_of_the_unpacked_
 
 
 def test_token_budget_steps_train_through_main(tiny_ckpt_path, tmp_path):
-    ckpt = train.main([*FAST, "--batch-tokens", "500", "--pack", "--from", str(tiny_ckpt_path),
-                       "--out", str(tmp_path / "budget")])
+    ckpt = train.main(
+        [
+            *FAST,
+            "--batch-tokens",
+            "500",
+            "--pack",
+            "--from",
+            str(tiny_ckpt_path),
+            "--out",
+            str(tmp_path / "budget"),
+        ]
+    )
     t = ckpt.meta["timings"]["sft"]
-    assert t["steps"] >= 8 and t["tokens"] / t["steps"] <= 500  # about 4 sequences of ~120 tokens a step
+    # about 4 sequences of ~120 tokens a step
+    assert t["steps"] >= 8 and t["tokens"] / t["steps"] <= 500
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")), reason=(
-    "inductor generates code for the processor it finds, not for a forced ATEN_CPU_CAPABILITY: the mix "
-    "gave a NaN loss on an AVX-512 machine forced to avx2; a real AVX2 machine runs this test"))
+@pytest.mark.skipif(
+    bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+    reason=(
+        "inductor generates code for the processor it finds, not for a forced ATEN_CPU_CAPABILITY: "
+        "the mix gave a NaN loss on an AVX-512 machine forced to avx2; a real AVX2 machine runs "
+        "this test"
+    ),
+)
 def test_compiled_packed_step_matches_eager(tiny_ckpt):
     model = tiny_ckpt.model.train()
     data = toy_corpus([7, 19, 4, 12, 9], model.config.vocab_size)
@@ -241,24 +304,50 @@ def test_compiled_packed_step_matches_eager(tiny_ckpt):
 
 @pytest.mark.slow
 def test_two_processes_with_packed_token_budget_steps_match_one(tiny_ckpt_path, tmp_path):
-    args = [*FAST, "--pack", "--pack-len", "256", "--batch-tokens", "1000", "--max-steps", "3",
-            "--from", str(tiny_ckpt_path)]
+    args = [
+        *FAST,
+        "--pack",
+        "--pack-len",
+        "256",
+        "--batch-tokens",
+        "1000",
+        "--max-steps",
+        "3",
+        "--from",
+        str(tiny_ckpt_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pauserec", "train", *args, "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pauserec",
+        "train",
+        *args,
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train.main([*args, "--out", str(tmp_path / "one")])
     two = checkpoint.load(tmp_path / "ddp")
     assert two.meta["timings"]["sft"]["steps"] == one.meta["timings"]["sft"]["steps"] == 3
     n = one.meta["timings"]["sft"]["labelled_tokens"] / 3
-    losses = [pd.read_csv(tmp_path / name / "train_log.csv")["loss"].to_numpy() for name in ("one", "ddp")]
+    losses = [
+        pd.read_csv(tmp_path / name / "train_log.csv")["loss"].to_numpy() for name in ("one", "ddp")
+    ]
     assert len(losses[0]) == 3 and close(losses[1], losses[0], torch.float32, n)
 
 
 def bench_train():
     """bench/train.py as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).parents[1] / "bench" / "train.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_train", Path(__file__).parents[1] / "bench" / "train.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_train"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -266,10 +355,12 @@ def bench_train():
 
 
 def test_bench_counts_model_flops_by_hand(tiny_ckpt):
-    """Tiny Llama: d_model 32, 2 layers, 4 heads of 8, 2 kv heads, MLP 64, its word vocabulary (tied)."""
+    """Tiny Llama: d_model 32, 2 layers, 4 heads of 8, 2 kv heads, MLP 64, its word vocabulary
+    (tied)."""
     vocab = tiny_ckpt.model.config.vocab_size
     count = bench_train().FlopCounter(tiny_ckpt.model)
-    per_layer = 32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64 + 2 * 32  # q, o; k, v; gate, up, down; 2 norms
+    # q, o; k, v; gate, up, down; 2 norms
+    per_layer = 32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64 + 2 * 32
     assert (count.dense, count.attn, count.head) == (2 * per_layer + 32, 2 * 4 * 8, 32 * vocab)
     dense, attn, head = 6 * 18592 * 8, 6 * 64 * (3 * 4 + 5 * 6), 6 * 32 * vocab * 4
     assert count(np.array([3, 5]), labelled=4) == dense + attn + head
@@ -277,15 +368,47 @@ def test_bench_counts_model_flops_by_hand(tiny_ckpt):
 
 @pytest.mark.slow
 def test_bench_prints_mfu_packing_and_speedup(tiny_ckpt_path):
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "bench/train.py", "--ckpt", str(tiny_ckpt_path), "--steps", "2",
-                           "--rounds", "1", "--warmup", "1", "--n-seqs", "48", "--batch-size", "8", "--pack",
-                           "--device", "cpu", "--dtype", "fp32", "--peak-seconds", "0.2"],
-                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/train.py",
+            "--ckpt",
+            str(tiny_ckpt_path),
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "1",
+            "--n-seqs",
+            "48",
+            "--batch-size",
+            "8",
+            "--pack",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--peak-seconds",
+            "0.2",
+        ],
+        cwd=Path(__file__).parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    mfu = re.search(r"^mfu: ([0-9.]+) of the measured fp32 matmul peak \(([0-9]+) GFLOP/s\)", out, re.M)
+    mfu = re.search(
+        r"^mfu: ([0-9.]+) of the measured fp32 matmul peak \(([0-9]+) GFLOP/s\)", out, re.M
+    )
     assert mfu and 0 < float(mfu.group(1)) < 1 and int(mfu.group(2)) > 0, out
     for line in ("packing", "speedup per CPU-second", "speedup"):
         assert float(re.search(rf"^{line}: ([0-9.]+)", out, re.M).group(1)) > 0, out
@@ -293,7 +416,9 @@ def test_bench_prints_mfu_packing_and_speedup(tiny_ckpt_path):
 
 def on_gpu(test):
     """The gpu tier (``make test-gpu``); skipped without a CUDA device."""
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+    return pytest.mark.gpu(
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test)
+    )
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -311,7 +436,9 @@ def test_gpu_autocast_steps_fp32_master_weights_with_fused_adamw(tiny_ckpt, dtyp
     losses = []
     for _ in range(5):
         with autocast(device, dtype):
-            loss, _ = net(batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"])
+            loss, _ = net(
+                batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"]
+            )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss / batch["labelled"]).backward()
         assert all(p.dtype == p.grad.dtype == torch.float32 for p in model.parameters())
@@ -329,6 +456,10 @@ def test_gpu_packed_row_equals_one_sequence_at_a_time(tiny_ckpt):
     data = toy_corpus([7, 19, 4, 12], model.config.vocab_size)
     packed = batches.collate(data, batches.pack(range(4), data.lengths(), 64), 0, device)
     loss, n, grads = loss_and_grads(net, model, packed)
-    singles = [loss_and_grads(net, model, batches.collate(data, [[i]], 0, device)) for i in range(4)]
+    singles = [
+        loss_and_grads(net, model, batches.collate(data, [[i]], 0, device)) for i in range(4)
+    ]
     assert close(loss, sum(s[0] for s in singles), torch.float32, int(n))
-    assert all(close(g, sum(s[2][k] for s in singles), torch.float32, int(n)) for k, g in grads.items())
+    assert all(
+        close(g, sum(s[2][k] for s in singles), torch.float32, int(n)) for k, g in grads.items()
+    )

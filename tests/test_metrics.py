@@ -32,7 +32,8 @@ def test_properties_on_random_ranks():
     rng = np.random.default_rng(0)
     r = rng.integers(0, 30, size=500)
     for k in (1, 5, 10, 20):
-        assert (metrics.ndcg_at_k(r, k) <= metrics.recall_at_k(r, k)).all()  # NDCG never beats a hit
+        # NDCG never beats a hit
+        assert (metrics.ndcg_at_k(r, k) <= metrics.recall_at_k(r, k)).all()
     assert (np.diff([metrics.summarize(r)[f"recall@{k}"] for k in (1, 5, 10, 20)]) >= 0).all()
 
 

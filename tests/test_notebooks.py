@@ -21,19 +21,45 @@ def tiny_runs(tiny_ckpt_path, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("nb")
     common = ["--preset", "quick", "--n-train", "16", "--batch-size", "8", "--device", "cpu"]
     paths = {"sft": root / "sft", "pause": root / "pause", "cot": root / "cot"}
-    train.main(["--stage", "sft", "--from", str(tiny_ckpt_path), "--out", str(paths["sft"]), *common])
-    train.main(["--stage", "pause-sft", "--from", str(paths["sft"]), "--out", str(paths["pause"]),
-                "--pause-init", "mean-text", *common])
-    train.main(["--stage", "cot-sft", "--from", str(paths["sft"]), "--out", str(paths["cot"]), *common])
-    return {"PAUSEREC_CKPT": str(paths["pause"]), "PAUSEREC_PAUSE_CKPT": str(paths["pause"]),
-            "PAUSEREC_COT_CKPT": str(paths["cot"]), "PAUSEREC_NB_USERS": "4",
-            "PAUSEREC_CKPTS": f"{tiny_ckpt_path},{paths['sft']}"}
+    train.main(
+        ["--stage", "sft", "--from", str(tiny_ckpt_path), "--out", str(paths["sft"]), *common]
+    )
+    train.main(
+        [
+            "--stage",
+            "pause-sft",
+            "--from",
+            str(paths["sft"]),
+            "--out",
+            str(paths["pause"]),
+            "--pause-init",
+            "mean-text",
+            *common,
+        ]
+    )
+    train.main(
+        ["--stage", "cot-sft", "--from", str(paths["sft"]), "--out", str(paths["cot"]), *common]
+    )
+    return {
+        "PAUSEREC_CKPT": str(paths["pause"]),
+        "PAUSEREC_PAUSE_CKPT": str(paths["pause"]),
+        "PAUSEREC_COT_CKPT": str(paths["cot"]),
+        "PAUSEREC_NB_USERS": "4",
+        "PAUSEREC_CKPTS": f"{tiny_ckpt_path},{paths['sft']}",
+    }
 
 
 def test_notebooks_are_committed_without_outputs():
     assert len(NOTEBOOKS) == 5
-    assert sum("figure" in c.get("metadata", {}).get("tags", []) for p in NOTEBOOKS
-               for c in nbformat.read(p, as_version=4).cells) >= 6  # the figure cells the test checks
+    assert (
+        sum(
+            "figure" in c.get("metadata", {}).get("tags", [])
+            for p in NOTEBOOKS
+            # the figure cells the test checks
+            for c in nbformat.read(p, as_version=4).cells
+        )
+        >= 6
+    )
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), path.name
@@ -44,8 +70,12 @@ def test_notebook_executes(path, tiny_runs, monkeypatch):
     for key, value in tiny_runs.items():
         monkeypatch.setenv(key, value)
     book = nbformat.read(path, as_version=4)
-    NotebookClient(book, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent.parent)}}).execute()
+    NotebookClient(
+        book,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent.parent)}},
+    ).execute()
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert outputs and not any(o.get("output_type") == "error" for o in outputs)
     for cell in book.cells:  # a figure shows as a picture, once -- not as "<Figure size ...>"

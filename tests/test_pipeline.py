@@ -15,8 +15,6 @@ from pauserec.training import trainstate
 pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
 
 
-
-
 TINY_PRESET = """
 [pipeline]
 max_history = 5
@@ -52,9 +50,12 @@ def test_pipeline_runs_every_stage_then_skips_them(tiny_ckpt_path, tmp_path, cap
         meta = checkpoint.read_meta(out / stage)
         assert meta["stage"] == stage and meta["parent"] == str(out / registry.PARENT[stage])
         assert meta["train_seed"] == 0
-        assert meta["timings"][stage]["wall_s"] > 0 and (out / stage / trainstate.LOG_FILE).is_file()
+        assert (
+            meta["timings"][stage]["wall_s"] > 0 and (out / stage / trainstate.LOG_FILE).is_file()
+        )
     assert checkpoint.read_meta(out / "pause-sft")["pause_init"] == "pretrained"
-    assert checkpoint.read_meta(out / "cot-sft")["rationale"]["leaky"] is False  # template: history only
+    # template: history only
+    assert checkpoint.read_meta(out / "cot-sft")["rationale"]["leaky"] is False
     printed = capsys.readouterr().out
     assert "[6/6] cot-sft" in printed and "total this run" in printed
     stamp = (out / "sft" / checkpoint.META_FILE).stat().st_mtime_ns
@@ -91,15 +92,32 @@ def test_quick_pipeline_on_smollm2_with_tiny_step_counts(tmp_path):
     lines = ["[sid]"] + [f"{k} = {v!r}" for k, v in quick["sid"].items()]
     lines += ["[pipeline]"] + [f"{k} = {json.dumps(v)}" for k, v in quick["pipeline"].items()]
     for stage, table in quick["train"].items():
-        table = {**table, "max_steps": 2, "n_train": 8, "batch_size": 4, "epochs": 1, "progress": False}
+        table = {
+            **table,
+            "max_steps": 2,
+            "n_train": 8,
+            "batch_size": 4,
+            "epochs": 1,
+            "progress": False,
+        }
         if table.get("valid_every"):
             table["valid_users"] = 8
         lines += [f"[train.{stage}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     preset = tmp_path / "quick-2steps.toml"
     preset.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    summary = pipeline.main(["--dataset", "ml-100k", "--backbone", "smollm2-135m", "--preset", str(preset),
-                             "--out", str(out)])
+    summary = pipeline.main(
+        [
+            "--dataset",
+            "ml-100k",
+            "--backbone",
+            "smollm2-135m",
+            "--preset",
+            str(preset),
+            "--out",
+            str(out),
+        ]
+    )
     assert [r["status"] for r in summary["stages"]] == ["ran"] * 6
     ps = checkpoint.load(out / "pause-sft")
     assert ps.meta["n_pauses"] == quick["train"]["pause-sft"].get("n_pauses", 5)

@@ -29,7 +29,8 @@ def pilot(tmp_path_factory) -> Path:
 
 
 def rows_of(text: str) -> dict[tuple[str, str], list[str]]:
-    """{(claim, target): cells} of the plan's Markdown table (a continuation row keeps its claim)."""
+    """{(claim, target): cells} of the plan's Markdown table (a continuation row keeps its
+    claim)."""
     out, key = {}, ""
     for line in text.splitlines():
         if line.startswith("| ") and not line.startswith("| claim"):
@@ -47,8 +48,16 @@ def test_a_one_seed_pilot_gets_a_plan_with_its_assumptions(pilot, capsys):
     assert "ml-100k 943" in text  # read from the data
     rows = rows_of(text)
     keys = {k for k, _ in rows}
-    assert keys == {"vs_sft", "vs_think_only", "vs_cot", "pretrained_pause", "pause_count", "vs_baseline",
-                    "train_cost", "latency"}
+    assert keys == {
+        "vs_sft",
+        "vs_think_only",
+        "vs_cot",
+        "pretrained_pause",
+        "pause_count",
+        "vs_baseline",
+        "train_cost",
+        "latency",
+    }
     paper, margin = rows[("vs_cot", "paper")], rows[("vs_cot", "margin")]
     assert paper[2] == "paper +6.22%" and margin[2].startswith("margin ±2%")
     assert "(pilot: inconclusive (not learned))" in rows[("vs_think_only", "margin")][1]
@@ -79,7 +88,9 @@ def test_more_seed_noise_needs_more(pilot):
     for sd in (0.5, 5.0):
         text = plan.plan_text(plan.Args(runs=[str(pilot)], datasets=("ml-100k",), seed_sd=sd))
         cell = rows_of(text)[("vs_cot", "paper")][4]
-        users.append(float("inf") if cell.startswith(("never", ">")) else int(cell.replace(",", "")))
+        users.append(
+            float("inf") if cell.startswith(("never", ">")) else int(cell.replace(",", ""))
+        )
     assert users[0] < users[1]
 
 

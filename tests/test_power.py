@@ -20,6 +20,7 @@ Z975, Z80, Z90 = sps.norm.isf(0.025), sps.norm.ppf(0.8), sps.norm.ppf(0.9)
 
 # --- known answers ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("df", [2, 4, 9, 29])
 def test_one_part_mde_is_the_t_tests_power(df):
     """One variance part with ``df`` df (seeds - 1): the estimate over its estimated se is a
@@ -42,15 +43,24 @@ def test_large_samples_reach_the_normal_formulas():
     assert power.mde(parts, 0.02, n_tests=8) == pytest.approx(0.02 + (Z975 + Z80) * se, rel=0.01)
 
 
-def crossed(rng: np.random.Generator, lv: power.Levels, n_seeds: int, n_users: int,
-            effect: float = 0.0, reps: int = 1) -> np.ndarray:
+def crossed(
+    rng: np.random.Generator,
+    lv: power.Levels,
+    n_seeds: int,
+    n_users: int,
+    effect: float = 0.0,
+    reps: int = 1,
+) -> np.ndarray:
     """(reps, S, N, 2) paired columns (difference, baseline) drawn from ``lv``:
     d = effect + a_s + b_u + e_su; the baseline is ``lv.base`` times 1 + a persistent user part +
     noise (each sd 0.2)."""
     shape = (reps, n_seeds, n_users)
-    d = (effect + math.sqrt(lv.seed) * rng.standard_normal((reps, n_seeds, 1))
-         + math.sqrt(lv.user) * rng.standard_normal((reps, 1, n_users))
-         + math.sqrt(lv.resid) * rng.standard_normal(shape))
+    d = (
+        effect
+        + math.sqrt(lv.seed) * rng.standard_normal((reps, n_seeds, 1))
+        + math.sqrt(lv.user) * rng.standard_normal((reps, 1, n_users))
+        + math.sqrt(lv.resid) * rng.standard_normal(shape)
+    )
     persistent = 0.2 * rng.standard_normal((reps, 1, n_users))
     b = lv.base * (1 + persistent + 0.2 * rng.standard_normal(shape))
     return np.stack([d, b], axis=-1)
@@ -81,7 +91,8 @@ def test_one_seed_states_its_assumptions():
     assert any("repeats in every seed" in a for a in lv.assumed)
     learned_nothing = power.levels([np.zeros((50, 2))], same_users=True)
     assert learned_nothing.base == power.HIT_RATE and learned_nothing.user == pytest.approx(
-        2 * 0.05 * 0.95 * (1 - power.RHO))
+        2 * 0.05 * 0.95 * (1 - power.RHO)
+    )
     assert any("hit rate 0.05" in a for a in learned_nothing.assumed)
 
 
@@ -109,28 +120,44 @@ def test_sample_sizes_are_the_smallest_that_meet_the_target():
 
 # --- simulated experiments through the verdict engine ----------------------------------------
 
+
 def frame_of(cols: np.ndarray) -> pd.DataFrame:
     """Per-user rows (label, seed, user, m) of one experiment's (S, N, 2) paired columns."""
     n_s, n_u, _ = cols.shape
     seed, user = np.repeat(np.arange(n_s), n_u), np.tile(np.arange(n_u), n_s)
     base = cols[..., 1].ravel()
     treat = base + cols[..., 0].ravel()
-    return pd.concat([pd.DataFrame({"label": "pause", "seed": seed, "user": user, "m": treat}),
-                      pd.DataFrame({"label": "plain", "seed": seed, "user": user, "m": base})],
-                     ignore_index=True)
+    return pd.concat(
+        [
+            pd.DataFrame({"label": "pause", "seed": seed, "user": user, "m": treat}),
+            pd.DataFrame({"label": "plain", "seed": seed, "user": user, "m": base}),
+        ],
+        ignore_index=True,
+    )
 
 
-def verdicts_of(lv: power.Levels, rng: np.random.Generator, n_seeds: int, n_users: int,
-                rel_effect: float, reps: int = 200) -> list[str]:
+def verdicts_of(
+    lv: power.Levels,
+    rng: np.random.Generator,
+    n_seeds: int,
+    n_users: int,
+    rel_effect: float,
+    reps: int = 200,
+) -> list[str]:
     """Verdicts of ``reps`` simulated experiments (paired_effect, then decide with the quality
     claims' rule: a gain, margin 2% of the baseline)."""
     cols = crossed(rng, lv, n_seeds, n_users, lv.absolute(rel_effect), reps)
-    return [verdicts.decide(verdicts.paired_effect(frame_of(c), "pause", "plain", "m"),
-                            verdicts.Rule(+1))[0] for c in cols]
+    return [
+        verdicts.decide(
+            verdicts.paired_effect(frame_of(c), "pause", "plain", "m"), verdicts.Rule(+1)
+        )[0]
+        for c in cols
+    ]
 
 
-def reproduced(rng: np.random.Generator, n_seeds: int, n_users: int, rel_effect: float,
-               reps: int = 200) -> float:
+def reproduced(
+    rng: np.random.Generator, n_seeds: int, n_users: int, rel_effect: float, reps: int = 200
+) -> float:
     """Share of ``reps`` simulated experiments (levels :data:`TRUE`) that read "reproduced"."""
     found = verdicts_of(TRUE, rng, n_seeds, n_users, rel_effect, reps)
     return float(np.mean([v == verdicts.REPRODUCED for v in found]))

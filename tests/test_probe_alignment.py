@@ -1,4 +1,5 @@
-"""probes.alignment: the CLI contract, similarity math, and known answers planted in a tiny model."""
+"""probes.alignment: the CLI contract, similarity math, and known answers planted in a tiny
+model."""
 
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ def fast_args(**kw) -> alignment.Args:
 
 
 def one_to_one(ckpt: Checkpoint, n: int = 128) -> Checkpoint:
-    """A copy whose catalog holds ``n`` titled items with SIDs ``<a_i><b_i><c_i><d_0>``: every SID token
-    but ``<d_0>`` belongs to exactly one item, so a planted signal has a known answer."""
+    """A copy whose catalog holds ``n`` titled items with SIDs ``<a_i><b_i><c_i><d_0>``: every SID
+    token but ``<d_0>`` belongs to exactly one item, so a planted signal has a known answer."""
     titled = [it for it in ckpt.catalog.items if it.title][:n]
     items = [data.Item(it.item_id, it.title, it.categories) for it in titled]
     catalog = Catalog.from_codes(items, np.array([[i, i, i, 0] for i in range(len(items))]))
-    return Checkpoint(copy.deepcopy(ckpt.model), ckpt.tokenizer, catalog, dict(ckpt.meta), ckpt.path)
+    return Checkpoint(
+        copy.deepcopy(ckpt.model), ckpt.tokenizer, catalog, dict(ckpt.meta), ckpt.path
+    )
 
 
 def title_mean(ckpt: Checkpoint, title: str) -> torch.Tensor:
@@ -46,7 +49,11 @@ def plant(ckpt: Checkpoint, rows: str) -> Checkpoint:
     gen = torch.Generator().manual_seed(1)
     scale = w.std()
     for it in ckpt.catalog.items:
-        row = title_mean(ckpt, it.title) if rows == "title" else scale * torch.randn(w.shape[1], generator=gen)
+        row = (
+            title_mean(ckpt, it.title)
+            if rows == "title"
+            else scale * torch.randn(w.shape[1], generator=gen)
+        )
         for t in it.sid[:3]:
             w[ckpt.tokenizer.convert_tokens_to_ids(t)] = row
     w[ckpt.tokenizer.convert_tokens_to_ids("<d_0>")] = 0.0
@@ -70,10 +77,19 @@ def test_main_writes_a_tidy_trajectory(tiny_ckpt_path, tmp_path):
     assert len(written) == len(df) and set(written["stage"]) == {"init"}
     assert json.loads((out / "meta.json").read_text())["probe"] == "alignment"
     assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
-    assert written["ckpt_hash"].nunique() == 1 and (written["cell"] == "init").all()  # rows say what they are
+    # rows say what they are
+    assert written["ckpt_hash"].nunique() == 1 and (written["cell"] == "init").all()
     metrics = set(df["metric"])
-    for m in ("cosine_sid_title", "cka", "mknn", "procrustes_residual", "centroid_distance",
-              "word_precision", "separability_acc", "context_cosine"):
+    for m in (
+        "cosine_sid_title",
+        "cka",
+        "mknn",
+        "procrustes_residual",
+        "centroid_distance",
+        "word_precision",
+        "separability_acc",
+        "context_cosine",
+    ):
         assert m in metrics and f"{m}_baseline" in metrics
     assert {"neighbour_cosine", "bridge_position", "norm_q50", "cosine_sid_title_level"} <= metrics
     # one cosine row per titled item; tied tiny model: input embeddings only
@@ -95,7 +111,9 @@ def test_planted_title_rows_align_near_perfectly(tiny_ckpt):
     df = alignment.compute(plant(one_to_one(tiny_ckpt), "title"), fast_args())
     assert summary(df, "cosine_sid_title") > 0.999
     assert summary(df, "cosine_sid_title_baseline") < 0.9
-    assert summary(df, "cka", space="mean") > 0.999 and summary(df, "cka_baseline", space="mean") < 0.5
+    assert (
+        summary(df, "cka", space="mean") > 0.999 and summary(df, "cka_baseline", space="mean") < 0.5
+    )
     assert summary(df, "cka_random") < 0.5  # random rows with the same codes: no agreement
     assert summary(df, "mknn") > 0.99 and summary(df, "mknn_baseline") < 0.2
     assert summary(df, "procrustes_residual") < 1e-3 < summary(df, "procrustes_residual_baseline")
@@ -109,7 +127,10 @@ def test_random_sid_rows_stay_near_baseline(tiny_ckpt):
     df = alignment.compute(plant(one_to_one(tiny_ckpt), "random"), fast_args(n_perm=20))
     assert abs(summary(df, "cosine_sid_title") - summary(df, "cosine_sid_title_baseline")) < 0.05
     for metric, tol in (("cka", 0.1), ("mknn", 0.05), ("procrustes_residual", 0.1)):
-        assert abs(summary(df, metric, space="mean") - summary(df, f"{metric}_baseline", space="mean")) < tol
+        assert (
+            abs(summary(df, metric, space="mean") - summary(df, f"{metric}_baseline", space="mean"))
+            < tol
+        )
 
 
 @torch.no_grad()
@@ -126,7 +147,9 @@ def test_nearest_words_find_a_planted_word(tiny_ckpt):
     df = alignment.compute(ckpt, fast_args(n_neighbours=3))
     top = df[(df["metric"] == "neighbour_cosine") & (df["rank"] == 1)].set_index("token")
     for token, word in planted.items():
-        assert top.loc[token, "word"] == word and top.loc[token, "value"] == pytest.approx(1.0, abs=1e-5)
+        assert top.loc[token, "word"] == word and top.loc[token, "value"] == pytest.approx(
+            1.0, abs=1e-5
+        )
     prec = df[(df["metric"] == "word_precision") & (df["level"] == 0)]["value"].iloc[0]
     base = df[(df["metric"] == "word_precision_baseline") & (df["level"] == 0)]["value"].iloc[0]
     assert prec >= 1 / 3 - 1e-9 and base < prec
@@ -168,7 +191,9 @@ def test_similarity_math_on_known_cases():
     assert sim.procrustes_residual(x, y) == pytest.approx(0.0, abs=1e-10)
     assert sim.linear_cka(x, rng.normal(size=(200, 8))) < 0.2
     z = rng.normal(size=(200, 8))
-    assert sim._procrustes_fast(sim._unit(x), sim._unit(z)) == pytest.approx(sim.procrustes_residual(x, z))
+    assert sim._procrustes_fast(sim._unit(x), sim._unit(z)) == pytest.approx(
+        sim.procrustes_residual(x, z)
+    )
     obs, base, p = sim.cka(x, y, 9, rng)
     assert obs == pytest.approx(1.0) and base < 0.2 and p == pytest.approx(0.1)
     nbrs = sim.knn(x, 5)
@@ -180,8 +205,8 @@ def test_similarity_math_on_known_cases():
 
 
 def test_a_backbone_trained_from_scratch_is_skipped_in_one_line(tiny_ckpt_path, tmp_path, caplog):
-    """SID-word alignment asks what a pretrained language model knows: a compact checkpoint is skipped
-    with one line naming why, and nothing is written when no checkpoint is left."""
+    """SID-word alignment asks what a pretrained language model knows: a compact checkpoint is
+    skipped with one line naming why, and nothing is written when no checkpoint is left."""
     compact = tmp_path / "compact"
     meta = json.loads((tiny_ckpt_path / "pauserec.json").read_text())
     import shutil
@@ -193,5 +218,7 @@ def test_a_backbone_trained_from_scratch_is_skipped_in_one_line(tiny_ckpt_path, 
     assert out.empty and not (tmp_path / "out").exists()
     lines = [r.message for r in caplog.records if "needs a pretrained language model" in r.message]
     assert len(lines) == 1 and "compact" in lines[0]
-    kept = alignment.main([str(compact), str(tiny_ckpt_path), "--out", str(tmp_path / "kept"), *FAST])
+    kept = alignment.main(
+        [str(compact), str(tiny_ckpt_path), "--out", str(tmp_path / "kept"), *FAST]
+    )
     assert set(kept["backbone"]) == {"tiny"} and (tmp_path / "kept" / "results.csv").is_file()

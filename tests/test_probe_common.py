@@ -1,4 +1,5 @@
-"""The health check every probe runs: once per checkpoint and process, again when the checkpoint changes."""
+"""The health check every probe runs: once per checkpoint and process, again when the checkpoint
+changes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pauserec.model import checkpoint
 from probes import _common
 
 
-def test_health_is_computed_once_per_checkpoint_and_again_after_a_rewrite(tiny_ckpt_path, tmp_path, monkeypatch):
+def test_health_is_computed_once_per_checkpoint_and_again_after_a_rewrite(
+    tiny_ckpt_path, tmp_path, monkeypatch
+):
     path = tmp_path / "sft"
     shutil.copytree(tiny_ckpt_path, path)
     calls = []
@@ -29,7 +32,8 @@ def test_health_is_computed_once_per_checkpoint_and_again_after_a_rewrite(tiny_c
 
     weights = next(path.glob("*.safetensors"))
     stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the checkpoint was rewritten
+    # the checkpoint was rewritten
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     _common.health(ckpt)
     assert len(calls) == 3
 

@@ -1,5 +1,6 @@
-"""probes.perturb / probes.rationale: perturbations by hand, the KL known answer (a model whose SID head
-cannot see the rationale), the CLI contract, and the openai paraphrase path against loopback servers."""
+"""probes.perturb / probes.rationale: perturbations by hand, the KL known answer (a model whose SID
+head cannot see the rationale), the CLI contract, and the openai paraphrase path against loopback
+servers."""
 
 from __future__ import annotations
 
@@ -20,17 +21,18 @@ from servers import ScriptedServer, fail_on, scripted
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
-TEXT = "The user likes dark comedy films. They watched many of them. The next one should be similar."
+TEXT = (
+    "The user likes dark comedy films. They watched many of them. The next one should be similar."
+)
 FAST_LLM = ("--llm-timeout", "0.5", "--llm-backoff", "0.01")
-
-
 
 
 def test_word_dropout_rate_and_shuffles_keep_the_words():
     rng = np.random.default_rng(0)
     long = " ".join(f"w{i}" for i in range(2000))
     kept = perturb.word_dropout(long, 0.3, rng).split()
-    assert 0.66 < len(kept) / 2000 < 0.74 and kept == sorted(kept, key=lambda w: int(w[1:]))  # order kept
+    # order kept
+    assert 0.66 < len(kept) / 2000 < 0.74 and kept == sorted(kept, key=lambda w: int(w[1:]))
     shuffled = perturb.word_shuffle(TEXT, rng)
     assert shuffled != TEXT and Counter(shuffled.split()) == Counter(TEXT.split())
     sents = perturb.sentence_shuffle(TEXT, rng)
@@ -57,19 +59,25 @@ def test_quality_scores_by_hand(tiny_ckpt):
     assert q["leakage"] == 1.0  # every target title/category word is named
     assert perturb.quality("", ex, cat) == {"length": 0.0, "leakage": 0.0, "agreement": 0.0}
     q = perturb.quality("Toy Story animation and Four", ex, cat)
-    # content words {toy, story, animation, four}: 3 of 4 are in the history; target {four, rooms, thriller}
+    # content words {toy, story, animation, four}: 3 of 4 are in the history; target {four, rooms,
+    # thriller}
     assert q["agreement"] == pytest.approx(3 / 4) and q["leakage"] == pytest.approx(1 / 3)
     with pytest.raises(UserError, match="unknown perturbation"):
         perturb.check(["drop10", "shout"])
 
 
 def _args(**kw) -> rationale.Args:
-    base = {"n_users": 8, "perturbations": ("drop50", "swap", "empty", "filler", "oracle"), "beams": 10}
+    base = {
+        "n_users": 8,
+        "perturbations": ("drop50", "swap", "empty", "filler", "oracle"),
+        "beams": 10,
+    }
     return rationale.Args(**{**base, **kw})
 
 
 def _distinct_sids(ckpt) -> None:
-    """Random SID rows: the untrained fixture's SID embeddings are all (nearly) the same mean row."""
+    """Random SID rows: the untrained fixture's SID embeddings are all (nearly) the same mean
+    row."""
     emb = ckpt.model.get_input_embeddings().weight  # tied with the output head
     ids = torch.tensor(token_groups(ckpt.tokenizer)["sid"])
     with torch.no_grad():
@@ -82,7 +90,8 @@ def test_known_answer_kl_is_zero_when_the_sid_head_cannot_see_the_rationale(tiny
     df = rationale.compute(tiny_ckpt, _args())
     kl = df[df["metric"] == "kl"].groupby("perturbation")["value"].mean()
     assert (kl > 1e-3).all(), kl.to_dict()  # the control: this model does read the rationale
-    for layer in tiny_ckpt.model.model.layers:  # no attention output: each position sees only itself
+    # no attention output: each position sees only itself
+    for layer in tiny_ckpt.model.model.layers:
         torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
     df = rationale.compute(tiny_ckpt, _args())
     for metric in ("kl", "kl_items", "delta_recall@10", "delta_ndcg@10"):
@@ -92,13 +101,36 @@ def test_known_answer_kl_is_zero_when_the_sid_head_cannot_see_the_rationale(tiny
 
 def test_cli_rows_and_flags(tiny_ckpt_path, tmp_path):
     out = tmp_path / "rat"
-    df = rationale.main([str(tiny_ckpt_path), "--out", str(out), "--n-users", "4", "--beams", "10",
-                         "--perturbations", "drop10,paraphrase,oracle", "--paraphrase-tokens", "6",
-                         "--no-kl-items"])
+    df = rationale.main(
+        [
+            str(tiny_ckpt_path),
+            "--out",
+            str(out),
+            "--n-users",
+            "4",
+            "--beams",
+            "10",
+            "--perturbations",
+            "drop10,paraphrase,oracle",
+            "--paraphrase-tokens",
+            "6",
+            "--no-kl-items",
+        ]
+    )
     saved = pd.read_csv(out / "results.csv")
     assert len(saved) == len(df)
-    assert {"ckpt", "stage", "variant", "perturbation", "upper_bound", "user_id", "item_id", "metric",
-            "value", "rationale_source"} <= set(saved.columns)
+    assert {
+        "ckpt",
+        "stage",
+        "variant",
+        "perturbation",
+        "upper_bound",
+        "user_id",
+        "item_id",
+        "metric",
+        "value",
+        "rationale_source",
+    } <= set(saved.columns)
     assert set(saved["perturbation"]) == {"clean", "drop10", "paraphrase", "oracle"}
     assert set(saved.loc[saved["upper_bound"], "perturbation"]) == {"oracle"}
     assert set(saved["rationale_source"]) == {"template"}  # the fixture records none: the fallback
@@ -112,12 +144,32 @@ def test_cli_rows_and_flags(tiny_ckpt_path, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
 
 
-# -- openai paraphrases: real loopback servers ----------------------------------------------------------
+# -- openai paraphrases: real loopback servers
+# ----------------------------------------------------------
+
 
 def _para_argv(path, out, url, cache, *extra, model="test-model"):
-    return [str(path), "--out", str(out), "--n-users", "3", "--beams", "10", "--perturbations", "paraphrase",
-            "--no-kl-items", "--paraphrase", "openai", "--llm-base-url", url, "--llm-model", model,
-            "--llm-cache", str(cache), *extra]
+    return [
+        str(path),
+        "--out",
+        str(out),
+        "--n-users",
+        "3",
+        "--beams",
+        "10",
+        "--perturbations",
+        "paraphrase",
+        "--no-kl-items",
+        "--paraphrase",
+        "openai",
+        "--llm-base-url",
+        url,
+        "--llm-model",
+        model,
+        "--llm-cache",
+        str(cache),
+        *extra,
+    ]
 
 
 def test_openai_paraphrase_is_cached_and_faults_are_retried(tiny_ckpt_path, tmp_path):
@@ -135,9 +187,21 @@ def test_openai_paraphrase_is_cached_and_faults_are_retried(tiny_ckpt_path, tmp_
 
 
 def test_openai_paraphrase_failure_is_an_error_not_an_empty_rationale(tiny_ckpt_path, tmp_path):
-    with ScriptedServer(fail_on("Rewrite", "503")) as srv, pytest.raises(UserError, match="HTTP 503"):
-        rationale.main(_para_argv(tiny_ckpt_path, tmp_path / "a", srv.url, tmp_path / "c.jsonl",
-                                  "--llm-max-retries", "1", *FAST_LLM))
+    with (
+        ScriptedServer(fail_on("Rewrite", "503")) as srv,
+        pytest.raises(UserError, match="HTTP 503"),
+    ):
+        rationale.main(
+            _para_argv(
+                tiny_ckpt_path,
+                tmp_path / "a",
+                srv.url,
+                tmp_path / "c.jsonl",
+                "--llm-max-retries",
+                "1",
+                *FAST_LLM,
+            )
+        )
     assert not (tmp_path / "a").exists()
 
 
@@ -146,27 +210,56 @@ def test_openai_paraphrase_against_real_llama_cpp_server(llama_server, tiny_ckpt
     cache = tmp_path / "para.jsonl"
     with ScriptedServer(upstream=llama_server) as proxy:
         for out in ("a", "b"):
-            df = rationale.main(_para_argv(tiny_ckpt_path, tmp_path / out, proxy.url, cache,
-                                           "--llm-timeout", "120", model="smollm2"))
+            df = rationale.main(
+                _para_argv(
+                    tiny_ckpt_path,
+                    tmp_path / out,
+                    proxy.url,
+                    cache,
+                    "--llm-timeout",
+                    "120",
+                    model="smollm2",
+                )
+            )
             assert len(proxy.requests) == 3
     length = df[(df["metric"] == "quality_length") & (df["perturbation"] == "paraphrase")]["value"]
     assert (length > 0).all()  # real paraphrases, none empty
-    print("llama.cpp paraphrases:", [json.loads(x)["response"] for x in cache.read_text().splitlines()])
+    print(
+        "llama.cpp paraphrases:",
+        [json.loads(x)["response"] for x in cache.read_text().splitlines()],
+    )
 
 
 @pytest.mark.slow
 def test_training_time_driver_trains_once_per_condition_and_tabulates(tiny_ckpt_path, tmp_path):
     from driver import rationale_train
 
-    argv = [str(tiny_ckpt_path), "--out", str(tmp_path / "rt"), "--conditions", "template,empty",
-            "--max-steps", "2", "--n-train", "16", "--train-batch-size", "8", "--n-users", "3"]
+    argv = [
+        str(tiny_ckpt_path),
+        "--out",
+        str(tmp_path / "rt"),
+        "--conditions",
+        "template,empty",
+        "--max-steps",
+        "2",
+        "--n-train",
+        "16",
+        "--train-batch-size",
+        "8",
+        "--n-users",
+        "3",
+    ]
     df = rationale_train.main(argv)
     work = tmp_path / "rt.runs"
     assert {p.name for p in work.iterdir() if p.is_dir()} == {"template", "empty"}
     t = rationale_train.table(df)
-    assert t.loc["empty", "train_quality_length"] == 0 and t.loc["template", "train_quality_length"] > 5
+    assert (
+        t.loc["empty", "train_quality_length"] == 0
+        and t.loc["template", "train_quality_length"] > 5
+    )
     src = df.groupby("perturbation")["rationale_source"].first()
-    assert src["template"] == "template" and src["empty"] == "template+empty"  # recorded by the trainer
+    # recorded by the trainer
+    assert src["template"] == "template" and src["empty"] == "template+empty"
     assert df[df["metric"] == "recall@10"].groupby("perturbation").size().eq(3).all()
     stamp = (work / "empty" / "pauserec.json").stat().st_mtime_ns
     rationale_train.main([*argv, "--overwrite"])  # a rerun reuses the trained checkpoints

@@ -1,5 +1,6 @@
-"""probes.verbalization: text scores, question building, a known-answer model, the CLI contract and the
-LLM-judge path against real loopback servers (scripted faults; llama.cpp's server when installed)."""
+"""probes.verbalization: text scores, question building, a known-answer model, the CLI contract and
+the LLM-judge path against real loopback servers (scripted faults; llama.cpp's server when
+installed)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ from servers import ScriptedServer, fail_on, scripted
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 FAST_LLM = ("--llm-timeout", "0.5", "--llm-backoff", "0.01")
-
-
 
 
 def test_text_scores_by_hand():
@@ -60,8 +59,13 @@ def test_item_questions_are_seeded_and_distractors_are_wrong(tiny_ckpt):
     assert fields == ["title", "category", "year"]  # ml-100k
     qs = qa.item_questions(cat, fields, ["sid", "title"], 20, 9, seed=3)
     assert qs == qa.item_questions(cat, fields, ["sid", "title"], 20, 9, seed=3)
-    assert {(q.query, q.field) for q in qs} == {("sid", "title"), ("sid", "category"), ("sid", "year"),
-                                                ("title", "category"), ("title", "year")}
+    assert {(q.query, q.field) for q in qs} == {
+        ("sid", "title"),
+        ("sid", "category"),
+        ("sid", "year"),
+        ("title", "category"),
+        ("title", "year"),
+    }
     by_id = {it.item_id: it for it in cat.items}
     for q in qs:
         assert len(q.candidates) == 10
@@ -73,7 +77,8 @@ def test_item_questions_are_seeded_and_distractors_are_wrong(tiny_ckpt):
         else:
             assert q.answer not in q.candidates[1:]
     same = [q for q in qs if q.field == "year" and q.item_id == qs[0].item_id]
-    assert len({q.candidates for q in same}) == 1  # the SID and title questions share their candidates
+    # the SID and title questions share their candidates
+    assert len({q.candidates for q in same}) == 1
 
 
 def test_grounding_template_is_the_cpt_corpus_format(tiny_ckpt):
@@ -86,9 +91,14 @@ def test_grounding_template_is_the_cpt_corpus_format(tiny_ckpt):
     q = next(x for x in q if x.item_id == cat.items[0].item_id)
     asker = Asker(tok, cat, "grounding")
     got = asker.prompt(q) + asker.answer(q.answer, q)
-    assert got == seq[:len(got)]
-    assert asker.read(tok.encode(" toy story . year : 1995", add_special_tokens=False)) == "toy story"
-    assert asker.read(tok.encode(" dr . strangelove : or", add_special_tokens=False)) == "dr . strangelove : or"
+    assert got == seq[: len(got)]
+    assert (
+        asker.read(tok.encode(" toy story . year : 1995", add_special_tokens=False)) == "toy story"
+    )
+    assert (
+        asker.read(tok.encode(" dr . strangelove : or", add_special_tokens=False))
+        == "dr . strangelove : or"
+    )
 
 
 def train_sid_to_title(ckpt, questions, steps: int = 200) -> float:
@@ -116,8 +126,9 @@ def train_sid_to_title(ckpt, questions, steps: int = 200) -> float:
 
 
 def test_known_answer_sid_to_title_is_said_and_ranked(tiny_ckpt):
-    args = verbalization.Args(n_items=12, fields=("title",), queries=("sid",), template="plain", n_boot=200,
-                              cosine=False)
+    args = verbalization.Args(
+        n_items=12, fields=("title",), queries=("sid",), template="plain", n_boot=200, cosine=False
+    )
     before = verbalization.compute(tiny_ckpt, args).groupby("metric")["value"].mean()
     assert before["gen_f1"] < 0.2 and before["logit_acc"] < 0.6  # untrained: near chance (1 in 10)
     loss = train_sid_to_title(tiny_ckpt, verbalization.questions_for(tiny_ckpt, args))
@@ -129,15 +140,27 @@ def test_known_answer_sid_to_title_is_said_and_ranked(tiny_ckpt):
         assert mean[metric] >= 0.95, (metric, mean.to_dict())
     assert mean["gen_cosine"] >= 0.95
     gap = df[(df["metric"] == "gap_acc") & (df["field"] == "all")].iloc[0]
-    assert abs(gap["value"]) <= 0.1 and gap["n"] == 12 and gap["ci_lo"] <= gap["value"] <= gap["ci_hi"]
+    assert (
+        abs(gap["value"]) <= 0.1 and gap["n"] == 12 and gap["ci_lo"] <= gap["value"] <= gap["ci_hi"]
+    )
 
 
 def test_gap_is_the_paired_mean_difference_with_a_ci():
     rows = []
     for i, (g, lg) in enumerate([(0, 1), (1, 1), (0, 1), (0, 0)]):
         for metric, v in (("gen_acc", g), ("logit_acc", lg), ("gen_mrr", g), ("logit_mrr", lg)):
-            rows.append({"ckpt": "c", "stage": "sft", "variant": "plain", "query": "sid", "field": "title",
-                         "item_id": str(i), "metric": metric, "value": float(v)})
+            rows.append(
+                {
+                    "ckpt": "c",
+                    "stage": "sft",
+                    "variant": "plain",
+                    "query": "sid",
+                    "field": "title",
+                    "item_id": str(i),
+                    "metric": metric,
+                    "value": float(v),
+                }
+            )
     out = verbalization.gaps(pd.DataFrame(rows), n_boot=500)
     acc = out[(out["metric"] == "gap_acc") & (out["field"] == "title")].iloc[0]
     assert acc["value"] == pytest.approx(0.5) and acc["n"] == 4  # (1 + 0 + 1 + 0) / 4
@@ -147,37 +170,87 @@ def test_gap_is_the_paired_mean_difference_with_a_ci():
 
 def test_cli_writes_tidy_results_and_meta(tiny_ckpt_path, tmp_path):
     out = tmp_path / "verb"
-    df = verbalization.main([str(tiny_ckpt_path), "--out", str(out), "--n-items", "4", "--no-cosine",
-                             "--max-new-tokens", "4"])
+    df = verbalization.main(
+        [
+            str(tiny_ckpt_path),
+            "--out",
+            str(out),
+            "--n-items",
+            "4",
+            "--no-cosine",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     saved = pd.read_csv(out / "results.csv")
     assert len(saved) == len(df)
-    assert {"ckpt", "stage", "variant", "query", "field", "item_id", "metric", "value"} <= set(saved.columns)
+    assert {"ckpt", "stage", "variant", "query", "field", "item_id", "metric", "value"} <= set(
+        saved.columns
+    )
     assert set(saved["query"]) == {"sid", "title", "fact"}
-    assert {"gen_f1", "gen_rougeL", "gen_acc", "gen_mrr", "logit_acc", "logit_mrr", "gap_acc", "gap_acc_cc",
-            "chance_gen_acc", "chance_logit_acc", "gen_acc_cc", "logit_acc_cc"} <= set(saved["metric"])
-    wide = saved[saved["item_id"].notna() & saved["metric"].str.match(r"^(gen|logit|chance)_")].pivot_table(
-        index=["query", "field", "item_id"], columns="metric", values="value")
+    assert {
+        "gen_f1",
+        "gen_rougeL",
+        "gen_acc",
+        "gen_mrr",
+        "logit_acc",
+        "logit_mrr",
+        "gap_acc",
+        "gap_acc_cc",
+        "chance_gen_acc",
+        "chance_logit_acc",
+        "gen_acc_cc",
+        "logit_acc_cc",
+    } <= set(saved["metric"])
+    wide = saved[
+        saved["item_id"].notna() & saved["metric"].str.match(r"^(gen|logit|chance)_")
+    ].pivot_table(index=["query", "field", "item_id"], columns="metric", values="value")
     items = wide.loc[["sid", "title"]]
     assert np.allclose(items["chance_logit_acc"], 1 / 10)  # the truth + 9 catalog distractors
-    assert np.allclose(wide["logit_acc_cc"], (wide["logit_acc"] - wide["chance_logit_acc"])
-                       / (1 - wide["chance_logit_acc"]))
+    assert np.allclose(
+        wide["logit_acc_cc"],
+        (wide["logit_acc"] - wide["chance_logit_acc"]) / (1 - wide["chance_logit_acc"]),
+    )
     assert json.loads((out / "meta.json").read_text())["probe"] == "verbalization"
     assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "meta.json", "results.csv"]
 
 
 def test_bad_arguments_are_user_errors(tiny_ckpt_path, tmp_path):
     with pytest.raises(UserError, match="--queries: unknown value .nope."):
-        verbalization.main([str(tiny_ckpt_path), "--out", str(tmp_path / "x"), "--queries", "sid,nope"])
+        verbalization.main(
+            [str(tiny_ckpt_path), "--out", str(tmp_path / "x"), "--queries", "sid,nope"]
+        )
     with pytest.raises(UserError, match="no chat template"):
-        verbalization.main([str(tiny_ckpt_path), "--out", str(tmp_path / "x"), "--template", "chat"])
+        verbalization.main(
+            [str(tiny_ckpt_path), "--out", str(tmp_path / "x"), "--template", "chat"]
+        )
 
 
-# -- the LLM judge: real loopback servers ---------------------------------------------------------------
+# -- the LLM judge: real loopback servers
+# ---------------------------------------------------------------
+
 
 def _judge_argv(path, out, url, *extra, model="test-model"):
-    return [str(path), "--out", str(out), "--n-items", "2", "--queries", "sid", "--fields", "title",
-            "--no-cosine", "--max-new-tokens", "3", "--judge", "--llm-base-url", url, "--llm-model", model,
-            *extra]
+    return [
+        str(path),
+        "--out",
+        str(out),
+        "--n-items",
+        "2",
+        "--queries",
+        "sid",
+        "--fields",
+        "title",
+        "--no-cosine",
+        "--max-new-tokens",
+        "3",
+        "--judge",
+        "--llm-base-url",
+        url,
+        "--llm-model",
+        model,
+        *extra,
+    ]
 
 
 def test_judge_is_cached_retried_and_unparseable_replies_are_nan_not_zero(tiny_ckpt_path, tmp_path):
@@ -197,17 +270,28 @@ def test_judge_is_cached_retried_and_unparseable_replies_are_nan_not_zero(tiny_c
 
 
 def test_judge_failure_is_reported_not_scored(tiny_ckpt_path, tmp_path):
-    with ScriptedServer(fail_on("Question", "500")) as srv, pytest.raises(UserError, match="HTTP 500"):
-        verbalization.main(_judge_argv(tiny_ckpt_path, tmp_path / "a", srv.url, "--llm-max-retries", "2",
-                                       *FAST_LLM))
+    with (
+        ScriptedServer(fail_on("Question", "500")) as srv,
+        pytest.raises(UserError, match="HTTP 500"),
+    ):
+        verbalization.main(
+            _judge_argv(
+                tiny_ckpt_path, tmp_path / "a", srv.url, "--llm-max-retries", "2", *FAST_LLM
+            )
+        )
     assert not (tmp_path / "a").exists()  # nothing half-written
 
 
 def test_parse_judge():
-    assert verbalization.parse_judge("Yes.") == 1.0 and verbalization.parse_judge(" no, it is not") == 0.0
+    assert (
+        verbalization.parse_judge("Yes.") == 1.0
+        and verbalization.parse_judge(" no, it is not") == 0.0
+    )
     assert verbalization.parse_judge("The answer is no.") == 0.0
     assert math.isnan(verbalization.parse_judge("Reply yes or no."))
-    assert math.isnan(verbalization.parse_judge("Maybe")) and math.isnan(verbalization.parse_judge("yesterday"))
+    assert math.isnan(verbalization.parse_judge("Maybe")) and math.isnan(
+        verbalization.parse_judge("yesterday")
+    )
 
 
 @pytest.mark.slow
@@ -215,12 +299,23 @@ def test_judge_against_real_llama_cpp_server(llama_server, tiny_ckpt_path, tmp_p
     cache = tmp_path / "judge.jsonl"
     with ScriptedServer(upstream=llama_server) as proxy:
         for out in ("a", "b"):
-            df = verbalization.main(_judge_argv(tiny_ckpt_path, tmp_path / out, proxy.url, "--llm-cache",
-                                                str(cache), model="smollm2"))
+            df = verbalization.main(
+                _judge_argv(
+                    tiny_ckpt_path,
+                    tmp_path / out,
+                    proxy.url,
+                    "--llm-cache",
+                    str(cache),
+                    model="smollm2",
+                )
+            )
             assert len(proxy.requests) == 2  # the second run is answered from the cache
         values = df.loc[df["metric"] == "gen_judge", "value"]
         assert values.isna().all() or set(values.dropna()) <= {0.0, 1.0}
-        print("llama.cpp judge replies:", [json.loads(x)["response"] for x in cache.read_text().splitlines()])
+        print(
+            "llama.cpp judge replies:",
+            [json.loads(x)["response"] for x in cache.read_text().splitlines()],
+        )
 
 
 @pytest.mark.slow
@@ -228,8 +323,9 @@ def test_smollm2_checkpoint_knows_facts_in_its_logits(tmp_path):
     """The real backbone: general facts are ranked far above chance by likelihood."""
     from pauserec.model import init_ckpt
 
-    ckpt = init_ckpt.main(["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out",
-                               str(tmp_path / "init")])
+    ckpt = init_ckpt.main(
+        ["--backbone", "smollm2-135m", "--dataset", "ml-100k", "--out", str(tmp_path / "init")]
+    )
     args = verbalization.Args(queries=("fact",), cosine=False, max_new_tokens=12)
     df = verbalization.compute(ckpt, args)
     mean = df.groupby("metric")["value"].mean()
@@ -238,15 +334,25 @@ def test_smollm2_checkpoint_knows_facts_in_its_logits(tmp_path):
 
 
 def test_chance_levels_make_the_two_readouts_comparable():
-    """A model that knows nothing: empty answers (generation at 0) and uniform logits (1 in n) -- the raw
-    gap is +1/n, the chance-corrected one is 0; perfect answers stay perfect after correction."""
-    qs = [qa.Question("sid", "title", str(i), f"q{i}", (f"truth{i}", "w1", "w2", "w3")) for i in range(20)]
+    """A model that knows nothing: empty answers (generation at 0) and uniform logits (1 in n) --
+    the raw gap is +1/n, the chance-corrected one is 0; perfect answers stay perfect after
+    correction."""
+    qs = [
+        qa.Question("sid", "title", str(i), f"q{i}", (f"truth{i}", "w1", "w2", "w3"))
+        for i in range(20)
+    ]
     chance = verbalization.chance_levels(qs, [""] * 20, seed=0)
-    assert np.allclose(chance["chance_logit_acc"], 0.25) and np.allclose(chance["chance_gen_acc"], 0.0)
+    assert np.allclose(chance["chance_logit_acc"], 0.25) and np.allclose(
+        chance["chance_gen_acc"], 0.0
+    )
     right = verbalization.chance_levels(qs, [f"truth{i}" for i in range(20)], seed=0)
     assert np.allclose(right["chance_gen_acc"], 0.0)  # another question's answer never wins here
-    same = verbalization.chance_levels(qs, ["w1"] * 20, seed=0)  # one fixed distractor: never the truth
+    # one fixed distractor: never the truth
+    same = verbalization.chance_levels(qs, ["w1"] * 20, seed=0)
     assert np.allclose(same["chance_gen_acc"], 0.0)
     leaky = [qa.Question("sid", "title", str(i), f"q{i}", ("common", f"x{i}")) for i in range(10)]
-    shared = verbalization.chance_levels(leaky, ["common"] * 10, seed=0)  # every answer is the same truth
-    assert np.allclose(shared["chance_gen_acc"], 1.0) and np.allclose(shared["chance_logit_acc"], 0.5)
+    # every answer is the same truth
+    shared = verbalization.chance_levels(leaky, ["common"] * 10, seed=0)
+    assert np.allclose(shared["chance_gen_acc"], 1.0) and np.allclose(
+        shared["chance_logit_acc"], 0.5
+    )

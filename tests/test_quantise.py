@@ -1,4 +1,5 @@
-"""SID methods beyond plain RQ-KMeans: balanced k-means, RQ-VAE, the code cache and the comparison."""
+"""SID methods beyond plain RQ-KMeans: balanced k-means, RQ-VAE, the code cache and the
+comparison."""
 
 import json
 from collections import Counter
@@ -26,7 +27,9 @@ def _planted(n=512, k=8, d=16, seed=0):
 
 def test_balanced_kmeans_evens_out_a_skewed_catalog():
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(np.concatenate([0.1 * rng.normal(size=(300, 4)), rng.normal(size=(100, 4)) + 3]))
+    x = torch.from_numpy(
+        np.concatenate([0.1 * rng.normal(size=(300, 4)), rng.normal(size=(100, 4)) + 3])
+    )
     _, plain = kmeans.kmeans(x, 4, 30, torch.Generator().manual_seed(0))
     _, even = balanced.balanced_kmeans(x.float(), 4, 30, torch.Generator().manual_seed(0))
     assert np.bincount(plain.numpy()).max() > 200  # the dense blob takes one crowded code...
@@ -75,7 +78,9 @@ def test_method_and_source_are_checked(tmp_path):
     with pytest.raises(UserError, match="unknown SID method"):
         sid.build(items, sid.SIDConfig(method="rqvae"))
     # the old default source value still means "build with rq-kmeans", with unchanged codes
-    assert np.array_equal(sid.build(items, sid.SIDConfig(source="rq-kmeans")), sid.build(items, sid.SIDConfig()))
+    assert np.array_equal(
+        sid.build(items, sid.SIDConfig(source="rq-kmeans")), sid.build(items, sid.SIDConfig())
+    )
 
 
 def test_pair_cosine_by_hand():
@@ -90,10 +95,26 @@ def test_pair_cosine_by_hand():
 def test_sid_build_compares_with_a_published_index(tmp_path, capsys):
     items = data.load_dataset("ml-100k").items
     published = np.stack([np.arange(1682) % 5, np.arange(1682) % 3, np.zeros(1682, int)], 1)
-    (tmp_path / "ml.index.json").write_text(json.dumps(
-        {it.item_id: [f"<{'abc'[lv]}_{c}>" for lv, c in enumerate(row)] for it, row in zip(items, published)}))
-    report = sid_command.sid_build(["--dataset", "ml-100k", "--sid-method", "rq-kmeans-balanced", "--sid-levels", "2",
-                                 "--compare", str(tmp_path / "ml.index.json")])
+    (tmp_path / "ml.index.json").write_text(
+        json.dumps(
+            {
+                it.item_id: [f"<{'abc'[lv]}_{c}>" for lv, c in enumerate(row)]
+                for it, row in zip(items, published)
+            }
+        )
+    )
+    report = sid_command.sid_build(
+        [
+            "--dataset",
+            "ml-100k",
+            "--sid-method",
+            "rq-kmeans-balanced",
+            "--sid-levels",
+            "2",
+            "--compare",
+            str(tmp_path / "ml.index.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "comparison on the first 2 levels" in out and "ours (rq-kmeans-balanced)" in out
     theirs = report["comparison"]["theirs"]
@@ -105,14 +126,19 @@ def test_sid_build_compares_with_a_published_index(tmp_path, capsys):
 
 def test_init_ckpt_records_the_sid_method(tiny_ckpt_path):
     meta = json.loads((tiny_ckpt_path / "pauserec.json").read_text())
-    assert meta["sid"]["config"]["method"] == "rq-kmeans-balanced" and meta["sid"]["config"]["source"] == "build"
-    assert checkpoint.identity(meta)["sid_method"] == "rq-kmeans-balanced"  # every result row says so
+    assert (
+        meta["sid"]["config"]["method"] == "rq-kmeans-balanced"
+        and meta["sid"]["config"]["source"] == "build"
+    )
+    # every result row says so
+    assert checkpoint.identity(meta)["sid_method"] == "rq-kmeans-balanced"
 
 
 @needs_amazon
 @pytest.mark.slow
 def test_rq_vae_beats_the_published_beauty_index():
-    """The issue's goal: <= 12% collisions before de-dup, every level's entropy >= 0.85 of its maximum."""
+    """The issue's goal: <= 12% collisions before de-dup, every level's entropy >= 0.85 of its
+    maximum."""
     ds = data.load_dataset("beauty", str(AMAZON_ROOT))
     r = sid.report(sid.build(ds.items, sid.SIDConfig(method="rq-vae")))
     assert r["collision_rate"] <= 0.12

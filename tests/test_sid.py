@@ -29,7 +29,11 @@ def test_rq_kmeans_is_deterministic_and_reduces_residual():
 def test_report_counts_collisions_and_utilisation():
     codes = sid.add_dedup_level(np.array([[0, 0], [0, 0], [1, 1], [1, 0]]))
     r = sid.report(codes)
-    assert r["collision_rate"] == 0.5 and r["unique_before_dedup"] == 3 and r["unique_after_dedup"] == 4
+    assert (
+        r["collision_rate"] == 0.5
+        and r["unique_before_dedup"] == 3
+        and r["unique_after_dedup"] == 4
+    )
     assert r["per_level"][0]["utilisation"] == 1.0 and r["per_level"][0]["entropy_bits"] == 1.0
     assert r["max_items_sharing_prefix"] == [2, 2]
 

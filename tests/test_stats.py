@@ -17,10 +17,6 @@ def series(values, users=None) -> pd.Series:
     return pd.Series(np.asarray(values, dtype=float), index=index)
 
 
-
-
-
-
 def test_holm_on_known_pvalues():
     # sorted: .005*4 = .02, .01*3 = .03, .03*2 = .06, .04*1 = .04 -> monotone: .06
     assert np.allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
@@ -39,7 +35,8 @@ def test_zero_difference_gives_p_one_and_ci_with_zero():
 
 
 def test_bootstrap_ci_covers_true_difference():
-    """Simulated paired users with a true mean difference of 0.1: the CI covers it ~95% of the time."""
+    """Simulated paired users with a true mean difference of 0.1: the CI covers it ~95% of the
+    time."""
     covered = []
     for rep in range(40):
         rng = np.random.default_rng(rep)
@@ -112,8 +109,14 @@ def test_seed_ci_by_hand():
 
 
 def test_mean_over_seeds_averages_per_user():
-    df = pd.DataFrame({"label": ["a"] * 4 + ["b"] * 2, "user": [1, 2, 1, 2, 1, 2], "seed": [0, 0, 1, 1, 0, 0],
-                       "recall@10": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]})
+    df = pd.DataFrame(
+        {
+            "label": ["a"] * 4 + ["b"] * 2,
+            "user": [1, 2, 1, 2, 1, 2],
+            "seed": [0, 0, 1, 1, 0, 0],
+            "recall@10": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+        }
+    )
     out = stats.mean_over_seeds(df, ["label"], ["recall@10"]).set_index(["label", "user"])
     assert out.loc[("a", 1), "recall@10"] == 0.5 and out.loc[("a", 2), "recall@10"] == 0.0
     assert out.loc[("a", 1), "n_seeds"] == 2 and out.loc[("b", 1), "n_seeds"] == 1
@@ -122,14 +125,22 @@ def test_mean_over_seeds_averages_per_user():
 def test_ci_table_and_compare_table():
     rng = np.random.default_rng(6)
     users = np.arange(300)
-    df = pd.concat([pd.DataFrame({"label": lab, "user": users, "m": rng.random(300) < p})
-                    for lab, p in (("plain", 0.2), ("pause", 0.4), ("cot", 0.2))]).astype({"m": float})
+    df = pd.concat(
+        [
+            pd.DataFrame({"label": lab, "user": users, "m": rng.random(300) < p})
+            for lab, p in (("plain", 0.2), ("pause", 0.4), ("cot", 0.2))
+        ]
+    ).astype({"m": float})
     table = stats.ci_table(df, ["label"], "m", 500).set_index("label")
     assert (table["lo"] <= table["mean"]).all() and (table["mean"] <= table["hi"]).all()
     assert table.loc["pause", "n"] == 300
     odd = pd.DataFrame({"label": "few", "user": users[:10], "m": 1.0})
-    comp = stats.compare_table(pd.concat([df, odd]), [("pause", "plain"), ("cot", "plain"), ("few", "plain")],
-                               ["m"], n_resamples=500)
+    comp = stats.compare_table(
+        pd.concat([df, odd]),
+        [("pause", "plain"), ("cot", "plain"), ("few", "plain")],
+        ["m"],
+        n_resamples=500,
+    )
     assert (comp["p_holm"].dropna() >= comp["p"].dropna()).all()
     assert comp.loc[0, "diff_lo"] > 0  # 0.4 vs 0.2 on 300 users
     assert "same users" in comp.loc[2, "error"]

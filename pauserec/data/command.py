@@ -1,4 +1,5 @@
-"""``python -m pauserec data stats``: users, items, interactions, sequence lengths and split sizes."""
+"""``python -m pauserec data stats``: users, items, interactions, sequence lengths and split
+sizes."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from pauserec.data import datasets as data
 class DataArgs:
     """Print users, items, interactions and the sequence-length distribution of a dataset."""
 
-    dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
-    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    max_history: int = field(default=20, metadata={"help": "history truncation for the split counts",
-                                                   "min": 1})
+    dataset: str = field(
+        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
+    max_history: int = field(
+        default=20, metadata={"help": "history truncation for the split counts", "min": 1}
+    )
 
 
 def data_stats(argv: list[str] | None = None) -> dict:

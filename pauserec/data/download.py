@@ -1,4 +1,5 @@
-"""``data prepare --download``: fetch the public raw files into a folder (kept files are not fetched again).
+"""``data prepare --download``: fetch the public raw files into a folder (kept files are not fetched
+again).
 
 Sources (research use; see each site's terms):
 * Amazon 2014 (McAuley et al., SIGIR 2015; "5-core" review files and metadata):
@@ -32,15 +33,21 @@ TIMEOUT_S = 30
 def urls(fmt: str, category: str) -> list[str]:
     """The public files for a format and category (MovieLens: the archive name, e.g. ``ml-1m``)."""
     if fmt == "amazon2014":
-        return [f"{AMAZON_2014}/reviews_{category}_5.json.gz", f"{AMAZON_2014}/meta_{category}.json.gz"]
+        return [
+            f"{AMAZON_2014}/reviews_{category}_5.json.gz",
+            f"{AMAZON_2014}/meta_{category}.json.gz",
+        ]
     if fmt == "amazon2023":
-        return [f"{AMAZON_2023}/review_categories/{category}.jsonl.gz",
-                f"{AMAZON_2023}/meta_categories/meta_{category}.jsonl.gz"]
+        return [
+            f"{AMAZON_2023}/review_categories/{category}.jsonl.gz",
+            f"{AMAZON_2023}/meta_categories/meta_{category}.jsonl.gz",
+        ]
     return [f"{MOVIELENS}/{category}.zip"]
 
 
 def fetch(fmt: str, category: str | None, raw_dir: Path) -> None:
-    """Download what :func:`urls` names into ``raw_dir`` (unzipping MovieLens); skip files already there."""
+    """Download what :func:`urls` names into ``raw_dir`` (unzipping MovieLens); skip files already
+    there."""
     if not category:
         raise UserError("--download needs --category (e.g. Beauty, All_Beauty, ml-1m)")
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -63,8 +70,10 @@ def _get(url: str, path: Path) -> None:
         os.replace(tmp, path)
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", None) or err
-        raise UserError(f"cannot download {url}: {reason} (no network? download it by hand into "
-                        f"{path.parent} and run again without --download)") from None
+        raise UserError(
+            f"cannot download {url}: {reason} (no network? download it by hand into "
+            f"{path.parent} and run again without --download)"
+        ) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -1,10 +1,12 @@
-"""``data export``: a dataset in RecBole's atomic-file format, so a baseline trains on exactly our split.
+"""``data export``: a dataset in RecBole's atomic-file format, so a baseline trains on exactly our
+split.
 
-Writes ``OUT/<name>/<name>.inter`` (``user_id:token  item_id:token  timestamp:float``), ``OUT/<name>/<name>.item``
-(title, categories, brand, year) and ``OUT/recbole.yaml``. The LC-Rec layout stores order, not time, so an
-interaction's timestamp is its position in the user's sequence (0, 1, 2, ...): RecBole's
-``eval_args: {split: {LS: valid_and_test}, order: TO}`` with ``MAX_ITEM_LIST_LENGTH`` = our ``max_history``
-then yields our leave-one-out split (:func:`pauserec.data.split`) example for example.
+Writes ``OUT/<name>/<name>.inter`` (``user_id:token  item_id:token  timestamp:float``),
+``OUT/<name>/<name>.item`` (title, categories, brand, year) and ``OUT/recbole.yaml``. The LC-Rec
+layout stores order, not time, so an interaction's timestamp is its position in the user's sequence
+(0, 1, 2, ...): RecBole's ``eval_args: {split: {LS: valid_and_test}, order: TO}`` with
+``MAX_ITEM_LIST_LENGTH`` = our ``max_history`` then yields our leave-one-out split
+(:func:`pauserec.data.split`) example for example.
 """
 
 from __future__ import annotations
@@ -26,14 +28,20 @@ ITEM_HEADER = "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token
 class ExportArgs:
     """Write a dataset in a standard toolkit's format with our leave-one-out order."""
 
-    dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
-    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    format: str = field(default="recbole", metadata={"help": "recbole (atomic files + a yaml)",
-                                                     "choices": FORMATS})
+    dataset: str = field(
+        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
+    format: str = field(
+        default="recbole", metadata={"help": "recbole (atomic files + a yaml)", "choices": FORMATS}
+    )
     out: str | None = field(default=None, metadata={"help": "output folder"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --out"})
-    max_history: int = field(default=20, metadata={"help": "history truncation (MAX_ITEM_LIST_LENGTH)",
-                                                   "min": 1})
+    max_history: int = field(
+        default=20, metadata={"help": "history truncation (MAX_ITEM_LIST_LENGTH)", "min": 1}
+    )
 
 
 def _field(value: str) -> str:
@@ -57,31 +65,34 @@ def item_text(ds: data.Dataset) -> str:
 
 
 def yaml_text(name: str, data_path: Path, max_history: int) -> str:
-    return "\n".join([
-        f"# RecBole settings that reproduce the workbench's leave-one-out split of {name}",
-        f"dataset: {name}",
-        f"data_path: {data_path}",
-        "field_separator: \"\\t\"",
-        "seq_separator: \" \"",
-        "USER_ID_FIELD: user_id",
-        "ITEM_ID_FIELD: item_id",
-        "TIME_FIELD: timestamp",
-        "load_col:",
-        "  inter: [user_id, item_id, timestamp]",
-        f"MAX_ITEM_LIST_LENGTH: {max_history}",
-        "user_inter_num_interval: \"[0,inf)\"  # already filtered: keep every user and item",
-        "item_inter_num_interval: \"[0,inf)\"",
-        "eval_args:",
-        "  split: {LS: valid_and_test}",
-        "  order: TO",
-        "  group_by: user",
-        "  mode: full",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# RecBole settings that reproduce the workbench's leave-one-out split of {name}",
+            f"dataset: {name}",
+            f"data_path: {data_path}",
+            'field_separator: "\\t"',
+            'seq_separator: " "',
+            "USER_ID_FIELD: user_id",
+            "ITEM_ID_FIELD: item_id",
+            "TIME_FIELD: timestamp",
+            "load_col:",
+            "  inter: [user_id, item_id, timestamp]",
+            f"MAX_ITEM_LIST_LENGTH: {max_history}",
+            'user_inter_num_interval: "[0,inf)"  # already filtered: keep every user and item',
+            'item_inter_num_interval: "[0,inf)"',
+            "eval_args:",
+            "  split: {LS: valid_and_test}",
+            "  order: TO",
+            "  group_by: user",
+            "  mode: full",
+            "",
+        ]
+    )
 
 
 def export_recbole(ds: data.Dataset, out: Path, max_history: int) -> Path:
-    """Write the atomic files and the yaml into ``out`` in one atomic rename; returns the yaml's path."""
+    """Write the atomic files and the yaml into ``out`` in one atomic rename; returns the yaml's
+    path."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", ds.name)
     with files.atomic_dir(out) as tmp:
         files.write_text(tmp / name / f"{name}.inter", inter_text(ds))
@@ -102,6 +113,9 @@ def main(argv: list[str] | None = None) -> Path:
         ds = data.load_dataset(args.dataset, args.data_root)
         path = export_recbole(ds, out, args.max_history)
     n = sum(len(s) for s in ds.sequences.values())
-    print(f"wrote {n:,} interactions of {len(ds.sequences):,} users and {len(ds.items):,} items to {out}")
+    print(
+        f"wrote {n:,} interactions of {len(ds.sequences):,} "
+        f"users and {len(ds.items):,} items to {out}"
+    )
     print(f"RecBole: run_recbole(model='SASRec', dataset='{ds.name}', config_file_list=['{path}'])")
     return path

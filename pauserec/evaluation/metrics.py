@@ -49,13 +49,16 @@ def summarize(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
     return out
 
 
-def health(items: np.ndarray, n_catalog: int, popular: Sequence[int], k: int = 10) -> dict[str, float | bool]:
+def health(
+    items: np.ndarray, n_catalog: int, popular: Sequence[int], k: int = 10
+) -> dict[str, float | bool]:
     """Does the recommender depend on the user? From the (n_users, top_k) recommended item indices:
 
     * ``coverage@K``: share of the catalog that appears in any top-K list;
     * ``distinct_lists@K``: distinct top-K lists / users (1 = every user gets their own list);
     * ``modal_list_share@K``: share of users who get the most common list;
-    * ``popular_overlap@K``: mean share of a user's top-K that is in the most-popular top-K (``popular``);
+    * ``popular_overlap@K``: mean share of a user's top-K that is in the most-popular top-K
+      (``popular``);
     * ``user_independent``: the most common list goes to at least half of the users (10+ users).
     """
     top = np.asarray(items)[:, :k]
@@ -64,7 +67,10 @@ def health(items: np.ndarray, n_catalog: int, popular: Sequence[int], k: int = 1
     lists = Counter(map(tuple, top.tolist()))
     pop = set(int(i) for i in popular[:k])
     modal = max(lists.values()) / len(top)
-    return {f"coverage@{k}": len(set(top[top >= 0].tolist())) / max(n_catalog, 1),
-            f"distinct_lists@{k}": len(lists) / len(top), f"modal_list_share@{k}": modal,
-            f"popular_overlap@{k}": float(np.mean([len(pop & set(r)) / k for r in top.tolist()])),
-            "user_independent": bool(len(top) >= 10 and modal >= 0.5)}
+    return {
+        f"coverage@{k}": len(set(top[top >= 0].tolist())) / max(n_catalog, 1),
+        f"distinct_lists@{k}": len(lists) / len(top),
+        f"modal_list_share@{k}": modal,
+        f"popular_overlap@{k}": float(np.mean([len(pop & set(r)) / k for r in top.tolist()])),
+        "user_independent": bool(len(top) >= 10 and modal >= 0.5),
+    }

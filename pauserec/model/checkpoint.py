@@ -1,7 +1,8 @@
 """The one checkpoint format, and the only place a model is saved or loaded.
 
-A checkpoint is a directory: Hugging Face ``save_pretrained`` files (weights, config, tokenizer with the
-SID/pause/think tokens), ``items.jsonl`` (the catalog) and ``pauserec.json`` (what this checkpoint is).
+A checkpoint is a directory: Hugging Face ``save_pretrained`` files (weights, config, tokenizer with
+the SID/pause/think tokens), ``items.jsonl`` (the catalog) and ``pauserec.json`` (what this
+checkpoint is).
 """
 
 from __future__ import annotations
@@ -31,21 +32,55 @@ from pauserec.model.catalog import Catalog
 from pauserec.model.device import torch_dtype
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: the pause count is "n_pauses" (was "k"); cell, train_seed, train_targets added
+# 2: the pause count is "n_pauses" (was "k"); cell, train_seed, train_targets added
+FORMAT_VERSION = 2
 META_FILE = "pauserec.json"
 CATALOG_FILE = "items.jsonl"
 KNOWN_KEYS = {
-    "format_version", "variant", "stage", "cell", "n_pauses", "backbone", "dataset", "sid", "configs",
-    "metrics", "timings", "git_commit", "parent", "created", "pause_init", "pause_token", "control",
-    "rationale", "train_seed", "train_targets", "layout",
+    "format_version",
+    "variant",
+    "stage",
+    "cell",
+    "n_pauses",
+    "backbone",
+    "dataset",
+    "sid",
+    "configs",
+    "metrics",
+    "timings",
+    "git_commit",
+    "parent",
+    "created",
+    "pause_init",
+    "pause_token",
+    "control",
+    "rationale",
+    "train_seed",
+    "train_targets",
+    "layout",
 }
 VARIANTS = ("base", "plain", "pause", "cot")
 STAGES = ("init", *registry.STAGES)
 # What every evaluation and probe row carries about the checkpoint it came from, so analysis never
 # guesses from paths (see :func:`identity`).
-IDENTITY = ("ckpt", "ckpt_hash", "dataset", "backbone", "variant", "stage", "cell", "n_pauses",
-            "pause_init", "control", "rationale_source", "rationale_leaky", "train_seed", "train_targets",
-            "layout", "sid_method")
+IDENTITY = (
+    "ckpt",
+    "ckpt_hash",
+    "dataset",
+    "backbone",
+    "variant",
+    "stage",
+    "cell",
+    "n_pauses",
+    "pause_init",
+    "control",
+    "rationale_source",
+    "rationale_leaky",
+    "train_seed",
+    "train_targets",
+    "layout",
+    "sid_method",
+)
 
 
 @dataclass
@@ -74,8 +109,13 @@ class Checkpoint:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -83,8 +123,12 @@ def git_commit() -> str | None:
 
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` to ``path`` atomically (a temp directory renamed into place)."""
-    meta = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "git_commit": git_commit(), **ckpt.meta}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "git_commit": git_commit(),
+        **ckpt.meta,
+    }
     meta["format_version"] = FORMAT_VERSION
     if meta.get("variant", "base") not in VARIANTS:
         raise ValueError(f"unknown variant {meta['variant']!r}")
@@ -98,8 +142,8 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """``pauserec.json`` of a checkpoint, validated (format version, known keys, key types); a version-1
-    file is read as version 2."""
+    """``pauserec.json`` of a checkpoint, validated (format version, known keys, key types); a
+    version-1 file is read as version 2."""
     path = Path(path)
     meta_path = path / META_FILE
     if not path.is_dir():
@@ -113,17 +157,23 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     except UserError as err:
         raise UserError(f"checkpoint {path}: corrupt {META_FILE}: {err}") from None
     if not isinstance(meta, dict):
-        raise UserError(f"checkpoint {path}: corrupt {META_FILE}: expected a JSON object, got "
-                        f"{type(meta).__name__}")
+        raise UserError(
+            f"checkpoint {path}: corrupt {META_FILE}: expected a JSON object, got "
+            f"{type(meta).__name__}"
+        )
     if meta.get("format_version") == 1:
         meta = _from_v1(meta)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path}: unknown format version {meta.get('format_version')!r} "
-                        f"(this workbench reads {FORMAT_VERSION})")
+        raise UserError(
+            f"checkpoint {path}: unknown format version {meta.get('format_version')!r} "
+            f"(this workbench reads {FORMAT_VERSION})"
+        )
     _check_types(meta, path)
     unknown = sorted(set(meta) - KNOWN_KEYS)
     if unknown:
-        warnings.warn(f"checkpoint {path}: unknown key(s) in {META_FILE}: {', '.join(unknown)}", stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path}: unknown key(s) in {META_FILE}: {', '.join(unknown)}", stacklevel=2
+        )
     return meta
 
 
@@ -137,30 +187,54 @@ def _from_v1(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_TYPES = {"variant": str, "stage": str, "cell": str, "n_pauses": int, "backbone": str, "dataset": dict,
-          "sid": dict, "configs": dict, "metrics": dict, "timings": dict, "rationale": (dict, type(None)),
-          "train_seed": (int, type(None))}
+_TYPES = {
+    "variant": str,
+    "stage": str,
+    "cell": str,
+    "n_pauses": int,
+    "backbone": str,
+    "dataset": dict,
+    "sid": dict,
+    "configs": dict,
+    "metrics": dict,
+    "timings": dict,
+    "rationale": (dict, type(None)),
+    "train_seed": (int, type(None)),
+}
 
 
 def _check_types(meta: dict[str, Any], path: Path) -> None:
     for key, tp in _TYPES.items():
-        if key in meta and not isinstance(meta[key], tp) or (tp is int and isinstance(meta.get(key), bool)):
+        if (
+            key in meta
+            and not isinstance(meta[key], tp)
+            or (tp is int and isinstance(meta.get(key), bool))
+        ):
             want = tp.__name__ if isinstance(tp, type) else " or ".join(t.__name__ for t in tp)
-            raise UserError(f"checkpoint {path}: {META_FILE} key '{key}' must be {want}, got "
-                            f"{type(meta[key]).__name__}")
+            raise UserError(
+                f"checkpoint {path}: {META_FILE} key '{key}' must be {want}, got "
+                f"{type(meta[key]).__name__}"
+            )
     name = (meta.get("dataset") or {}).get("name")
     if name is not None and not isinstance(name, str):
-        raise UserError(f"checkpoint {path}: {META_FILE} dataset name must be a string, got {name!r}")
+        raise UserError(
+            f"checkpoint {path}: {META_FILE} dataset name must be a string, got {name!r}"
+        )
     if meta.get("variant", "base") not in VARIANTS:
-        raise UserError(f"checkpoint {path}: unknown variant {meta['variant']!r} (known: {', '.join(VARIANTS)})")
+        raise UserError(
+            f"checkpoint {path}: unknown variant {meta['variant']!r} (known: {', '.join(VARIANTS)})"
+        )
     if meta.get("stage", "init") not in STAGES:
-        raise UserError(f"checkpoint {path}: unknown stage {meta['stage']!r} (known: "
-                        f"{', '.join(STAGES)})")
+        raise UserError(
+            f"checkpoint {path}: unknown stage {meta['stage']!r} (known: {', '.join(STAGES)})"
+        )
     for key, top in (("n_pauses", registry.MAX_PAUSES), ("train_seed", None)):
         value = meta.get(key)
         if isinstance(value, int) and (value < 0 or top is not None and value > top):
-            raise UserError(f"checkpoint {path}: {META_FILE} key '{key}' is {value}; it must be "
-                            f"between 0 and {top or 'any size'}")
+            raise UserError(
+                f"checkpoint {path}: {META_FILE} key '{key}' is {value}; it must be "
+                f"between 0 and {top or 'any size'}"
+            )
 
 
 def source_paths(path: str | Path) -> list[Path]:
@@ -175,8 +249,9 @@ def source_paths(path: str | Path) -> list[Path]:
 
 
 def fingerprint(path: str | Path) -> str:
-    """A content hash of a checkpoint: metadata, catalog, config, and the weight files' sizes, headers
-    and first MiB (changes whenever the weights do, in practice; reading 540 MB would take seconds)."""
+    """A content hash of a checkpoint: metadata, catalog, config, and the weight files' sizes,
+    headers and first MiB (changes whenever the weights do, in practice; reading 540 MB would take
+    seconds)."""
     path = Path(path)
     h = hashlib.sha256()
     for name in (META_FILE, CATALOG_FILE, "config.json"):
@@ -205,13 +280,20 @@ def identity(meta: dict[str, Any], path: str | Path | None = None) -> dict[str, 
     sid_cfg = (meta.get("sid") or {}).get("config") or {}
     stage = meta.get("stage", "init")
     return {
-        "ckpt": Path(path).name if path else "", "ckpt_hash": fingerprint(path) if path else "",
-        "dataset": str(dataset.get("name") or ""), "backbone": str(meta.get("backbone") or ""),
-        "variant": meta.get("variant", "base"), "stage": stage, "cell": meta.get("cell") or stage,
-        "n_pauses": int(meta.get("n_pauses") or 0), "pause_init": meta.get("pause_init") or "",
+        "ckpt": Path(path).name if path else "",
+        "ckpt_hash": fingerprint(path) if path else "",
+        "dataset": str(dataset.get("name") or ""),
+        "backbone": str(meta.get("backbone") or ""),
+        "variant": meta.get("variant", "base"),
+        "stage": stage,
+        "cell": meta.get("cell") or stage,
+        "n_pauses": int(meta.get("n_pauses") or 0),
+        "pause_init": meta.get("pause_init") or "",
         "control": meta.get("control") or "",
-        "rationale_source": str(rationale.get("source") or ""), "rationale_leaky": bool(rationale.get("leaky")),
-        "train_seed": meta.get("train_seed"), "train_targets": meta.get("train_targets") or "",
+        "rationale_source": str(rationale.get("source") or ""),
+        "rationale_leaky": bool(rationale.get("leaky")),
+        "train_seed": meta.get("train_seed"),
+        "train_targets": meta.get("train_targets") or "",
         "layout": meta.get("layout") or "",
         "sid_method": _sid_method(sid_cfg),
     }
@@ -229,8 +311,12 @@ def _check_files(path: Path) -> None:
         raise UserError(f"checkpoint {path} is missing {', '.join(missing)}")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-         attn_implementation: str | None = None) -> Checkpoint:
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+) -> Checkpoint:
     """Load a checkpoint directory: the only loader anyone calls.
 
     ``dtype``: ``"bf16"``/``"fp16"``/``"fp32"`` (or a torch dtype) for the weights; default fp32.
@@ -259,17 +345,23 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
 def _check_weights(model: PreTrainedModel, info: dict[str, Any], path: Path, weights: str) -> None:
     """Every parameter came from the weights file, and every value is finite: transformers only
     warns about a missing tensor (and initialises it afresh): a model nobody trained."""
-    problems = {"missing": info.get("missing_keys"), "unexpected": info.get("unexpected_keys"),
-                "wrongly shaped": info.get("mismatched_keys")}
+    problems = {
+        "missing": info.get("missing_keys"),
+        "unexpected": info.get("unexpected_keys"),
+        "wrongly shaped": info.get("mismatched_keys"),
+    }
     for what, keys in problems.items():
         if keys:
             names = sorted(k if isinstance(k, str) else str(k[0]) for k in keys)
-            raise UserError(f"checkpoint {path}: {weights} has {len(names)} {what} tensor(s), e.g. "
-                            f"{names[0]}; the weights are incomplete or belong to another model")
+            raise UserError(
+                f"checkpoint {path}: {weights} has {len(names)} {what} tensor(s), e.g. "
+                f"{names[0]}; the weights are incomplete or belong to another model"
+            )
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UserError(f"checkpoint {path}: tensor {name} in {weights} holds NaN or infinite "
-                            "values")
+            raise UserError(
+                f"checkpoint {path}: tensor {name} in {weights} holds NaN or infinite values"
+            )
 
 
 @contextlib.contextmanager
@@ -279,26 +371,37 @@ def _loading(path: Path, what: str) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except Exception as err:  # noqa: BLE001 -- corrupt files raise library-specific types (SafetensorError)
+    # corrupt files raise library-specific types (SafetensorError)
+    except Exception as err:  # noqa: BLE001
         if type(err).__name__ == "OutOfMemoryError":
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise UserError(f"checkpoint {path}: cannot load {what}: {first}") from None
 
 
-def check_consistent(model: PreTrainedModel, tok: PreTrainedTokenizerBase, catalog: Catalog,
-                     where: str = "checkpoint") -> None:
-    """Every catalog SID token (and pause/think) is one token of the tokenizer, with an embedding row."""
+def check_consistent(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    catalog: Catalog,
+    where: str = "checkpoint",
+) -> None:
+    """Every catalog SID token (and pause/think) is one token of the tokenizer, with an embedding
+    row."""
     vocab = tok.get_vocab()
     needed = catalog.sid_tokens() + [tokens.PAUSE, *tokens.THINK_TOKENS]
     missing = [t for t in needed if t not in vocab]
     if missing:
-        raise UserError(f"{where}: tokenizer does not match the catalog: {len(missing)} token(s) missing, "
-                        f"e.g. {missing[0]}")
+        raise UserError(
+            f"{where}: tokenizer does not match the catalog: {len(missing)} token(s) missing, "
+            f"e.g. {missing[0]}"
+        )
     rows = model.get_input_embeddings().weight.shape[0]
     too_big = max(vocab[t] for t in needed)
     if too_big >= rows:
-        raise UserError(f"{where}: tokenizer has token id {too_big} but the model has only {rows} embedding rows")
+        raise UserError(
+            f"{where}: tokenizer has token id {too_big} "
+            f"but the model has only {rows} embedding rows"
+        )
 
 
 def dataset_of(ckpt: Checkpoint) -> data.Dataset:
@@ -308,5 +411,7 @@ def dataset_of(ckpt: Checkpoint) -> data.Dataset:
         raise UserError(f"checkpoint {ckpt.path} names no dataset in its metadata")
     ds = data.load_dataset(spec["name"], spec.get("data_root"))
     if [it.item_id for it in ds.items] != [it.item_id for it in ckpt.catalog.items]:
-        raise UserError(f"checkpoint {ckpt.path}: its catalog does not match dataset '{spec['name']}'")
+        raise UserError(
+            f"checkpoint {ckpt.path}: its catalog does not match dataset '{spec['name']}'"
+        )
     return ds

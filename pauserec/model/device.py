@@ -1,8 +1,10 @@
-"""Where and in what precision work runs: ``--device auto`` and ``--dtype auto`` mean the same everywhere.
+"""Where and in what precision work runs: ``--device auto`` and ``--dtype auto`` mean the same
+everywhere.
 
 * device ``auto``: CUDA when present, else the CPU (under ``torchrun``, the process's local GPU).
-* dtype ``auto``: bf16 where the hardware runs it natively (GPUs, CPUs with AVX512-BF16 or AMX), else
-  fp32. Training keeps fp32 master weights and uses bf16 autocast; inference loads the weights in it.
+* dtype ``auto``: bf16 where the hardware runs it natively (GPUs, CPUs with AVX512-BF16 or AMX),
+  else fp32. Training keeps fp32 master weights and uses bf16 autocast; inference loads the weights
+  in it.
 
 Every output records the choice as :func:`describe` says it, e.g. ``{"device": "cpu, 2 thread(s)",
 "dtype": "bf16"}``.
@@ -41,13 +43,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """GPUs, and CPUs with bf16 instructions (AVX512-BF16 or AMX) whose AVX-512 kernels torch uses (not when
-    ``ATEN_CPU_CAPABILITY`` limits them to AVX2), run bf16 matmuls natively."""
+    """GPUs, and CPUs with bf16 instructions (AVX512-BF16 or AMX) whose AVX-512 kernels torch uses
+    (not when ``ATEN_CPU_CAPABILITY`` limits them to AVX2), run bf16 matmuls natively."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):  # e.g. ATEN_CPU_CAPABILITY=avx2
+    # e.g. ATEN_CPU_CAPABILITY=avx2
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [
+        getattr(torch.cpu, name, None)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     return any(check is not None and check() for check in checks)
 
 

@@ -1,5 +1,5 @@
-"""``python -m pauserec init-ckpt``: an untrained checkpoint -- backbone + SID, pause and think tokens + the
-catalog with its Semantic IDs."""
+"""``python -m pauserec init-ckpt``: an untrained checkpoint -- backbone + SID, pause and think
+tokens + the catalog with its Semantic IDs."""
 
 from __future__ import annotations
 
@@ -19,16 +19,24 @@ from pauserec.sid.command import SidArgs, inputs_of
 log = logging.getLogger(__name__)
 
 
-INIT_SECTIONS = ("sid", "init")  # a preset's [sid] builds the codes, its [init] the rest of the checkpoint
+# a preset's [sid] builds the codes, its [init] the rest of the checkpoint
+INIT_SECTIONS = ("sid", "init")
 
 
 @dataclass
 class InitArgs(SidArgs):
     """Write an untrained checkpoint: backbone + SID/pause/think tokens + the catalog."""
 
-    backbone: str = field(default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"})
-    init: str = field(default="mean-all", metadata={"help": "new-row init: " + ", ".join(INIT_STRATEGIES),
-                                                    "choices": INIT_STRATEGIES})
+    backbone: str = field(
+        default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"}
+    )
+    init: str = field(
+        default="mean-all",
+        metadata={
+            "help": "new-row init: " + ", ".join(INIT_STRATEGIES),
+            "choices": INIT_STRATEGIES,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> checkpoint.Checkpoint:
@@ -37,11 +45,13 @@ def main(argv: list[str] | None = None) -> checkpoint.Checkpoint:
 
 
 def create(args: InitArgs) -> checkpoint.Checkpoint:
-    """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint (``args.out``)."""
+    """Dataset -> SIDs -> backbone with the workbench's tokens -> saved checkpoint
+    (``args.out``)."""
     if not args.out:
         raise UserError("init-ckpt needs --out DIR")
-    claim = files.claim(args.out, kind="pauserec init-ckpt", overwrite=args.overwrite,
-                        inputs=inputs_of(args))
+    claim = files.claim(
+        args.out, kind="pauserec init-ckpt", overwrite=args.overwrite, inputs=inputs_of(args)
+    )
     with claim:
         return _create(args)
 
@@ -59,20 +69,39 @@ def _create(args: InitArgs) -> checkpoint.Checkpoint:
     corpus = vocabulary_texts(ds.items)
     model, tok = backbone.load_backbone(args.backbone, corpus=corpus, seed=args.seed)
     timings["backbone_load_s"] = time.perf_counter() - t
-    backbone.add_tokens(model, tok, tokens.special_tokens(catalog.codebook_sizes), args.init, args.seed)
+    backbone.add_tokens(
+        model, tok, tokens.special_tokens(catalog.codebook_sizes), args.init, args.seed
+    )
     wall = time.perf_counter() - start
     timings.update(wall_s=wall, device_hours=wall / 3600, **describe(resolve_device("cpu"), "fp32"))
     meta = {
-        "variant": "base", "stage": "init", "cell": "init", "n_pauses": 0, "backbone": args.backbone,
-        "dataset": {"name": args.dataset, "data_root": args.data_root, "max_history": args.max_history},
-        "sid": {"config": to_dict(args.sid_config()), "report": report,
-                "codebook_sizes": catalog.codebook_sizes},
-        "configs": {"init": to_dict(args)}, "metrics": {}, "timings": {"init": timings}, "parent": None,
+        "variant": "base",
+        "stage": "init",
+        "cell": "init",
+        "n_pauses": 0,
+        "backbone": args.backbone,
+        "dataset": {
+            "name": args.dataset,
+            "data_root": args.data_root,
+            "max_history": args.max_history,
+        },
+        "sid": {
+            "config": to_dict(args.sid_config()),
+            "report": report,
+            "codebook_sizes": catalog.codebook_sizes,
+        },
+        "configs": {"init": to_dict(args)},
+        "metrics": {},
+        "timings": {"init": timings},
+        "parent": None,
         "train_seed": None,
     }
     ckpt = checkpoint.Checkpoint(model, tok, catalog, meta)
     checkpoint.save(ckpt, args.out)
-    print(f"wrote checkpoint {args.out} ({args.backbone}, {len(catalog):,} items, {len(tok):,} tokens)")
+    print(
+        f"wrote checkpoint {args.out} ({args.backbone}, "
+        f"{len(catalog):,} items, {len(tok):,} tokens)"
+    )
     return ckpt
 
 
@@ -80,4 +109,6 @@ def vocabulary_texts(items: list[data.Item]) -> list[str]:
     """What a from-scratch backbone's word-level tokenizer is built from: every fixed text of the
     workbench (prompt, grounding questions, template rationales) and every item's text as grounding
     shows it."""
-    return prompts.fixed_texts() + [it.text(prompts.GROUNDING_FIELDS, prompts.DESC_WORDS) for it in items]
+    return prompts.fixed_texts() + [
+        it.text(prompts.GROUNDING_FIELDS, prompts.DESC_WORDS) for it in items
+    ]

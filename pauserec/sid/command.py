@@ -19,35 +19,63 @@ class SidArgs(DataArgs):
 
     out: str | None = field(default=None, metadata={"help": "write sids.json + report.json here"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    sid_source: str = field(default="build", metadata={"help": "build (with --sid-method), or a path to an "
-                                                               "index json"})
-    sid_method: str = field(default=sid.DEFAULT_METHOD, metadata={"help": ", ".join(sid.METHODS),
-                                                                  "choices": sid.METHODS})
-    sid_levels: int = field(default=3, metadata={"help": "residual quantisation levels (before de-dup)",
-                                                 "min": 1, "max": 8})
-    sid_codebook_size: int = field(default=256, metadata={"help": "codes per level (scaled down if small)",
-                                                          "min": 2, "max": 65536})
-    sid_fields: tuple[str, ...] = field(default=("title", "categories", "brand"),
-                                        metadata={"help": "comma-separated item text fields",
-                                                  "choices": data.TEXT_FIELDS, "min_items": 1})
-    sid_iters: int = field(default=50, metadata={"help": "k-means iterations per level", "min": 1,
-                                                 "max": 10_000})
-    sid_epochs: int = field(default=30, metadata={"help": "RQ-VAE training epochs", "min": 1,
-                                                  "max": 10_000})
+    sid_source: str = field(
+        default="build", metadata={"help": "build (with --sid-method), or a path to an index json"}
+    )
+    sid_method: str = field(
+        default=sid.DEFAULT_METHOD,
+        metadata={"help": ", ".join(sid.METHODS), "choices": sid.METHODS},
+    )
+    sid_levels: int = field(
+        default=3,
+        metadata={"help": "residual quantisation levels (before de-dup)", "min": 1, "max": 8},
+    )
+    sid_codebook_size: int = field(
+        default=256,
+        metadata={"help": "codes per level (scaled down if small)", "min": 2, "max": 65536},
+    )
+    sid_fields: tuple[str, ...] = field(
+        default=("title", "categories", "brand"),
+        metadata={
+            "help": "comma-separated item text fields",
+            "choices": data.TEXT_FIELDS,
+            "min_items": 1,
+        },
+    )
+    sid_iters: int = field(
+        default=50, metadata={"help": "k-means iterations per level", "min": 1, "max": 10_000}
+    )
+    sid_epochs: int = field(
+        default=30, metadata={"help": "RQ-VAE training epochs", "min": 1, "max": 10_000}
+    )
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
-    preset: str | None = field(default=None, metadata={"help": "configs/NAME.toml supplies defaults"})
+    preset: str | None = field(
+        default=None, metadata={"help": "configs/NAME.toml supplies defaults"}
+    )
 
     def sid_config(self) -> sid.SIDConfig:
-        return sid.SIDConfig(self.sid_source, self.sid_levels, self.sid_codebook_size, tuple(self.sid_fields),
-                             self.sid_iters, self.seed, method=self.sid_method, epochs=self.sid_epochs)
+        return sid.SIDConfig(
+            self.sid_source,
+            self.sid_levels,
+            self.sid_codebook_size,
+            tuple(self.sid_fields),
+            self.sid_iters,
+            self.seed,
+            method=self.sid_method,
+            epochs=self.sid_epochs,
+        )
 
 
 @dataclass
 class SidBuildArgs(SidArgs):
     """Build Semantic IDs for a dataset's catalog and print their quality report."""
 
-    compare: str | None = field(default=None, metadata={"help": "a published index (X.index.*.json) of the "
-                                                         "same catalog, reported side by side"})
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "help": "a published index (X.index.*.json) of the same catalog, reported side by side"
+        },
+    )
 
 
 def sid_build(argv: list[str] | None = None) -> dict:
@@ -81,8 +109,12 @@ def sid_build(argv: list[str] | None = None) -> dict:
 def inputs_of(args: SidArgs) -> list[str | Path]:
     """The paths a SID or init command reads (an output may not overlap them): the dataset's folder
     and data root (a name resolved), the SID index, the ``--compare`` index, a backbone folder."""
-    paths = [*data.source_paths(args.dataset, args.data_root), args.dataset,
-             getattr(args, "backbone", ""), getattr(args, "compare", None)]
+    paths = [
+        *data.source_paths(args.dataset, args.data_root),
+        args.dataset,
+        getattr(args, "backbone", ""),
+        getattr(args, "compare", None),
+    ]
     if args.sid_source not in sid.BUILD_SOURCES:
         paths.append(args.sid_source)
     return [p for p in paths if p]

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor, k: int, iters: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ init. Returns (centroids (k, d), assignment (n,))."""
     n = x.shape[0]
     k = min(k, n)
@@ -32,10 +34,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[t
     return centroids, assign
 
 
-def rq_kmeans(emb: np.ndarray, levels: int, size: int, iters: int, seed: int, cluster=None,
-              dtype=np.float64) -> np.ndarray:
-    """Residual k-means codes ``(n_items, levels)``: each level clusters the previous level's residual
-    (``cluster``: the clustering of one level, :func:`kmeans` by default)."""
+def rq_kmeans(
+    emb: np.ndarray, levels: int, size: int, iters: int, seed: int, cluster=None, dtype=np.float64
+) -> np.ndarray:
+    """Residual k-means codes ``(n_items, levels)``: each level clusters the previous level's
+    residual (``cluster``: the clustering of one level, :func:`kmeans` by default)."""
     gen = torch.Generator().manual_seed(seed)
     residual = torch.from_numpy(np.ascontiguousarray(emb, dtype=dtype))
     codes = []

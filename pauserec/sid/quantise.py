@@ -1,6 +1,8 @@
-"""Item embeddings -> SID codes by a named method, cached on disk by the embeddings' content and the config.
+"""Item embeddings -> SID codes by a named method, cached on disk by the embeddings' content and the
+config.
 
-* ``rq-kmeans``: residual k-means (:func:`pauserec.sid.kmeans.rq_kmeans`), the workbench's original method.
+* ``rq-kmeans``: residual k-means (:func:`pauserec.sid.kmeans.rq_kmeans`), the workbench's original
+  method.
 * ``rq-kmeans-balanced``: residual k-means with Sinkhorn-balanced assignment at every level
   (:mod:`pauserec.balanced`).
 * ``rq-vae``: an RQ-VAE as in TIGER / LC-Rec (:mod:`pauserec.rqvae`).
@@ -46,12 +48,14 @@ def cache_key(method: str, levels: int, size: int, iters: int, epochs: int, seed
     return key
 
 
-def compute(emb: np.ndarray, method: str, levels: int, size: int, iters: int, epochs: int,
-            seed: int) -> np.ndarray:
+def compute(
+    emb: np.ndarray, method: str, levels: int, size: int, iters: int, epochs: int, seed: int
+) -> np.ndarray:
     """Codes ``(n_items, levels)`` without the cache.
 
-    The new methods run on one CPU thread: their codes then do not depend on the machine's core count,
-    and on a shared 2-core machine one thread is faster than two (small matrices, no contention).
+    The new methods run on one CPU thread: their codes then do not depend on the machine's core
+    count, and on a shared 2-core machine one thread is faster than two (small matrices, no
+    contention).
     """
     check_method(method)
     if method == "rq-kmeans":  # unchanged since before methods had a name
@@ -78,8 +82,9 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def codes(emb: np.ndarray, method: str, levels: int, size: int, iters: int, epochs: int,
-          seed: int) -> np.ndarray:
+def codes(
+    emb: np.ndarray, method: str, levels: int, size: int, iters: int, epochs: int, seed: int
+) -> np.ndarray:
     """Codes ``(n_items, levels)``, read from ``<cache>/sids/<hash>.npy`` when built before."""
     key = cache_key(method, levels, size, iters, epochs, seed)
     digest = hashlib.sha256(np.ascontiguousarray(emb).tobytes())

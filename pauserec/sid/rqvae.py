@@ -1,11 +1,11 @@
 """RQ-VAE Semantic IDs (TIGER, LC-Rec): an MLP autoencoder whose latent is residually quantised.
 
-Encoder ``d -> 512 -> 256 -> 128 -> 32`` and a mirrored decoder (ReLU); ``levels`` codebooks of ``size``
-vectors; loss = reconstruction (squared error) + per level ``||sg(r) - e||^2 + beta ||r - sg(e)||^2`` with
-the straight-through estimator. Training is short enough for a CPU: a few autoencoder-only epochs, then the
-codebooks are initialised by residual k-means on the latents (as TIGER does), then ``epochs`` quantised
-epochs; after each epoch, a code no item uses is restarted at a random item's residual.
-Seeded: the same embeddings, config and thread count give the same codes.
+Encoder ``d -> 512 -> 256 -> 128 -> 32`` and a mirrored decoder (ReLU); ``levels`` codebooks of
+``size`` vectors; loss = reconstruction (squared error) + per level ``||sg(r) - e||^2 + beta ||r -
+sg(e)||^2`` with the straight-through estimator. Training is short enough for a CPU: a few
+autoencoder-only epochs, then the codebooks are initialised by residual k-means on the latents (as
+TIGER does), then ``epochs`` quantised epochs; after each epoch, a code no item uses is restarted at
+a random item's residual. Seeded: the same embeddings, config and thread count give the same codes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class RQVAE(nn.Module):
         self.codebooks = nn.Parameter(torch.zeros(levels, size, p.latent))  # (levels, size, latent)
 
     def quantise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(straight-through quantised latent (B, latent), codes (B, levels), codebook + commitment loss)."""
+        """(straight-through quantised latent (B, latent), codes (B, levels), codebook + commitment
+        loss)."""
         residual, out, loss, codes = z, torch.zeros_like(z), z.new_zeros(()), []
         for book in self.codebooks:
             idx = _nearest(residual, book)
@@ -89,7 +90,8 @@ def init_codebooks(model: RQVAE, x: torch.Tensor, gen: torch.Generator) -> None:
 
 @torch.no_grad()
 def restart_dead_codes(model: RQVAE, x: torch.Tensor, gen: torch.Generator) -> int:
-    """Move every code that no item uses to a random item's residual at that level; returns how many."""
+    """Move every code that no item uses to a random item's residual at that level; returns how
+    many."""
     residual, moved = model.encoder(x), 0
     for book in model.codebooks:
         idx = _nearest(residual, book)
@@ -101,12 +103,22 @@ def restart_dead_codes(model: RQVAE, x: torch.Tensor, gen: torch.Generator) -> i
     return moved
 
 
-def _epoch(model: RQVAE, x: torch.Tensor, opt: torch.optim.Optimizer, batch: int, gen: torch.Generator,
-           quantised: bool) -> float:
+def _epoch(
+    model: RQVAE,
+    x: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    batch: int,
+    gen: torch.Generator,
+    quantised: bool,
+) -> float:
     total = 0.0
     for ids in torch.randperm(len(x), generator=gen).split(batch):
         b = x[ids]
-        loss = model.loss(b) if quantised else ((model.decoder(model.encoder(b)) - b) ** 2).sum(1).mean()
+        loss = (
+            model.loss(b)
+            if quantised
+            else ((model.decoder(model.encoder(b)) - b) ** 2).sum(1).mean()
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,8 +126,9 @@ def _epoch(model: RQVAE, x: torch.Tensor, opt: torch.optim.Optimizer, batch: int
     return total / len(x)
 
 
-def train_codes(emb: np.ndarray, levels: int, size: int, epochs: int, seed: int,
-                p: Params = Params()) -> np.ndarray:
+def train_codes(
+    emb: np.ndarray, levels: int, size: int, epochs: int, seed: int, p: Params = Params()
+) -> np.ndarray:
     """Train an RQ-VAE on item embeddings ``(n, d)`` and return its codes ``(n, levels)``."""
     x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
     batch = max(1, min(p.max_batch, len(x) // p.steps_per_epoch))

@@ -1,11 +1,12 @@
-"""Completions from any OpenAI-compatible endpoint (OpenAI, llama.cpp's server, vLLM), cached on disk.
+"""Completions from any OpenAI-compatible endpoint (OpenAI, llama.cpp's server, vLLM), cached on
+disk.
 
-Used by the ``openai`` rationale source and by probes (paraphrases, LLM judges). Every finished response
-is appended to a JSONL cache and flushed at once, keyed by a hash of (model, system, prompt, params): an
-interrupted run loses nothing, and a rerun sends no request for a prompt already answered. Timeouts,
-connection errors, 429, 5xx and malformed responses are retried with capped exponential backoff and
-jitter; what still fails becomes a :class:`UserError` naming the prompt index and the cause -- a response
-is never silently turned into ``""``.
+Used by the ``openai`` rationale source and by probes (paraphrases, LLM judges). Every finished
+response is appended to a JSONL cache and flushed at once, keyed by a hash of (model, system,
+prompt, params): an interrupted run loses nothing, and a rerun sends no request for a prompt already
+answered. Timeouts, connection errors, 429, 5xx and malformed responses are retried with capped
+exponential backoff and jitter; what still fails becomes a :class:`UserError` naming the prompt
+index and the cause -- a response is never silently turned into ``""``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def cache_key(*parts: Any) -> str:
 class ResponseCache:
     """An append-only JSONL file of ``{"key", "response", ...}`` records, one per finished response.
 
-    A line that does not parse (a process killed mid-write) is skipped with a warning; appends start on
-    a fresh line so a torn line never swallows the next record.
+    A line that does not parse (a process killed mid-write) is skipped with a warning; appends start
+    on a fresh line so a torn line never swallows the next record.
     """
 
     def __init__(self, path: str | Path | None):
@@ -69,8 +70,9 @@ class ResponseCache:
                 log.warning("%s: ignoring corrupt %s (an interrupted write?)", self.path, where)
                 continue
             if not isinstance(row, dict) or "key" not in row or "response" not in row:
-                raise UserError(f"{self.path} line {n} is not a response-cache record; is this the "
-                                "right file?")
+                raise UserError(
+                    f"{self.path} line {n} is not a response-cache record; is this the right file?"
+                )
             self.entries[row["key"]] = row["response"]
 
     def get(self, key: str) -> str | None:
@@ -90,11 +92,21 @@ class ResponseCache:
                 return
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                torn = self.path.is_file() and self.path.stat().st_size > 0 and not _ends_newline(self.path)
-                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- closed in close()
+                torn = (
+                    self.path.is_file()
+                    and self.path.stat().st_size > 0
+                    and not _ends_newline(self.path)
+                )
+                # closed in close()
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
                 if torn:
                     self._fh.write("\n")
-            row = {"key": key, "response": response, **extra, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            row = {
+                "key": key,
+                "response": response,
+                **extra,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._fh.flush()
 
@@ -118,15 +130,21 @@ def _ends_newline(path: Path) -> bool:
 
 
 class _Retryable(Exception):
-    """One failed attempt worth repeating; ``retry_after`` is the server's requested wait, if any."""
+    """One failed attempt worth repeating; ``retry_after`` is the server's requested wait, if
+    any."""
 
     def __init__(self, cause: str, retry_after: float | None = None):
         super().__init__(cause)
         self.retry_after = retry_after
 
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): ``base * 2**attempt`` capped, with jitter
     (half to all of it); a server's Retry-After raises it, up to :data:`RETRY_AFTER_MAX`."""
     delay = min(cap, base * 2**attempt) * (0.5 + 0.5 * (rng or random).random())
@@ -169,11 +187,15 @@ def _text(response: Any) -> str:
 _DEADLINES = ThreadPoolExecutor(max_workers=32, thread_name_prefix="llm-deadline")
 
 
-def _attempt(client: Any, request: dict[str, Any], deadline: float,
-             check: Callable[[str], str | None] | None = None) -> str:
-    """One request within a total deadline (seconds; the client's own timeout is per read, so a server
-    dripping bytes could hold it far longer); :class:`_Retryable` for transient failures and for a
-    response ``check`` rejects, :class:`UserError` for permanent ones."""
+def _attempt(
+    client: Any,
+    request: dict[str, Any],
+    deadline: float,
+    check: Callable[[str], str | None] | None = None,
+) -> str:
+    """One request within a total deadline (seconds; the client's own timeout is per read, so a
+    server dripping bytes could hold it far longer); :class:`_Retryable` for transient failures and
+    for a response ``check`` rejects, :class:`UserError` for permanent ones."""
     future = _DEADLINES.submit(_request, client, request)
     try:
         text = future.result(timeout=deadline)
@@ -204,8 +226,11 @@ def _request(client: Any, request: dict[str, Any]) -> str:
         raise _Retryable(f"malformed response: {type(err).__name__}: {str(err)[:120]}") from None
 
 
-def resolve(base_url: str | None, model: str | None, api_key: str | None) -> tuple[str | None, str, str]:
-    """(base_url, model, api_key) from the arguments, else ``$PAUSEREC_OPENAI_*`` / ``$OPENAI_API_KEY``."""
+def resolve(
+    base_url: str | None, model: str | None, api_key: str | None
+) -> tuple[str | None, str, str]:
+    """(base_url, model, api_key) from the arguments, else ``$PAUSEREC_OPENAI_*`` /
+    ``$OPENAI_API_KEY``."""
     base_url = base_url or os.environ.get(ENV_BASE_URL) or None
     model = model or os.environ.get(ENV_MODEL)
     api_key = api_key or os.environ.get(ENV_API_KEY)
@@ -213,7 +238,9 @@ def resolve(base_url: str | None, model: str | None, api_key: str | None) -> tup
         raise UserError(f"no LLM model given: pass --model or set ${ENV_MODEL}")
     if not api_key:
         if base_url is None:
-            raise UserError(f"no API key: set ${ENV_API_KEY}, or pass --base-url for a local server")
+            raise UserError(
+                f"no API key: set ${ENV_API_KEY}, or pass --base-url for a local server"
+            )
         api_key = "none"  # local OpenAI-compatible servers accept any key
     return base_url, model, api_key
 
@@ -229,49 +256,84 @@ def _client(base_url: str | None, api_key: str, timeout: float) -> Any:
     return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
 
-def complete(prompts: list[str], *, base_url: str | None = None, model: str | None = None,
-             api_key: str | None = None, cache_path: str | Path | None, system: str | None = None,
-             max_tokens: int = 128, temperature: float = 0.0, timeout: float = 30,
-             max_retries: int = 5, concurrency: int = 1, backoff: float = 0.5,
-             backoff_cap: float = 20.0, stop: list[str] | None = None, extra: dict | None = None,
-             seed: int = 0, on_result: Callable[[int, str], None] | None = None,
-             check: Callable[[str], str | None] | None = None) -> list[str]:
+def complete(
+    prompts: list[str],
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    cache_path: str | Path | None,
+    system: str | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    timeout: float = 30,
+    max_retries: int = 5,
+    concurrency: int = 1,
+    backoff: float = 0.5,
+    backoff_cap: float = 20.0,
+    stop: list[str] | None = None,
+    extra: dict | None = None,
+    seed: int = 0,
+    on_result: Callable[[int, str], None] | None = None,
+    check: Callable[[str], str | None] | None = None,
+) -> list[str]:
     """One completion per prompt (a single user message, after ``system`` if given), in order.
 
     Cached prompts are answered from ``cache_path`` without a request (``None``: no cache). Each
     request is tried ``1 + max_retries`` times; a prompt that still fails raises :class:`UserError`
     after the requests already in flight have finished (and been cached). ``extra`` is merged into
-    the request body (e.g. ``{"response_format": {"type": "json_object"}}``) and is part of the cache
-    key; ``seed`` only seeds the backoff jitter; ``on_result(i, text)`` runs after each new answer
-    is cached (``i``: the first prompt index with that text). ``check(text)`` returns why a response is
-    unusable (then it is retried like a malformed one and never cached), or ``None``. ``timeout`` is
-    a total deadline per request, in seconds.
+    the request body (e.g. ``{"response_format": {"type": "json_object"}}``) and is part of the
+    cache key; ``seed`` only seeds the backoff jitter; ``on_result(i, text)`` runs after each new
+    answer is cached (``i``: the first prompt index with that text). ``check(text)`` returns why a
+    response is unusable (then it is retried like a malformed one and never cached), or ``None``.
+    ``timeout`` is a total deadline per request, in seconds.
     """
     if max_retries < 0 or timeout <= 0 or concurrency < 1:
-        raise UserError(f"max_retries must be >= 0 (got {max_retries}), timeout > 0 (got {timeout}) and "
-                        f"concurrency >= 1 (got {concurrency})")
+        raise UserError(
+            f"max_retries must be >= 0 (got {max_retries}), timeout > 0 (got {timeout}) and "
+            f"concurrency >= 1 (got {concurrency})"
+        )
     base_url, model, api_key = resolve(base_url, model, api_key)
     params = {"max_tokens": max_tokens, "temperature": temperature, "stop": stop, "extra": extra}
     keys = [cache_key(model, system, p, params) for p in prompts]
     with ResponseCache(cache_path) as cache:
-        todo: dict[str, int] = {}  # key -> first prompt index needing it (duplicates share one request)
+        # key -> first prompt index needing it (duplicates share one request)
+        todo: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in cache or _unusable(cache.get(key), check):  # bad cached reply: ask again
                 todo.setdefault(key, i)
-        log.info("%d prompt(s): %d cached, %d request(s) to %s (%s)", len(prompts),
-                 sum(k not in todo for k in keys), len(todo), base_url or "OpenAI", model)
+        log.info(
+            "%d prompt(s): %d cached, %d request(s) to %s (%s)",
+            len(prompts),
+            sum(k not in todo for k in keys),
+            len(todo),
+            base_url or "OpenAI",
+            model,
+        )
         if todo:
             client = _client(base_url, api_key, float(timeout))
             rng = random.Random(seed)
 
             def one(i: int) -> None:
                 messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompts[i]}]
-                request = {"model": model, "messages": messages, "max_tokens": max_tokens,
-                           "temperature": temperature, "stop": stop or _omit(),
-                           "extra_body": extra}
-                text = _with_retries(lambda: _attempt(client, request, float(timeout), check), i,
-                                     max_retries, backoff, backoff_cap, rng)
+                    {"role": "user", "content": prompts[i]}
+                ]
+                request = {
+                    "model": model,
+                    "messages": messages,
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                    "stop": stop or _omit(),
+                    "extra_body": extra,
+                }
+                text = _with_retries(
+                    lambda: _attempt(client, request, float(timeout), check),
+                    i,
+                    max_retries,
+                    backoff,
+                    backoff_cap,
+                    rng,
+                )
                 cache.put(keys[i], text, model=model, prompt=prompts[i])
                 if on_result is not None:
                     on_result(i, text)
@@ -280,7 +342,9 @@ def complete(prompts: list[str], *, base_url: str | None = None, model: str | No
         results = [cache.get(key) for key in keys]
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
-        raise UserError(f"LLM: no response for prompt(s) {missing[:5]} (the cache {cache_path} was changed?)")
+        raise UserError(
+            f"LLM: no response for prompt(s) {missing[:5]} (the cache {cache_path} was changed?)"
+        )
     return results  # type: ignore[return-value]
 
 
@@ -301,17 +365,26 @@ def _omit():
     return openai.omit
 
 
-def _with_retries(call: Callable[[], str], index: int, max_retries: int, backoff: float, cap: float,
-                  rng: random.Random) -> str:
+def _with_retries(
+    call: Callable[[], str],
+    index: int,
+    max_retries: int,
+    backoff: float,
+    cap: float,
+    rng: random.Random,
+) -> str:
     for attempt in range(max_retries + 1):
         try:
             return call()
         except _Retryable as err:
             if attempt == max_retries:
-                raise UserError(f"LLM request for prompt {index} failed after {attempt + 1} attempt(s): "
-                                f"{err}") from None
+                raise UserError(
+                    f"LLM request for prompt {index} failed after {attempt + 1} attempt(s): {err}"
+                ) from None
             delay = backoff_delay(attempt, backoff, cap, err.retry_after, rng)
-            log.warning("prompt %d: %s; retry %d/%d in %.2fs", index, err, attempt + 1, max_retries, delay)
+            log.warning(
+                "prompt %d: %s; retry %d/%d in %.2fs", index, err, attempt + 1, max_retries, delay
+            )
             time.sleep(delay)
         except UserError as err:
             raise UserError(f"LLM request for prompt {index} failed: {err}") from None

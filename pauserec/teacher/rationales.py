@@ -5,7 +5,8 @@ Sources:
 * ``template-leaky``: OneRec-Think style -- also names the target's category, so it leaks the answer
   (flagged ``leaky=True`` and recorded in checkpoint metadata).
 * ``local`` / ``local-leaky``: the checkpoint's own backbone writes the rationale (greedy, via
-  :func:`pauserec.decode.generate`) from a prompt listing the history titles (and, leaky, the target).
+  :func:`pauserec.decode.generate`) from a prompt listing the history titles (and, leaky, the
+  target).
 * ``openai`` / ``openai-leaky``: the same prompt sent to an OpenAI-compatible endpoint
   (:func:`pauserec.llm.complete`, temperature 0).
 
@@ -36,8 +37,10 @@ from pauserec.teacher import llm
 log = logging.getLogger(__name__)
 SOURCES = ("template", "template-leaky", "local", "local-leaky", "openai", "openai-leaky")
 MAX_TITLES = 10  # most recent history items shown to a language model
-SYSTEM = ("You explain the reasoning of a recommender system. Reply with one or two short sentences "
-          "about what the user is likely to want next and why. Do not list items.")
+SYSTEM = (
+    "You explain the reasoning of a recommender system. Reply with one or two short sentences "
+    "about what the user is likely to want next and why. Do not list items."
+)
 
 
 @dataclass(frozen=True)
@@ -73,47 +76,62 @@ def _describe(catalog: Catalog, index: int) -> str:
 
 
 def llm_prompt(catalog: Catalog, history, target: int | None = None) -> str:
-    """The language-model prompt: the recent history's titles; the target only when given (leaky)."""
+    """The language-model prompt: the recent history's titles; the target only when given
+    (leaky)."""
     lines = "\n".join(f"- {_describe(catalog, i)}" for i in history[-MAX_TITLES:])
     text = f"A user interacted with these items, oldest first:\n{lines}\n"
     if target is None:
-        return text + "In one or two sentences, reason about what kind of item this user wants next."
-    return (text + f"The item they chose next was: {_describe(catalog, target)}.\n"
-            "In one or two sentences, explain why this user wanted that item next.")
+        return (
+            text + "In one or two sentences, reason about what kind of item this user wants next."
+        )
+    return (
+        text + f"The item they chose next was: {_describe(catalog, target)}.\n"
+        "In one or two sentences, explain why this user wanted that item next."
+    )
 
 
 def clean(text: str) -> str:
-    """One line of plain text: whitespace collapsed, workbench tokens (SIDs, pause, think) removed --
-    a ``</think>`` written by a language model would otherwise end the think block early."""
+    """One line of plain text: whitespace collapsed, workbench tokens (SIDs, pause, think)
+    removed -- a ``</think>`` written by a language model would otherwise end the think block
+    early."""
     pieces = re.split(r"(<[^<>\s]+>)", text)
     specials = {tokens.PAUSE, *tokens.THINK_TOKENS}
-    return " ".join("".join(p for p in pieces if p not in specials and not tokens.is_sid_token(p)).split())
+    return " ".join(
+        "".join(p for p in pieces if p not in specials and not tokens.is_sid_token(p)).split()
+    )
 
 
 def _prompts(catalog: Catalog, examples: list[Example], leaky: bool) -> list[str]:
     return [llm_prompt(catalog, ex.history, ex.target if leaky else None) for ex in examples]
 
 
-def via_openai(catalog: Catalog, examples: list[Example], leaky: bool, cache_path: str | Path | None,
-               **llm_options) -> list[str]:
+def via_openai(
+    catalog: Catalog,
+    examples: list[Example],
+    leaky: bool,
+    cache_path: str | Path | None,
+    **llm_options,
+) -> list[str]:
     """Rationales from an OpenAI-compatible endpoint; ``llm_options`` go to :func:`llm.complete`."""
-    texts = llm.complete(_prompts(catalog, examples, leaky), system=SYSTEM, cache_path=cache_path,
-                         check=_empty_after_cleaning, **llm_options)
+    texts = llm.complete(
+        _prompts(catalog, examples, leaky),
+        system=SYSTEM,
+        cache_path=cache_path,
+        check=_empty_after_cleaning,
+        **llm_options,
+    )
     return [clean(t) for t in texts]
 
 
 def _empty_after_cleaning(text: str) -> str | None:
-    """A reply made only of workbench tokens (or whitespace) is no rationale: retried, never cached."""
+    """A reply made only of workbench tokens (or whitespace) is no rationale: retried, never
+    cached."""
     return None if clean(text) else f"empty after removing workbench tokens ({text[:60]!r})"
 
 
-
-
-
-
 def _model_key(ckpt) -> str:
-    """What identifies the model that writes local rationales: its checkpoint's fingerprint (or, for a
-    checkpoint never saved, a hash of its weights)."""
+    """What identifies the model that writes local rationales: its checkpoint's fingerprint (or, for
+    a checkpoint never saved, a hash of its weights)."""
     if ckpt.path is not None:
         return "ckpt:" + checkpoint.fingerprint(ckpt.path)
     digest = hashlib.sha256()
@@ -122,8 +140,14 @@ def _model_key(ckpt) -> str:
     return "weights:" + digest.hexdigest()
 
 
-def via_local(ckpt, examples: list[Example], leaky: bool, cache_path: str | Path | None,
-              max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+def via_local(
+    ckpt,
+    examples: list[Example],
+    leaky: bool,
+    cache_path: str | Path | None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+) -> list[str]:
     """Rationales written greedily by the checkpoint's own model; cached after every batch."""
     from pauserec import decoding  # torch-heavy; only this source needs it
 
@@ -131,7 +155,11 @@ def via_local(ckpt, examples: list[Example], leaky: bool, cache_path: str | Path
     prompts = _prompts(ckpt.catalog, examples, leaky)
     fp = _model_key(ckpt)
     keys = [llm.cache_key("local", fp, p, max_new_tokens) for p in prompts]
-    stop = [i for i in (tok.eos_token_id, tok.convert_tokens_to_ids(tokens.THINK_CLOSE)) if i is not None]
+    stop = [
+        i
+        for i in (tok.eos_token_id, tok.convert_tokens_to_ids(tokens.THINK_CLOSE))
+        if i is not None
+    ]
     with llm.ResponseCache(cache_path) as cache:
         todo, seen = [], set()  # first index of each uncached prompt
         for i, k in enumerate(keys):
@@ -140,12 +168,22 @@ def via_local(ckpt, examples: list[Example], leaky: bool, cache_path: str | Path
                 todo.append(i)
         log.info("local rationales: %d cached, %d to generate", len(prompts) - len(todo), len(todo))
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            out = decoding.generate(ckpt.model, tok, [chat_ids(tok, prompts[i], SYSTEM) for i in batch],
-                                  max_new_tokens=max_new_tokens, stop_ids=stop, batch_size=batch_size)
+            batch = todo[start : start + batch_size]
+            out = decoding.generate(
+                ckpt.model,
+                tok,
+                [chat_ids(tok, prompts[i], SYSTEM) for i in batch],
+                max_new_tokens=max_new_tokens,
+                stop_ids=stop,
+                batch_size=batch_size,
+            )
             for i, new in zip(batch, out):
-                cache.put(keys[i], clean(tok.decode(new, skip_special_tokens=True)), model=fp,
-                          prompt=prompts[i])
+                cache.put(
+                    keys[i],
+                    clean(tok.decode(new, skip_special_tokens=True)),
+                    model=fp,
+                    prompt=prompts[i],
+                )
         texts = [cache.get(k) or "" for k in keys]
     if empty := sum(not t for t in texts):
         log.warning("local rationales: %d of %d are empty after cleaning", empty, len(texts))
@@ -164,7 +202,9 @@ def build(source: str, catalog: Catalog, examples: list[Example], **options) -> 
     elif source == "template-leaky":
         texts = [template_leaky(catalog, ex.history, ex.target) for ex in examples]
     elif source in ("local", "local-leaky"):
-        texts = via_local(options.pop("ckpt"), examples, leaky, options.pop("cache_path", None), **options)
+        texts = via_local(
+            options.pop("ckpt"), examples, leaky, options.pop("cache_path", None), **options
+        )
     elif source in ("openai", "openai-leaky"):
         texts = via_openai(catalog, examples, leaky, options.pop("cache_path", None), **options)
     else:
@@ -180,26 +220,37 @@ class Args:
     the same command to resume an interrupted run.
     """
 
-    ckpt: str | None = field(default=None, metadata={"help": "checkpoint directory (catalog, dataset)"})
-    out: str | None = field(default=None, metadata={"help": "output JSONL, one rationale per example"})
+    ckpt: str | None = field(
+        default=None, metadata={"help": "checkpoint directory (catalog, dataset)"}
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "output JSONL, one rationale per example"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     source: str = field(default="openai", metadata={"help": ", ".join(SOURCES), "choices": SOURCES})
-    split: str = field(default="train", metadata={"help": "train, valid or test",
-                                                  "choices": ("train", "valid", "test")})
-    n: int | None = field(default=None, metadata={"help": "a seeded sample of N examples (default all)",
-                                                  "min": 1})
+    split: str = field(
+        default="train",
+        metadata={"help": "train, valid or test", "choices": ("train", "valid", "test")},
+    )
+    n: int | None = field(
+        default=None, metadata={"help": "a seeded sample of N examples (default all)", "min": 1}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the --n sample", "min": 0})
-    cache: str | None = field(default=None, metadata={"help": "response cache (default OUT.cache.jsonl)"})
+    cache: str | None = field(
+        default=None, metadata={"help": "response cache (default OUT.cache.jsonl)"}
+    )
     base_url: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_BASE_URL}"})
     model: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_MODEL}"})
     max_tokens: int = field(default=96, metadata={"help": "longest rationale, in tokens", "min": 1})
     timeout: float = field(default=60.0, metadata={"help": "total seconds per request", "gt": 0.0})
     max_retries: int = field(default=5, metadata={"help": "retries per request", "min": 0})
-    concurrency: int = field(default=1, metadata={"help": "requests in flight", "min": 1, "max": 256})
-    batch_size: int = field(default=16, metadata={"help": "local: prompts per generate() batch", "min": 1})
+    concurrency: int = field(
+        default=1, metadata={"help": "requests in flight", "min": 1, "max": 256}
+    )
+    batch_size: int = field(
+        default=16, metadata={"help": "local: prompts per generate() batch", "min": 1}
+    )
     device: str = field(default="auto", metadata={"help": "local: " + DEVICES_HELP})
-
-
 
 
 def main(argv: list[str] | None = None) -> list[Rationale]:
@@ -215,8 +266,9 @@ def run(args: Args) -> list[Rationale]:
             raise UserError(f"{flag} {path} is a directory; name a .jsonl file")
     meta = checkpoint.read_meta(args.ckpt)
     inputs = checkpoint.source_paths(args.ckpt)
-    claim = files.claim(args.out, kind="pauserec rationales", overwrite=args.overwrite,
-                        inputs=inputs, file=True)
+    claim = files.claim(
+        args.out, kind="pauserec rationales", overwrite=args.overwrite, inputs=inputs, file=True
+    )
     with claim:
         return _write_all(args, meta)
 
@@ -227,22 +279,33 @@ def _write_all(args: Args, meta: dict) -> list[Rationale]:
     ds_meta = meta.get("dataset") or {}
     if not ds_meta.get("name"):
         raise UserError(f"checkpoint {args.ckpt} does not record its dataset")
-    pool = data.split(data.load_dataset(ds_meta["name"], ds_meta.get("data_root")),
-                      ds_meta.get("max_history", 20))[args.split]
+    pool = data.split(
+        data.load_dataset(ds_meta["name"], ds_meta.get("data_root")), ds_meta.get("max_history", 20)
+    )[args.split]
     examples = [pool[i] for i in data.sample(len(pool), args.n, args.seed)]
     cache = args.cache or str(Path(args.out).with_suffix(".cache.jsonl"))
     options: dict = {}
     if args.source.startswith("local"):
         ckpt = checkpoint.load(args.ckpt, device=resolve_device(args.device))
         catalog = ckpt.catalog
-        options = {"ckpt": ckpt, "cache_path": cache, "max_new_tokens": args.max_tokens,
-                   "batch_size": args.batch_size}
+        options = {
+            "ckpt": ckpt,
+            "cache_path": cache,
+            "max_new_tokens": args.max_tokens,
+            "batch_size": args.batch_size,
+        }
     else:
         catalog = Catalog.read(Path(args.ckpt) / checkpoint.CATALOG_FILE)
         if args.source.startswith("openai"):
-            options = {"cache_path": cache, "base_url": args.base_url, "model": args.model,
-                       "max_tokens": args.max_tokens, "timeout": args.timeout,
-                       "max_retries": args.max_retries, "concurrency": args.concurrency}
+            options = {
+                "cache_path": cache,
+                "base_url": args.base_url,
+                "model": args.model,
+                "max_tokens": args.max_tokens,
+                "timeout": args.timeout,
+                "max_retries": args.max_retries,
+                "concurrency": args.concurrency,
+            }
     rationales = build(args.source, catalog, examples, **options)
     write(args.out, examples, rationales)
     print(f"wrote {len(rationales):,} {args.source} rationales ({args.split}) to {args.out}")
@@ -250,9 +313,15 @@ def _write_all(args: Args, meta: dict) -> list[Rationale]:
 
 
 def write(path: str | Path, examples: list[Example], rationales: list[Rationale]) -> None:
-    """One JSON line per example: user, history, target, text, leaky, source (written atomically)."""
-    rows = [json.dumps({"user": ex.user, "history": list(ex.history), "target": ex.target, **asdict(r)},
-                       ensure_ascii=False) for ex, r in zip(examples, rationales)]
+    """One JSON line per example: user, history, target, text, leaky, source (written
+    atomically)."""
+    rows = [
+        json.dumps(
+            {"user": ex.user, "history": list(ex.history), "target": ex.target, **asdict(r)},
+            ensure_ascii=False,
+        )
+        for ex, r in zip(examples, rationales)
+    ]
     files.write_text(path, "".join(row + "\n" for row in rows))
 
 

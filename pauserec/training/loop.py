@@ -1,18 +1,22 @@
 """The one training loop every stage shares, fast by construction.
 
 * Length bucketing: steps hold sequences of similar length, so padding is rare (none when equal).
-* Packing (``pack``, meant for GPUs): a step's sequences share rows of ``pack_len`` tokens, attention kept within
-  each sequence; the same sequences and the same loss as unpacked, without the padding
-  (:mod:`pauserec.batches`).
-* Steps of ``batch_size`` sequences, or of ``batch_tokens`` tokens (big steps that fill a GPU without
-  running out of memory on the long ones).
-* The LM head runs only on labelled positions (the vocabulary is ~49k; most positions carry no loss).
+* Packing (``pack``, meant for GPUs): a step's sequences share rows of ``pack_len`` tokens,
+  attention kept within each sequence; the same sequences and the same loss as unpacked, without the
+  padding (:mod:`pauserec.batches`).
+* Steps of ``batch_size`` sequences, or of ``batch_tokens`` tokens (big steps that fill a GPU
+  without running out of memory on the long ones).
+* The LM head runs only on labelled positions (the vocabulary is ~49k; most positions carry no
+  loss).
 * bf16 autocast (``--dtype auto``: GPUs and CPUs with native bf16) with fp32 master weights, fused
-  AdamW (GPU and CPU), SDPA attention, optional ``torch.compile``; fp16 (old GPUs) with loss scaling.
+  AdamW (GPU and CPU), SDPA attention, optional ``torch.compile``; fp16 (old GPUs) with loss
+  scaling.
 * ``torchrun`` DDP: each process takes its share of every global step; the loss is normalised by the
-  global number of labelled tokens, so N processes compute the gradient of one process with the whole step.
-* Every ``save_every`` steps the trainable weights, optimizer, scheduler and RNG state go to ``OUT.partial``;
-  ``resume=True`` continues from there with the same steps, so the final weights are identical.
+  global number of labelled tokens, so N processes compute the gradient of one process with the
+  whole step.
+* Every ``save_every`` steps the trainable weights, optimizer, scheduler and RNG state go to
+  ``OUT.partial``; ``resume=True`` continues from there with the same steps, so the final weights
+  are identical.
 """
 
 from __future__ import annotations
@@ -60,39 +64,82 @@ class Diverged(UserError):
 class LoopConfig:
     """Optimisation settings every stage shares (presets: ``[train.STAGE]`` in configs/*.toml)."""
 
-    epochs: int = field(default=3, metadata={"help": "passes over the corpus", "min": 1,
-                                             "max": MAX_EPOCHS})
+    epochs: int = field(
+        default=3, metadata={"help": "passes over the corpus", "min": 1, "max": MAX_EPOCHS}
+    )
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)", "gt": 0.0})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all processes",
-                                                   "min": 1, "max": 1 << 20})
-    batch_tokens: int = field(default=0, metadata={
-        "help": "tokens per optimizer step, all processes, instead of --batch-size (0: off): a step takes "
-                "sequences while they fit, counted padded to its longest (real tokens with --pack)",
-        "min": 0, "max": 1 << 30})
-    pack: bool = field(default=False, metadata={
-        "help": "pack a step's sequences into rows of --pack-len tokens, attention kept within each "
-                "(same steps and loss, no padding; meant for GPUs: 1.05x on a 2-core CPU at 2%% padding)"})
-    pack_len: int = field(default=0, metadata={"help": "--pack: tokens per row (0: the step's longest "
-                                                        "sequence, so no row is wider than unpacked)",
-                                                "min": 0, "max": 1 << 24})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms)",
-                                                         "min": 0.0})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "linear warm-up share, then cosine",
-                                                         "min": 0.0, "max": 1.0})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)", "min": 0.0})
-    max_steps: int = field(default=0, metadata={"help": "cap on optimizer steps (0: epochs decide)",
-                                                 "min": 0, "max": MAX_STEPS})
-    seed: int = field(default=0, metadata={"help": "training seed: data order, subsamples, pause "
-                                                   "positions, init noise", "min": 0})
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "sequences per optimizer step, all processes", "min": 1, "max": 1 << 20},
+    )
+    batch_tokens: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "tokens per optimizer step, all processes, instead of --batch-size (0: off): a "
+                "step takes sequences while they fit, counted padded to its longest (real tokens "
+                "with --pack)"
+            ),
+            "min": 0,
+            "max": 1 << 30,
+        },
+    )
+    pack: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "pack a step's sequences into rows of --pack-len tokens, attention kept within "
+                "each (same steps and loss, no padding; meant for GPUs: 1.05x on a 2-core CPU at "
+                "2%% padding)"
+            )
+        },
+    )
+    pack_len: int = field(
+        default=0,
+        metadata={
+            "help": "--pack: tokens per row (0: the step's longest "
+            "sequence, so no row is wider than unpacked)",
+            "min": 0,
+            "max": 1 << 24,
+        },
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (not on norms)", "min": 0.0}
+    )
+    warmup_ratio: float = field(
+        default=0.03, metadata={"help": "linear warm-up share, then cosine", "min": 0.0, "max": 1.0}
+    )
+    grad_clip: float = field(
+        default=1.0, metadata={"help": "max gradient norm (0: off)", "min": 0.0}
+    )
+    max_steps: int = field(
+        default=0,
+        metadata={"help": "cap on optimizer steps (0: epochs decide)", "min": 0, "max": MAX_STEPS},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "training seed: data order, subsamples, pause positions, init noise",
+            "min": 0,
+        },
+    )
     device: str = field(default="auto", metadata={"help": DEVICES_HELP})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where native: GPU, "
-                                                       "AVX512-BF16), bf16, fp16, fp32",
-                                                 "choices": DTYPES, "aliases": ("--amp",)})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 autocast where native: GPU, AVX512-BF16), bf16, fp16, fp32",
+            "choices": DTYPES,
+            "aliases": ("--amp",),
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     bucket: bool = field(default=True, metadata={"help": "length bucketing (off: random batches)"})
-    save_every: int = field(default=200, metadata={"help": "resumable state every N steps (0: never)",
-                                                   "min": 0})
-    log_every: int = field(default=10, metadata={"help": "CSV log / progress interval in steps", "min": 1})
+    save_every: int = field(
+        default=200, metadata={"help": "resumable state every N steps (0: never)", "min": 0}
+    )
+    log_every: int = field(
+        default=10, metadata={"help": "CSV log / progress interval in steps", "min": 1}
+    )
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
 
 
@@ -129,7 +176,9 @@ class Steps:
 
     def epoch(self, epoch: int) -> list[np.ndarray]:
         c = self.cfg
-        return plan(self.lengths, c.batch_size, c.seed, epoch, c.bucket, self.world, c.batch_tokens, c.pack)
+        return plan(
+            self.lengths, c.batch_size, c.seed, epoch, c.bucket, self.world, c.batch_tokens, c.pack
+        )
 
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, position in it) of the global ``step``."""
@@ -141,7 +190,7 @@ class Steps:
         epoch, pos = self.locate(step)
         if self._cached[0] != epoch:
             self._cached = (epoch, self.epoch(epoch))
-        share = self._cached[1][pos][self.rank::self.world]
+        share = self._cached[1][pos][self.rank :: self.world]
         if not self.cfg.pack:
             return pack(share, self.lengths, 0)
         return pack(share, self.lengths, self.cfg.pack_len or int(self.lengths[share].max()))
@@ -154,16 +203,26 @@ class LabelledLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if position_ids is not None and attention_mask is None and "flash" in str(
-                self.model.config._attn_implementation):
-            # flash-attention finds the sequences of a packed batch (varlen) only in a single row; the
-            # rows joined end to end stay exact: each row starts a sequence, whose first token is no target
-            input_ids, labels, position_ids = (t.reshape(1, -1) for t in (input_ids, labels, position_ids))
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                          position_ids=position_ids,
-                                          use_cache=False).last_hidden_state  # (B, T, d_model)
+    def forward(
+        self, input_ids, labels, attention_mask=None, position_ids=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if (
+            position_ids is not None
+            and attention_mask is None
+            and "flash" in str(self.model.config._attn_implementation)
+        ):
+            # flash-attention finds the sequences of a packed batch (varlen) only in a single row;
+            # the rows joined end to end stay exact: each row starts a sequence, whose first token
+            # is no target
+            input_ids, labels, position_ids = (
+                t.reshape(1, -1) for t in (input_ids, labels, position_ids)
+            )
+        hidden = self.model.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state  # (B, T, d_model)
         target = labels[:, 1:]  # (B, T-1): position t predicts token t+1
         keep = target != IGNORE
         logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, d_vocab)
@@ -174,19 +233,25 @@ class LabelledLoss(nn.Module):
 # ---------------------------------------------------------------- optimiser
 
 
-def make_optimizer(model: nn.Module, cfg: LoopConfig, device: torch.device,
-                   row_masks: dict[str, torch.Tensor]) -> torch.optim.AdamW:
-    """Fused AdamW with decay on matrices (not norms, not row-masked ones: their rows decay by hand).
+def make_optimizer(
+    model: nn.Module, cfg: LoopConfig, device: torch.device, row_masks: dict[str, torch.Tensor]
+) -> torch.optim.AdamW:
+    """Fused AdamW with decay on matrices (not norms, not row-masked ones: their rows decay by
+    hand).
 
     The parameters stay fp32 under autocast (master weights), so the fused kernels step fp32 tensors
-    on CUDA and CPU alike; fp16 steps go through the loss scaler (``GradScaler.step`` unscales first).
+    on CUDA and CPU alike; fp16 steps go through the loss scaler (``GradScaler.step`` unscales
+    first).
     """
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 and name not in row_masks else plain).append(p)
-    groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, cfg.weight_decay), (plain, 0.0))
-              if ps]
+    groups = [
+        {"params": ps, "weight_decay": wd}
+        for ps, wd in ((decay, cfg.weight_decay), (plain, 0.0))
+        if ps
+    ]
     if not groups:
         raise UserError("nothing to train: every parameter is frozen")
     fused = device.type in ("cuda", "cpu")  # CPU too: ~5x faster than foreach for a 135M model
@@ -214,17 +279,28 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 # ---------------------------------------------------------------- the loop
 
 
-def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, *, out: str | Path, pad_id: int,
-        row_masks: dict[str, torch.Tensor] | None = None, resume: bool = False, fingerprint: dict | None = None,
-        clock: trainstate.Clock | None = None, validate: Callable[[nn.Module], dict] | None = None,
-        valid_every: int = 0, on_step: Callable[[int], None] | None = None) -> Result:
+def fit(
+    model: nn.Module,
+    corpus: Corpus,
+    cfg: LoopConfig,
+    *,
+    out: str | Path,
+    pad_id: int,
+    row_masks: dict[str, torch.Tensor] | None = None,
+    resume: bool = False,
+    fingerprint: dict | None = None,
+    clock: trainstate.Clock | None = None,
+    validate: Callable[[nn.Module], dict] | None = None,
+    valid_every: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> Result:
     """Train ``model`` in place on ``corpus``; resumable state lives in ``OUT.partial``.
 
     ``row_masks`` maps a parameter name to a bool vector over its rows: only those rows train.
     ``clock``: the stage's clock (started when the stage began, so saved states carry the wall time
     spent so far and a resumed stage reports the wall time of all its segments).
-    ``validate(model)`` (rank 0) measures the model every ``valid_every`` steps and after the last one;
-    its rows go to ``OUT.partial/valid_log.csv`` and :attr:`Result.valid`.
+    ``validate(model)`` (rank 0) measures the model every ``valid_every`` steps and after the last
+    one; its rows go to ``OUT.partial/valid_log.csv`` and :attr:`Result.valid`.
     ``on_step(step)`` runs after every optimizer step (tests use it to kill a run mid-way).
     """
     clock = clock or trainstate.Clock()
@@ -241,31 +317,45 @@ def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, *, out: str | Path, p
     net = wrap(model, cfg, device, world)
     opt = make_optimizer(model, cfg, device, masks)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(total, cfg.warmup_ratio))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")  # bf16 / fp32 need no scaling
+    # bf16 / fp32 need no scaling
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     named = dict(model.named_parameters())
     partial = trainstate.partial_dir(out)
     prog = trainstate.start(partial, model, opt, sched, resume, fingerprint or {}, clock, rank)
     if prog.scaler:
         scaler.load_state_dict(prog.scaler)
     logger = trainstate.CsvLog(partial / trainstate.LOG_FILE, prog.log, enabled=rank == 0)
-    valid_log = trainstate.CsvLog(partial / trainstate.VALID_FILE, prog.valid, trainstate.VALID_FIELDS,
-                                  enabled=rank == 0 and validate is not None)
-    bar = tqdm(total=total, initial=prog.step, disable=not (cfg.progress and rank == 0), unit="step",
-               dynamic_ncols=True, desc=Path(out).name)
+    valid_log = trainstate.CsvLog(
+        partial / trainstate.VALID_FILE,
+        prog.valid,
+        trainstate.VALID_FIELDS,
+        enabled=rank == 0 and validate is not None,
+    )
+    bar = tqdm(
+        total=total,
+        initial=prog.step,
+        disable=not (cfg.progress and rank == 0),
+        unit="step",
+        dynamic_ncols=True,
+        desc=Path(out).name,
+    )
     window = [0.0, 0.0]
     while prog.step < total:
         epoch = steps.locate(prog.step)[0]
         rows = steps.rows(prog.step)
         batch = collate(corpus, rows, pad_id, device)
         with autocast(device, dtype):  # forward: summed loss over this process's labelled tokens
-            loss_sum, _ = net(batch["input_ids"], batch["labels"], batch["attention_mask"],
-                              batch["position_ids"])
+            loss_sum, _ = net(
+                batch["input_ids"], batch["labels"], batch["attention_mask"], batch["position_ids"]
+            )
         n_targets = sum(corpus.targets[i] for row in rows for i in row) if corpus.targets else 0
-        g_loss, g_lab, g_tok, g_tgt = _all_sum([loss_sum.item(), batch["labelled"], batch["tokens"], n_targets],
-                                               device)
+        g_loss, g_lab, g_tok, g_tgt = _all_sum(
+            [loss_sum.item(), batch["labelled"], batch["tokens"], n_targets], device
+        )
         _check_finite("loss", g_loss, prog, partial)
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss_sum * world / max(g_lab, 1.0)).backward()  # DDP averages: sum over all / count
+        # DDP averages: sum over all / count
+        scaler.scale(loss_sum * world / max(g_lab, 1.0)).backward()
         scaler.unscale_(opt)
         grad_norm = _clip(model, named, masks, cfg.grad_clip)
         if not scaler.is_enabled():  # fp16: an overflow skips the step and lowers the scale
@@ -280,8 +370,11 @@ def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, *, out: str | Path, p
             logger.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             window = [0.0, 0.0]
-        if validate is not None and rank == 0 and (
-                prog.step == total or valid_every and prog.step % valid_every == 0):
+        if (
+            validate is not None
+            and rank == 0
+            and (prog.step == total or valid_every and prog.step % valid_every == 0)
+        ):
             valid_log.append(_valid_row(model, validate, prog, epoch, clock))
         if cfg.save_every and prog.step % cfg.save_every == 0 and prog.step < total:
             prog.scaler = scaler.state_dict() if scaler.is_enabled() else None
@@ -290,12 +383,26 @@ def fit(model: nn.Module, corpus: Corpus, cfg: LoopConfig, *, out: str | Path, p
             on_step(prog.step)
     bar.close()
     last = prog.log[-1]["loss"] if prog.log else float("nan")
-    return Result(prog.step, prog.tokens, prog.labelled, prog.targets, clock(), last, prog.log, prog.valid,
-                  dtype)
+    return Result(
+        prog.step,
+        prog.tokens,
+        prog.labelled,
+        prog.targets,
+        clock(),
+        last,
+        prog.log,
+        prog.valid,
+        dtype,
+    )
 
 
-def _valid_row(model: nn.Module, validate: Callable[[nn.Module], dict], prog: trainstate.Progress,
-               epoch: int, clock: trainstate.Clock) -> dict:
+def _valid_row(
+    model: nn.Module,
+    validate: Callable[[nn.Module], dict],
+    prog: trainstate.Progress,
+    epoch: int,
+    clock: trainstate.Clock,
+) -> dict:
     """One validation measurement, the model back in training mode afterwards."""
     start = clock()
     model.eval()
@@ -303,8 +410,14 @@ def _valid_row(model: nn.Module, validate: Callable[[nn.Module], dict], prog: tr
         measured = validate(model)
     finally:
         model.train()
-    return {"step": prog.step, "epoch": epoch + 1, "targets": prog.targets, **measured, "seconds": clock() - start,
-            "elapsed_s": clock()}
+    return {
+        "step": prog.step,
+        "epoch": epoch + 1,
+        "targets": prog.targets,
+        **measured,
+        "seconds": clock() - start,
+        "elapsed_s": clock(),
+    }
 
 
 def wrap(model: nn.Module, cfg: LoopConfig, device: torch.device, world: int) -> nn.Module:
@@ -312,7 +425,9 @@ def wrap(model: nn.Module, cfg: LoopConfig, device: torch.device, world: int) ->
     compiled when asked."""
     net: nn.Module = LabelledLoss(model)
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device] if device.type == "cuda" else None
+        )
     return torch.compile(net, dynamic=True) if cfg.compile else net
 
 
@@ -321,8 +436,10 @@ def _check_finite(what: str, value: float, prog: trainstate.Progress, partial: P
         return
     where = f"training stopped: {what} is {value} at step {prog.step + 1}"
     if prog.saved_step:
-        raise Diverged(f"{where}; the last good state (step {prog.saved_step}) is kept in {partial} "
-                       "(--resume retries from it); lower --lr and rerun to start over")
+        raise Diverged(
+            f"{where}; the last good state (step {prog.saved_step}) is kept in {partial} "
+            "(--resume retries from it); lower --lr and rerun to start over"
+        )
     raise Diverged(f"{where}; no state was saved yet (see --save-every); lower --lr and rerun")
 
 
@@ -339,8 +456,8 @@ def _clip(model, named, row_masks, max_norm: float) -> float:
 
 
 def _update(named, opt, sched, row_masks, weight_decay: float, scaler) -> None:
-    """AdamW step (through the loss scaler: a plain step unless fp16), scheduler step, and decoupled decay
-    of the trainable rows of row-masked matrices.
+    """AdamW step (through the loss scaler: a plain step unless fp16), scheduler step, and decoupled
+    decay of the trainable rows of row-masked matrices.
 
     A row whose gradient is always zero keeps zero Adam moments, so AdamW leaves it bit-identical.
     """
@@ -354,8 +471,22 @@ def _update(named, opt, sched, row_masks, weight_decay: float, scaler) -> None:
                 named[name][mask] *= 1 - lr * weight_decay
 
 
-def _log_row(prog: trainstate.Progress, epoch: int, window: list[float], sched, grad_norm: float,
-             elapsed: float) -> dict:
-    return {"step": prog.step, "epoch": epoch + 1, "loss": window[0] / max(window[1], 1.0),
-            "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "tokens": prog.tokens, "targets": prog.targets,
-            "tokens_per_s": prog.tokens / max(elapsed, 1e-9), "elapsed_s": elapsed}
+def _log_row(
+    prog: trainstate.Progress,
+    epoch: int,
+    window: list[float],
+    sched,
+    grad_norm: float,
+    elapsed: float,
+) -> dict:
+    return {
+        "step": prog.step,
+        "epoch": epoch + 1,
+        "loss": window[0] / max(window[1], 1.0),
+        "lr": sched.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        "tokens": prog.tokens,
+        "targets": prog.targets,
+        "tokens_per_s": prog.tokens / max(elapsed, 1e-9),
+        "elapsed_s": elapsed,
+    }

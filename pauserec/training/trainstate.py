@@ -1,11 +1,12 @@
-"""Resumable training state, the stage's one clock and the live CSV logs, in ``OUT.partial`` beside the
-final checkpoint.
+"""Resumable training state, the stage's one clock and the live CSV logs, in ``OUT.partial`` beside
+the final checkpoint.
 
 ``OUT.partial/state.pt`` holds the trainable weights, optimizer, scheduler, RNG states and the
-:class:`Progress`; it is written to a temp file and renamed, so a kill never leaves half of it. The final
-checkpoint ``OUT`` appears only when a stage finishes (see :mod:`pauserec.training.train`), and
-``OUT.partial`` is removed then. Time is one :class:`Clock`: the stage's wall seconds, all segments of a
-resumed run included; every timing of a stage (log rows, throughput, the checkpoint's ``wall_s``) reads it.
+:class:`Progress`; it is written to a temp file and renamed, so a kill never leaves half of it. The
+final checkpoint ``OUT`` appears only when a stage finishes (see :mod:`pauserec.training.train`),
+and ``OUT.partial`` is removed then. Time is one :class:`Clock`: the stage's wall seconds, all
+segments of a resumed run included; every timing of a stage (log rows, throughput, the checkpoint's
+``wall_s``) reads it.
 """
 
 from __future__ import annotations
@@ -34,14 +35,34 @@ KIND = "pauserec train"  # the marker of its outputs
 PARTIAL_KIND = "pauserec train (resumable state)"  # the marker of OUT.partial (:func:`check_owner`)
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.csv"
-LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "elapsed_s")
+LOG_FIELDS = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "targets",
+    "tokens_per_s",
+    "elapsed_s",
+)
 VALID_FILE = "valid_log.csv"
-VALID_FIELDS = ("step", "epoch", "targets", "users", "recall@10", "ndcg@10", "popular_recall@10", "seconds",
-                "elapsed_s")
+VALID_FIELDS = (
+    "step",
+    "epoch",
+    "targets",
+    "users",
+    "recall@10",
+    "ndcg@10",
+    "popular_recall@10",
+    "seconds",
+    "elapsed_s",
+)
 
 
 class Clock:
-    """The stage's wall clock: seconds of the earlier segments of a resumed run plus this segment's."""
+    """The stage's wall clock: seconds of the earlier segments of a resumed run plus this
+    segment's."""
 
     def __init__(self) -> None:
         self.start, self.before = time.perf_counter(), 0.0
@@ -82,13 +103,19 @@ def check_owner(partial: Path) -> None:
     """``OUT.partial`` is training's to resume and delete only when training made it (its
     marker)."""
     if os.path.lexists(partial) and files.written_by(partial) != PARTIAL_KIND:
-        raise UserError(f"{partial} exists and was not written by {KIND}; training keeps its "
-                        "resumable state there and would delete it: move it away or pick another "
-                        "--out")
+        raise UserError(
+            f"{partial} exists and was not written by {KIND}; training keeps its "
+            "resumable state there and would delete it: move it away or pick another "
+            "--out"
+        )
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -106,13 +133,15 @@ STATE_KEYS = ("params", "optimizer", "scheduler", "rng", "progress")
 
 
 def _unusable(partial: Path, why: str) -> UserError:
-    return UserError(f"cannot resume from {partial / STATE_FILE}: {why}; delete {partial} (or rerun without "
-                     "--resume) to start over")
+    return UserError(
+        f"cannot resume from {partial / STATE_FILE}: {why}; delete {partial} (or rerun without "
+        "--resume) to start over"
+    )
 
 
 def check(partial: Path) -> None:
-    """Fail fast, before a model is loaded, on a saved state that is cut short (a torch file is a zip
-    archive whose directory is at its end) or unreadable."""
+    """Fail fast, before a model is loaded, on a saved state that is cut short (a torch file is a
+    zip archive whose directory is at its end) or unreadable."""
     path = partial / STATE_FILE
     if not path.is_file():
         return
@@ -135,23 +164,38 @@ def read(partial: Path) -> dict[str, Any]:
         raise _unusable(partial, f"corrupt file ({type(err).__name__})") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing or not isinstance(state["progress"], dict) or "fingerprint" not in state["progress"]:
-        raise _unusable(partial, f"not a training state (missing {', '.join(missing) or 'progress'})")
+        raise _unusable(
+            partial, f"not a training state (missing {', '.join(missing) or 'progress'})"
+        )
     return state
 
 
-def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint: dict, clock: Clock,
-          rank: int = 0) -> Progress:
-    """Progress to continue from: the saved state (``resume`` and one exists; the clock resumes from its
-    time), else a fresh start."""
+def start(
+    partial: Path,
+    model: nn.Module,
+    opt,
+    sched,
+    resume: bool,
+    fingerprint: dict,
+    clock: Clock,
+    rank: int = 0,
+) -> Progress:
+    """Progress to continue from: the saved state (``resume`` and one exists; the clock resumes from
+    its time), else a fresh start."""
     path = partial / STATE_FILE
     if resume and path.is_file():
         state = read(partial)
         progress = Progress.from_dict(state["progress"])
-        changed = sorted(k for k in set(fingerprint) | set(progress.fingerprint)
-                         if fingerprint.get(k) != progress.fingerprint.get(k))
+        changed = sorted(
+            k
+            for k in set(fingerprint) | set(progress.fingerprint)
+            if fingerprint.get(k) != progress.fingerprint.get(k)
+        )
         if changed:
-            raise UserError(f"cannot resume from {partial}: it was written with other settings "
-                            f"({', '.join(changed)}); delete it (or rerun without --resume) to start over")
+            raise UserError(
+                f"cannot resume from {partial}: it was written with other settings "
+                f"({', '.join(changed)}); delete it (or rerun without --resume) to start over"
+            )
         named = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in state["params"].items():
@@ -174,15 +218,21 @@ def start(partial: Path, model: nn.Module, opt, sched, resume: bool, fingerprint
     return Progress(fingerprint=fingerprint)
 
 
-def save(partial: Path, model: nn.Module, opt, sched, progress: Progress, clock: Clock, rank: int = 0) -> None:
+def save(
+    partial: Path, model: nn.Module, opt, sched, progress: Progress, clock: Clock, rank: int = 0
+) -> None:
     """Write the resumable state atomically (rank 0 only; every rank records the step)."""
     progress.saved_step, progress.seconds = progress.step, clock()
     if rank != 0:
         return
     partial.mkdir(parents=True, exist_ok=True)
     payload = {
-        "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+        "params": {
+            n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad
+        },
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": _rng_state(),
         "progress": asdict(progress),
     }
     fd, tmp = tempfile.mkstemp(dir=partial, prefix=".state.", suffix=".tmp")
@@ -196,11 +246,17 @@ def save(partial: Path, model: nn.Module, opt, sched, progress: Progress, clock:
 
 
 class CsvLog:
-    """A per-stage log (training or validation): rows live in ``rows`` (saved with the state) and, on rank
-    0, in a CSV file appended as training goes (rewritten from ``rows`` on start, so a resumed log has no
-    gaps)."""
+    """A per-stage log (training or validation): rows live in ``rows`` (saved with the state) and,
+    on rank 0, in a CSV file appended as training goes (rewritten from ``rows`` on start, so a
+    resumed log has no gaps)."""
 
-    def __init__(self, path: Path, rows: list[dict], fields: tuple[str, ...] = LOG_FIELDS, enabled: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        rows: list[dict],
+        fields: tuple[str, ...] = LOG_FIELDS,
+        enabled: bool = True,
+    ):
         self.path, self.rows, self.fields, self.enabled = path, rows, fields, enabled
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Test-only fault injection: ``python train_killed_at.py STEP TRAIN_ARGS...`` trains like
-``python -m pauserec train TRAIN_ARGS...`` and SIGKILLs itself right after optimizer step STEP -- a real
-crash, through the trainer's ``on_step`` hook, with no hook in the production loop."""
+``python -m pauserec train TRAIN_ARGS...`` and SIGKILLs itself right after optimizer step STEP -- a
+real crash, through the trainer's ``on_step`` hook, with no hook in the production loop."""
 
 import os
 import signal

@@ -1,4 +1,5 @@
-"""What the three baselines share: rebuilding training sequences from examples, and top-k ranking."""
+"""What the three baselines share: rebuilding training sequences from examples, and top-k
+ranking."""
 
 from __future__ import annotations
 
@@ -10,23 +11,24 @@ import torch
 from pauserec import data
 from pauserec.errors import UserError
 
-RANK_BATCH = 128  # users ranked together; (128, n_items) float64 stays below malloc's mmap threshold
+# users ranked together; (128, n_items) float64 stays below malloc's mmap threshold
+RANK_BATCH = 128
 
 
 def training_sequences(examples: Iterable[data.Example]) -> list[list[int]]:
     """The item sequences ``examples`` were cut from, each interaction once.
 
     An example whose history is the tail of its user's current sequence extends that sequence by its
-    target (so ``data.split(ds)["train"]`` gives back every ``seq[:-2]``, and ``train + valid`` every
-    ``seq[:-1]``); any other example starts a new sequence ``history + [target]``. Only items that appear
-    in the examples are used, so a held-out target can never leak in.
+    target (so ``data.split(ds)["train"]`` gives back every ``seq[:-2]``, and ``train + valid``
+    every ``seq[:-1]``); any other example starts a new sequence ``history + [target]``. Only items
+    that appear in the examples are used, so a held-out target can never leak in.
     """
     seqs: list[list[int]] = []
     last: dict[str, int] = {}  # user -> index of that user's most recent sequence in seqs
     for ex in examples:
         hist = list(ex.history)
         i = last.get(ex.user)
-        if i is not None and hist and seqs[i][-len(hist):] == hist:
+        if i is not None and hist and seqs[i][-len(hist) :] == hist:
             seqs[i].append(ex.target)
         else:
             last[ex.user] = len(seqs)
@@ -47,10 +49,10 @@ def mask_histories(scores: np.ndarray, histories: Sequence[Sequence[int]]) -> np
 def rank(scores: np.ndarray, top_k: int, tie_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores), both (n_users, top_k), best first; equal scores follow ``tie_order``.
 
-    ``tie_order`` lists every item index, best first (the baselines pass popularity order), so ties --
-    items a model cannot tell apart -- are broken the same way by every baseline. Exact, and as fast as
-    ``torch.topk``: the items strictly above the k-th best score come first (sorted by score, then tie
-    order), then the items tied with it, in tie order.
+    ``tie_order`` lists every item index, best first (the baselines pass popularity order), so
+    ties -- items a model cannot tell apart -- are broken the same way by every baseline. Exact, and
+    as fast as ``torch.topk``: the items strictly above the k-th best score come first (sorted by
+    score, then tie order), then the items tied with it, in tie order.
     """
     s = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64))  # (n_users, n_items)
     pos = torch.empty(s.shape[1], dtype=torch.float64)
@@ -58,7 +60,8 @@ def rank(scores: np.ndarray, top_k: int, tie_order: np.ndarray) -> tuple[np.ndar
     kth = s.topk(top_k, dim=1).values[:, -1:]  # (n_users, 1)
     above = s > kth
     a_val, a_idx = torch.where(above, s, -torch.inf).topk(top_k, dim=1)  # (n_users, top_k)
-    t_idx = torch.where(s == kth, -pos, -torch.inf).topk(top_k, dim=1).indices  # ties, tie order first
+    # ties, tie order first
+    t_idx = torch.where(s == kth, -pos, -torch.inf).topk(top_k, dim=1).indices
     n_above = above.sum(1, keepdim=True).numpy()  # (n_users, 1)
     j = np.arange(top_k)[None, :]
     group = np.concatenate([np.where(j < n_above, 0, 2), np.where(j < top_k - n_above, 1, 2)], 1)
@@ -79,10 +82,15 @@ def batches(n: int, size: int = RANK_BATCH) -> Iterable[slice]:
     return (slice(i, min(i + size, n)) for i in range(0, n, size))
 
 
-def rank_histories(score_fn: Callable[[Sequence[Sequence[int]]], np.ndarray],
-                   histories: Sequence[Sequence[int]], top_k: int, tie_order: np.ndarray,
-                   exclude_history: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(items, scores) (n_users, top_k) from ``score_fn(batch) -> (batch, n_items)`` scores, in batches.
+def rank_histories(
+    score_fn: Callable[[Sequence[Sequence[int]]], np.ndarray],
+    histories: Sequence[Sequence[int]],
+    top_k: int,
+    tie_order: np.ndarray,
+    exclude_history: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, scores) (n_users, top_k) from ``score_fn(batch) -> (batch, n_items)`` scores, in
+    batches.
 
     With ``exclude_history`` the items of a user's history are never recommended.
     """

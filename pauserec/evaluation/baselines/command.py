@@ -1,5 +1,5 @@
-"""``python -m pauserec baseline --model NAME --dataset D --out DIR``: a classical baseline, evaluated
-like a checkpoint.
+"""``python -m pauserec baseline --model NAME --dataset D --out DIR``: a classical baseline,
+evaluated like a checkpoint.
 
 Fits on the training targets of the leave-one-out split, cut with the history length and training
 targets of the LLM it is compared with (``--max-history``, ``--train-targets``; the experiment
@@ -31,41 +31,90 @@ from pauserec.model.device import DEVICES_HELP, describe, resolve_device
 class BaselineArgs:
     """Fit a classical baseline on the training split and evaluate it on the LLM's test users."""
 
-    model: str = field(default="markov", metadata={"help": ", ".join(baselines.NAMES),
-                                                   "choices": baselines.NAMES})
-    dataset: str = field(default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"})
-    data_root: str | None = field(default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"})
-    out: str = field(default="", metadata={"help": "write metrics.json and per_user.csv here (must not exist)"})
+    model: str = field(
+        default="markov", metadata={"help": ", ".join(baselines.NAMES), "choices": baselines.NAMES}
+    )
+    dataset: str = field(
+        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
+    )
+    out: str = field(
+        default="", metadata={"help": "write metrics.json and per_user.csv here (must not exist)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    split: str = field(default="test", metadata={"help": "test or valid", "choices": ("test", "valid")})
-    n_users: int | None = field(default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1})
-    eval_seed: int = field(default=0, metadata={"help": "seed of the user sample (as in evaluate)", "min": 0})
+    split: str = field(
+        default="test", metadata={"help": "test or valid", "choices": ("test", "valid")}
+    )
+    n_users: int | None = field(
+        default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1}
+    )
+    eval_seed: int = field(
+        default=0, metadata={"help": "seed of the user sample (as in evaluate)", "min": 0}
+    )
     seed: int = field(default=0, metadata={"help": "training seed (sasrec)", "min": 0})
-    max_history: int = field(default=20, metadata={
-        "help": "history items read (the LLM's max_history)", "min": 1})
-    train_targets: str = field(default="all", metadata={
-        "help": "all (every prefix of the training part) or last (one example per user): the LLM's",
-        "choices": TRAIN_TARGETS})
-    exclude_history: bool = field(default=False, metadata={"help": "never recommend an item already seen"})
+    max_history: int = field(
+        default=20, metadata={"help": "history items read (the LLM's max_history)", "min": 1}
+    )
+    train_targets: str = field(
+        default="all",
+        metadata={
+            "help": (
+                "all (every prefix of the training part) or last (one example per user): the LLM's"
+            ),
+            "choices": TRAIN_TARGETS,
+        },
+    )
+    exclude_history: bool = field(
+        default=False, metadata={"help": "never recommend an item already seen"}
+    )
     sasrec_epochs: int = field(default=200, metadata={"help": "sasrec: cap on epochs", "min": 1})
-    sasrec_patience: int = field(default=5, metadata={
-        "help": "sasrec: stop after this many epochs without a better validation NDCG@10",
-        "min": 1})
-    sasrec_seconds: float | None = field(default=None, metadata={
-        "help": "sasrec: optional hard cap on training seconds (not reproducible)", "gt": 0.0})
+    sasrec_patience: int = field(
+        default=5,
+        metadata={
+            "help": "sasrec: stop after this many epochs without a better validation NDCG@10",
+            "min": 1,
+        },
+    )
+    sasrec_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "sasrec: optional hard cap on training seconds (not reproducible)",
+            "gt": 0.0,
+        },
+    )
     device: str = field(default="auto", metadata={"help": "sasrec: " + DEVICES_HELP})
 
 
 def identity(args: BaselineArgs, options: dict[str, Any]) -> dict[str, Any]:
-    """The identity columns of a baseline (what a checkpoint's ``identity`` is for a trained model)."""
-    key = json.dumps({"model": args.model, "dataset": args.dataset, "options": options,
-                      "max_history": args.max_history, "train_targets": args.train_targets,
-                      "seed": args.seed if args.model == "sasrec" else None}, sort_keys=True, default=str)
+    """The identity columns of a baseline (what a checkpoint's ``identity`` is for a trained
+    model)."""
+    key = json.dumps(
+        {
+            "model": args.model,
+            "dataset": args.dataset,
+            "options": options,
+            "max_history": args.max_history,
+            "train_targets": args.train_targets,
+            "seed": args.seed if args.model == "sasrec" else None,
+        },
+        sort_keys=True,
+        default=str,
+    )
     ident = {k: "" for k in IDENTITY}
-    ident.update(ckpt=args.model, ckpt_hash=hashlib.sha256(key.encode()).hexdigest()[:16],
-                 dataset=args.dataset, variant="baseline", stage="baseline", cell=args.model,
-                 n_pauses=0, rationale_leaky=False, train_targets=args.train_targets,
-                 train_seed=args.seed if args.model == "sasrec" else None)
+    ident.update(
+        ckpt=args.model,
+        ckpt_hash=hashlib.sha256(key.encode()).hexdigest()[:16],
+        dataset=args.dataset,
+        variant="baseline",
+        stage="baseline",
+        cell=args.model,
+        n_pauses=0,
+        rationale_leaky=False,
+        train_targets=args.train_targets,
+        train_seed=args.seed if args.model == "sasrec" else None,
+    )
     return ident
 
 
@@ -76,8 +125,13 @@ def run(args: BaselineArgs) -> dict[str, Any]:
     options: dict[str, Any] = {"exclude_history": args.exclude_history}
     if args.model == "sasrec":
         device = resolve_device(args.device)
-        options.update(max_len=args.max_history, max_seconds=args.sasrec_seconds,
-                       epochs=args.sasrec_epochs, patience=args.sasrec_patience, device=str(device))
+        options.update(
+            max_len=args.max_history,
+            max_seconds=args.sasrec_seconds,
+            epochs=args.sasrec_epochs,
+            patience=args.sasrec_patience,
+            device=str(device),
+        )
     inputs = [args.dataset, *data.source_paths(args.dataset, args.data_root)]  # names resolved
     with files.claim(args.out, kind="pauserec baseline", overwrite=args.overwrite, inputs=inputs):
         ds = data.load_dataset(args.dataset, args.data_root)
@@ -86,19 +140,28 @@ def run(args: BaselineArgs) -> dict[str, Any]:
         examples = [users[i] for i in data.sample(len(users), args.n_users, args.eval_seed)]
         start = time.perf_counter()
         stop_on = split["valid"] if args.split != "valid" else None  # never tune on what is scored
-        model = baselines.make(args.model, **options).fit(ds, split["train"], seed=args.seed,
-                                                          valid=stop_on)
+        model = baselines.make(args.model, **options).fit(
+            ds, split["train"], seed=args.seed, valid=stop_on
+        )
         fit_s = time.perf_counter() - start
         summary, frame = baselines.evaluate_baseline(model, examples, evaluate.LIST_LEN)
         metrics = {k: summary[k] for k in summary if k.startswith(("recall@", "ndcg@"))}
-        out = {"split": args.split, "eval_seed": args.eval_seed, "n_users": len(examples),
-               "max_history": args.max_history, **metrics,
-               **health(frame, ds, split), "fit_seconds": fit_s,
-               "baseline_info": {k: v for k, v in summary.items() if k not in metrics},
-               **describe(resolve_device(args.device if args.model == "sasrec" else "cpu"), "fp32")}
+        out = {
+            "split": args.split,
+            "eval_seed": args.eval_seed,
+            "n_users": len(examples),
+            "max_history": args.max_history,
+            **metrics,
+            **health(frame, ds, split),
+            "fit_seconds": fit_s,
+            "baseline_info": {k: v for k, v in summary.items() if k not in metrics},
+            **describe(resolve_device(args.device if args.model == "sasrec" else "cpu"), "fp32"),
+        }
         evaluate.write(args.out, identity(args, options), out, frame, {**vars(args)})
-    print(f"{args.model} on {args.dataset} ({len(examples):,} {args.split} users): recall@10 "
-          f"{out['recall@10']:.4f}  ndcg@10 {out['ndcg@10']:.4f}  (fit {fit_s:.1f}s)")
+    print(
+        f"{args.model} on {args.dataset} ({len(examples):,} {args.split} users): recall@10 "
+        f"{out['recall@10']:.4f}  ndcg@10 {out['ndcg@10']:.4f}  (fit {fit_s:.1f}s)"
+    )
     return out
 
 

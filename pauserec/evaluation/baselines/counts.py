@@ -22,7 +22,8 @@ def item_counts(seqs: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
 
 
 def transition_counts(seqs: Sequence[Sequence[int]], n_items: int) -> sp.csr_matrix:
-    """(n_items, n_items) sparse: entry (a, b) = how often item b directly follows item a in ``seqs``."""
+    """(n_items, n_items) sparse: entry (a, b) = how often item b directly follows item a in
+    ``seqs``."""
     src = np.fromiter((a for s in seqs for a in s[:-1]), dtype=np.int64)
     dst = np.fromiter((b for s in seqs for b in s[1:]), dtype=np.int64)
     ones = np.ones(len(src), dtype=np.float64)
@@ -31,34 +32,52 @@ def transition_counts(seqs: Sequence[Sequence[int]], n_items: int) -> sp.csr_mat
 
 @dataclass
 class Popularity:
-    """Most-popular items: counts of every interaction in the training sequences; ties by item index."""
+    """Most-popular items: counts of every interaction in the training sequences; ties by item
+    index."""
 
     name: str = field(default="popularity", init=False)
     exclude_history: bool = False  # never recommend an item already in the user's history
     counts: Any = field(default=None, init=False, repr=False)  # (n_items,) training counts
-    order: Any = field(default=None, init=False, repr=False)  # (n_items,) item indices, most popular first
+    # (n_items,) item indices, most popular first
+    order: Any = field(default=None, init=False, repr=False)
     info: dict = field(default_factory=dict, init=False, repr=False)
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
-            valid: list[data.Example] | None = None) -> Popularity:  # nothing to tune: valid unused
+    def fit(
+        self,
+        ds: data.Dataset,
+        train: list[data.Example],
+        seed: int = 0,
+        valid: list[data.Example] | None = None,
+    ) -> Popularity:  # nothing to tune: valid unused
         start = time.perf_counter()
         seqs = training_sequences(train)
         self.counts = item_counts(seqs, len(ds.items))
         self.order = np.argsort(-self.counts, kind="stable")
-        self.info = {"baseline": self.name, "exclude_history": self.exclude_history, "seed": seed,
-                     "train_examples": len(train), "fit_seconds": time.perf_counter() - start}
+        self.info = {
+            "baseline": self.name,
+            "exclude_history": self.exclude_history,
+            "seed": seed,
+            "train_examples": len(train),
+            "fit_seconds": time.perf_counter() - start,
+        }
         return self
 
-    def recommend_scored(self, histories: Sequence[Sequence[int]],
-                         top_k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    def recommend_scored(
+        self, histories: Sequence[Sequence[int]], top_k: int = 20
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(items, scores) (n_users, top_k), best first; the score is the training count."""
         check_request(None if self.counts is None else len(self.counts), top_k)
         if not self.exclude_history:  # the same list for everyone
             items = np.tile(self.order[:top_k], (len(histories), 1))
             return items, self.counts[items].astype(np.float64)
         counts = self.counts.astype(np.float64)[None, :]
-        return rank_histories(lambda hs: np.repeat(counts, len(hs), 0), histories, top_k, self.order,
-                              exclude_history=True)
+        return rank_histories(
+            lambda hs: np.repeat(counts, len(hs), 0),
+            histories,
+            top_k,
+            self.order,
+            exclude_history=True,
+        )
 
     def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
         return self.recommend_scored(histories, top_k)[0]
@@ -68,52 +87,69 @@ class Popularity:
 class Markov:
     """First-order item transitions, scored from the last ``window`` history items.
 
-    ``P(b | a)`` = how often b directly follows a in the training sequences, over how often a is followed
-    by anything. A user's score for item b is ``sum_l decay**(l-1) * P(b | h[-l])`` over the ``window``
-    most recent history items ``h[-1], h[-2], ...``; items scoring equal (including every item no
-    history item leads to) are ordered by training popularity.
+    ``P(b | a)`` = how often b directly follows a in the training sequences, over how often a is
+    followed by anything. A user's score for item b is ``sum_l decay**(l-1) * P(b | h[-l])`` over
+    the ``window`` most recent history items ``h[-1], h[-2], ...``; items scoring equal (including
+    every item no history item leads to) are ordered by training popularity.
     """
 
     name: str = field(default="markov", init=False)
     window: int = 3  # most recent history items that vote
     decay: float = 0.5  # weight of the l-th most recent item: decay ** (l - 1)
     exclude_history: bool = False  # never recommend an item already in the user's history
-    transitions: Any = field(default=None, init=False, repr=False)  # (n_items, n_items) sparse counts
+    # (n_items, n_items) sparse counts
+    transitions: Any = field(default=None, init=False, repr=False)
     counts: Any = field(default=None, init=False, repr=False)  # (n_items,) training counts
-    order: Any = field(default=None, init=False, repr=False)  # (n_items,) popularity order (tie-break)
+    # (n_items,) popularity order (tie-break)
+    order: Any = field(default=None, init=False, repr=False)
     info: dict = field(default_factory=dict, init=False, repr=False)
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
-            valid: list[data.Example] | None = None) -> Markov:  # nothing to tune: valid unused
+    def fit(
+        self,
+        ds: data.Dataset,
+        train: list[data.Example],
+        seed: int = 0,
+        valid: list[data.Example] | None = None,
+    ) -> Markov:  # nothing to tune: valid unused
         if self.window < 1 or not 0 < self.decay <= 1:
-            raise UserError(f"markov needs window >= 1 and 0 < decay <= 1, got {self.window}, {self.decay}")
+            raise UserError(
+                f"markov needs window >= 1 and 0 < decay <= 1, got {self.window}, {self.decay}"
+            )
         start = time.perf_counter()
         seqs = training_sequences(train)
         n = len(ds.items)
         self.counts = item_counts(seqs, n)
         self.order = np.argsort(-self.counts, kind="stable")
         self.transitions = transition_counts(seqs, n)
-        out = np.asarray(self.transitions.sum(1)).ravel()  # (n_items,) transitions leaving each item
+        # (n_items,) transitions leaving each item
+        out = np.asarray(self.transitions.sum(1)).ravel()
         self._probs = sp.diags(1.0 / np.maximum(out, 1.0)) @ self.transitions  # row-normalised, csr
-        self.info = {"baseline": self.name, "window": self.window, "decay": self.decay,
-                     "exclude_history": self.exclude_history, "seed": seed,
-                     "train_examples": len(train), "fit_seconds": time.perf_counter() - start}
+        self.info = {
+            "baseline": self.name,
+            "window": self.window,
+            "decay": self.decay,
+            "exclude_history": self.exclude_history,
+            "seed": seed,
+            "train_examples": len(train),
+            "fit_seconds": time.perf_counter() - start,
+        }
         return self
 
     def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         """(n_users, n_items) transition scores (0 where no recent history item leads)."""
         rows, cols, vals = [], [], []
         for u, hist in enumerate(histories):
-            recent = list(hist)[::-1][:self.window]  # most recent first
+            recent = list(hist)[::-1][: self.window]  # most recent first
             rows += [u] * len(recent)
             cols += recent
-            vals += [self.decay ** age for age in range(len(recent))]
+            vals += [self.decay**age for age in range(len(recent))]
         n = self.transitions.shape[0]
         votes = sp.csr_matrix((vals, (rows, cols)), shape=(len(histories), n))  # (n_users, n_items)
         return (votes @ self._probs).toarray()
 
-    def recommend_scored(self, histories: Sequence[Sequence[int]],
-                         top_k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    def recommend_scored(
+        self, histories: Sequence[Sequence[int]], top_k: int = 20
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(items, scores) (n_users, top_k), best first; the score is the transition score."""
         check_request(None if self.counts is None else len(self.counts), top_k)
         return rank_histories(self.scores, histories, top_k, self.order, self.exclude_history)

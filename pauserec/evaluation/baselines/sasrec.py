@@ -1,13 +1,13 @@
 """SASRec (Kang & McAuley 2018), compact: a causal Transformer over the last ``max_len`` items.
 
-Pre-norm blocks (one-head self-attention + a ``dim -> dim -> dim`` ReLU feed-forward), learned absolute
-positions over left-padded slots, item embeddings shared with the output layer, and -- unlike the
-paper's one sampled negative per target -- a full-softmax cross-entropy over every item.
+Pre-norm blocks (one-head self-attention + a ``dim -> dim -> dim`` ReLU feed-forward), learned
+absolute positions over left-padded slots, item embeddings shared with the output layer, and --
+unlike the paper's one sampled negative per target -- a full-softmax cross-entropy over every item.
 
 Training covers each training target exactly once per epoch: every training sequence is cut into
-windows of at most ``max_len`` targets (a random, seeded offset per sequence and epoch, so a target sees
-a different amount of its history from one epoch to the next), and every window position predicts
-its next item.
+windows of at most ``max_len`` targets (a random, seeded offset per sequence and epoch, so a target
+sees a different amount of its history from one epoch to the next), and every window position
+predicts its next item.
 
 Early stopping. Given validation examples (``fit(..., valid=split["valid"])``), every epoch ends
 with NDCG@10 on them; training stops when ``patience`` epochs in a row have not improved on the
@@ -47,12 +47,16 @@ log = logging.getLogger(__name__)
 class SASRecNet(nn.Module):
     """Token ids (item index + 1, 0 = padding) -> one hidden state per position."""
 
-    def __init__(self, n_items: int, max_len: int, dim: int, layers: int, heads: int, dropout: float):
+    def __init__(
+        self, n_items: int, max_len: int, dim: int, layers: int, heads: int, dropout: float
+    ):
         super().__init__()
         self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.pos = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
-        block = nn.TransformerEncoderLayer(dim, heads, dim, dropout, batch_first=True, norm_first=True)
+        block = nn.TransformerEncoderLayer(
+            dim, heads, dim, dropout, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.heads = heads
@@ -65,11 +69,12 @@ class SASRecNet(nn.Module):
         """(batch, pos) token ids -> (batch, pos, dim) hidden states."""
         b, t = tokens.shape
         real = tokens > 0  # (batch, pos)
-        x = self.item(tokens) * self.item.embedding_dim ** 0.5 + self.pos.weight[:t]
+        x = self.item(tokens) * self.item.embedding_dim**0.5 + self.pos.weight[:t]
         x = self.drop(x) * real.unsqueeze(-1)
         causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
         eye = torch.eye(t, dtype=torch.bool, device=tokens.device)
-        keep = causal & (real.unsqueeze(1) | eye)  # (batch, pos, pos); a padding slot sees itself only
+        # (batch, pos, pos); a padding slot sees itself only
+        keep = causal & (real.unsqueeze(1) | eye)
         mask = ~keep.repeat_interleave(self.heads, 0)  # (batch * heads, pos, pos), True = blocked
         return self.norm(self.blocks(x, mask=mask))
 
@@ -91,8 +96,9 @@ def windows(seqs: Sequence[Sequence[int]], max_len: int, gen: torch.Generator) -
         if last < 1:
             continue
         ends = [last, *range(last - off, 0, -max_len)] if off else list(range(last, 0, -max_len))
-        for e, s in zip(ends, [*(e + 1 for e in ends[1:]), 1]):  # targets seq[s..e], inputs seq[s-1..e-1]
-            rows.append([0] * (max_len + s - e - 1) + [i + 1 for i in seq[s - 1:e + 1]])
+        # targets seq[s..e], inputs seq[s-1..e-1]
+        for e, s in zip(ends, [*(e + 1 for e in ends[1:]), 1]):
+            rows.append([0] * (max_len + s - e - 1) + [i + 1 for i in seq[s - 1 : e + 1]])
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -102,7 +108,7 @@ def pad_left(histories: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
     for u, hist in enumerate(histories):
         tail = list(hist)[-max_len:]
         if tail:
-            out[u, -len(tail):] = torch.tensor(tail) + 1
+            out[u, -len(tail) :] = torch.tensor(tail) + 1
     return out
 
 
@@ -124,38 +130,67 @@ class SASRec:
     exclude_history: bool = False  # never recommend an item already in the user's history
     device: str = "cpu"
     net: Any = field(default=None, init=False, repr=False)  # SASRecNet after fit
-    order: Any = field(default=None, init=False, repr=False)  # (n_items,) popularity order (tie-break)
+    # (n_items,) popularity order (tie-break)
+    order: Any = field(default=None, init=False, repr=False)
     info: dict = field(default_factory=dict, init=False, repr=False)
-    # called as on_epoch(epoch, train_seconds) after every epoch (e.g. a learning curve); set after make()
+    # called as on_epoch(epoch, train_seconds) after every epoch (e.g. a learning curve); set after
+    # make()
     on_epoch: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
 
-    def fit(self, ds: data.Dataset, train: list[data.Example], seed: int = 0,
-            valid: list[data.Example] | None = None) -> SASRec:
+    def fit(
+        self,
+        ds: data.Dataset,
+        train: list[data.Example],
+        seed: int = 0,
+        valid: list[data.Example] | None = None,
+    ) -> SASRec:
         """Train on ``train`` (early-stopped on ``valid`` when given; see the module docstring)."""
         sizes = (self.dim, self.layers, self.heads, self.max_len, self.batch_size, self.patience)
         if min(sizes) < 1 or self.epochs < 0:
-            raise UserError("sasrec sizes must be positive (dim, layers, heads, max_len, "
-                            "batch_size, patience)")
+            raise UserError(
+                "sasrec sizes must be positive (dim, layers, heads, max_len, batch_size, patience)"
+            )
         if self.dim % self.heads:
             raise UserError(f"sasrec dim {self.dim} must be divisible by heads {self.heads}")
         seqs = training_sequences(train)
-        self.order = np.argsort(-item_counts(seqs, len(ds.items)), kind="stable")  # ties: popularity
+        # ties: popularity
+        self.order = np.argsort(-item_counts(seqs, len(ds.items)), kind="stable")
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
             torch.manual_seed(seed)
-            self.net = SASRecNet(len(ds.items), self.max_len, self.dim, self.layers, self.heads,
-                                 self.dropout).to(self.device)
+            self.net = SASRecNet(
+                len(ds.items), self.max_len, self.dim, self.layers, self.heads, self.dropout
+            ).to(self.device)
             run = self._train(seqs, torch.Generator().manual_seed(seed), valid or [])
-        self.info = {"baseline": self.name, "seed": seed, "train_examples": len(train),
-                     "train_targets": sum(len(s) - 1 for s in seqs), **self._options(), **run}
+        self.info = {
+            "baseline": self.name,
+            "seed": seed,
+            "train_examples": len(train),
+            "train_targets": sum(len(s) - 1 for s in seqs),
+            **self._options(),
+            **run,
+        }
         return self
 
     def _options(self) -> dict[str, Any]:
-        keys = ("dim", "layers", "heads", "max_len", "dropout", "lr", "batch_size", "epochs",
-                "patience", "max_seconds", "exclude_history", "device")
+        keys = (
+            "dim",
+            "layers",
+            "heads",
+            "max_len",
+            "dropout",
+            "lr",
+            "batch_size",
+            "epochs",
+            "patience",
+            "max_seconds",
+            "exclude_history",
+            "device",
+        )
         return {k: getattr(self, k) for k in keys}
 
-    def _train(self, seqs: list[list[int]], gen: torch.Generator,
-               valid: list[data.Example]) -> dict[str, Any]:
+    def _train(
+        self, seqs: list[list[int]], gen: torch.Generator, valid: list[data.Example]
+    ) -> dict[str, Any]:
         """Epochs until the cap, ``patience`` epochs without a better validation NDCG@10 (the best
         weights kept), or ``max_seconds`` of training (``on_epoch`` and validation not counted)."""
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.98))
@@ -183,9 +218,16 @@ class SASRec:
             self.net.load_state_dict(best_state)
         self.net.eval()
         best_epoch = int(np.argmax(curve)) + 1 if curve else epoch
-        return {"epochs_run": epoch, "best_epoch": best_epoch, "stopped_by": stop, "steps": steps,
-                "final_loss": loss, "out_of_time": stop == "time", "fit_seconds": seconds,
-                "valid_ndcg@10": curve}
+        return {
+            "epochs_run": epoch,
+            "best_epoch": best_epoch,
+            "stopped_by": stop,
+            "steps": steps,
+            "final_loss": loss,
+            "out_of_time": stop == "time",
+            "fit_seconds": seconds,
+            "valid_ndcg@10": curve,
+        }
 
     def validate(self, valid: list[data.Example]) -> float:
         """Mean NDCG@10 on ``valid`` (the model left in eval mode)."""
@@ -193,8 +235,13 @@ class SASRec:
         ranks = metrics.ranks([ex.target for ex in valid], items)
         return float(metrics.ndcg_at_k(ranks, 10).mean())
 
-    def _epoch(self, seqs: list[list[int]], gen: torch.Generator, opt: torch.optim.Optimizer,
-               budget: float | None) -> tuple[float, int, bool]:
+    def _epoch(
+        self,
+        seqs: list[list[int]],
+        gen: torch.Generator,
+        opt: torch.optim.Optimizer,
+        budget: float | None,
+    ) -> tuple[float, int, bool]:
         """(mean loss, steps, ran out of time) of one pass over freshly cut windows."""
         self.net.train()
         start = time.perf_counter()
@@ -225,8 +272,9 @@ class SASRec:
         tokens = pad_left(histories, self.max_len).to(self.device)  # (n_users, max_len)
         return self.net.logits(self.net(tokens)[:, -1]).double().cpu().numpy()
 
-    def recommend_scored(self, histories: Sequence[Sequence[int]],
-                         top_k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    def recommend_scored(
+        self, histories: Sequence[Sequence[int]], top_k: int = 20
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(items, scores) (n_users, top_k), best first; the score is the output logit."""
         check_request(None if self.net is None else self.net.item.num_embeddings - 1, top_k)
         return rank_histories(self.scores, histories, top_k, self.order, self.exclude_history)
