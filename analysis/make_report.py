@@ -12,7 +12,6 @@ Paths in the report are relative to the runs directories.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import sys
 import time
@@ -353,7 +352,7 @@ def run(args: Args) -> Path:
                 f"no results under {', '.join(args.runs)}: no pauserec.json, metrics.json, "
                 "per_user.csv or probe results.csv found"
             )
-        shown = [*display_roots(args.runs), "--out", os.path.basename(out)]
+        shown = [*display_roots(args.runs), "--out", *display_roots([out])]
         command = f"{PROG} {shlex.join(shown)}"
         with files.atomic_dir(out) as tmp:
             blocks, tables = build(data, args, command, tmp / "figures")
