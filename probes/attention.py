@@ -67,7 +67,7 @@ class Args(ProbeArgs):
         metadata={
             "help": "pauses; -1 = the checkpoint's (5 if it has none)",
             "min": -1,
-            "max": 512,
+            "max": registry.MAX_PAUSES,
         },
     )
     batch_size: int = field(default=8, metadata={"help": "users per forward pass", "min": 1})
