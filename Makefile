@@ -48,7 +48,7 @@ demo: $(STAMP)
 	$(BIN)/python -m pauserec demo --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) \
 	  --llm-backbone "$(LLM)" --out $(OUT)
 
-# Every CPU tier (what CI runs: .ci/run). The fast tier alone: make test-fast (under 3 minutes on 2 cores).
+# Every CPU tier (what CI runs: .ci/run). The fast tier alone: make test-fast (about 4 minutes on 2 cores).
 # The numeric tests (two layouts of one computation) run a second time on the AVX2 kernels: machines
 # differ (AVX2-only, AVX-512 with bf16), and each kind must catch what fails on the other. The GPU run's
 # rehearsal runs a second time on the GPU image's versions (.venv-image), which it prints first.
