@@ -54,6 +54,7 @@ demo: $(STAMP)
 # rehearsal runs a second time on the GPU image's versions (.venv-image), which it prints first.
 AVX2      := ATEN_CPU_CAPABILITY=avx2
 test: $(STAMP) $(IMAGE)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not gpu"
 	$(AVX2) $(BIN)/python -m pytest -q -m "numeric and not gpu"
 	PYTHONPATH=. $(IMAGE_BIN)/python -c \
@@ -61,6 +62,7 @@ test: $(STAMP) $(IMAGE)/.installed
 	PAUSEREC_RUN_PYTHON=$(CURDIR)/$(IMAGE_BIN)/python $(BIN)/python -m pytest -q tests/test_gpu_run.py
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 	$(AVX2) $(BIN)/python -m pytest -q -m "numeric and not slow and not gpu"
 
