@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,14 @@ AMAZON_ROOT = next((p for p in data.default_roots() if (p / "Office").is_dir()),
 needs_amazon = pytest.mark.skipif(
     AMAZON_ROOT is None, reason="Amazon data (../shared/data/amazon) absent"
 )
+TORCHRUN_TRAIN = "-m torch.distributed.run --standalone --nproc-per-node 2 -m pauserec train"
+
+
+def train_in_two_processes(args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m pauserec train ARGS`` under torchrun: two CPU processes of one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, *TORCHRUN_TRAIN.split(), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -81,3 +81,19 @@ def test_quick_preset_init_section_reaches_init_ckpt_but_not_sid_build():
         build(sid_command.SidBuildArgs, {"dataset": "ml-100k"}, "quick", "sid").sid_method
         == args.sid_method
     )
+
+
+@dataclass
+class Renamed:
+    n_pauses: int = field(default=5, metadata={"deprecated": ("--k",)})
+
+
+def test_a_deprecated_flag_still_works_and_names_its_replacement(caplog):
+    with caplog.at_level("WARNING"):
+        assert parse_args(Renamed, ["--n-pauses", "3"], "prog").n_pauses == 3
+    assert not caplog.records  # the new name says nothing
+    for argv in (["--k", "7"], ["--k=7"]):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert parse_args(Renamed, argv, "prog").n_pauses == 7
+        assert "--k is deprecated" in caplog.text and "use --n-pauses" in caplog.text

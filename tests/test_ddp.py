@@ -1,14 +1,11 @@
 """Two gloo processes under torchrun compute what one process computes with the same global
 batch."""
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import torch
 
+from conftest import train_in_two_processes
 from numeric import close
 from pauserec.model import checkpoint
 from pauserec.training import train, trainstate
@@ -45,24 +42,8 @@ ARGS = [
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_ckpt_path, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pauserec",
-        "train",
-        *ARGS,
-        "--from",
-        str(tiny_ckpt_path),
-        "--out",
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    ddp = [*ARGS, "--from", str(tiny_ckpt_path), "--out", str(tmp_path / "ddp")]
+    proc = train_in_two_processes(ddp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train.main([*ARGS, "--from", str(tiny_ckpt_path), "--out", str(tmp_path / "one")])
     two = checkpoint.load(tmp_path / "ddp")

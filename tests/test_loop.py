@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import train_in_two_processes
 from numeric import close, tolerance
 from pauserec.model import checkpoint
 from pauserec.model.device import autocast
@@ -316,22 +317,7 @@ def test_two_processes_with_packed_token_budget_steps_match_one(tiny_ckpt_path, 
         "--from",
         str(tiny_ckpt_path),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pauserec",
-        "train",
-        *args,
-        "--out",
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = train_in_two_processes([*args, "--out", str(tmp_path / "ddp")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train.main([*args, "--out", str(tmp_path / "one")])
     two = checkpoint.load(tmp_path / "ddp")
