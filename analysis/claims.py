@@ -45,8 +45,10 @@ from analysis.conditions import (
     with_labels,
 )
 from analysis.verdicts import Effect, Rule
+from pauserec.config import arg
 from pauserec.registry import PAPER_PAUSES
 
+EMPTY = "—"  # a cell with nothing to show
 PAPER_COT = (
     "+6.22% (vs OneRec-Think: CoT-SFT + RL; the paper's best of 12 metrics; ours has no "
     "RL stage, so it is compared with CoT-SFT)"
@@ -61,20 +63,11 @@ class Config:
     metric: str = PRIMARY
     split: str = "test"
     main_rationale: str = "template"
-    quality_margin: float = field(
-        default=verdicts.REL_MARGIN, metadata={"help": "% of the baseline"}
-    )
-    cost_margin: float = field(default=10.0, metadata={"help": "% of CoT-SFT's device-hours"})
-    latency_margin: float = field(default=10.0, metadata={"help": "% of CoT-SFT's latency"})
-    probe_margin: float = field(default=0.01, metadata={"help": "absolute, in the probe's units"})
-    seed_sd: float = field(
-        default=power.SEED_SD,
-        metadata={
-            "help": (
-                "assumed seed-level sd of an effect (% of the baseline) where one seed can't tell"
-            )
-        },
-    )
+    quality_margin: float = arg(verdicts.REL_MARGIN, "% of the baseline")
+    cost_margin: float = arg(10.0, "% of CoT-SFT's device-hours")
+    latency_margin: float = arg(10.0, "% of CoT-SFT's latency")
+    probe_margin: float = arg(0.01, "absolute, in the probe's units")
+    seed_sd: float = arg(power.SEED_SD, "assumed seed sd (% of baseline) where one seed can't tell")
     n_resamples: int = 2000  # bootstrap resamples of the probes' CIs over items/users
     seed: int = 0
 
@@ -86,14 +79,14 @@ class Claim:
     key: str
     claim: str
     paper: str
-    compared: str = "—"
-    measured: str = "—"
-    ci: str = "—"
-    setting: str = "—"
+    compared: str = EMPTY
+    measured: str = EMPTY
+    ci: str = EMPTY
+    setting: str = EMPTY
     verdict: str = verdicts.INCONCLUSIVE
     why: str = "not measured"
     p_holm: float = math.nan
-    mde: str = "—"
+    mde: str = EMPTY
     mde_rel: float = math.nan
     target: float = math.nan
     gate: str = ""  # a verdict set by a gate, before any interval is read
@@ -121,18 +114,18 @@ class Claim:
 def _fmt(e: Effect, relative: bool) -> tuple[str, str]:
     """(measured, CI) as text: relative percent where defined, else the absolute difference."""
     if relative and np.isfinite(e.rel):
-        ci = f"[{e.rel_lo:+.2f}%, {e.rel_hi:+.2f}%]" if np.isfinite(e.rel_lo) else "—"
+        ci = f"[{e.rel_lo:+.2f}%, {e.rel_hi:+.2f}%]" if np.isfinite(e.rel_lo) else EMPTY
         return f"{e.rel:+.2f}%", ci
     if not np.isfinite(e.value):
-        return "—", "—"
-    ci = f"[{e.lo:+.4g}, {e.hi:+.4g}]" if np.isfinite(e.lo) else "—"
+        return EMPTY, EMPTY
+    ci = f"[{e.lo:+.4g}, {e.hi:+.4g}]" if np.isfinite(e.lo) else EMPTY
     return f"{e.value:+.4g}", ci
 
 
 def _setting(per_user: pd.DataFrame, cells: list[str]) -> str:
     rows = per_user[per_user["label"].isin(cells)]
     if not len(rows):
-        return "—"
+        return EMPTY
     return (
         f"{'/'.join(sorted(map(str, rows['dataset'].unique())))}, "
         f"{'/'.join(sorted(set(map(str, rows['backbone'].unique())) - {''})) or '—'}; "
@@ -227,7 +220,7 @@ def best_of(claim: Claim, inputs: Inputs, treat: str | None, rivals: list[str]) 
         claim.rule = quality_rule(inputs.cfg)
         claim.gate, claim.why = verdicts.NO_VERDICT, why
         return claim
-    named = ", ".join(rivals) or "—"
+    named = ", ".join(rivals) or EMPTY
     return quality(
         claim, inputs, treat, best, note=f"the best of {named} on the valid split: {best or '—'}"
     )
@@ -320,15 +313,9 @@ def probe(claim: Claim, est: Estimate, cfg: Config, direction: int) -> Claim:
     if est.missing:
         claim.why = est.missing
         return claim
-    claim.effect = Effect(
-        est.value,
-        est.lo,
-        est.hi,
-        n_seeds=est.n_seeds,
-        n_units=est.n_units,
-        unit=est.unit,
-        method=f"a CI over {est.n_units:,} {est.unit}",
-    )
+    ids = {"n_seeds": est.n_seeds, "n_units": est.n_units, "unit": est.unit}
+    method = f"a CI over {est.n_units:,} {est.unit}"
+    claim.effect = Effect(est.value, est.lo, est.hi, method=method, **ids)
     claim.measured, claim.ci = _fmt(claim.effect, False)
     claim.setting, claim.why = est.setting, est.note
     return claim
@@ -471,17 +458,17 @@ def design_parts(claim: Claim) -> tuple[verdicts.Parts, float, str] | None:
 
 
 def claim_seed_sd(lv: power.Levels) -> str:
-    return f"{100 * math.sqrt(lv.seed) / abs(lv.base):.3g}%" if lv.base else "—"
+    return f"{100 * math.sqrt(lv.seed) / abs(lv.base):.3g}%" if lv.base else EMPTY
 
 
 def describe_mde(claim: Claim, n_tests: int) -> tuple[str, float]:
     """(text, percent) of the claim's minimum detectable effect at 80% power; ("—", NaN) if none."""
     found = design_parts(claim)
     if found is None or claim.rule is None or not claim.rule.relative:
-        return "—", math.nan
+        return EMPTY, math.nan
     parts, base, design = found
     if not base or not np.isfinite(base):
-        return "—", math.nan
+        return EMPTY, math.nan
     margin = abs(base) * claim.rule.margin / 100
     rel = claim.rule.direction * 100 * power.mde(parts, margin, n_tests=n_tests) / abs(base)
     return f"{rel:+.2f}% ({design})", rel

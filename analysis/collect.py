@@ -118,6 +118,7 @@ def rel(root: Path, path: Path) -> str:
 
 RECIPE = ("epochs", "n_train", "lr", "batch_size")  # what the report's deviations section reads
 SCHEDULE = ("batch_tokens", "max_steps", "warmup_ratio")  # with RECIPE: what compute matching reads
+TIMING = ("wall_s", "device_hours", "tokens", "tokens_per_s", "device", "dtype")  # a timed stage
 
 
 def start_of(meta: dict[str, Any]) -> str:
@@ -152,19 +153,8 @@ def checkpoint_rows(root: Roots) -> pd.DataFrame:
                     "dtype": timing.get("dtype"),
                 }
             )
-    cols = [
-        *IDENTITY,
-        "ckpt_path",
-        *RECIPE,
-        *SCHEDULE,
-        "steps",
-        "start",
-        "max_history",
-        "token_init",
-        "device",
-        "dtype",
-    ]
-    return tidy(pd.DataFrame(rows, columns=cols))
+    trained = ("steps", "start", "max_history", "token_init", "device", "dtype")
+    return tidy(pd.DataFrame(rows, columns=[*IDENTITY, "ckpt_path", *RECIPE, *SCHEDULE, *trained]))
 
 
 def timing_rows(root: Roots) -> pd.DataFrame:
@@ -181,31 +171,10 @@ def timing_rows(root: Roots) -> pd.DataFrame:
                         **ident,
                         "ckpt_path": rel(base, p.parent),
                         "timing_stage": stage,
-                        **{
-                            k: t.get(k)
-                            for k in (
-                                "wall_s",
-                                "device_hours",
-                                "tokens",
-                                "tokens_per_s",
-                                "device",
-                                "dtype",
-                            )
-                        },
+                        **{k: t.get(k) for k in TIMING},
                     }
                 )
-    cols = [
-        *IDENTITY,
-        "ckpt_path",
-        "timing_stage",
-        "wall_s",
-        "device_hours",
-        "tokens",
-        "tokens_per_s",
-        "device",
-        "dtype",
-    ]
-    return tidy(pd.DataFrame(rows, columns=cols))
+    return tidy(pd.DataFrame(rows, columns=[*IDENTITY, "ckpt_path", "timing_stage", *TIMING]))
 
 
 def per_user_metrics(frame: pd.DataFrame, ks=KS) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 from analysis import theme
 from analysis.conditions import BASELINES, PRIMARY, main_labels, matching, with_labels
 from pauserec.evaluation import stats
+from pauserec.evaluation.stats import N_RESAMPLES
 from pauserec.registry import PAPER_PAUSES
 
 USER_CI = "Error bars: 95% bootstrap CIs over users (seeds averaged per user)."
@@ -94,7 +95,7 @@ def metrics_by_variant(
     per_user: pd.DataFrame,
     metrics: Sequence[str] = ("recall@10", "ndcg@10"),
     labels: Sequence[str] | None = None,
-    n_resamples: int = stats.N_RESAMPLES,
+    n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> matplotlib.figure.Figure:
     """Bars per trained condition (default: the main plain/pause/cot and the controls), one panel
@@ -131,10 +132,7 @@ def _sweep_rows(per_user: pd.DataFrame) -> pd.DataFrame:
 
 
 def k_sweep(
-    per_user: pd.DataFrame,
-    metric: str = PRIMARY,
-    n_resamples: int = stats.N_RESAMPLES,
-    seed: int = 0,
+    per_user: pd.DataFrame, metric: str = PRIMARY, n_resamples: int = N_RESAMPLES, seed: int = 0
 ) -> matplotlib.figure.Figure:
     """``metric`` against the number of pauses k (one line per pause init), plain/cot as
     references."""
@@ -179,14 +177,10 @@ def k_sweep(
 
 
 def pause_init_ablation(
-    per_user: pd.DataFrame,
-    metric: str = PRIMARY,
-    n_resamples: int = stats.N_RESAMPLES,
-    seed: int = 0,
+    per_user: pd.DataFrame, metric: str = PRIMARY, n_resamples: int = N_RESAMPLES, seed: int = 0
 ) -> matplotlib.figure.Figure:
     """Bars per pause-embedding initialisation, at the main condition's k."""
-    df = _labelled(per_user)
-    rows = _sweep_rows(df)
+    rows = _sweep_rows(per_user)
     rows = rows[rows["n_pauses"] == PAPER_PAUSES]
     if rows["pause_init"].nunique() < 2:
         raise NoData(f"one pause init only ({sorted(rows['pause_init'].astype(str).unique())})")
@@ -283,17 +277,12 @@ def learning_curves(valid: pd.DataFrame) -> matplotlib.figure.Figure:
     for ax, ((dataset, bb), rows) in zip(axes, groups):
         cells = sorted(set(rows["cell"]))
         colors = dict(zip(cells, theme.colors(len(cells))))
+        first = rows["train_seed"].min()
         for (cell, seed), g in rows.groupby(["cell", "train_seed"]):
             g = g.sort_values("targets")
-            ax.plot(
-                g["targets"],
-                g["recall@10"],
-                color=colors[cell],
-                lw=1,
-                marker="o",
-                ms=2.5,
-                label=cell if seed == rows["train_seed"].min() else None,
-            )
+            x, y = g["targets"], g["recall@10"]
+            label = cell if seed == first else None  # one legend entry per cell
+            ax.plot(x, y, color=colors[cell], lw=1, marker="o", ms=2.5, label=label)
         ax.axhline(
             rows["popular_recall@10"].mean(), color="#555555", lw=0.9, ls="--", label="most popular"
         )

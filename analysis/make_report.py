@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +37,7 @@ from analysis.conditions import PRIMARY, conditions_table, main_labels
 from pauserec import files
 from pauserec.cli import run as cli_run
 from pauserec.cli import setup_logging
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -51,35 +51,18 @@ class Args:
     """Collect runs, evaluations and probe results; write the report with claims, tables and
     figures."""
 
-    runs: list[str] = field(
-        default_factory=list, metadata={"positional": True, "help": "runs dir(s)"}
+    runs: list[str] = arg(help="runs dir(s)", factory=list, positional=True)
+    out: str = arg("", "output dir: REPORT.md/.html, figures/ (default: the first RUNS_DIR/report)")
+    overwrite: bool = arg(False, "replace an existing --out")
+    n_resamples: int = arg(2000, "bootstrap resamples per CI over users/items", min=100)
+    seed: int = arg(0, "bootstrap seed", min=0)
+    metric: str = arg(
+        PRIMARY,
+        "primary metric of the claims",
+        choices=tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in (1, 5, 10, 20)),
     )
-    out: str = field(
-        default="",
-        metadata={
-            "help": "output dir (REPORT.md, REPORT.html, figures/); "
-            "default: report/ inside the first RUNS_DIR"
-        },
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    n_resamples: int = field(
-        default=2000, metadata={"help": "bootstrap resamples per CI over users/items", "min": 100}
-    )
-    seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
-    metric: str = field(
-        default=PRIMARY,
-        metadata={
-            "help": "primary metric of the claims",
-            "choices": tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in (1, 5, 10, 20)),
-        },
-    )
-    split: str = field(
-        default="test",
-        metadata={"help": "evaluation split to report", "choices": ("train", "valid", "test")},
-    )
-    main_rationale: str = field(
-        default="template", metadata={"help": "the CoT source the claims compare"}
-    )
+    split: str = arg("test", "evaluation split to report", choices=("train", "valid", "test"))
+    main_rationale: str = arg("template", "the CoT source the claims compare")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from analysis import claims, power
 from analysis.claims import Claim
@@ -24,7 +24,8 @@ from analysis.conditions import PRIMARY
 from analysis.make_report import check_roots, display_roots
 from analysis.verdicts import ALPHA, MIN_SEEDS, Parts
 from pauserec import data
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
+from pauserec.data import data_root_arg
 from pauserec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,44 +37,15 @@ TEST_USERS = {"ml-100k": 943, "office": 4905, "beauty": 22363, "toys": 19412}  #
 class Args:
     """Seeds and test users each claim needs for its verdict, from a pilot run."""
 
-    runs: list[str] = field(
-        default_factory=list, metadata={"positional": True, "help": "pilot runs dir(s)"}
-    )
-    seeds: int = field(
-        default=10, metadata={"help": "seeds the users column is planned for", "min": MIN_SEEDS}
-    )
-    max_seeds: int = field(
-        default=power.MAX_SEEDS, metadata={"help": "most seeds worth planning", "min": MIN_SEEDS}
-    )
-    datasets: tuple[str, ...] = field(
-        default=tuple(TEST_USERS),
-        metadata={
-            "help": "datasets whose full test sets are planned for (names or LC-Rec directories)"
-        },
-    )
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    seed_sd: float = field(
-        default=power.SEED_SD,
-        metadata={
-            "help": (
-                "assumed seed-level sd of an effect, % of the baseline (where one seed can't tell)"
-            ),
-            "min": 0.0,
-        },
-    )
-    metric: str = field(default=PRIMARY, metadata={"help": "primary metric of the claims"})
-    split: str = field(
-        default="test",
-        metadata={
-            "help": "split the pilot's variances are read from",
-            "choices": ("valid", "test"),
-        },
-    )
-    main_rationale: str = field(
-        default="template", metadata={"help": "the CoT source the claims compare"}
-    )
+    runs: list[str] = arg(help="pilot runs dir(s)", factory=list, positional=True)
+    seeds: int = arg(10, "seeds the users column is planned for", min=MIN_SEEDS)
+    max_seeds: int = arg(power.MAX_SEEDS, "most seeds worth planning", min=MIN_SEEDS)
+    datasets: tuple[str, ...] = arg(tuple(TEST_USERS), "datasets to plan (names or LC-Rec dirs)")
+    data_root: str | None = data_root_arg()
+    seed_sd: float = arg(power.SEED_SD, "assumed seed sd (% of baseline) for 1-seed runs", min=0.0)
+    metric: str = arg(PRIMARY, "primary metric of the claims")
+    split: str = arg("test", "split the pilot's variances are read from", choices=("valid", "test"))
+    main_rationale: str = arg("template", "the CoT source the claims compare")
 
 
 def test_users(name: str, data_root: str | None) -> tuple[int, bool]:

@@ -160,18 +160,24 @@ def resolution(parts: Parts, *, alpha: float = ALPHA, power: float = POWER) -> f
 Criterion = Callable[[Parts], float]  # a design's parts -> the smallest target it meets
 
 
+def _fewest(lo: int, hi: int, crit_at: Callable[[int], float], target: float) -> int | None:
+    """Smallest ``n`` in ``lo..hi`` with ``crit_at(n) <= target``, by bisection (``crit_at`` falls
+    as ``n`` grows); None when even ``hi`` misses."""
+    if crit_at(hi) > target:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if crit_at(mid) > target else (lo, mid)
+    return lo
+
+
 def seeds_needed(
     lv: Levels, n_users: int, crit: Criterion, target: float, max_seeds: int = MAX_SEEDS
 ) -> int | None:
     """Fewest seeds (>= ``MIN_SEEDS``) on ``n_users`` users with ``crit <= target``; None past the
     cap."""
-    lo, hi = MIN_SEEDS, max(max_seeds, MIN_SEEDS)
-    if crit(lv.parts(hi, n_users)) > target:
-        return None
-    while lo < hi:  # crit falls as seeds are added
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if crit(lv.parts(mid, n_users)) > target else (lo, mid)
-    return lo
+    hi = max(max_seeds, MIN_SEEDS)
+    return _fewest(MIN_SEEDS, hi, lambda n_seeds: crit(lv.parts(n_seeds, n_users)), target)
 
 
 def users_needed(
@@ -179,13 +185,7 @@ def users_needed(
 ) -> int | None:
     """Fewest test users, each seen by all ``n_seeds`` seeds, with ``crit <= target``; None past the
     cap."""
-    lo, hi = 2, max_users
-    if crit(lv.parts(n_seeds, hi)) > target:
-        return None
-    while lo < hi:  # crit falls as users are added
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if crit(lv.parts(n_seeds, mid)) > target else (lo, mid)
-    return lo
+    return _fewest(2, max_users, lambda n_users: crit(lv.parts(n_seeds, n_users)), target)
 
 
 def unlimited_seeds(lv: Levels, n_users: int, crit: Criterion) -> float:

@@ -254,24 +254,15 @@ def paired_columns(
 
 
 def paired_effect(
-    per_user: pd.DataFrame,
-    treat: str,
-    base: str,
-    metric: str,
-    *,
-    label: str = "label",
-    seed: str = "seed",
-    user: str = "user",
+    per_user: pd.DataFrame, treat: str, base: str, metric: str, **columns: str
 ) -> Effect:
     """Paired effect of condition ``treat`` over ``base`` in ``metric``: one row per (label, seed,
-    user).
+    user); ``columns`` rename those (``label=``, ``seed=``, ``user=``, as :func:`paired_columns`).
 
     Raises:
         ValueError: as :func:`paired_columns`.
     """
-    cols, same_users, note = paired_columns(
-        per_user, treat, base, metric, label=label, seed=seed, user=user
-    )
+    cols, same_users, note = paired_columns(per_user, treat, base, metric, **columns)
     n_s, n_u = len(cols), min(len(c) for c in cols)
     value, base_mean = (float(np.mean([c[:, i].mean() for c in cols])) for i in (0, 1))
     ids = {"n_seeds": n_s, "n_units": n_u, "unit": "users"}

@@ -25,14 +25,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from pauserec import data, files
 from pauserec.cli import run, setup_logging
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
+from pauserec.data import data_root_arg
 from pauserec.errors import UserError
 from pauserec.evaluation import baselines
 
@@ -51,23 +52,17 @@ FIT_ON = {"train": ("train",), "train+valid": ("train", "valid")}
 class BenchArgs:
     """Fit and score the classical baselines on the same split, users and metrics as the LLM."""
 
-    datasets: str = field(
-        default="ml-100k", metadata={"help": "comma-separated: ml-100k, beauty, ..."}
-    )
-    baselines: str = field(default="popularity,markov,sasrec", metadata={"help": "comma-separated"})
-    fit_on: str = field(default="train", metadata={"help": "train, train+valid or both"})
-    sasrec_seconds: float = field(default=120.0, metadata={"help": "SASRec training budget (s)"})
-    sasrec_epochs: int = field(default=200, metadata={"help": "SASRec epoch cap"})
-    sasrec_dropout: float = field(default=0.2, metadata={"help": "SASRec dropout"})
-    curve_every: int = field(
-        default=1, metadata={"help": "SASRec learning curve: valid+test every N epochs (0 = none)"}
-    )
-    threads: int = field(default=1, metadata={"help": "torch threads"})
-    seed: int = field(default=0, metadata={"help": "training seed"})
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    out: str = field(default="", metadata={"help": "write tidy results CSV here ('' = don't)"})
+    datasets: str = arg("ml-100k", "comma-separated: ml-100k, beauty, ...")
+    baselines: str = arg("popularity,markov,sasrec", "comma-separated")
+    fit_on: str = arg("train", "train, train+valid or both", choices=(*FIT_ON, "both"))
+    sasrec_seconds: float = arg(120.0, "SASRec training budget (s)", gt=0.0)
+    sasrec_epochs: int = arg(200, "SASRec epoch cap", min=1)
+    sasrec_dropout: float = arg(0.2, "SASRec dropout", min=0.0)
+    curve_every: int = arg(1, "SASRec learning curve: valid+test every N epochs (0 = none)", min=0)
+    threads: int = arg(1, "torch threads", min=1)
+    seed: int = arg(0, "training seed", min=0)
+    data_root: str | None = data_root_arg()
+    out: str = arg("", "write tidy results CSV here ('' = don't)")
 
 
 def curve_hook(model, sp: dict[str, list[data.Example]], rows: list[dict], ident: dict, every: int):

@@ -17,7 +17,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ from transformers import GenerationConfig
 
 from pauserec import data
 from pauserec.cli import run, setup_logging
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
+from pauserec.data import data_root_arg
 from pauserec.decoding import build_prompts, pad_left, recommend
 from pauserec.evaluation.evaluate import examples_for
 from pauserec.model import checkpoint, init_ckpt
@@ -41,50 +42,23 @@ class BenchArgs:
     """Time trie-constrained beam search: pauserec.decode vs HF
     generate(prefix_allowed_tokens_fn)."""
 
-    ckpt: str | None = field(
-        default=None, metadata={"help": "checkpoint (default: init-ckpt into a temp dir)"}
-    )
-    backbone: str = field(
-        default="smollm2-135m", metadata={"help": "backbone of the built checkpoint"}
-    )
-    dataset: str = field(default="ml-100k", metadata={"help": "dataset of the built checkpoint"})
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    init: str = field(
-        default="default",
-        metadata={
-            "help": "SID-row init of the built checkpoint; 'default' "
-            "draws rows from the text embeddings' "
-            "distribution, so item scores are not near-tied"
-        },
-    )
-    sid_source: str | None = field(
-        default=None,
-        metadata={
-            "help": "SIDs of the built checkpoint "
-            "(default: the dataset's published "
-            "index if any, else rq-kmeans)"
-        },
-    )
-    n_users: int = field(default=32, metadata={"help": "test users decoded by both"})
-    batch_size: int = field(default=16, metadata={"help": "users per batch (both)"})
-    beams: int = field(default=20, metadata={"help": "beam width (both)"})
-    top_k: int = field(default=10, metadata={"help": "returned items per user (both)"})
-    variant: str = field(default="plain", metadata={"help": "plain or pause"})
-    n_pauses: int = field(
-        default=5, metadata={"help": "pauses for --variant pause", "aliases": ("--k",)}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
-    dtype: str = field(
-        default="fp32",
-        metadata={"help": "weights of both: fp32 (exact match checks), bf16, fp16, auto"},
-    )
-    repeats: int = field(
-        default=1, metadata={"help": "time each side this often, keep the fastest"}
-    )
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
-    skip_baseline: bool = field(default=False, metadata={"help": "time ours only"})
+    ckpt: str | None = arg(None, "checkpoint (default: init-ckpt into a temp dir)")
+    backbone: str = arg("smollm2-135m", "backbone of the built checkpoint")
+    dataset: str = arg("ml-100k", "dataset of the built checkpoint")
+    data_root: str | None = data_root_arg()
+    init: str = arg("default", "built checkpoint's SID-row init ('default': no near-tied scores)")
+    sid_source: str | None = arg(None, "built checkpoint's SIDs (default: published or rq-kmeans)")
+    n_users: int = arg(32, "test users decoded by both")
+    batch_size: int = arg(16, "users per batch (both)")
+    beams: int = arg(20, "beam width (both)")
+    top_k: int = arg(10, "returned items per user (both)")
+    variant: str = arg("plain", "plain or pause")
+    n_pauses: int = arg(5, "pauses for --variant pause", aliases=("--k",))
+    device: str = arg("auto", "auto, cpu, cuda, ...")
+    dtype: str = arg("fp32", "weights of both: fp32 (exact match checks), bf16, fp16, auto")
+    repeats: int = arg(1, "time each side this often, keep the fastest")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)")
+    skip_baseline: bool = arg(False, "time ours only")
 
 
 def prefix_table(item_ids: list[list[int]]) -> dict[tuple[int, ...], list[int]]:

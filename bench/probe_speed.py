@@ -15,10 +15,10 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pauserec.cli import run, setup_logging
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.model import checkpoint
 from pauserec.model.catalog import Catalog
 from probes import alignment, attention
@@ -30,10 +30,10 @@ TARGETS = {"alignment": 120.0, "attention": 300.0}
 class BenchArgs:
     """Time probes.alignment (no UMAP) and probes.attention against the issue's speed targets."""
 
-    align_ckpt: str = field(default="", metadata={"help": "Beauty-sized checkpoint ('' = skip)"})
-    attn_ckpt: str = field(default="", metadata={"help": "SmolLM2 checkpoint ('' = skip)"})
-    n_users: int = field(default=256, metadata={"help": "users of the attention probe"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    align_ckpt: str = arg("", "Beauty-sized checkpoint ('' = skip)")
+    attn_ckpt: str = arg("", "SmolLM2 checkpoint ('' = skip)")
+    n_users: int = arg(256, "users of the attention probe")
+    device: str = arg("auto", "auto, cpu, cuda, ...")
 
 
 def timed(fn) -> tuple[float, float]:

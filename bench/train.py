@@ -52,13 +52,13 @@ import copy
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.model import checkpoint, init_ckpt
 from pauserec.model.device import (
     autocast,
@@ -77,47 +77,24 @@ class BenchArgs:
     """Plain HF training loop vs pauserec's: tokens/s side by side, MFU against a measured matmul
     peak."""
 
-    ckpt: str = field(
-        default="", metadata={"help": "checkpoint (default: a fresh SmolLM2 init on ml-100k)"}
-    )
-    steps: int = field(default=8, metadata={"help": "timed optimizer steps per method per round"})
-    warmup: int = field(default=2, metadata={"help": "untimed steps per method first"})
-    rounds: int = field(default=3, metadata={"help": "rounds, alternating which method goes first"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
-    batch_tokens: int = field(
-        default=0, metadata={"help": "ours: tokens per step instead (0: off)"}
-    )
-    pack: bool = field(
-        default=False, metadata={"help": "also run ours packed, and print the ratio"}
-    )
-    pack_len: int = field(
-        default=0, metadata={"help": "packed: tokens per row (0: the step's longest)"}
-    )
-    n_seqs: int = field(
-        default=1024, metadata={"help": "corpus size (a third each of cpt, sft, cot-sft)"}
-    )
-    max_history: int = field(
-        default=20, metadata={"help": "history length of the sft / cot windows"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "ours: auto (bf16 where native), bf16, fp16, fp32",
-            "aliases": ("--amp",),
-        },
-    )
-    compile: bool = field(default=False, metadata={"help": "ours: torch.compile"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
-    peak_seconds: float = field(default=1.0, metadata={"help": "time per matmul-peak measurement"})
-    seed: int = field(default=0, metadata={"help": "corpus sample and batch order"})
-    layouts: bool = field(
-        default=False, metadata={"help": "compare the training layouts (targets/s) instead"}
-    )
-    variant: str = field(
-        default="plain",
-        metadata={"help": "--layouts: plain or pause (5 pauses)", "choices": ("plain", "pause")},
-    )
+    ckpt: str = arg("", "checkpoint (default: a fresh SmolLM2 init on ml-100k)")
+    steps: int = arg(8, "timed optimizer steps per method per round")
+    warmup: int = arg(2, "untimed steps per method first")
+    rounds: int = arg(3, "rounds, alternating which method goes first")
+    batch_size: int = arg(16, "sequences per step")
+    batch_tokens: int = arg(0, "ours: tokens per step instead (0: off)")
+    pack: bool = arg(False, "also run ours packed, and print the ratio")
+    pack_len: int = arg(0, "packed: tokens per row (0: the step's longest)")
+    n_seqs: int = arg(1024, "corpus size (a third each of cpt, sft, cot-sft)")
+    max_history: int = arg(20, "history length of the sft / cot windows")
+    device: str = arg("auto", "auto, cpu, cuda")
+    dtype: str = arg("auto", "ours: auto (bf16 where native), bf16, fp16, fp32", aliases=("--amp",))
+    compile: bool = arg(False, "ours: torch.compile")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)")
+    peak_seconds: float = arg(1.0, "time per matmul-peak measurement")
+    seed: int = arg(0, "corpus sample and batch order")
+    layouts: bool = arg(False, "compare the training layouts (targets/s) instead")
+    variant: str = arg("plain", "--layouts: plain or pause (5 pauses)", choices=("plain", "pause"))
 
 
 def corpus_mix(ckpt: checkpoint.Checkpoint, n: int, max_history: int, seed: int) -> Corpus:

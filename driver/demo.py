@@ -18,13 +18,13 @@ Both are ``pauserec experiment`` runs, so a rerun skips what is finished.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from analysis import make_report
 from driver import experiment, pipeline
 from driver.pipeline import RunArgs
-from pauserec.config import build, parse_args
+from pauserec.config import arg, build, parse_args
 from pauserec.data import command as data_command
 
 
@@ -32,17 +32,10 @@ from pauserec.data import command as data_command
 class DemoArgs(RunArgs):
     """The quick experiments on the embedded default dataset, end to end, with one report."""
 
-    out: str = field(default="runs/demo", metadata={"help": "run directory"})
-    backbone: str = field(
-        default="compact", metadata={"help": "the recommendation comparison's backbone"}
-    )
-    llm_backbone: str = field(
-        default="smollm2-135m",
-        metadata={"help": "the language model the LLM probes look inside (empty: skip that part)"},
-    )
-    llm_preset: str = field(
-        default="quick-llm", metadata={"help": "configs/NAME.toml of the LLM part"}
-    )
+    out: str = arg("runs/demo", "run directory")
+    backbone: str = arg("compact", "the recommendation comparison's backbone")
+    llm_backbone: str = arg("smollm2-135m", "model the LLM probes look inside (empty: no LLM part)")
+    llm_preset: str = arg("quick-llm", "configs/NAME.toml of the LLM part")
 
 
 def parts(args: DemoArgs) -> list[tuple[str, str, str]]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,13 @@ from analysis import make_report
 from driver import gpu_prepare, pipeline
 from driver.pipeline import RunArgs
 from pauserec import config, registry
-from pauserec.config import PROBE_NAMES, build, parse_args
+from pauserec.config import PROBE_NAMES, arg, build, parse_args
 from pauserec.errors import UserError
 from pauserec.evaluation import evaluate
 from pauserec.evaluation.baselines import NAMES as BASELINES
 from pauserec.evaluation.baselines import command
 from pauserec.model import backbone, checkpoint
-from pauserec.registry import PAPER_PAUSES
+from pauserec.registry import CONTROLS, PAPER_PAUSES
 from pauserec.teacher.rationales import SOURCES
 from pauserec.training import train
 from probes import alignment, attention, rationale, verbalization
@@ -49,6 +49,7 @@ from probes import alignment, attention, rationale, verbalization
 log = logging.getLogger(__name__)
 PROBES = dict(zip(PROBE_NAMES, (alignment, attention, verbalization, rationale)))
 TRAJECTORY = ("init", "cpt", "sft", "pause", "cot")
+ROLES = evaluate.VARIANTS  # the main conditions (see main_cells)
 
 
 @dataclass
@@ -56,89 +57,35 @@ class ExperimentArgs(RunArgs):
     """Run the paper's matrix (plain, pause k-sweep and inits, compute-matched controls, CoT
     sources, classical baselines), evaluate, probe, report."""
 
-    seeds: int = field(
-        default=1,
-        metadata={"help": "training seeds (0..N-1); verdicts need 3+", "min": 1, "max": 100},
+    seeds: int = arg(1, "training seeds (0..N-1); verdicts need 3+", min=1, max=100)
+    pause_counts: tuple[int, ...] = arg(
+        (1, 3, 5, 10), "pause counts (init pretrained)", min=1, deprecated=("--ks",)
     )
-    pause_counts: tuple[int, ...] = field(
-        default=(1, 3, 5, 10),
-        metadata={"help": "pause counts (init pretrained)", "min": 1, "deprecated": ("--ks",)},
+    pause_inits: tuple[str, ...] = arg(
+        ("mean-text", "mean-sid", "default"),
+        f"other pause inits, at {PAPER_PAUSES} pauses",
+        choices=registry.PAUSE_INITS,
     )
-    pause_inits: tuple[str, ...] = field(
-        default=("mean-text", "mean-sid", "default"),
-        metadata={
-            "help": f"other pause inits, at {PAPER_PAUSES} pauses",
-            "choices": registry.PAUSE_INITS,
-        },
+    controls: tuple[str, ...] = arg(CONTROLS, "compute-matched controls", choices=CONTROLS)
+    rationales: tuple[str, ...] = arg(
+        ("template", "template-leaky", "local", "openai"),
+        "cot-sft rationale sources",
+        choices=SOURCES,
     )
-    controls: tuple[str, ...] = field(
-        default=registry.CONTROLS,
-        metadata={"help": "compute-matched controls of pause-sft", "choices": registry.CONTROLS},
-    )
-    rationales: tuple[str, ...] = field(
-        default=("template", "template-leaky", "local", "openai"),
-        metadata={"help": "cot-sft rationale sources", "choices": SOURCES},
-    )
-    main_rationale: str = field(
-        default="template",
-        metadata={"help": "the CoT source the claims compare against", "choices": SOURCES},
-    )
-    baselines: tuple[str, ...] = field(
-        default=BASELINES,
-        metadata={"help": "classical baselines on the same split", "choices": BASELINES},
-    )
-    sasrec_seconds: float | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "sasrec: optional hard cap on training seconds per seed (default: early stopping "
-                "on the validation split decides; a cap makes runs irreproducible)"
-            ),
-            "gt": 0.0,
-        },
-    )
-    eval_users: int = field(
-        default=0, metadata={"help": "seeded sample of test users (0: all)", "min": 0}
-    )
-    beams: int = field(
-        default=20,
-        metadata={
-            "help": "beam width for evaluation",
-            "min": evaluate.LIST_LEN,
-            "max": evaluate.MAX_BEAMS,
-        },
-    )
-    latency_samples: int = field(
-        default=500, metadata={"help": "users timed for latency (0: skip)", "min": 0}
-    )
-    probes: tuple[str, ...] = field(
-        default=tuple(PROBES), metadata={"help": "probes to run (seed 0)", "choices": tuple(PROBES)}
-    )
-    probe_users: int = field(
-        default=64, metadata={"help": "users for attention/rationale probes", "min": 2}
-    )
-    probe_items: int = field(
-        default=100, metadata={"help": "items for the verbalization probe", "min": 1}
-    )
-    umap: bool = field(
-        default=True, metadata={"help": "alignment probe: the UMAP map of SID and words"}
-    )
-    alignment_stages: tuple[str, ...] = field(
-        default=TRAJECTORY,
-        metadata={"help": "checkpoints the alignment probe follows", "choices": TRAJECTORY},
-    )
-    verbalization_stages: tuple[str, ...] = field(
-        default=TRAJECTORY,
-        metadata={"help": "checkpoints the verbalisation probe asks", "choices": TRAJECTORY},
-    )
-    latency_roles: tuple[str, ...] = field(
-        default=("plain", "pause", "cot"),
-        metadata={
-            "help": "which main conditions are timed for latency",
-            "choices": ("plain", "pause", "cot"),
-        },
-    )
-    report: str = field(default="", metadata={"help": "report directory (default OUT/report)"})
+    main_rationale: str = arg("template", "CoT source the claims compare against", choices=SOURCES)
+    baselines: tuple[str, ...] = arg(BASELINES, "classical baselines", choices=BASELINES)
+    sasrec_seconds: float | None = arg(None, "sasrec: seconds cap a seed (irreproducible)", gt=0.0)
+    eval_users: int = arg(0, "seeded sample of test users (0: all)", min=0)
+    beams: int = arg(20, "beam width for evaluation", min=evaluate.LIST_LEN, max=evaluate.MAX_BEAMS)
+    latency_samples: int = arg(500, "users timed for latency (0: skip)", min=0)
+    probes: tuple[str, ...] = arg(tuple(PROBES), "probes to run (seed 0)", choices=tuple(PROBES))
+    probe_users: int = arg(64, "users for attention/rationale probes", min=2)
+    probe_items: int = arg(100, "items for the verbalization probe", min=1)
+    umap: bool = arg(True, "alignment probe: the UMAP map of SID and words")
+    alignment_stages: tuple[str, ...] = arg(TRAJECTORY, "stages probed", choices=TRAJECTORY)
+    verbalization_stages: tuple[str, ...] = arg(TRAJECTORY, "stages probed", choices=TRAJECTORY)
+    latency_roles: tuple[str, ...] = arg(ROLES, "main conditions timed for latency", choices=ROLES)
+    report: str = arg("", "report directory (default OUT/report)")
 
 
 # Every preset section, and the arguments each is checked against before any work.

@@ -11,11 +11,11 @@ trie-constrained beam search whose beams must all be items.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.decoding import Trie
 from pauserec.decoding.generate import prefill
 from pauserec.decoding.search import beam_search
@@ -37,8 +37,8 @@ from pauserec.training.loop import LabelledLoss, LoopConfig, make_optimizer
 class PreflightArgs:
     """Print versions and the device, then smoke-test training and decoding on it."""
 
-    seconds: float = field(default=20.0, metadata={"help": "smoke-test length, about", "gt": 0.0})
-    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
+    seconds: float = arg(20.0, "smoke-test length, about", gt=0.0)
+    device: str = arg("auto", DEVICES_HELP)
 
 
 def smoke(device: torch.device, seconds: float) -> str:

@@ -26,11 +26,12 @@ import logging
 import math
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pauserec import data, files, registry, sid, tokens
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
+from pauserec.data import data_root_arg, dataset_arg
 from pauserec.errors import UserError
 from pauserec.model import backbone, init_ckpt
 from pauserec.model.catalog import Catalog
@@ -59,70 +60,25 @@ COT_COST = 5  # decoding a CoT cell costs ~5 plain cells: it writes a rationale 
 
 @dataclass
 class PrepareArgs:
-    """Prepare the one-command GPU run: data, SIDs, the backbone in parts, wheels and the budget."""
+    """Prepare the one-command GPU run: data, SIDs, the backbone in parts, wheels and the budget.
 
-    dataset: str = field(
-        default="beauty", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
-    )
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    out: str = field(
-        default="gpu_run", metadata={"help": "output folder (gitignored; carried to the GPU)"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    backbone: str = field(
-        default="smollm2-135m",
-        metadata={"help": "smollm2-135m (carried as GGUF parts) or tiny (rehearsals)"},
-    )
-    sid_source: str = field(
-        default="",
-        metadata={
-            "help": (
-                "a SID index file (default: the dataset's published index when there is one, else "
-                "rq-vae built here)"
-            )
-        },
-    )
-    preset: str = field(default="gpu", metadata={"help": "configs/NAME.toml: [train.*] of the run"})
-    max_history: int = field(default=20, metadata={"help": "history length", "min": 1})
-    part_mib: int = field(
-        default=56,
-        metadata={"help": "size of the first GGUF part, MiB", "min": 1, "max": CARRY_MIB - 1},
-    )
-    tokens_per_s: float = field(
-        default=150_000.0,
-        metadata={
-            "help": (
-                "assumed training throughput on the GPU (SmolLM2-135M on an H100, eager PyTorch: "
-                "100-200k; the run measures its own)"
-            ),
-            "gt": 0.0,
-        },
-    )
-    stage_overhead_s: float = field(
-        default=5.0,
-        metadata={
-            "help": "assumed seconds per stage beside its steps (load, corpus, save; the run "
-            "measures it)",
-            "min": 0.0,
-        },
-    )
-    users_per_s: float = field(
-        default=1500.0,
-        metadata={
-            "help": "assumed test users/s of a plain cell's 20-beam search on the GPU (sets the "
-            "evaluated users; the run stops early, on the same users everywhere, when it is "
-            "slower)",
-            "gt": 0.0,
-        },
-    )
-    budget_s: float = field(
-        default=300.0, metadata={"help": "the run's time budget, seconds", "gt": 0.0}
-    )
-    wheels: bool = field(
-        default=True, metadata={"help": "download the wheels the GPU image lacks (PyPI)"}
-    )
+    The assumed speeds size the plan (the evaluated users among it); the run measures its own and
+    stops early, on the same users everywhere, where it is slower."""
+
+    dataset: str = dataset_arg("beauty")
+    data_root: str | None = data_root_arg()
+    out: str = arg("gpu_run", "output folder (gitignored; carried to the GPU)")
+    overwrite: bool = arg(False, "replace an existing --out")
+    backbone: str = arg("smollm2-135m", "smollm2-135m (carried as GGUF parts) or tiny (rehearsals)")
+    sid_source: str = arg("", "SID index file (default: the published one if any, else rq-vae)")
+    preset: str = arg("gpu", "configs/NAME.toml: [train.*] of the run")
+    max_history: int = arg(20, "history length", min=1)
+    part_mib: int = arg(56, "size of the first GGUF part, MiB", min=1, max=CARRY_MIB - 1)
+    tokens_per_s: float = arg(150_000.0, "assumed train tokens/s (135M, H100: 100-200k)", gt=0.0)
+    stage_overhead_s: float = arg(5.0, "assumed stage seconds outside steps (load, save)", min=0.0)
+    users_per_s: float = arg(1500.0, "assumed test users/s of a plain cell's 20 beams", gt=0.0)
+    budget_s: float = arg(300.0, "the run's time budget, seconds", gt=0.0)
+    wheels: bool = arg(True, "download the wheels the GPU image lacks (PyPI)")
 
 
 def write_dataset(ds: data.Dataset, folder: Path) -> str:

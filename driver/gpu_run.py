@@ -37,13 +37,13 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from driver import gpu_eval, gpu_prepare
 from driver.gpu_prepare import STAGE_PLAN
 from pauserec import files
-from pauserec.config import build, parse_args
+from pauserec.config import arg, build, parse_args
 from pauserec.errors import UserError
 from pauserec.model import checkpoint, init_ckpt
 from pauserec.model.compat import VERSIONS
@@ -60,47 +60,16 @@ EXPORT_MIB = 16  # the device tool returns files up to this size
 class GpuRunArgs:
     """Run the prepared comparison in one command (see the module docstring)."""
 
-    folder: str = field(
-        default="", metadata={"positional": True, "help": "the prepared run/ folder"}
-    )
-    part1: str = field(
-        default="", metadata={"help": "the GGUF's first part (default: FOLDER/../part1/...)"}
-    )
-    work: str = field(default=WORK, metadata={"help": "experiment directory (a rerun resumes it)"})
-    export: str = field(
-        default="",
-        metadata={
-            "help": "where results.tar.gz, results.json and run.log go (default: $OUT, else "
-            "WORK/export)"
-        },
-    )
-    budget_s: float = field(
-        default=300.0,
-        metadata={
-            "help": "total time budget, seconds, counted from the process's start",
-            "gt": 0.0,
-        },
-    )
-    eval_batch: int = field(default=256, metadata={"help": "users decoded together", "min": 1})
-    latency_samples: int = field(
-        default=500,
-        metadata={
-            "help": "timed users per cell (batches of 16; fewer when its deadline is near)",
-            "min": 16,
-        },
-    )
-    sasrec_seconds: float = field(
-        default=30.0,
-        metadata={
-            "help": "SASRec training time, at most (less when the baselines' deadline is near)",
-            "gt": 0.0,
-        },
-    )
-    max_users: int = field(
-        default=0,
-        metadata={"help": "cap on evaluated users below the plan's (0: the plan's)", "min": 0},
-    )
-    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
+    folder: str = arg("", "the prepared run/ folder", positional=True)
+    part1: str = arg("", "the GGUF's first part (default: FOLDER/../part1/...)")
+    work: str = arg(WORK, "experiment directory (a rerun resumes it)")
+    export: str = arg("", "results.tar.gz/.json, run.log (default: $OUT, else WORK/export)")
+    budget_s: float = arg(300.0, "total budget, seconds, counted from the process's start", gt=0.0)
+    eval_batch: int = arg(256, "users decoded together", min=1)
+    latency_samples: int = arg(500, "timed users per cell (fewer near its deadline)", min=16)
+    sasrec_seconds: float = arg(30.0, "SASRec seconds, at most (less near its deadline)", gt=0.0)
+    max_users: int = arg(0, "cap on evaluated users below the plan's (0: the plan's)", min=0)
+    device: str = arg("auto", DEVICES_HELP)
 
 
 def process_start() -> float:

@@ -25,11 +25,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pauserec import config, data, files, registry
-from pauserec.config import build, parse_args, to_dict
+from pauserec.config import arg, build, parse_args, to_dict
+from pauserec.data import data_root_arg, dataset_arg
 from pauserec.errors import UserError
 from pauserec.model import backbone, checkpoint, init_ckpt
 from pauserec.model.device import DEVICES_HELP, resolve_device
@@ -43,40 +44,22 @@ log = logging.getLogger(__name__)
 class RunArgs:
     """What every driver takes: where, on what, with which preset."""
 
-    out: str = field(default="", metadata={"help": "run directory"})
-    dataset: str = field(
-        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
-    )
-    backbone: str = field(
-        default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"}
-    )
-    preset: str = field(default="quick", metadata={"help": "configs/NAME.toml"})
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    device: str | None = field(
-        default=None, metadata={"help": "override every stage's device: " + DEVICES_HELP}
-    )
+    out: str = arg("", "run directory")
+    dataset: str = dataset_arg()
+    backbone: str = arg("smollm2-135m", "smollm2-135m, tiny, or a HF id/dir")
+    preset: str = arg("quick", "configs/NAME.toml")
+    data_root: str | None = data_root_arg()
+    device: str | None = arg(None, "override every stage's device: " + DEVICES_HELP)
 
 
 @dataclass
 class PipelineArgs(RunArgs):
     """Train every stage of the PauseRec matrix in order, skipping finished ones."""
 
-    stages: tuple[str, ...] = field(
-        default=STAGES, metadata={"help": "comma-separated subset, in order", "choices": STAGES}
-    )
-    max_history: int = field(
-        default=20, metadata={"help": "history length recorded in the init checkpoint", "min": 1}
-    )
-    seed: int = field(default=0, metadata={"help": "the training seed of every stage", "min": 0})
-    init: str = field(
-        default="",
-        metadata={
-            "help": "an existing init checkpoint to start from (default: "
-            "OUT/init, built when missing)"
-        },
-    )
+    stages: tuple[str, ...] = arg(STAGES, "comma-separated subset, in order", choices=STAGES)
+    max_history: int = arg(20, "history length recorded in the init checkpoint", min=1)
+    seed: int = arg(0, "the training seed of every stage", min=0)
+    init: str = arg("", "an init checkpoint to start from (default: OUT/init, built when missing)")
 
 
 RUN_MARKER = "run.json"

@@ -24,13 +24,14 @@ rationales it was trained on) and ``train_loss``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pauserec import data
+from pauserec.config import arg
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
 from pauserec.evaluation.evaluate import LIST_LEN, MAX_BEAMS, evaluate, examples_for
@@ -50,36 +51,16 @@ QUALITY = ("length", "leakage", "agreement")
 class Args(ProbeArgs):
     """Train cot-sft once per rationale source/perturbation; final metrics vs rationale quality."""
 
-    conditions: tuple[str, ...] = field(
-        default=CONDITIONS,
-        metadata={"help": "rationale sources and/or perturbations (paraphrase excluded)"},
-    )
-    base_source: str = field(
-        default="template",
-        metadata={"help": "source the perturbations start from", "choices": rationales.SOURCES},
-    )
-    preset: str = field(
-        default="quick", metadata={"help": "configs/NAME.toml supplies [train.cot-sft]"}
-    )
-    work: str = field(default="", metadata={"help": "trained checkpoints (default OUT.runs)"})
-    max_steps: int = field(
-        default=0, metadata={"help": "trainer --max-steps (0: the preset's)", "min": 0}
-    )
-    n_train: int = field(
-        default=0, metadata={"help": "trainer --n-train (0: the preset's)", "min": 0}
-    )
-    train_batch_size: int = field(
-        default=0, metadata={"help": "trainer --batch-size (0: the preset's)", "min": 0}
-    )
-    n_users: int = field(
-        default=64, metadata={"help": "test users evaluated per condition", "min": 1}
-    )
-    beams: int = field(
-        default=20, metadata={"help": "beam width", "min": LIST_LEN, "max": MAX_BEAMS}
-    )
-    top_k: int = field(
-        default=10, metadata={"help": "K of recall@K / ndcg@K", "min": 1, "max": LIST_LEN}
-    )
+    conditions: tuple[str, ...] = arg(CONDITIONS, "sources and/or perturbations (not paraphrase)")
+    base_source: str = arg("template", "source the perturbations use", choices=rationales.SOURCES)
+    preset: str = arg("quick", "configs/NAME.toml supplies [train.cot-sft]")
+    work: str = arg("", "trained checkpoints (default OUT.runs)")
+    max_steps: int = arg(0, "trainer --max-steps (0: the preset's)", min=0)
+    n_train: int = arg(0, "trainer --n-train (0: the preset's)", min=0)
+    train_batch_size: int = arg(0, "trainer --batch-size (0: the preset's)", min=0)
+    n_users: int = arg(64, "test users evaluated per condition", min=1)
+    beams: int = arg(20, "beam width", min=LIST_LEN, max=MAX_BEAMS)
+    top_k: int = arg(10, "K of recall@K / ndcg@K", min=1, max=LIST_LEN)
 
 
 def train_args(

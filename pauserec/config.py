@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from pauserec.errors import UserError
-from pauserec.registry import STAGES
+from pauserec.registry import MAX_PAUSES, STAGES
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -35,6 +35,41 @@ SECTIONS = (
     *(f"train.{s}" for s in STAGES),
     *(f"probes.{p}" for p in PROBE_NAMES),
 )
+# The field metadata this module reads besides "help" (see arg, check_value, build_parser).
+FIELD_KEYS = frozenset(
+    {"min", "max", "gt", "choices", "min_items", "positional", "flag", "aliases", "deprecated"}
+)
+
+
+def arg(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: typing.Callable[[], Any] | None = None,
+    **meta: Any,
+) -> Any:
+    """A field of a command's arguments dataclass: ``n: int = arg(64, "users", min=1)``.
+
+    ``help`` is the flag's ``--help`` line, where ``{choices}`` lists ``choices`` ("" left out);
+    ``factory`` replaces ``default`` for a mutable one (``factory=list``). ``meta`` holds what
+    :func:`check_value` checks (``min``, ``max``, ``gt``, ``choices``, ``min_items``) and how
+    :func:`build_parser` spells the flag (``positional``, ``flag``, ``aliases``, ``deprecated``);
+    any other key is an error.
+    """
+    unknown = set(meta) - FIELD_KEYS
+    if unknown:
+        raise TypeError(f"arg(): unknown key(s) {sorted(unknown)} (known: {sorted(FIELD_KEYS)})")
+    listed = [str(c) for c in meta.get("choices", ()) if c != ""]  # "": none of them
+    help = help.replace("{choices}", ", ".join(listed))
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help, **meta})
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def pauses_arg(default: int | None, help: str) -> Any:
+    """The pause count of training and evaluation: ``--n-pauses`` (formerly ``--k``), 0 to
+    ``MAX_PAUSES``."""
+    return arg(default, help, min=0, max=MAX_PAUSES, deprecated=("--k",))
 
 
 def _field_types(cls) -> dict[str, Any]:

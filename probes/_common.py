@@ -14,7 +14,7 @@ import logging
 import platform
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ import pandas as pd
 
 from pauserec import __version__, files, registry
 from pauserec.cli import run, setup_logging
-from pauserec.config import parse_args, to_dict
+from pauserec.config import arg, parse_args, to_dict
 from pauserec.errors import UserError
 from pauserec.model import checkpoint
 from pauserec.model.checkpoint import Checkpoint
 from pauserec.model.device import DEVICES_HELP, DTYPES, describe, resolve_device, resolve_dtype
+from pauserec.teacher import llm
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("variant", "metric", "value")
@@ -38,20 +39,35 @@ HEALTH_USERS = 16
 class ProbeArgs:
     """Base arguments of every probe."""
 
-    ckpt: list[str] = field(
-        default_factory=list, metadata={"positional": True, "help": "checkpoint dir(s)"}
-    )
-    out: str = field(
-        default="",
-        metadata={"help": "output directory: results.csv and meta.json (must not exist)"},
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    seed: int = field(default=0, metadata={"help": "seed of the probe's samples", "min": 0})
-    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
-    dtype: str = field(
-        default="auto",
-        metadata={"help": "weights: auto (bf16 where native), bf16, fp16, fp32", "choices": DTYPES},
-    )
+    ckpt: list[str] = arg(help="checkpoint dir(s)", factory=list, positional=True)
+    out: str = arg("", "output directory: results.csv and meta.json (must not exist)")
+    overwrite: bool = arg(False, "replace an existing --out")
+    seed: int = arg(0, "seed of the probe's samples", min=0)
+    device: str = arg("auto", DEVICES_HELP)
+    dtype: str = arg("auto", "weights: auto (bf16 where native), bf16, fp16, fp32", choices=DTYPES)
+
+
+@dataclass
+class LLMProbeArgs(ProbeArgs):
+    """A probe that asks an OpenAI-compatible endpoint (a paraphraser, a judge)."""
+
+    llm_base_url: str | None = arg(None, f"LLM endpoint (else ${llm.ENV_BASE_URL})")
+    llm_model: str | None = arg(None, f"LLM model (else ${llm.ENV_MODEL})")
+    llm_cache: str | None = arg(None, "LLM response cache (default OUT.llm-cache.jsonl)")
+    llm_timeout: float = arg(60.0, "total seconds per LLM request", gt=0.0)
+    llm_max_retries: int = arg(5, "retries per LLM request", min=0)
+    llm_backoff: float = arg(0.5, "first retry delay, seconds (doubles)", min=0.0)
+
+    def llm_options(self) -> dict[str, Any]:
+        """These settings as keywords of :func:`pauserec.teacher.llm.complete`."""
+        return {
+            "base_url": self.llm_base_url,
+            "model": self.llm_model,
+            "cache_path": llm_cache_path(self),
+            "timeout": self.llm_timeout,
+            "max_retries": self.llm_max_retries,
+            "backoff": self.llm_backoff,
+        }
 
 
 def parse(cls, argv: list[str] | None, prog: str):

@@ -15,13 +15,14 @@ vector, i.e. what the SID code structure alone (items sharing codes have similar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pauserec import tokens
+from pauserec.config import arg
 from pauserec.errors import UserError
 from pauserec.model import backbone
 from pauserec.model.checkpoint import Checkpoint
@@ -38,28 +39,13 @@ __all__ = ["Args", "compute", "main", "run"]
 class Args(ProbeArgs):
     """SID-token vs word-token embedding alignment (token, item, geometry and contextual levels)."""
 
-    n_neighbours: int = field(
-        default=10,
-        metadata={
-            "help": "nearest words per SID token, and the neighbours of mutual k-NN",
-            "min": 1,
-            "deprecated": ("--k",),
-        },
-    )
-    n_perm: int = field(default=20, metadata={"help": "permutations for each baseline", "min": 1})
-    max_words: int = field(
-        default=5000, metadata={"help": "word tokens sampled for the geometry", "min": 2}
-    )
-    max_items: int = field(
-        default=4000, metadata={"help": "items sampled for CKA, k-NN, Procrustes", "min": 3}
-    )
-    n_context: int = field(
-        default=32, metadata={"help": "items for the contextual (hidden-state) probe", "min": 1}
-    )
-    umap: bool = field(default=True, metadata={"help": "UMAP map of SID and word tokens (slower)"})
-    umap_words: int = field(
-        default=2000, metadata={"help": "word tokens in the UMAP map", "min": 2}
-    )
+    n_neighbours: int = arg(10, "words per SID token; k of mutual k-NN", min=1, deprecated=("--k",))
+    n_perm: int = arg(20, "permutations for each baseline", min=1)
+    max_words: int = arg(5000, "word tokens sampled for the geometry", min=2)
+    max_items: int = arg(4000, "items sampled for CKA, k-NN, Procrustes", min=3)
+    n_context: int = arg(32, "items for the contextual (hidden-state) probe", min=1)
+    umap: bool = arg(True, "UMAP map of SID and word tokens (slower)")
+    umap_words: int = arg(2000, "word tokens in the UMAP map", min=2)
 
 
 @dataclass

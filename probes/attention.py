@@ -21,18 +21,19 @@ Patterns and residuals come from one TransformerLens ``TransformerBridge`` pass 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pauserec import data, registry
+from pauserec.config import arg
 from pauserec.errors import UserError
 from pauserec.evaluation import evaluate
 from pauserec.model.checkpoint import Checkpoint
 from pauserec.model.prompts import Encoded, PromptBuilder
-from pauserec.registry import PAPER_PAUSES
+from pauserec.registry import MAX_PAUSES, PAPER_PAUSES
 from pauserec.teacher import rationales
 from probes import activations as act
 from probes import interventions
@@ -44,55 +45,29 @@ __all__ = ["Args", "compute", "main", "run"]
 # PromptBuilder's segments, except that the first position (BOS, or the instruction's first token
 # where the tokenizer adds no BOS) is its own segment: it is the usual attention sink.
 SEGMENTS = ("first", "instruction", "history", "sep", "think", "pause", "rationale", "target")
+PROMPTS = ("auto", *evaluate.VARIANTS)  # --variant; auto: the checkpoint's
 
 
 @dataclass
 class Args(ProbeArgs):
     """Attention from pause / SID positions, relevance, logit lens and pause interventions."""
 
-    n_users: int = field(default=256, metadata={"help": "test users sampled (seeded)", "min": 1})
-    split: str = field(
-        default="test",
-        metadata={"help": "test, valid or train", "choices": ("test", "valid", "train")},
-    )
-    variant: str = field(
-        default="auto",
-        metadata={
-            "help": "prompt: pause, plain, cot; auto = the checkpoint's (base -> plain)",
-            "choices": ("auto", "plain", "pause", "cot"),
-        },
-    )
-    n_pauses: int = field(
-        default=-1,
-        metadata={
-            "help": "pauses; -1 = the checkpoint's (5 if it has none)",
-            "min": -1,
-            "max": registry.MAX_PAUSES,
-        },
-    )
-    batch_size: int = field(default=8, metadata={"help": "users per forward pass", "min": 1})
-    n_perm: int = field(
-        default=200, metadata={"help": "target re-pairings for the relevance baseline", "min": 1}
-    )
-    interventions: bool = field(
-        default=False,
-        metadata={"help": "also decode with pauses removed / masked / replaced (slow)"},
-    )
-    intervention_users: int = field(
-        default=0, metadata={"help": "users decoded (0 = n_users)", "min": 0}
-    )
-    beams: int = field(
-        default=20, metadata={"help": "beam width of the intervention decoding", "min": 1}
-    )
-    n_boot: int = field(
-        default=1000, metadata={"help": "bootstrap resamples of paired CIs", "min": 1}
-    )
+    n_users: int = arg(256, "test users sampled (seeded)", min=1)
+    split: str = arg("test", "test, valid or train", choices=("test", "valid", "train"))
+    variant: str = arg("auto", "{choices}; auto: the checkpoint's (base -> plain)", choices=PROMPTS)
+    n_pauses: int = arg(-1, "pauses (-1: the checkpoint's, 5 if none)", min=-1, max=MAX_PAUSES)
+    batch_size: int = arg(8, "users per forward pass", min=1)
+    n_perm: int = arg(200, "target re-pairings for the relevance baseline", min=1)
+    interventions: bool = arg(False, "also decode with pauses removed / masked / replaced (slow)")
+    intervention_users: int = arg(0, "users decoded (0 = n_users)", min=0)
+    beams: int = arg(20, "beam width of the intervention decoding", min=1)
+    n_boot: int = arg(1000, "bootstrap resamples of paired CIs", min=1)
 
 
 def resolve_variant(ckpt: Checkpoint, args: Args) -> tuple[str, int]:
     variant = registry.prompt_of(ckpt.variant) if args.variant == "auto" else args.variant
-    if variant not in ("plain", "pause", "cot"):
-        raise UserError(f"unknown variant '{variant}' (known: auto, plain, pause, cot)")
+    if variant not in evaluate.VARIANTS:
+        raise UserError(f"unknown variant '{variant}' (known: {', '.join(PROMPTS)})")
     n_pauses = args.n_pauses if args.n_pauses >= 0 else ckpt.n_pauses or PAPER_PAUSES
     return variant, n_pauses if variant == "pause" else 0
 

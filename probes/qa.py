@@ -26,6 +26,7 @@ from pauserec.tokens import parse_sid, sid_tokens
 FACTS_PATH = Path(__file__).resolve().parent / "resources" / "facts.jsonl"
 LABELS = {"title": "Title", "category": "Categories", "year": "Year", "brand": "Brand"}
 _NEXT_LABEL = re.compile(r"\s*\.\s*(?:title|categories|year|brand|description)?\s*:", re.IGNORECASE)
+TEMPLATES = ("auto", "chat", "plain", "grounding")  # see Asker
 QUESTIONS = {
     "title": "What is the title of the {noun} {ref}?",
     "category": "Which {cat} does the {noun} {ref} belong to?",
@@ -213,8 +214,8 @@ class Asker:
     """
 
     def __init__(self, tok, catalog: Catalog, template: str = "auto"):
-        if template not in ("auto", "chat", "plain", "grounding"):
-            raise UserError(f"unknown template '{template}' (known: auto, chat, plain, grounding)")
+        if template not in TEMPLATES:
+            raise UserError(f"unknown template '{template}' (known: {', '.join(TEMPLATES)})")
         has_chat = bool(getattr(tok, "chat_template", None))
         if template == "chat" and not has_chat:
             raise UserError("--template chat: this tokenizer has no chat template")

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pauserec import decoding
+from pauserec.config import arg
 from pauserec.data import Example
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
@@ -42,8 +43,10 @@ from pauserec.model import checkpoint
 from pauserec.model.checkpoint import Checkpoint
 from pauserec.model.prompts import PromptBuilder
 from pauserec.teacher import llm, rationales
+from pauserec.teacher.rationales import SOURCES
 from probes import perturb
-from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
+from probes._common import LLMProbeArgs, cli, entry, label, llm_cache_path
+from probes.perturb import PERTURBATIONS
 from probes.qa import Asker, generate_answers
 
 log = logging.getLogger(__name__)
@@ -54,73 +57,25 @@ PARAPHRASE = (
 
 
 @dataclass
-class Args(ProbeArgs):
+class Args(LLMProbeArgs):
     """Perturb the teacher-forced rationale of a CoT checkpoint; measure Recall/NDCG change and
     KL."""
 
-    n_users: int = field(
-        default=64, metadata={"help": "users of the split (seeded sample)", "min": 1}
+    n_users: int = arg(64, "users of the split (seeded sample)", min=1)
+    split: str = arg("test", "train, valid or test", choices=("train", "valid", "test"))
+    perturbations: tuple[str, ...] = arg(PERTURBATIONS, f"{', '.join(PERTURBATIONS)} (any dropNN)")
+    rationale_source: str = arg(
+        "",
+        "clean rationales: {choices} (default: the checkpoint's, else template)",
+        choices=("", *SOURCES),
     )
-    split: str = field(
-        default="test",
-        metadata={"help": "train, valid or test", "choices": ("train", "valid", "test")},
-    )
-    perturbations: tuple[str, ...] = field(
-        default=perturb.PERTURBATIONS,
-        metadata={"help": ", ".join(perturb.PERTURBATIONS) + " (any dropNN)"},
-    )
-    rationale_source: str = field(
-        default="",
-        metadata={
-            "help": "clean rationales: "
-            + ", ".join(rationales.SOURCES)
-            + " (default: the checkpoint's, else template)",
-            "choices": ("", *rationales.SOURCES),
-        },
-    )
-    paraphrase: str = field(
-        default="local",
-        metadata={"help": "local (a checkpoint's model) or openai", "choices": ("local", "openai")},
-    )
-    paraphrase_ckpt: str = field(
-        default="", metadata={"help": "local paraphraser (default: the probed checkpoint)"}
-    )
-    paraphrase_tokens: int = field(
-        default=64, metadata={"help": "longest paraphrase, in tokens", "min": 1}
-    )
-    top_k: int = field(
-        default=10, metadata={"help": "K of recall@K / ndcg@K and of the kl_items union", "min": 1}
-    )
-    beams: int = field(default=20, metadata={"help": "beam width", "min": 1})
-    batch_size: int = field(default=16, metadata={"help": "users per decoding batch", "min": 1})
-    kl_items: bool = field(default=True, metadata={"help": "also KL over the union of top-K items"})
-    llm_base_url: str | None = field(
-        default=None, metadata={"help": f"openai endpoint (else ${llm.ENV_BASE_URL})"}
-    )
-    llm_model: str | None = field(
-        default=None, metadata={"help": f"openai model (else ${llm.ENV_MODEL})"}
-    )
-    llm_cache: str | None = field(
-        default=None, metadata={"help": "response cache (default OUT.llm-cache.jsonl)"}
-    )
-    llm_timeout: float = field(
-        default=60.0, metadata={"help": "total seconds per request", "gt": 0.0}
-    )
-    llm_max_retries: int = field(default=5, metadata={"help": "retries per request", "min": 0})
-    llm_backoff: float = field(
-        default=0.5, metadata={"help": "first retry delay, seconds (doubles)", "min": 0.0}
-    )
-
-
-def _llm_options(args: Args) -> dict:
-    return {
-        "base_url": args.llm_base_url,
-        "model": args.llm_model,
-        "cache_path": llm_cache_path(args),
-        "timeout": args.llm_timeout,
-        "max_retries": args.llm_max_retries,
-        "backoff": args.llm_backoff,
-    }
+    paraphrase: str = arg("local", "local (a checkpoint) or openai", choices=("local", "openai"))
+    paraphrase_ckpt: str = arg("", "local paraphraser (default: the probed checkpoint)")
+    paraphrase_tokens: int = arg(64, "longest paraphrase, in tokens", min=1)
+    top_k: int = arg(10, "K of recall@K / ndcg@K and of the kl_items union", min=1)
+    beams: int = arg(20, "beam width", min=1)
+    batch_size: int = arg(16, "users per decoding batch", min=1)
+    kl_items: bool = arg(True, "also KL over the union of top-K items")
 
 
 def clean_rationales(
@@ -143,7 +98,7 @@ def clean_rationales(
     if source.startswith("local"):
         options = {"ckpt": ckpt, "cache_path": llm_cache_path(args)}
     elif source.startswith("openai"):
-        options = {**_llm_options(args), "max_tokens": 96}
+        options = {**args.llm_options(), "max_tokens": 96}
     built = rationales.build(source, ckpt.catalog, examples, **options)
     return [r.text for r in built], source
 
@@ -154,7 +109,7 @@ def paraphrase(texts: list[str], ckpt: Checkpoint, args: Args) -> list[str]:
     todo = [i for i, t in enumerate(texts) if t.strip()]
     prompts = [PARAPHRASE.format(text=texts[i]) for i in todo]
     if args.paraphrase == "openai":
-        made = llm.complete(prompts, max_tokens=args.paraphrase_tokens, **_llm_options(args))
+        made = llm.complete(prompts, max_tokens=args.paraphrase_tokens, **args.llm_options())
     elif args.paraphrase == "local":
         other = checkpoint.load(args.paraphrase_ckpt, args.device) if args.paraphrase_ckpt else ckpt
         asker = Asker(other.tokenizer, other.catalog, "auto")

@@ -30,20 +30,22 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from pauserec import decoding
+from pauserec.config import arg
 from pauserec.errors import UserError
 from pauserec.evaluation import stats
 from pauserec.model.checkpoint import Checkpoint
 from pauserec.teacher import llm
 from probes import activations as act
-from probes._common import ProbeArgs, cli, entry, label, llm_cache_path
+from probes._common import LLMProbeArgs, cli, entry, label
 from probes.qa import (
     QUESTIONS,
+    TEMPLATES,
     Asker,
     Question,
     default_fields,
@@ -56,67 +58,24 @@ from probes.qa import (
 )
 
 log = logging.getLogger(__name__)
-QUERIES = ("sid", "title", "fact")
 JUDGE_SYSTEM = "You grade answers to quiz questions. Reply with exactly one word: yes or no."
+QUERIES = ("sid", "title", "fact")
 
 
 @dataclass
-class Args(ProbeArgs):
+class Args(LLMProbeArgs):
     """Item knowledge (from the SID and from the title) and general facts: generation vs logits."""
 
-    n_items: int = field(
-        default=100, metadata={"help": "catalog items asked about (seeded sample)", "min": 1}
-    )
-    queries: tuple[str, ...] = field(
-        default=QUERIES, metadata={"help": "sid, title, fact", "choices": QUERIES}
-    )
-    fields: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": (
-                "title, category, year, brand (default: those "
-                "the dataset has; ml-100k: title,category,year)"
-            ),
-            "choices": tuple(QUESTIONS),
-        },
-    )
-    n_distractors: int = field(
-        default=9, metadata={"help": "catalog distractors per item question", "min": 1}
-    )
-    max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer", "min": 1})
-    template: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (chat if the tokenizer has one), chat, plain, grounding (the CPT format)",
-            "choices": ("auto", "chat", "plain", "grounding"),
-        },
-    )
-    cosine: bool = field(default=True, metadata={"help": "score generations by MiniLM cosine"})
-    judge: bool = field(
-        default=False, metadata={"help": "also grade generations with an LLM judge"}
-    )
-    llm_base_url: str | None = field(
-        default=None, metadata={"help": f"judge endpoint (else ${llm.ENV_BASE_URL})"}
-    )
-    llm_model: str | None = field(
-        default=None, metadata={"help": f"judge model (else ${llm.ENV_MODEL})"}
-    )
-    llm_cache: str | None = field(
-        default=None, metadata={"help": "judge response cache (default OUT.llm-cache.jsonl)"}
-    )
-    llm_timeout: float = field(
-        default=60.0, metadata={"help": "total seconds per judge request", "gt": 0.0}
-    )
-    llm_max_retries: int = field(
-        default=5, metadata={"help": "retries per judge request", "min": 0}
-    )
-    llm_backoff: float = field(
-        default=0.5, metadata={"help": "first retry delay, seconds (doubles)", "min": 0.0}
-    )
-    n_boot: int = field(
-        default=1000, metadata={"help": "bootstrap resamples of the gap CIs", "min": 1}
-    )
-    batch_size: int = field(default=16, metadata={"help": "prompts per generate() batch", "min": 1})
+    n_items: int = arg(100, "catalog items asked about (seeded sample)", min=1)
+    queries: tuple[str, ...] = arg(QUERIES, "{choices}", choices=QUERIES)
+    fields: tuple[str, ...] = arg((), "{choices} (default: dataset's)", choices=tuple(QUESTIONS))
+    n_distractors: int = arg(9, "catalog distractors per item question", min=1)
+    max_new_tokens: int = arg(24, "longest generated answer", min=1)
+    template: str = arg("auto", "{choices} (auto: chat if tokenizer has one)", choices=TEMPLATES)
+    cosine: bool = arg(True, "score generations by MiniLM cosine")
+    judge: bool = arg(False, "also grade generations with an LLM judge")
+    n_boot: int = arg(1000, "bootstrap resamples of the gap CIs", min=1)
+    batch_size: int = arg(16, "prompts per generate() batch", min=1)
 
 
 # -- readouts
@@ -162,14 +121,9 @@ def judge(questions: list[Question], outputs: list[str], args: Args) -> np.ndarr
     replies = (
         llm.complete(
             prompts,
-            base_url=args.llm_base_url,
-            model=args.llm_model,
             system=JUDGE_SYSTEM,
-            cache_path=llm_cache_path(args),
             max_tokens=4,
-            timeout=args.llm_timeout,
-            max_retries=args.llm_max_retries,
-            backoff=args.llm_backoff,
+            **args.llm_options(),
         )
         if prompts
         else []

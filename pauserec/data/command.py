@@ -3,25 +3,20 @@ sizes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.data import datasets as data
+from pauserec.data.datasets import data_root_arg, dataset_arg
 
 
 @dataclass
 class DataArgs:
     """Print users, items, interactions and the sequence-length distribution of a dataset."""
 
-    dataset: str = field(
-        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
-    )
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    max_history: int = field(
-        default=20, metadata={"help": "history truncation for the split counts", "min": 1}
-    )
+    dataset: str = dataset_arg()
+    data_root: str | None = data_root_arg()
+    max_history: int = arg(20, "history truncation for the split counts", min=1)
 
 
 def data_stats(argv: list[str] | None = None) -> dict:

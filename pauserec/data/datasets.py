@@ -16,10 +16,12 @@ import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pauserec import files
+from pauserec.config import arg
 from pauserec.errors import UserError
 
 AMAZON = {"office": "Office", "beauty": "Beauty", "toys": "Toys"}
@@ -78,6 +80,17 @@ class Example:
     user: str
     history: tuple[int, ...]
     target: int
+
+
+def dataset_arg(default: str = "ml-100k") -> Any:
+    """The ``--dataset`` field of every command that loads a dataset by name or folder."""
+    return arg(default, f"{', '.join(['ml-100k', *AMAZON])}, or a directory")
+
+
+def data_root_arg() -> Any:
+    """The ``--data-root`` field: where the Amazon folders are (else $PAUSEREC_DATA, then
+    :func:`default_roots`)."""
+    return arg(None, f"folder holding {' '.join(f'{v}/' for v in AMAZON.values())}")
 
 
 def default_roots() -> list[Path]:

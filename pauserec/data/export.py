@@ -12,11 +12,12 @@ layout stores order, not time, so an interaction's timestamp is its position in 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pauserec import data, files
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
+from pauserec.data.datasets import data_root_arg, dataset_arg
 from pauserec.errors import UserError
 
 FORMATS = ("recbole",)
@@ -28,20 +29,12 @@ ITEM_HEADER = "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token
 class ExportArgs:
     """Write a dataset in a standard toolkit's format with our leave-one-out order."""
 
-    dataset: str = field(
-        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
-    )
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    format: str = field(
-        default="recbole", metadata={"help": "recbole (atomic files + a yaml)", "choices": FORMATS}
-    )
-    out: str | None = field(default=None, metadata={"help": "output folder"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --out"})
-    max_history: int = field(
-        default=20, metadata={"help": "history truncation (MAX_ITEM_LIST_LENGTH)", "min": 1}
-    )
+    dataset: str = dataset_arg()
+    data_root: str | None = data_root_arg()
+    format: str = arg("recbole", "recbole (atomic files + a yaml)", choices=FORMATS)
+    out: str | None = arg(None, "output folder")
+    overwrite: bool = arg(False, "replace an existing non-empty --out")
+    max_history: int = arg(20, "history truncation (MAX_ITEM_LIST_LENGTH)", min=1)
 
 
 def _field(value: str) -> str:

@@ -13,13 +13,13 @@ counts, notes, and the raw ids of users and items).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from pauserec import data, files
-from pauserec.config import parse_args, to_dict
+from pauserec.config import arg, parse_args, to_dict
 from pauserec.data import download, rawdata
 from pauserec.errors import UserError
 
@@ -32,42 +32,16 @@ class PrepareArgs:
     """Turn raw public files (Amazon 2014 / 2023 reviews + metadata, MovieLens ratings + movies)
     into the LC-Rec layout: k-core filtered, chronological, with a stats report."""
 
-    format: str = field(
-        default="",
-        metadata={"help": "amazon2014, amazon2023 or movielens", "choices": ("", *rawdata.FORMATS)},
-    )
-    raw: str | None = field(
-        default=None, metadata={"help": "folder with the raw files (--download saves there)"}
-    )
-    category: str | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Amazon category as in the file names (Beauty; All_Beauty for 2023); MovieLens: "
-                "ml-1m, ml-latest-small, ml-25m ... (for --download)"
-            )
-        },
-    )
-    out: str | None = field(
-        default=None, metadata={"help": "output folder (its name is the dataset name)"}
-    )
-    kcore: int = field(
-        default=5,
-        metadata={"help": "min interactions per item and per user (users >= 3)", "min": 1},
-    )
-    min_rating: float = field(
-        default=0.0, metadata={"help": "drop interactions rated below this", "min": 0.0}
-    )
-    strict: bool = field(
-        default=False, metadata={"help": "a malformed line is an error (default: skip, count)"}
-    )
-    download: bool = field(
-        default=False, metadata={"help": "fetch the public files into --raw first"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --out"})
-    max_history: int = field(
-        default=20, metadata={"help": "history truncation for the split counts", "min": 1}
-    )
+    format: str = arg("", "amazon2014, amazon2023 or movielens", choices=("", *rawdata.FORMATS))
+    raw: str | None = arg(None, "folder with the raw files (--download saves there)")
+    category: str | None = arg(None, "category in file names: Beauty (2023: All_Beauty), ml-1m ...")
+    out: str | None = arg(None, "output folder (its name is the dataset name)")
+    kcore: int = arg(5, "min interactions per item and per user (users >= 3)", min=1)
+    min_rating: float = arg(0.0, "drop interactions rated below this", min=0.0)
+    strict: bool = arg(False, "a malformed line is an error (default: skip, count)")
+    download: bool = arg(False, "fetch the public files into --raw first")
+    overwrite: bool = arg(False, "replace an existing non-empty --out")
+    max_history: int = arg(20, "history truncation for the split counts", min=1)
 
 
 def filter_interactions(

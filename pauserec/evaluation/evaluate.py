@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pauserec import data, files, registry
-from pauserec.config import parse_args, to_dict
+from pauserec.config import arg, parse_args, pauses_arg, to_dict
 from pauserec.decoding import Trie, recommend
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
@@ -50,52 +50,21 @@ class EvalArgs:
     """Recall/NDCG@{1,5,10,20} of a checkpoint with trie-constrained beam search, health and
     latency."""
 
-    ckpt: str = field(default="", metadata={"positional": True, "help": "checkpoint directory"})
-    out: str = field(
-        default="", metadata={"help": "write metrics.json and per_user.csv here (must not exist)"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    split: str = field(default="test", metadata={"help": "test, valid or train", "choices": SPLITS})
-    n_users: int | None = field(
-        default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1}
-    )
-    eval_seed: int = field(
-        default=0, metadata={"help": "seed of the user sample", "min": 0, "aliases": ("--seed",)}
-    )
-    beams: int = field(
-        default=20,
-        metadata={"help": "beam width (never shrinks)", "min": LIST_LEN, "max": MAX_BEAMS},
-    )
-    batch_size: int = field(default=16, metadata={"help": "users decoded together", "min": 1})
-    variant: str | None = field(
-        default=None,
-        metadata={"help": "plain, pause or cot (default: checkpoint's)", "choices": VARIANTS},
-    )
-    n_pauses: int | None = field(
-        default=None,
-        metadata={
-            "help": "pause count (default: checkpoint's)",
-            "min": 0,
-            "max": registry.MAX_PAUSES,
-            "deprecated": ("--k",),
-        },
-    )
-    cot_max_new_tokens: int = field(
-        default=64, metadata={"help": "cap on a generated rationale", "min": 1}
-    )
-    latency_samples: int = field(
-        default=500,
-        metadata={
-            "help": f"users timed for latency, in batches of {LATENCY_BATCH} (0: skip)",
-            "min": 0,
-        },
-    )
-    constrained: bool = field(default=True, metadata={"help": "decode under the catalog trie"})
-    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
-    dtype: str = field(
-        default="auto",
-        metadata={"help": "weights: auto (bf16 where native), bf16, fp16, fp32", "choices": DTYPES},
-    )
+    ckpt: str = arg("", "checkpoint directory", positional=True)
+    out: str = arg("", "write metrics.json and per_user.csv here (must not exist)")
+    overwrite: bool = arg(False, "replace an existing --out")
+    split: str = arg("test", "test, valid or train", choices=SPLITS)
+    n_users: int | None = arg(None, "seeded sample of users (default: all)", min=1)
+    eval_seed: int = arg(0, "seed of the user sample", min=0, aliases=("--seed",))
+    beams: int = arg(20, "beam width (never shrinks)", min=LIST_LEN, max=MAX_BEAMS)
+    batch_size: int = arg(16, "users decoded together", min=1)
+    variant: str | None = arg(None, "plain, pause or cot (default: checkpoint's)", choices=VARIANTS)
+    n_pauses: int | None = pauses_arg(None, "pause count (default: checkpoint's)")
+    cot_max_new_tokens: int = arg(64, "cap on a generated rationale", min=1)
+    latency_samples: int = arg(500, f"timed users, batches of {LATENCY_BATCH} (0: none)", min=0)
+    constrained: bool = arg(True, "decode under the catalog trie")
+    device: str = arg("auto", DEVICES_HELP)
+    dtype: str = arg("auto", "weights: auto (bf16 where native), bf16, fp16, fp32", choices=DTYPES)
 
 
 def examples_for(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pauserec import data, files, sid, tokens
-from pauserec.config import parse_args, to_dict
+from pauserec.config import arg, parse_args, to_dict
 from pauserec.errors import UserError
 from pauserec.model import backbone, checkpoint, prompts
 from pauserec.model.backbone import INIT_STRATEGIES
@@ -27,16 +27,8 @@ INIT_SECTIONS = ("sid", "init")
 class InitArgs(SidArgs):
     """Write an untrained checkpoint: backbone + SID/pause/think tokens + the catalog."""
 
-    backbone: str = field(
-        default="smollm2-135m", metadata={"help": "smollm2-135m, tiny, or a HF id/dir"}
-    )
-    init: str = field(
-        default="mean-all",
-        metadata={
-            "help": "new-row init: " + ", ".join(INIT_STRATEGIES),
-            "choices": INIT_STRATEGIES,
-        },
-    )
+    backbone: str = arg("smollm2-135m", "smollm2-135m, tiny, or a HF id/dir")
+    init: str = arg("mean-all", "new-row init: {choices}", choices=INIT_STRATEGIES)
 
 
 def main(argv: list[str] | None = None) -> checkpoint.Checkpoint:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pauserec import data, files, sid
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.data.command import DataArgs
 
 KIND = "pauserec sid build"
@@ -17,41 +17,22 @@ KIND = "pauserec sid build"
 class SidArgs(DataArgs):
     """Build Semantic IDs for a dataset's catalog and print their quality report."""
 
-    out: str | None = field(default=None, metadata={"help": "write sids.json + report.json here"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    sid_source: str = field(
-        default="build", metadata={"help": "build (with --sid-method), or a path to an index json"}
+    out: str | None = arg(None, "write sids.json + report.json here")
+    overwrite: bool = arg(False, "replace an existing --out")
+    sid_source: str = arg("build", "build (with --sid-method), or a path to an index json")
+    sid_method: str = arg(sid.DEFAULT_METHOD, "{choices}", choices=sid.METHODS)
+    sid_levels: int = arg(3, "residual quantisation levels (before de-dup)", min=1, max=8)
+    sid_codebook_size: int = arg(256, "codes per level (scaled down if small)", min=2, max=65536)
+    sid_fields: tuple[str, ...] = arg(
+        ("title", "categories", "brand"),
+        "comma-separated item text fields",
+        choices=data.TEXT_FIELDS,
+        min_items=1,
     )
-    sid_method: str = field(
-        default=sid.DEFAULT_METHOD,
-        metadata={"help": ", ".join(sid.METHODS), "choices": sid.METHODS},
-    )
-    sid_levels: int = field(
-        default=3,
-        metadata={"help": "residual quantisation levels (before de-dup)", "min": 1, "max": 8},
-    )
-    sid_codebook_size: int = field(
-        default=256,
-        metadata={"help": "codes per level (scaled down if small)", "min": 2, "max": 65536},
-    )
-    sid_fields: tuple[str, ...] = field(
-        default=("title", "categories", "brand"),
-        metadata={
-            "help": "comma-separated item text fields",
-            "choices": data.TEXT_FIELDS,
-            "min_items": 1,
-        },
-    )
-    sid_iters: int = field(
-        default=50, metadata={"help": "k-means iterations per level", "min": 1, "max": 10_000}
-    )
-    sid_epochs: int = field(
-        default=30, metadata={"help": "RQ-VAE training epochs", "min": 1, "max": 10_000}
-    )
-    seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
-    preset: str | None = field(
-        default=None, metadata={"help": "configs/NAME.toml supplies defaults"}
-    )
+    sid_iters: int = arg(50, "k-means iterations per level", min=1, max=10_000)
+    sid_epochs: int = arg(30, "RQ-VAE training epochs", min=1, max=10_000)
+    seed: int = arg(0, "random seed", min=0)
+    preset: str | None = arg(None, "configs/NAME.toml supplies defaults")
 
     def sid_config(self) -> sid.SIDConfig:
         return sid.SIDConfig(
@@ -70,12 +51,7 @@ class SidArgs(DataArgs):
 class SidBuildArgs(SidArgs):
     """Build Semantic IDs for a dataset's catalog and print their quality report."""
 
-    compare: str | None = field(
-        default=None,
-        metadata={
-            "help": "a published index (X.index.*.json) of the same catalog, reported side by side"
-        },
-    )
+    compare: str | None = arg(None, "a published index (X.index.*.json) to report side by side")
 
 
 def sid_build(argv: list[str] | None = None) -> dict:

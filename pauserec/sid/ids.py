@@ -10,12 +10,13 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pauserec import tokens
+from pauserec.config import arg
 from pauserec.data import Item
 from pauserec.errors import UserError
 from pauserec.files import cache_dir, read_json
@@ -35,22 +36,14 @@ DEFAULT_METHOD = "rq-vae"
 class SIDConfig:
     """How Semantic IDs are built."""
 
-    source: str = field(
-        default="build", metadata={"help": "build (with method), or a path to X.index.*.json"}
-    )
-    levels: int = field(
-        default=3, metadata={"help": "residual quantisation levels (before de-duplication)"}
-    )
-    codebook_size: int = field(
-        default=256, metadata={"help": "codes per level (scaled down for small catalogs)"}
-    )
-    fields: tuple[str, ...] = field(
-        default=("title", "categories", "brand"), metadata={"help": "item text fields"}
-    )
-    iters: int = field(default=50, metadata={"help": "k-means iterations per level"})
-    seed: int = field(default=0, metadata={"help": "k-means / RQ-VAE seed"})
-    method: str = field(default=DEFAULT_METHOD, metadata={"help": ", ".join(METHODS)})
-    epochs: int = field(default=30, metadata={"help": "RQ-VAE training epochs"})
+    source: str = arg("build", "build (with method), or a path to X.index.*.json")
+    levels: int = arg(3, "residual quantisation levels (before de-duplication)")
+    codebook_size: int = arg(256, "codes per level (scaled down for small catalogs)")
+    fields: tuple[str, ...] = arg(("title", "categories", "brand"), "item text fields")
+    iters: int = arg(50, "k-means iterations per level")
+    seed: int = arg(0, "k-means / RQ-VAE seed")
+    method: str = arg(DEFAULT_METHOD, ", ".join(METHODS))
+    epochs: int = arg(30, "RQ-VAE training epochs")
 
 
 # "rq-kmeans" was the default source before methods had a field

@@ -266,16 +266,16 @@ def complete(
     system: str | None = None,
     max_tokens: int = 128,
     temperature: float = 0.0,
-    timeout: float = 30,
-    max_retries: int = 5,
-    concurrency: int = 1,
-    backoff: float = 0.5,
-    backoff_cap: float = 20.0,
     stop: list[str] | None = None,
     extra: dict | None = None,
-    seed: int = 0,
-    on_result: Callable[[int, str], None] | None = None,
+    timeout: float = 30,
+    max_retries: int = 5,
     check: Callable[[str], str | None] | None = None,
+    backoff: float = 0.5,
+    backoff_cap: float = 20.0,
+    seed: int = 0,
+    concurrency: int = 1,
+    on_result: Callable[[int, str], None] | None = None,
 ) -> list[str]:
     """One completion per prompt (a single user message, after ``system`` if given), in order.
 

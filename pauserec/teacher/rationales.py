@@ -21,11 +21,11 @@ import json
 import logging
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pauserec import files, tokens
-from pauserec.config import parse_args
+from pauserec.config import arg, parse_args
 from pauserec.data import Example
 from pauserec.errors import UserError
 from pauserec.model import checkpoint, prompts
@@ -220,37 +220,22 @@ class Args:
     the same command to resume an interrupted run.
     """
 
-    ckpt: str | None = field(
-        default=None, metadata={"help": "checkpoint directory (catalog, dataset)"}
-    )
-    out: str | None = field(
-        default=None, metadata={"help": "output JSONL, one rationale per example"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    source: str = field(default="openai", metadata={"help": ", ".join(SOURCES), "choices": SOURCES})
-    split: str = field(
-        default="train",
-        metadata={"help": "train, valid or test", "choices": ("train", "valid", "test")},
-    )
-    n: int | None = field(
-        default=None, metadata={"help": "a seeded sample of N examples (default all)", "min": 1}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the --n sample", "min": 0})
-    cache: str | None = field(
-        default=None, metadata={"help": "response cache (default OUT.cache.jsonl)"}
-    )
-    base_url: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_BASE_URL}"})
-    model: str | None = field(default=None, metadata={"help": f"else ${llm.ENV_MODEL}"})
-    max_tokens: int = field(default=96, metadata={"help": "longest rationale, in tokens", "min": 1})
-    timeout: float = field(default=60.0, metadata={"help": "total seconds per request", "gt": 0.0})
-    max_retries: int = field(default=5, metadata={"help": "retries per request", "min": 0})
-    concurrency: int = field(
-        default=1, metadata={"help": "requests in flight", "min": 1, "max": 256}
-    )
-    batch_size: int = field(
-        default=16, metadata={"help": "local: prompts per generate() batch", "min": 1}
-    )
-    device: str = field(default="auto", metadata={"help": "local: " + DEVICES_HELP})
+    ckpt: str | None = arg(None, "checkpoint directory (catalog, dataset)")
+    out: str | None = arg(None, "output JSONL, one rationale per example")
+    overwrite: bool = arg(False, "replace an existing --out")
+    source: str = arg("openai", ", ".join(SOURCES), choices=SOURCES)
+    split: str = arg("train", "train, valid or test", choices=("train", "valid", "test"))
+    n: int | None = arg(None, "a seeded sample of N examples (default all)", min=1)
+    seed: int = arg(0, "seed of the --n sample", min=0)
+    cache: str | None = arg(None, "response cache (default OUT.cache.jsonl)")
+    base_url: str | None = arg(None, f"else ${llm.ENV_BASE_URL}")
+    model: str | None = arg(None, f"else ${llm.ENV_MODEL}")
+    max_tokens: int = arg(96, "longest rationale, in tokens", min=1)
+    timeout: float = arg(60.0, "total seconds per request", gt=0.0)
+    max_retries: int = arg(5, "retries per request", min=0)
+    concurrency: int = arg(1, "requests in flight", min=1, max=256)
+    batch_size: int = arg(16, "local: prompts per generate() batch", min=1)
+    device: str = arg("auto", "local: " + DEVICES_HELP)
 
 
 def main(argv: list[str] | None = None) -> list[Rationale]:

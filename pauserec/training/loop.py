@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pauserec.config import arg
 from pauserec.errors import UserError
 from pauserec.model.device import (
     DEVICES_HELP,
@@ -64,83 +65,41 @@ class Diverged(UserError):
 class LoopConfig:
     """Optimisation settings every stage shares (presets: ``[train.STAGE]`` in configs/*.toml)."""
 
-    epochs: int = field(
-        default=3, metadata={"help": "passes over the corpus", "min": 1, "max": MAX_EPOCHS}
+    epochs: int = arg(3, "passes over the corpus", min=1, max=MAX_EPOCHS)
+    lr: float = arg(1e-4, "peak learning rate (AdamW)", gt=0.0)
+    batch_size: int = arg(16, "sequences per optimizer step, all processes", min=1, max=1 << 20)
+    batch_tokens: int = arg(
+        0,
+        "tokens per optimizer step, all processes, instead of --batch-size (0: off): a "
+        "step takes sequences while they fit, counted padded to its longest (real tokens "
+        "with --pack)",
+        min=0,
+        max=1 << 30,
     )
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)", "gt": 0.0})
-    batch_size: int = field(
-        default=16,
-        metadata={"help": "sequences per optimizer step, all processes", "min": 1, "max": 1 << 20},
+    pack: bool = arg(
+        False,
+        "pack a step's sequences into rows of --pack-len tokens, attention kept within "
+        "each (same steps and loss, no padding; meant for GPUs: 1.05x on a 2-core CPU at "
+        "2% padding)",
     )
-    batch_tokens: int = field(
-        default=0,
-        metadata={
-            "help": (
-                "tokens per optimizer step, all processes, instead of --batch-size (0: off): a "
-                "step takes sequences while they fit, counted padded to its longest (real tokens "
-                "with --pack)"
-            ),
-            "min": 0,
-            "max": 1 << 30,
-        },
+    pack_len: int = arg(0, "--pack: tokens per row (0: the step's longest)", min=0, max=1 << 24)
+    weight_decay: float = arg(0.01, "AdamW weight decay (not on norms)", min=0.0)
+    warmup_ratio: float = arg(0.03, "linear warm-up share, then cosine", min=0.0, max=1.0)
+    grad_clip: float = arg(1.0, "max gradient norm (0: off)", min=0.0)
+    max_steps: int = arg(0, "cap on optimizer steps (0: epochs decide)", min=0, max=MAX_STEPS)
+    seed: int = arg(0, "training seed: data order, subsamples, pause positions, init noise", min=0)
+    device: str = arg("auto", DEVICES_HELP)
+    dtype: str = arg(
+        "auto",
+        "auto (bf16 autocast where native: GPU, AVX512-BF16), bf16, fp16, fp32",
+        choices=DTYPES,
+        aliases=("--amp",),
     )
-    pack: bool = field(
-        default=False,
-        metadata={
-            "help": (
-                "pack a step's sequences into rows of --pack-len tokens, attention kept within "
-                "each (same steps and loss, no padding; meant for GPUs: 1.05x on a 2-core CPU at "
-                "2%% padding)"
-            )
-        },
-    )
-    pack_len: int = field(
-        default=0,
-        metadata={
-            "help": "--pack: tokens per row (0: the step's longest "
-            "sequence, so no row is wider than unpacked)",
-            "min": 0,
-            "max": 1 << 24,
-        },
-    )
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay (not on norms)", "min": 0.0}
-    )
-    warmup_ratio: float = field(
-        default=0.03, metadata={"help": "linear warm-up share, then cosine", "min": 0.0, "max": 1.0}
-    )
-    grad_clip: float = field(
-        default=1.0, metadata={"help": "max gradient norm (0: off)", "min": 0.0}
-    )
-    max_steps: int = field(
-        default=0,
-        metadata={"help": "cap on optimizer steps (0: epochs decide)", "min": 0, "max": MAX_STEPS},
-    )
-    seed: int = field(
-        default=0,
-        metadata={
-            "help": "training seed: data order, subsamples, pause positions, init noise",
-            "min": 0,
-        },
-    )
-    device: str = field(default="auto", metadata={"help": DEVICES_HELP})
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bf16 autocast where native: GPU, AVX512-BF16), bf16, fp16, fp32",
-            "choices": DTYPES,
-            "aliases": ("--amp",),
-        },
-    )
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    bucket: bool = field(default=True, metadata={"help": "length bucketing (off: random batches)"})
-    save_every: int = field(
-        default=200, metadata={"help": "resumable state every N steps (0: never)", "min": 0}
-    )
-    log_every: int = field(
-        default=10, metadata={"help": "CSV log / progress interval in steps", "min": 1}
-    )
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
+    compile: bool = arg(False, "torch.compile the model")
+    bucket: bool = arg(True, "length bucketing (off: random batches)")
+    save_every: int = arg(200, "resumable state every N steps (0: never)", min=0)
+    log_every: int = arg(10, "CSV log / progress interval in steps", min=1)
+    progress: bool = arg(True, "tqdm progress bar")
 
 
 @dataclass

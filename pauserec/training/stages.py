@@ -183,23 +183,17 @@ def _rationales(ckpt: Checkpoint, args, examples: list) -> list[rationales.Ratio
                 f"{args.rationale_file} (write them with `python -m pauserec rationales`)"
             )
         return [known[ex] for ex in examples]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.rationale.split("-")[0] in (
-        "local",
-        "openai",
-    ):
+    kind = args.rationale.split("-")[0]  # template, local or openai
+    if kind in ("local", "openai") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError(
             "under torchrun, write model rationales first (`python -m pauserec rationales`) "
             "and pass --rationale-file"
         )
     cache = str(Path(args.out).with_name(Path(args.out).name + ".rationales.jsonl"))
     options: dict = {}
-    if args.rationale.startswith("local"):
+    if kind == "local":
         options = {"ckpt": ckpt, "cache_path": cache, "max_new_tokens": args.rationale_max_tokens}
-    elif args.rationale.startswith("openai"):
-        options = {
-            "cache_path": cache,
-            "base_url": args.llm_base_url,
-            "model": args.llm_model,
-            "max_tokens": args.rationale_max_tokens,
-        }
+    elif kind == "openai":
+        endpoint = {"base_url": args.llm_base_url, "model": args.llm_model}
+        options = {"cache_path": cache, **endpoint, "max_tokens": args.rationale_max_tokens}
     return rationales.build(args.rationale, ckpt.catalog, examples, **options)

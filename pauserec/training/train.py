@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import pandas as pd
 import torch.distributed as dist
 
 from pauserec import files, registry
-from pauserec.config import build, parse_args, to_dict
+from pauserec.config import arg, build, parse_args, pauses_arg, to_dict
 from pauserec.data import TRAIN_TARGETS
 from pauserec.errors import UserError
 from pauserec.model import checkpoint, prompts
@@ -62,113 +62,48 @@ NOT_FINGERPRINTED = (
 class TrainArgs(LoopConfig):
     """One training stage: a checkpoint in, a checkpoint out."""
 
-    stage: str = field(default="", metadata={"help": ", ".join(STAGES), "choices": STAGES})
-    from_ckpt: str = field(
-        default="", metadata={"flag": "--from", "help": "source checkpoint directory"}
+    stage: str = arg("", "{choices}", choices=STAGES)
+    from_ckpt: str = arg("", "source checkpoint directory", flag="--from")
+    out: str = arg("", "output checkpoint directory (must not exist)")
+    preset: str = arg("paper", "configs/NAME.toml supplies [train.STAGE]")
+    resume: bool = arg(False, "continue from OUT.partial after a kill")
+    overwrite: bool = arg(False, "replace an existing OUT")
+    n_train: int = arg(
+        0,
+        "seeded sample of training windows (cpt: items x directions; next-item stages: "
+        "windows of targets sharing a history, one per user under --train-targets last) "
+        "(0: all)",
+        min=0,
     )
-    out: str = field(default="", metadata={"help": "output checkpoint directory (must not exist)"})
-    preset: str = field(
-        default="paper", metadata={"help": "configs/NAME.toml supplies [train.STAGE]"}
+    train_targets: str = arg(
+        "all",
+        "all (every item of the training part, sliding histories), last (the paper: one "
+        "example per user, the third-to-last item) or windows (every item once, in windows "
+        "of max_history+1 items)",
+        choices=TRAIN_TARGETS,
     )
-    resume: bool = field(default=False, metadata={"help": "continue from OUT.partial after a kill"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing OUT"})
-    n_train: int = field(
-        default=0,
-        metadata={
-            "help": (
-                "seeded sample of training windows (cpt: items x directions; next-item stages: "
-                "windows of targets sharing a history, one per user under --train-targets last) "
-                "(0: all)"
-            ),
-            "min": 0,
-        },
+    layout: str = arg(
+        "example",
+        "next-item stages: example (one sequence per target: the paper's), exact (the "
+        "paper's prompt, a window's targets in one pass; same loss and gradients), stream "
+        "(the history as one sequence, loss on every item; decoded in the stream format)",
+        choices=LAYOUTS,
     )
-    train_targets: str = field(
-        default="all",
-        metadata={
-            "help": (
-                "all (every item of the training part, sliding histories), last (the paper: one "
-                "example per user, the third-to-last item) or windows (every item once, in windows "
-                "of max_history+1 items)"
-            ),
-            "choices": TRAIN_TARGETS,
-        },
-    )
-    layout: str = field(
-        default="example",
-        metadata={
-            "help": (
-                "next-item stages: example (one sequence per target: the paper's), exact (the "
-                "paper's prompt, a window's targets in one pass; same loss and gradients), stream "
-                "(the history as one sequence, loss on every item; decoded in the stream format)"
-            ),
-            "choices": LAYOUTS,
-        },
-    )
-    valid_every: int = field(
-        default=0,
-        metadata={
-            "help": "next-item stages: validation Recall@10 every N steps and at the end (0: off)",
-            "min": 0,
-        },
-    )
-    valid_users: int = field(
-        default=256, metadata={"help": "--valid-every: seeded validation users", "min": 1}
-    )
-    max_history: int = field(
-        default=0, metadata={"help": "history truncation (0: the checkpoint's)", "min": 0}
-    )
-    desc_words: int = field(
-        default=prompts.DESC_WORDS, metadata={"help": "cpt: description words per item", "min": 0}
-    )
-    pause_ratio: float = field(
-        default=0.1, metadata={"help": "pause-pretrain: pauses per token", "gt": 0.0, "max": 0.99}
-    )
-    n_pauses: int = field(
-        default=PAPER_PAUSES,
-        metadata={
-            "help": "pause-sft: pauses in the think block",
-            "min": 0,
-            "max": registry.MAX_PAUSES,
-            "deprecated": ("--k",),
-        },
-    )
-    pause_init: str = field(
-        default="pretrained",
-        metadata={
-            "help": "pause-sft: " + ", ".join(registry.PAUSE_INITS),
-            "choices": registry.PAUSE_INITS,
-        },
-    )
-    pause_from: str = field(
-        default="", metadata={"help": "pause-sft: the pause-pretrain checkpoint"}
-    )
-    control: str = field(
-        default="",
-        metadata={
-            "help": "pause-sft: a compute-matched control instead of pauses: "
-            + ", ".join(registry.CONTROLS),
-            "choices": ("", *registry.CONTROLS),
-        },
-    )
-    rationale: str = field(
-        default="template",
-        metadata={
-            "help": "cot-sft: " + ", ".join(rationales.SOURCES),
-            "choices": rationales.SOURCES,
-        },
-    )
-    rationale_file: str = field(
-        default="", metadata={"help": "cot-sft: JSONL from `pauserec rationales`"}
-    )
-    rationale_loss: bool = field(
-        default=True, metadata={"help": "cot-sft: loss on the rationale too"}
-    )
-    rationale_max_tokens: int = field(
-        default=96, metadata={"help": "cot-sft local/openai: length cap", "min": 1}
-    )
-    llm_base_url: str | None = field(default=None, metadata={"help": "cot-sft openai: endpoint"})
-    llm_model: str | None = field(default=None, metadata={"help": "cot-sft openai: model name"})
+    valid_every: int = arg(0, "next-item stages: valid Recall@10 every N steps (0: off)", min=0)
+    valid_users: int = arg(256, "--valid-every: seeded validation users", min=1)
+    max_history: int = arg(0, "history truncation (0: the checkpoint's)", min=0)
+    desc_words: int = arg(prompts.DESC_WORDS, "cpt: description words per item", min=0)
+    pause_ratio: float = arg(0.1, "pause-pretrain: pauses per token", gt=0.0, max=0.99)
+    n_pauses: int = pauses_arg(PAPER_PAUSES, "pause-sft: pauses in the think block")
+    pause_init: str = arg("pretrained", "pause-sft: {choices}", choices=registry.PAUSE_INITS)
+    pause_from: str = arg("", "pause-sft: the pause-pretrain checkpoint")
+    control: str = arg("", "pause-sft control: {choices}", choices=("", *registry.CONTROLS))
+    rationale: str = arg("template", "cot-sft: {choices}", choices=rationales.SOURCES)
+    rationale_file: str = arg("", "cot-sft: JSONL from `pauserec rationales`")
+    rationale_loss: bool = arg(True, "cot-sft: loss on the rationale too")
+    rationale_max_tokens: int = arg(96, "cot-sft local/openai: length cap", min=1)
+    llm_base_url: str | None = arg(None, "cot-sft openai: endpoint")
+    llm_model: str | None = arg(None, "cot-sft openai: model name")
 
 
 def stage_args(stage: str, preset: str = "paper", **values: Any) -> TrainArgs:

@@ -46,7 +46,7 @@ from pauserec import data
 from pauserec.config import from_dict
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
-from pauserec.evaluation.baselines._common import training_sequences
+from pauserec.evaluation.baselines._common import Examples, training_sequences
 from pauserec.evaluation.baselines.counts import Markov, Popularity
 from pauserec.evaluation.baselines.sasrec import SASRec
 
@@ -71,11 +71,7 @@ class Baseline(Protocol):
     name: str
 
     def fit(
-        self,
-        ds: data.Dataset,
-        train: list[data.Example],
-        seed: int = 0,
-        valid: list[data.Example] | None = None,
+        self, ds: data.Dataset, train: Examples, seed: int = 0, valid: Examples | None = None
     ) -> Baseline:
         """Learn from ``train``; ``valid`` (held-out targets) only for early stopping (SASRec)."""
         ...
@@ -94,7 +90,7 @@ def make(name: str, **options: Any) -> Baseline:
 
 
 def evaluate_baseline(
-    model: Baseline, examples: list[data.Example], top_k: int = 20
+    model: Baseline, examples: Examples, top_k: int = 20
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """(summary, per-user frame) of a fitted baseline on ``examples`` (e.g. the test split).
 

@@ -1,9 +1,11 @@
-"""What the three baselines share: rebuilding training sequences from examples, and top-k
-ranking."""
+"""What the three baselines share: rebuilding training sequences from examples, top-k ranking,
+and the state every baseline keeps after ``fit`` (:class:`Fitted`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +15,29 @@ from pauserec.errors import UserError
 
 # users ranked together; (128, n_items) float64 stays below malloc's mmap threshold
 RANK_BATCH = 128
+Examples = list[data.Example]  # what ``fit`` learns from (a split's examples)
+
+
+@dataclass
+class Fitted:
+    """What every baseline keeps after ``fit`` (none of it an option), and ``recommend``.
+
+    A baseline declares its own ``name`` and options; these fields take no constructor argument.
+    """
+
+    name: str = field(default="", init=False)
+    order: Any = field(default=None, init=False, repr=False)  # (n_items,) popularity order
+    info: dict = field(default_factory=dict, init=False, repr=False)  # name, options, seed, times
+
+    def recommend_scored(
+        self, histories: Sequence[Sequence[int]], top_k: int = 20
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(items, scores) (n_users, top_k), best first."""
+        raise NotImplementedError
+
+    def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
+        """(n_users, top_k) item indices, best first."""
+        return self.recommend_scored(histories, top_k)[0]
 
 
 def training_sequences(examples: Iterable[data.Example]) -> list[list[int]]:

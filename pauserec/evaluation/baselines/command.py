@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pauserec import data, files
-from pauserec.config import parse_args
-from pauserec.data import TRAIN_TARGETS
+from pauserec.config import arg, parse_args
+from pauserec.data import TRAIN_TARGETS, data_root_arg, dataset_arg
 from pauserec.errors import UserError
 from pauserec.evaluation import baselines, evaluate
 from pauserec.model.checkpoint import IDENTITY
@@ -31,60 +31,22 @@ from pauserec.model.device import DEVICES_HELP, describe, resolve_device
 class BaselineArgs:
     """Fit a classical baseline on the training split and evaluate it on the LLM's test users."""
 
-    model: str = field(
-        default="markov", metadata={"help": ", ".join(baselines.NAMES), "choices": baselines.NAMES}
-    )
-    dataset: str = field(
-        default="ml-100k", metadata={"help": "ml-100k, office, beauty, toys, or a directory"}
-    )
-    data_root: str | None = field(
-        default=None, metadata={"help": "folder holding Office/ Beauty/ Toys/"}
-    )
-    out: str = field(
-        default="", metadata={"help": "write metrics.json and per_user.csv here (must not exist)"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    split: str = field(
-        default="test", metadata={"help": "test or valid", "choices": ("test", "valid")}
-    )
-    n_users: int | None = field(
-        default=None, metadata={"help": "seeded sample of users (default: all)", "min": 1}
-    )
-    eval_seed: int = field(
-        default=0, metadata={"help": "seed of the user sample (as in evaluate)", "min": 0}
-    )
-    seed: int = field(default=0, metadata={"help": "training seed (sasrec)", "min": 0})
-    max_history: int = field(
-        default=20, metadata={"help": "history items read (the LLM's max_history)", "min": 1}
-    )
-    train_targets: str = field(
-        default="all",
-        metadata={
-            "help": (
-                "all (every prefix of the training part) or last (one example per user): the LLM's"
-            ),
-            "choices": TRAIN_TARGETS,
-        },
-    )
-    exclude_history: bool = field(
-        default=False, metadata={"help": "never recommend an item already seen"}
-    )
-    sasrec_epochs: int = field(default=200, metadata={"help": "sasrec: cap on epochs", "min": 1})
-    sasrec_patience: int = field(
-        default=5,
-        metadata={
-            "help": "sasrec: stop after this many epochs without a better validation NDCG@10",
-            "min": 1,
-        },
-    )
-    sasrec_seconds: float | None = field(
-        default=None,
-        metadata={
-            "help": "sasrec: optional hard cap on training seconds (not reproducible)",
-            "gt": 0.0,
-        },
-    )
-    device: str = field(default="auto", metadata={"help": "sasrec: " + DEVICES_HELP})
+    model: str = arg("markov", "{choices}", choices=baselines.NAMES)
+    dataset: str = dataset_arg()
+    data_root: str | None = data_root_arg()
+    out: str = arg("", "write metrics.json and per_user.csv here (must not exist)")
+    overwrite: bool = arg(False, "replace an existing --out")
+    split: str = arg("test", "test or valid", choices=("test", "valid"))
+    n_users: int | None = arg(None, "seeded sample of users (default: all)", min=1)
+    eval_seed: int = arg(0, "seed of the user sample (as in evaluate)", min=0)
+    seed: int = arg(0, "training seed (sasrec)", min=0)
+    max_history: int = arg(20, "history items read (the LLM's max_history)", min=1)
+    train_targets: str = arg("all", "the LLM's: all (every prefix) or last", choices=TRAIN_TARGETS)
+    exclude_history: bool = arg(False, "never recommend an item already seen")
+    sasrec_epochs: int = arg(200, "sasrec: cap on epochs", min=1)
+    sasrec_patience: int = arg(5, "sasrec: epochs without a better valid NDCG@10 to stop", min=1)
+    sasrec_seconds: float | None = arg(None, "sasrec: hard cap on seconds (irreproducible)", gt=0.0)
+    device: str = arg("auto", "sasrec: " + DEVICES_HELP)
 
 
 def identity(args: BaselineArgs, options: dict[str, Any]) -> dict[str, Any]:

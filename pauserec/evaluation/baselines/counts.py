@@ -12,7 +12,13 @@ import scipy.sparse as sp
 
 from pauserec import data
 from pauserec.errors import UserError
-from pauserec.evaluation.baselines._common import check_request, rank_histories, training_sequences
+from pauserec.evaluation.baselines._common import (
+    Examples,
+    Fitted,
+    check_request,
+    rank_histories,
+    training_sequences,
+)
 
 
 def item_counts(seqs: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
@@ -31,42 +37,56 @@ def transition_counts(seqs: Sequence[Sequence[int]], n_items: int) -> sp.csr_mat
 
 
 @dataclass
-class Popularity:
-    """Most-popular items: counts of every interaction in the training sequences; ties by item
-    index."""
+class Counted(Fitted):
+    """What both counting baselines keep: the training counts and the popularity order from them
+    (each baseline declares its own ``exclude_history`` option, read by ``_info``)."""
 
-    name: str = field(default="popularity", init=False)
-    exclude_history: bool = False  # never recommend an item already in the user's history
     counts: Any = field(default=None, init=False, repr=False)  # (n_items,) training counts
-    # (n_items,) item indices, most popular first
-    order: Any = field(default=None, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
 
-    def fit(
-        self,
-        ds: data.Dataset,
-        train: list[data.Example],
-        seed: int = 0,
-        valid: list[data.Example] | None = None,
-    ) -> Popularity:  # nothing to tune: valid unused
-        start = time.perf_counter()
+    def _count(self, ds: data.Dataset, train: Examples) -> list[list[int]]:
+        """The training sequences; sets ``counts`` and ``order`` (most popular first, ties by
+        item index)."""
         seqs = training_sequences(train)
         self.counts = item_counts(seqs, len(ds.items))
         self.order = np.argsort(-self.counts, kind="stable")
-        self.info = {
+        return seqs
+
+    def _info(self, seed: int, train: Examples, start: float, **options: Any) -> dict[str, Any]:
+        """``info`` after a fit that began at ``start`` (``time.perf_counter``)."""
+        return {
             "baseline": self.name,
+            **options,
             "exclude_history": self.exclude_history,
             "seed": seed,
             "train_examples": len(train),
             "fit_seconds": time.perf_counter() - start,
         }
+
+    def _check(self, top_k: int) -> None:
+        check_request(None if self.counts is None else len(self.counts), top_k)
+
+
+@dataclass
+class Popularity(Counted):
+    """Most-popular items: counts of every interaction in the training sequences; ties by item
+    index."""
+
+    name: str = field(default="popularity", init=False)
+    exclude_history: bool = False  # never recommend an item already in the user's history
+
+    def fit(
+        self, ds: data.Dataset, train: Examples, seed: int = 0, valid: Examples | None = None
+    ) -> Popularity:  # nothing to tune: valid unused
+        start = time.perf_counter()
+        self._count(ds, train)
+        self.info = self._info(seed, train, start)
         return self
 
     def recommend_scored(
         self, histories: Sequence[Sequence[int]], top_k: int = 20
     ) -> tuple[np.ndarray, np.ndarray]:
         """(items, scores) (n_users, top_k), best first; the score is the training count."""
-        check_request(None if self.counts is None else len(self.counts), top_k)
+        self._check(top_k)
         if not self.exclude_history:  # the same list for everyone
             items = np.tile(self.order[:top_k], (len(histories), 1))
             return items, self.counts[items].astype(np.float64)
@@ -79,12 +99,9 @@ class Popularity:
             exclude_history=True,
         )
 
-    def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
-        return self.recommend_scored(histories, top_k)[0]
-
 
 @dataclass
-class Markov:
+class Markov(Counted):
     """First-order item transitions, scored from the last ``window`` history items.
 
     ``P(b | a)`` = how often b directly follows a in the training sequences, over how often a is
@@ -99,40 +116,21 @@ class Markov:
     exclude_history: bool = False  # never recommend an item already in the user's history
     # (n_items, n_items) sparse counts
     transitions: Any = field(default=None, init=False, repr=False)
-    counts: Any = field(default=None, init=False, repr=False)  # (n_items,) training counts
-    # (n_items,) popularity order (tie-break)
-    order: Any = field(default=None, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
 
     def fit(
-        self,
-        ds: data.Dataset,
-        train: list[data.Example],
-        seed: int = 0,
-        valid: list[data.Example] | None = None,
+        self, ds: data.Dataset, train: Examples, seed: int = 0, valid: Examples | None = None
     ) -> Markov:  # nothing to tune: valid unused
         if self.window < 1 or not 0 < self.decay <= 1:
             raise UserError(
                 f"markov needs window >= 1 and 0 < decay <= 1, got {self.window}, {self.decay}"
             )
         start = time.perf_counter()
-        seqs = training_sequences(train)
-        n = len(ds.items)
-        self.counts = item_counts(seqs, n)
-        self.order = np.argsort(-self.counts, kind="stable")
-        self.transitions = transition_counts(seqs, n)
+        seqs = self._count(ds, train)
+        self.transitions = transition_counts(seqs, len(ds.items))
         # (n_items,) transitions leaving each item
         out = np.asarray(self.transitions.sum(1)).ravel()
         self._probs = sp.diags(1.0 / np.maximum(out, 1.0)) @ self.transitions  # row-normalised, csr
-        self.info = {
-            "baseline": self.name,
-            "window": self.window,
-            "decay": self.decay,
-            "exclude_history": self.exclude_history,
-            "seed": seed,
-            "train_examples": len(train),
-            "fit_seconds": time.perf_counter() - start,
-        }
+        self.info = self._info(seed, train, start, window=self.window, decay=self.decay)
         return self
 
     def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
@@ -151,8 +149,5 @@ class Markov:
         self, histories: Sequence[Sequence[int]], top_k: int = 20
     ) -> tuple[np.ndarray, np.ndarray]:
         """(items, scores) (n_users, top_k), best first; the score is the transition score."""
-        check_request(None if self.counts is None else len(self.counts), top_k)
+        self._check(top_k)
         return rank_histories(self.scores, histories, top_k, self.order, self.exclude_history)
-
-    def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
-        return self.recommend_scored(histories, top_k)[0]

@@ -34,6 +34,8 @@ from pauserec import data
 from pauserec.errors import UserError
 from pauserec.evaluation import metrics
 from pauserec.evaluation.baselines._common import (
+    Examples,
+    Fitted,
     batches,
     check_request,
     rank_histories,
@@ -113,7 +115,7 @@ def pad_left(histories: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
 
 
 @dataclass
-class SASRec:
+class SASRec(Fitted):
     """Self-attentive sequential recommendation, trained with full-softmax cross-entropy on CPU."""
 
     name: str = field(default="sasrec", init=False)
@@ -130,19 +132,12 @@ class SASRec:
     exclude_history: bool = False  # never recommend an item already in the user's history
     device: str = "cpu"
     net: Any = field(default=None, init=False, repr=False)  # SASRecNet after fit
-    # (n_items,) popularity order (tie-break)
-    order: Any = field(default=None, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
     # called as on_epoch(epoch, train_seconds) after every epoch (e.g. a learning curve); set after
     # make()
     on_epoch: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
 
     def fit(
-        self,
-        ds: data.Dataset,
-        train: list[data.Example],
-        seed: int = 0,
-        valid: list[data.Example] | None = None,
+        self, ds: data.Dataset, train: Examples, seed: int = 0, valid: Examples | None = None
     ) -> SASRec:
         """Train on ``train`` (early-stopped on ``valid`` when given; see the module docstring)."""
         sizes = (self.dim, self.layers, self.heads, self.max_len, self.batch_size, self.patience)
@@ -189,7 +184,7 @@ class SASRec:
         return {k: getattr(self, k) for k in keys}
 
     def _train(
-        self, seqs: list[list[int]], gen: torch.Generator, valid: list[data.Example]
+        self, seqs: list[list[int]], gen: torch.Generator, valid: Examples
     ) -> dict[str, Any]:
         """Epochs until the cap, ``patience`` epochs without a better validation NDCG@10 (the best
         weights kept), or ``max_seconds`` of training (``on_epoch`` and validation not counted)."""
@@ -229,7 +224,7 @@ class SASRec:
             "valid_ndcg@10": curve,
         }
 
-    def validate(self, valid: list[data.Example]) -> float:
+    def validate(self, valid: Examples) -> float:
         """Mean NDCG@10 on ``valid`` (the model left in eval mode)."""
         items = self.recommend([ex.history for ex in valid], top_k=10)
         ranks = metrics.ranks([ex.target for ex in valid], items)
@@ -278,6 +273,3 @@ class SASRec:
         """(items, scores) (n_users, top_k), best first; the score is the output logit."""
         check_request(None if self.net is None else self.net.item.num_embeddings - 1, top_k)
         return rank_histories(self.scores, histories, top_k, self.order, self.exclude_history)
-
-    def recommend(self, histories: Sequence[Sequence[int]], top_k: int = 20) -> np.ndarray:
-        return self.recommend_scored(histories, top_k)[0]
