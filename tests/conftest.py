@@ -25,12 +25,32 @@ AMAZON_ROOT = next((p for p in data.default_roots() if (p / "Office").is_dir()),
 needs_amazon = pytest.mark.skipif(
     AMAZON_ROOT is None, reason="Amazon data (../shared/data/amazon) absent"
 )
+ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_TRAIN = "-m torch.distributed.run --standalone --nproc-per-node 2 -m pauserec train"
+
+
+def run_script(*argv: object) -> subprocess.CompletedProcess:
+    """``python ARGV`` from the repository root, as a user starts it: one thread, offline, a bare
+    ``PATH``, the checkout on ``PYTHONPATH``; output captured, 10 minutes at most."""
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [sys.executable, *map(str, argv)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def probe_argv(ckpt: Path, out: Path, flags: str = "", *more: str) -> list[str]:
+    """A probe's command line: ``CKPT --out OUT``, the constant ``flags`` written as on a shell line
+    (split at spaces), then ``more`` word for word."""
+    return [str(ckpt), "--out", str(out), *flags.split(), *more]
 
 
 def train_in_two_processes(args: list[str]) -> subprocess.CompletedProcess:
     """``python -m pauserec train ARGS`` under torchrun: two CPU processes of one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, *TORCHRUN_TRAIN.split(), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -39,18 +59,8 @@ def train_in_two_processes(args: list[str]) -> subprocess.CompletedProcess:
 def tiny_ckpt_path(tmp_path_factory) -> Path:
     """An untrained tiny-Llama checkpoint on ml-100k, written by the real ``init-ckpt`` command."""
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    init_ckpt.main(
-        [
-            "--backbone",
-            "tiny",
-            "--dataset",
-            "ml-100k",
-            "--sid-method",
-            "rq-kmeans-balanced",
-            "--out",
-            str(out),
-        ]
-    )
+    flags = "--backbone tiny --dataset ml-100k --sid-method rq-kmeans-balanced".split()
+    init_ckpt.main([*flags, "--out", str(out)])
     return out
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -43,6 +44,7 @@ FAULTS = (
     "tokens",
     "drip",
 )
+T = TypeVar("T")
 Script = Callable[[int, str], "str | None"]  # (request number, prompt) -> fault or None for success
 
 
@@ -212,6 +214,22 @@ class ScriptedServer:
                     self._send(err.code, err.read())
 
         return Handler
+
+
+def twice_through_a_proxy(upstream: str, run: Callable[[str, str], T], requests: int) -> T:
+    """``run(url, out)`` for ``out`` ``"a"`` then ``"b"`` through a :class:`ScriptedServer` in front
+    of ``upstream``: the first run makes ``requests`` requests, the rerun none (its cache answers).
+    Returns the rerun's result."""
+    with ScriptedServer(upstream=upstream) as proxy:
+        for out in ("a", "b"):
+            result = run(proxy.url, out)
+            assert len(proxy.requests) == requests
+    return result
+
+
+def cached_replies(cache: Path) -> list[str]:
+    """The replies an LLM cache file (JSON lines) holds, in order."""
+    return [json.loads(x)["response"] for x in cache.read_text().splitlines()]
 
 
 @contextlib.contextmanager

@@ -160,8 +160,16 @@ def index(entries: Callable[[int], object] | object, name: str = "idx.json") -> 
     return setup
 
 
-def preset(text: str, name: str = "p.toml") -> Setup:
-    return file(name, text.encode())
+def refused(id: str, cmd: str, args: str, *setup: Setup) -> Case:
+    """A row whose ``args`` (added to ``cmd``) are refused with a message naming their first
+    flag."""
+    return Case(id, f"{cmd} {args}", setup, args.split()[0])
+
+
+def with_preset(id: str, cmd: str, toml: str | bytes, expect: str) -> Case:
+    """A row running ``cmd --preset {t}/p.toml``, that file holding ``toml`` (text or raw bytes)."""
+    content = toml if isinstance(toml, bytes) else toml.encode()
+    return Case(id, cmd + " --preset {t}/p.toml", (file("p.toml", content),), expect)
 
 
 def state(payload: bytes | None = None) -> Setup:
@@ -358,6 +366,11 @@ def report_in(runs: str) -> Callable[[Path], None]:
 DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON nested past Python's recursion limit
 
 
+def probe(name: str, args: str = "") -> str:
+    """``probes.NAME`` on the shared checkpoint into ``{t}/o``, then ``args``."""
+    return f"probes.{name} {{ckpt}} --out {{t}}/o {args}".rstrip()
+
+
 def SID3(i: int) -> list[str]:  # noqa: N802 -- a constant-like row builder
     return [f"<a_{i % 2}>", f"<b_{i}>", f"<c_{i % 3}>"]
 
@@ -374,13 +387,17 @@ EVC = "pauserec evaluate {c} --out {t}/o"  # on a broken copy of the checkpoint
 SIDX = SIDB + " --sid-source {t}/idx.json"
 RT = "pauserec rationale-train {ckpt} --out {t}/o"
 NOFOLDER = "cannot create the folder"
+NOTREG = "not a regular file"
 PREP = "pauserec data prepare --format movielens --raw {t}/raw --category ml-latest-small"
 AMZ = "--dataset office --data-root {t}/amz"  # a dataset by name, resolved under a data root
 SIDA = f"pauserec sid build {AMZ}"
 EXPORTA = f"pauserec data export {AMZ}"
 BASEA = f"pauserec baseline --model popularity {AMZ}"
+STATS = "pauserec data stats --dataset {t}/mini"
+EXPORT = "pauserec data export --dataset {t}/mini"
 PIPE = "pauserec pipeline --backbone tiny --out {t}/o"
 EXP = "pauserec experiment --backbone tiny --out {t}/o"
+DEMO = "pauserec demo --backbone tiny --out {t}/o"
 PAUSE = "pauserec train --stage pause-sft --from {ckpt} --out {t}/o --device cpu"
 SIDS = {str(i): SID3(i) for i in range(6)}  # a valid index of the 6 items of ``mini``
 
@@ -461,15 +478,10 @@ CASES = [
         (folder("raw"),),
         "overlaps",
     ),
-    Case(
-        "data export out is a file",
-        "pauserec data export --dataset {t}/mini --out {t}/o",
-        (mini(), file("o")),
-        "exists",
-    ),
+    Case("data export out is a file", EXPORT + " --out {t}/o", (mini(), file("o")), "exists"),
     Case(
         "data export out is its dataset",
-        "pauserec data export --dataset {t}/mini --out {t}/mini --overwrite",
+        EXPORT + " --out {t}/mini --overwrite",
         (mini(),),
         "overlaps",
     ),
@@ -477,25 +489,16 @@ CASES = [
         "sid build out is its dataset", SIDB + " --out {t}/mini --overwrite", (mini(),), "overlaps"
     ),
     Case(
-        "alignment out is a non-empty dir",
-        "probes.alignment {ckpt} --out {t}/o",
-        (folder("o"),),
-        "exists",
-        sub=True,
+        "alignment out is a non-empty dir", probe("alignment"), (folder("o"),), "exists", sub=True
     ),
-    Case("attention out is a file", "probes.attention {ckpt} --out {t}/o", (file("o"),), "exists"),
+    Case("attention out is a file", probe("attention"), (file("o"),), "exists"),
     Case(
         "verbalization out is the ckpt",
         "probes.verbalization {c} --out {c} --overwrite",
         (ckpt_copy(),),
         "overlaps",
     ),
-    Case(
-        "rationale probe out is a non-empty dir",
-        "probes.rationale {ckpt} --out {t}/o",
-        (folder("o"),),
-        "exists",
-    ),
+    Case("rationale probe out is a non-empty dir", probe("rationale"), (folder("o"),), "exists"),
     Case("rationale-train out is a non-empty dir", RT, (folder("o"),), "exists"),
     Case("make_report out is a file", REPORT, (folder("runs", keep=False), file("o")), "exists"),
     Case(
@@ -510,30 +513,10 @@ CASES = [
         (ckpt_copy(name="runs/r/c"),),
         "overlaps",
     ),
-    Case(
-        "pipeline out is not a run",
-        "pauserec pipeline --backbone tiny --out {t}/o",
-        (folder("o"),),
-        "not a workbench run",
-    ),
-    Case(
-        "pipeline out is a file",
-        "pauserec pipeline --backbone tiny --out {t}/o",
-        (file("o"),),
-        "not a",
-    ),
-    Case(
-        "experiment out is not a run",
-        "pauserec experiment --backbone tiny --out {t}/o",
-        (folder("o"),),
-        "not a workbench run",
-    ),
-    Case(
-        "demo out is not a run",
-        "pauserec demo --backbone tiny --out {t}/o",
-        (folder("o"),),
-        "not a workbench run",
-    ),
+    Case("pipeline out is not a run", PIPE, (folder("o"),), "not a workbench run"),
+    Case("pipeline out is a file", PIPE, (file("o"),), "not a"),
+    Case("experiment out is not a run", EXP, (folder("o"),), "not a workbench run"),
+    Case("demo out is not a run", DEMO, (folder("o"),), "not a workbench run"),
     # -- paths that cannot be written --------------------------------------------------------------
     Case("evaluate out under a file", EVAL.replace("{t}/o", "{t}/f/o"), (file("f"),), NOFOLDER),
     Case("init-ckpt out under a file", INIT + " --out {t}/f/o", (mini(), file("f")), NOFOLDER),
@@ -551,12 +534,7 @@ CASES = [
         (file("f"),),
         NOFOLDER,
     ),
-    Case(
-        "data export out under a file",
-        "pauserec data export --dataset {t}/mini --out {t}/f/o",
-        (mini(), file("f")),
-        NOFOLDER,
-    ),
+    Case("data export out under a file", EXPORT + " --out {t}/f/o", (mini(), file("f")), NOFOLDER),
     Case(
         "alignment out under a file",
         "probes.alignment {ckpt} --out {t}/f/o",
@@ -674,33 +652,23 @@ CASES = [
         "idx.json",
     ),
     # -- broken datasets ---------------------------------------------------------------------------
-    Case(
-        "items not UTF-8",
-        "pauserec data stats --dataset {t}/mini",
-        (mini(item_bytes=b'{"0": "\xff"}'),),
-        "mini.item.json",
-    ),
-    Case(
-        "interactions truncated",
-        "pauserec data stats --dataset {t}/mini",
-        (mini(inter_bytes=b'{"u1": [0, 1'),),
-        "mini.inter.json",
-    ),
+    Case("items not UTF-8", STATS, (mini(item_bytes=b'{"0": "\xff"}'),), "mini.item.json"),
+    Case("interactions truncated", STATS, (mini(inter_bytes=b'{"u1": [0, 1'),), "mini.inter.json"),
     Case(
         "categories are an object",
-        "pauserec data stats --dataset {t}/mini",
+        STATS,
         (mini(items={str(i): {"title": "t", "categories": {"a": 1}} for i in range(6)}),),
         "categories",
     ),
     Case(
         "title is an object",
-        "pauserec data stats --dataset {t}/mini",
+        STATS,
         (mini(items={str(i): {"title": {"x": 1}} for i in range(6)}),),
         "title",
     ),
     Case(
         "unknown item in a sequence",
-        "pauserec data stats --dataset {t}/mini",
+        STATS,
         (mini(items={str(i): {"title": "t"} for i in range(5)}),),
         "unknown item",
     ),
@@ -708,54 +676,32 @@ CASES = [
     # -- numbers and lists out of range ------------------------------------------------------------
     Case("lr nan", TRAIN + " --lr nan", (), "finite"),
     Case("lr inf", TRAIN + " --lr inf", (), "finite"),
-    Case("n_train negative", TRAIN + " --n-train -5", (), "--n-train"),
-    Case("save_every negative", TRAIN + " --save-every -1", (), "--save-every"),
-    Case("warmup_ratio negative", TRAIN + " --warmup-ratio -0.1", (), "--warmup-ratio"),
-    Case("grad_clip negative", TRAIN + " --grad-clip -1", (), "--grad-clip"),
-    Case("n_pauses not a number", TRAIN + " --n-pauses x", (), "--n-pauses"),
-    Case(
-        "preset section misspelled",
-        TRAIN + " --preset {t}/p.toml",
-        (preset("[trian.sft]\nlr = 0.1\n"),),
-        "trian.sft",
-    ),
-    Case(
-        "preset lr nan",
-        TRAIN + " --preset {t}/p.toml",
-        (preset("[train.sft]\nlr = nan\n"),),
-        "finite",
-    ),
-    Case(
-        "preset unknown key",
-        TRAIN + " --preset {t}/p.toml",
-        (preset("[train.sft]\nlearning_rate = 1\n"),),
-        "learning_rate",
-    ),
-    Case("preset not TOML", TRAIN + " --preset {t}/p.toml", (preset("[train.sft\n"),), "p.toml"),
-    Case(
-        "preset not UTF-8", TRAIN + " --preset {t}/p.toml", (file("p.toml", b"\xff = 1"),), "p.toml"
-    ),
+    refused("n_train negative", TRAIN, "--n-train -5"),
+    refused("save_every negative", TRAIN, "--save-every -1"),
+    refused("warmup_ratio negative", TRAIN, "--warmup-ratio -0.1"),
+    refused("grad_clip negative", TRAIN, "--grad-clip -1"),
+    refused("n_pauses not a number", TRAIN, "--n-pauses x"),
+    with_preset("preset section misspelled", TRAIN, "[trian.sft]\nlr = 0.1\n", "trian.sft"),
+    with_preset("preset lr nan", TRAIN, "[train.sft]\nlr = nan\n", "finite"),
+    with_preset("preset unknown key", TRAIN, "[train.sft]\nlearning_rate = 1\n", "learning_rate"),
+    with_preset("preset not TOML", TRAIN, "[train.sft\n", "p.toml"),
+    with_preset("preset not UTF-8", TRAIN, b"\xff = 1", "p.toml"),
     Case("train unknown stage", TRAIN.replace("sft", "sfx"), (), "--stage"),
-    Case("train resume and overwrite", TRAIN + " --resume --overwrite", (), "--resume"),
-    Case("rationales n negative", RATS + " --n -3", (), "--n"),
-    Case("rationales max_retries negative", RATS + " --max-retries -1", (), "--max-retries"),
-    Case("rationales timeout zero", RATS + " --timeout 0", (), "--timeout"),
-    Case("rationales concurrency zero", RATS + " --concurrency 0", (), "--concurrency"),
-    Case("sid iters zero", SIDB + " --sid-iters 0", (mini(),), "--sid-iters"),
-    Case("sid levels zero", SIDB + " --sid-levels 0", (mini(),), "--sid-levels"),
-    Case("sid method unknown", SIDB + " --sid-method bogus", (mini(),), "--sid-method"),
-    Case(
-        "codebook size one",
-        INIT + " --sid-codebook-size 1 --out {t}/o",
-        (mini(),),
-        "--sid-codebook-size",
-    ),
+    refused("train resume and overwrite", TRAIN, "--resume --overwrite"),
+    refused("rationales n negative", RATS, "--n -3"),
+    refused("rationales max_retries negative", RATS, "--max-retries -1"),
+    refused("rationales timeout zero", RATS, "--timeout 0"),
+    refused("rationales concurrency zero", RATS, "--concurrency 0"),
+    refused("sid iters zero", SIDB, "--sid-iters 0", mini()),
+    refused("sid levels zero", SIDB, "--sid-levels 0", mini()),
+    refused("sid method unknown", SIDB, "--sid-method bogus", mini()),
+    refused("codebook size one", INIT, "--sid-codebook-size 1 --out {t}/o", mini()),
+    refused("evaluate beams below top-k", EVAL, "--beams 5"),
+    refused("evaluate batch size zero", EVAL, "--batch-size 0"),
+    refused("evaluate split unknown", EVAL, "--split dev"),
+    refused("evaluate n_users zero", EVAL, "--n-users 0"),
+    refused("evaluate unknown flag", EVAL, "--bogus 1"),
     Case("evaluate k negative", EVAL + " --k -1", (), "--n-pauses"),
-    Case("evaluate beams below top-k", EVAL + " --beams 5", (), "--beams"),
-    Case("evaluate batch size zero", EVAL + " --batch-size 0", (), "--batch-size"),
-    Case("evaluate split unknown", EVAL + " --split dev", (), "--split"),
-    Case("evaluate n_users zero", EVAL + " --n-users 0", (), "--n-users"),
-    Case("evaluate unknown flag", EVAL + " --bogus 1", (), "--bogus"),
     Case("baseline model unknown", "pauserec baseline --model bogus --out {t}/o", (), "--model"),
     Case("baseline n_users zero", "pauserec baseline --n-users 0 --out {t}/o", (), "--n-users"),
     Case(
@@ -771,12 +717,7 @@ CASES = [
         "--metric",
         sub=True,
     ),
-    Case(
-        "make_report n_resamples zero",
-        REPORT + " --n-resamples 0",
-        (folder("runs"),),
-        "--n-resamples",
-    ),
+    refused("make_report n_resamples zero", REPORT, "--n-resamples 0", folder("runs")),
     Case("make_report runs missing", REPORT, (), "runs"),
     Case("make_report runs empty", REPORT, (folder("runs", keep=False),), "no results"),
     Case("data stats max_history zero", "pauserec data stats --max-history 0", (), "--max-history"),
@@ -786,7 +727,7 @@ CASES = [
         (folder("raw"),),
         "--format",
     ),
-    Case("data prepare kcore zero", PREP + " --kcore 0 --out {t}/o", (folder("raw"),), "--kcore"),
+    refused("data prepare kcore zero", PREP, "--kcore 0 --out {t}/o", folder("raw")),
     Case("data prepare raw missing", PREP + " --out {t}/o", (), "raw"),
     Case(
         "data export max_history zero",
@@ -801,80 +742,38 @@ CASES = [
         "--format",
     ),
     Case(
-        "alignment n_neighbours zero",
-        "probes.alignment {ckpt} --out {t}/o --n-neighbours 0",
-        (),
-        "--n-neighbours",
+        "alignment n_neighbours zero", probe("alignment", "--n-neighbours 0"), (), "--n-neighbours"
     ),
-    Case(
-        "alignment deprecated --k zero",
-        "probes.alignment {ckpt} --out {t}/o --k 0",
-        (),
-        "--n-neighbours",
-    ),
-    Case(
-        "alignment n_perm negative",
-        "probes.alignment {ckpt} --out {t}/o --n-perm -1",
-        (),
-        "--n-perm",
-    ),
-    Case(
-        "attention n_users zero", "probes.attention {ckpt} --out {t}/o --n-users 0", (), "--n-users"
-    ),
-    Case(
-        "attention split unknown", "probes.attention {ckpt} --out {t}/o --split dev", (), "--split"
-    ),
-    Case(
-        "verbalization query unknown",
-        "probes.verbalization {ckpt} --out {t}/o --queries bogus",
-        (),
-        "bogus",
-    ),
-    Case(
-        "verbalization n_items zero",
-        "probes.verbalization {ckpt} --out {t}/o --n-items 0",
-        (),
-        "--n-items",
-    ),
+    Case("alignment deprecated --k zero", probe("alignment", "--k 0"), (), "--n-neighbours"),
+    Case("alignment n_perm negative", probe("alignment", "--n-perm -1"), (), "--n-perm"),
+    Case("attention n_users zero", probe("attention", "--n-users 0"), (), "--n-users"),
+    Case("attention split unknown", probe("attention", "--split dev"), (), "--split"),
+    Case("verbalization query unknown", probe("verbalization", "--queries bogus"), (), "bogus"),
+    Case("verbalization n_items zero", probe("verbalization", "--n-items 0"), (), "--n-items"),
     Case(
         "rationale probe perturbation unknown",
-        "probes.rationale {ckpt} --out {t}/o --perturbations bogus",
+        probe("rationale", "--perturbations bogus"),
         (),
         "bogus",
     ),
-    Case(
-        "rationale probe top_k zero", "probes.rationale {ckpt} --out {t}/o --top-k 0", (), "--top-k"
-    ),
+    Case("rationale probe top_k zero", probe("rationale", "--top-k 0"), (), "--top-k"),
     Case("rationale-train condition unknown", RT + " --conditions bogus", (), "bogus"),
-    Case("rationale-train n_users zero", RT + " --n-users 0", (), "--n-users"),
+    refused("rationale-train n_users zero", RT, "--n-users 0"),
     Case(
         "pipeline stage unknown", "pauserec pipeline --out {t}/o --stages cpt,bogus", (), "--stages"
     ),
     Case("experiment seeds zero", "pauserec experiment --out {t}/o --seeds 0", (), "--seeds"),
     Case("experiment ks zero", "pauserec experiment --out {t}/o --ks 0,3", (), "--pause-counts"),
-    Case(
-        "demo preset misspelled",
-        "pauserec demo --out {t}/o --preset {t}/p.toml",
-        (preset("[trian.sft]\n"),),
-        "trian.sft",
+    with_preset(
+        "demo preset misspelled", "pauserec demo --out {t}/o", "[trian.sft]\n", "trian.sft"
     ),
-    Case("rationales seed negative", RATS + " --seed -1", (), "--seed"),
-    Case(
-        "data prepare min_rating negative",
-        PREP + " --min-rating -1 --out {t}/o",
-        (folder("raw"),),
-        "--min-rating",
-    ),
-    Case("init-ckpt init unknown", INIT + " --init bogus --out {t}/o", (mini(),), "--init"),
+    refused("rationales seed negative", RATS, "--seed -1"),
+    refused("data prepare min_rating negative", PREP, "--min-rating -1 --out {t}/o", folder("raw")),
+    refused("init-ckpt init unknown", INIT, "--init bogus --out {t}/o", mini()),
     Case("evaluate device unknown", EVAL.replace("--device cpu", "--device bogus"), (), "device"),
     Case("train device unknown", TRAIN.replace("--device cpu", "--device bogus"), (), "device"),
-    Case(
-        "attention variant unknown",
-        "probes.attention {ckpt} --out {t}/o --variant bogus",
-        (),
-        "--variant",
-    ),
-    Case("rationale-train base source unknown", RT + " --base-source x", (), "--base-source"),
+    Case("attention variant unknown", probe("attention", "--variant bogus"), (), "--variant"),
+    refused("rationale-train base source unknown", RT, "--base-source x"),
     Case("compare index missing", SIDB + " --compare {t}/nowhere.json", (mini(),), "nowhere.json"),
     Case("unknown command", "pauserec bogus", (), "unknown command"),
     # -- issue 23: an output never overlaps an input, datasets and data roots given by name included
@@ -980,32 +879,22 @@ CASES = [
         (mini(), file("o")),
         "is a file",
     ),
-    Case(
-        "evaluate out is a pipe",
-        EVAL + " --overwrite",
-        (special("o", "fifo"),),
-        "not a regular file",
-    ),
+    Case("evaluate out is a pipe", EVAL + " --overwrite", (special("o", "fifo"),), NOTREG),
     Case(
         "evaluate out is a character device",
         EVAL + " --overwrite",
         (special("o", "chardev"),),
-        "not a regular file",
+        NOTREG,
         needs_root=True,
     ),
     Case(
         "evaluate out links to /dev/null",
         EVAL + " --overwrite",
         (special("o", "null-link"),),
-        "not a regular file",
+        NOTREG,
     ),
-    Case(
-        "rationales out is a pipe",
-        RATS + " --overwrite",
-        (special("r.jsonl", "fifo"),),
-        "not a regular file",
-    ),
-    Case("evaluate abbreviated --over", EVAL + " --over", (folder("o"),), "--over"),
+    Case("rationales out is a pipe", RATS + " --overwrite", (special("r.jsonl", "fifo"),), NOTREG),
+    refused("evaluate abbreviated --over", EVAL, "--over", folder("o")),
     Case("sid build abbreviated --overw", SIDB + " --out {t}/mini --overw", (mini(),), "--overw"),
     Case("train deletes a user's OUT.partial", TRAIN, (folder("o.partial"),), "o.partial"),
     Case(
@@ -1037,26 +926,21 @@ CASES = [
     Case(
         "pipeline into an experiment's run", PIPE, (run_dir(kind="experiment"),), "experiment run"
     ),
-    Case("pipeline init missing", PIPE + " --init {t}/nowhere", (), "--init"),
+    refused("pipeline init missing", PIPE, "--init {t}/nowhere"),
     # -- the whole run is validated before any work ------------------------------------------------
-    Case(
+    with_preset(
         "pipeline later stage's key has a wrong type",
-        PIPE + " --preset {t}/p.toml",
-        (preset('[train.cot-sft]\nlr = "5e-5"\n'),),
+        PIPE,
+        '[train.cot-sft]\nlr = "5e-5"\n',
         "train.cot-sft",
     ),
-    Case(
+    with_preset(
         "pipeline key misspelled in a stage not run",
-        PIPE + " --stages cpt --preset {t}/p.toml",
-        (preset("[train.cot-sft]\nlrr = 1\n"),),
+        PIPE + " --stages cpt",
+        "[train.cot-sft]\nlrr = 1\n",
         "lrr",
     ),
-    Case(
-        "experiment probe key misspelled",
-        EXP + " --preset {t}/p.toml",
-        (preset("[probes.attention]\nbeamz = 3\n"),),
-        "beamz",
-    ),
+    with_preset("experiment probe key misspelled", EXP, "[probes.attention]\nbeamz = 3\n", "beamz"),
     Case(
         "experiment main rationale never trained",
         EXP + " --rationales template --main-rationale local",
@@ -1070,28 +954,20 @@ CASES = [
         "bogus-model",
     ),
     Case("demo device unknown", "pauserec demo --device tpu --out {t}/o", (), "tpu"),
-    Case("train epochs huge", TRAIN + " --epochs 999999999", (), "--epochs"),
+    refused("train epochs huge", TRAIN, "--epochs 999999999"),
     Case(
         "train max_steps huge",
         TRAIN.replace("--max-steps 1", "--max-steps 99999999999"),
         (),
         "--max-steps",
     ),
-    Case("train batch size huge", TRAIN + " --batch-size 99999999999", (), "--batch-size"),
-    Case("evaluate beams huge", EVAL + " --beams 99999999", (), "--beams"),
-    Case("evaluate pauses huge", EVAL + " --n-pauses 99999999", (), "--n-pauses"),
-    Case("experiment seeds huge", EXP + " --seeds 100000", (), "--seeds"),
-    Case(
-        "preset epochs a float",
-        TRAIN + " --preset {t}/p.toml",
-        (preset("[train.sft]\nepochs = 1e20\n"),),
-        "epochs",
-    ),
-    Case(
-        "preset epochs huge",
-        TRAIN + " --preset {t}/p.toml",
-        (preset("[train.sft]\nepochs = 100000000000000000000\n"),),
-        "--epochs",
+    refused("train batch size huge", TRAIN, "--batch-size 99999999999"),
+    refused("evaluate beams huge", EVAL, "--beams 99999999"),
+    refused("evaluate pauses huge", EVAL, "--n-pauses 99999999"),
+    refused("experiment seeds huge", EXP, "--seeds 100000"),
+    with_preset("preset epochs a float", TRAIN, "[train.sft]\nepochs = 1e20\n", "epochs"),
+    with_preset(
+        "preset epochs huge", TRAIN, "[train.sft]\nepochs = 100000000000000000000\n", "--epochs"
     ),
     Case(
         "train pause-from is not pause-pretrain",
@@ -1120,13 +996,8 @@ CASES = [
     ),
     Case("index holds NaN", SIDX, (mini(), index({**SIDS, "x": float("nan")})), "NaN"),
     Case("index nested too deeply", SIDX, (mini(), file("idx.json", DEEP)), "nested too deeply"),
-    Case(
-        "dataset nested too deeply",
-        "pauserec data stats --dataset {t}/mini",
-        (mini(item_bytes=DEEP),),
-        "nested too deeply",
-    ),
-    Case("sid fields empty", SIDB + " --sid-fields ''", (mini(),), "--sid-fields"),
+    Case("dataset nested too deeply", STATS, (mini(item_bytes=DEEP),), "nested too deeply"),
+    refused("sid fields empty", SIDB, "--sid-fields ''", mini()),
     Case(
         "data prepare NaN time under --strict",
         PREP + " --strict --kcore 1 --out {t}/o",
@@ -1163,7 +1034,7 @@ CASES = [
     ),
     Case(
         "a killed run's temp folder and lock are cleaned",
-        "pauserec data export --dataset {t}/mini --out {t}/o",
+        EXPORT + " --out {t}/o",
         (mini(), stale("o")),
         ok=True,
         writes=("o*", ".o.*"),

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import run_script
 from driver import demo, experiment
 from pauserec.config import STAGES
 from pauserec.model import checkpoint
 
 pytestmark = pytest.mark.slow  # trains models, starts processes or kernels
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGE = """[train.{stage}]
 n_train = 16
 epochs = 1
@@ -57,22 +55,17 @@ def preset(path: Path, seeds: int) -> str:
     return str(path)
 
 
+def run_experiment(preset: str, out: Path) -> None:
+    experiment.main(
+        ["--backbone", "tiny", "--preset", preset, "--out", str(out), "--device", "cpu"]
+    )
+
+
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory, one_thread) -> Path:
     root = tmp_path_factory.mktemp("exp")
     out = root / "run"
-    experiment.main(
-        [
-            "--backbone",
-            "tiny",
-            "--preset",
-            preset(root / "tiny.toml", 2),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
+    run_experiment(preset(root / "tiny.toml", 2), out)
     return out
 
 
@@ -139,18 +132,7 @@ def test_the_report_reads_the_experiment(exp):
 def test_a_rerun_skips_what_is_finished(exp, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("pauserec.json")}
     start = time.perf_counter()
-    experiment.main(
-        [
-            "--backbone",
-            "tiny",
-            "--preset",
-            preset(tmp_path / "tiny.toml", 2),
-            "--out",
-            str(exp),
-            "--device",
-            "cpu",
-        ]
-    )
+    run_experiment(preset(tmp_path / "tiny.toml", 2), exp)
     assert time.perf_counter() - start < 60
     assert {p: p.stat().st_mtime_ns for p in exp.rglob("pauserec.json")} == stamps
 
@@ -158,22 +140,8 @@ def test_a_rerun_skips_what_is_finished(exp, tmp_path):
 def test_demo_entry_point(tmp_path, capsys, one_thread):
     """Two experiments (the recommendation comparison, the language-model part) and one report."""
     tiny = preset(tmp_path / "tiny.toml", 1)
-    demo.main(
-        [
-            "--backbone",
-            "tiny-untied",
-            "--preset",
-            tiny,
-            "--llm-backbone",
-            "tiny",
-            "--llm-preset",
-            tiny,
-            "--out",
-            str(tmp_path / "demo"),
-            "--device",
-            "cpu",
-        ]
-    )
+    backbones = "--backbone tiny-untied --llm-backbone tiny --device cpu".split()
+    demo.main([*backbones, "--preset", tiny, "--llm-preset", tiny, "--out", str(tmp_path / "demo")])
     printed = capsys.readouterr().out
     assert "== dataset ml-100k" in printed and "users         943" in printed
     assert re.search(r"demo finished in \d+s", printed)
@@ -192,58 +160,13 @@ def _ratio(out: str, name: str) -> float:
 
 
 def test_bench_ratio_lines(exp):
-    ckpt = str(exp / "init")
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    dec = subprocess.run(
-        [
-            sys.executable,
-            "bench/decode.py",
-            "--ckpt",
-            ckpt,
-            "--n-users",
-            "4",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    ckpt = exp / "init"
+    dec = run_script(
+        "bench/decode.py", "--ckpt", ckpt, *"--n-users 4 --batch-size 4 --device cpu".split()
     )
     assert dec.returncode == 0, dec.stderr[-2000:]
     assert _ratio(dec.stdout, "speedup") > 0 and "outputs match up to ties" in dec.stdout
-    tr = subprocess.run(
-        [
-            sys.executable,
-            "bench/train.py",
-            "--ckpt",
-            ckpt,
-            "--steps",
-            "2",
-            "--rounds",
-            "1",
-            "--warmup",
-            "1",
-            "--n-seqs",
-            "48",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    steps = "--steps 2 --rounds 1 --warmup 1 --n-seqs 48 --batch-size 8 --device cpu"
+    tr = run_script("bench/train.py", "--ckpt", ckpt, *steps.split())
     assert tr.returncode == 0, tr.stderr[-2000:]
     assert _ratio(tr.stdout, "speedup") > 0 and _ratio(tr.stdout, "speedup per CPU-second") > 0

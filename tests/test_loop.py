@@ -6,7 +6,6 @@ import dataclasses
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import train_in_two_processes
+from conftest import run_script, train_in_two_processes
 from numeric import close, tolerance
 from pauserec.model import checkpoint
 from pauserec.model.device import autocast
@@ -189,27 +188,10 @@ def test_steps_find_their_place_across_epochs_of_different_sizes():
     )
 
 
-FAST = [
-    "--stage",
-    "sft",
-    "--n-train",
-    "32",
-    "--epochs",
-    "1",
-    "--no-progress",
-    "--device",
-    "cpu",
-    "--save-every",
-    "0",
-    "--log-every",
-    "1",
-    "--dtype",
-    "fp32",
-    "--lr",
-    "3e-3",
-    "--warmup-ratio",
-    "0",
-]
+FAST = (
+    "--stage sft --n-train 32 --epochs 1 --no-progress --device cpu --save-every 0 --log-every 1"
+    " --dtype fp32 --lr 3e-3 --warmup-ratio 0"
+).split()
 
 
 def test_packed_training_trains_the_same_steps_with_the_same_losses(tiny_ckpt_path, tmp_path):
@@ -219,18 +201,8 @@ def test_packed_training_trains_the_same_steps_with_the_same_losses(tiny_ckpt_pa
     after Adam steps are not mathematically equal quantities)."""
     runs, logs = {}, {}
     for name, extra in [("plain", []), ("packed", ["--pack", "--pack-len", "256"])]:
-        runs[name] = train.main(
-            [
-                *FAST,
-                "--batch-size",
-                "8",
-                "--from",
-                str(tiny_ckpt_path),
-                "--out",
-                str(tmp_path / name),
-                *extra,
-            ]
-        )
+        where = ["--from", str(tiny_ckpt_path), "--out", str(tmp_path / name)]
+        runs[name] = train.main([*FAST, "--batch-size", "8", *where, *extra])
         logs[name] = pd.read_csv(tmp_path / name / "train_log.csv")
     t = [r.meta["timings"]["sft"] for r in runs.values()]
     assert t[0]["steps"] == t[1]["steps"] == 4 and t[0]["tokens"] == t[1]["tokens"]
@@ -265,18 +237,8 @@ def test_every_step_of_a_packed_plan_has_the_loss_and_gradients_of_the_unpacked_
 
 
 def test_token_budget_steps_train_through_main(tiny_ckpt_path, tmp_path):
-    ckpt = train.main(
-        [
-            *FAST,
-            "--batch-tokens",
-            "500",
-            "--pack",
-            "--from",
-            str(tiny_ckpt_path),
-            "--out",
-            str(tmp_path / "budget"),
-        ]
-    )
+    where = ["--from", str(tiny_ckpt_path), "--out", str(tmp_path / "budget")]
+    ckpt = train.main([*FAST, "--batch-tokens", "500", "--pack", *where])
     t = ckpt.meta["timings"]["sft"]
     # about 4 sequences of ~120 tokens a step
     assert t["steps"] >= 8 and t["tokens"] / t["steps"] <= 500
@@ -305,18 +267,8 @@ def test_compiled_packed_step_matches_eager(tiny_ckpt):
 
 @pytest.mark.slow
 def test_two_processes_with_packed_token_budget_steps_match_one(tiny_ckpt_path, tmp_path):
-    args = [
-        *FAST,
-        "--pack",
-        "--pack-len",
-        "256",
-        "--batch-tokens",
-        "1000",
-        "--max-steps",
-        "3",
-        "--from",
-        str(tiny_ckpt_path),
-    ]
+    budget = "--pack --pack-len 256 --batch-tokens 1000 --max-steps 3".split()
+    args = [*FAST, *budget, "--from", str(tiny_ckpt_path)]
     proc = train_in_two_processes([*args, "--out", str(tmp_path / "ddp")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train.main([*args, "--out", str(tmp_path / "one")])
@@ -354,42 +306,11 @@ def test_bench_counts_model_flops_by_hand(tiny_ckpt):
 
 @pytest.mark.slow
 def test_bench_prints_mfu_packing_and_speedup(tiny_ckpt_path):
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "bench/train.py",
-            "--ckpt",
-            str(tiny_ckpt_path),
-            "--steps",
-            "2",
-            "--rounds",
-            "1",
-            "--warmup",
-            "1",
-            "--n-seqs",
-            "48",
-            "--batch-size",
-            "8",
-            "--pack",
-            "--device",
-            "cpu",
-            "--dtype",
-            "fp32",
-            "--peak-seconds",
-            "0.2",
-        ],
-        cwd=Path(__file__).parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    flags = (
+        "--steps 2 --rounds 1 --warmup 1 --n-seqs 48 --batch-size 8 --pack --device cpu"
+        " --dtype fp32 --peak-seconds 0.2"
     )
+    proc = run_script("bench/train.py", "--ckpt", tiny_ckpt_path, *flags.split())
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     mfu = re.search(

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import probe_argv
 from pauserec import cli, files, tokens
 from pauserec.evaluation import evaluate
 from pauserec.model.prompts import PromptBuilder
@@ -62,21 +63,8 @@ def test_auto_probes_a_base_checkpoint_with_its_plain_prompt(tiny_ckpt):
 
 def test_main_writes_tidy_results(tiny_ckpt_path, tmp_path):
     out = tmp_path / "att"
-    df = attention.main(
-        [
-            str(tiny_ckpt_path),
-            "--out",
-            str(out),
-            "--n-users",
-            "8",
-            "--n-perm",
-            "10",
-            "--dtype",
-            "fp32",
-            "--variant",
-            "pause",
-        ]
-    )
+    flags = "--n-users 8 --n-perm 10 --dtype fp32 --variant pause"
+    df = attention.main(probe_argv(tiny_ckpt_path, out, flags))
     meta = json.loads((out / "meta.json").read_text())
     assert (
         meta["probe"] == "attention"

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import probe_argv
 from pauserec import files
 from pauserec.data import Example
 from pauserec.errors import UserError
 from pauserec.model.backbone import token_groups
 from probes import perturb, rationale
-from servers import ScriptedServer, fail_on, scripted
+from servers import ScriptedServer, cached_replies, fail_on, scripted, twice_through_a_proxy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
@@ -101,22 +102,8 @@ def test_known_answer_kl_is_zero_when_the_sid_head_cannot_see_the_rationale(tiny
 
 def test_cli_rows_and_flags(tiny_ckpt_path, tmp_path):
     out = tmp_path / "rat"
-    df = rationale.main(
-        [
-            str(tiny_ckpt_path),
-            "--out",
-            str(out),
-            "--n-users",
-            "4",
-            "--beams",
-            "10",
-            "--perturbations",
-            "drop10,paraphrase,oracle",
-            "--paraphrase-tokens",
-            "6",
-            "--no-kl-items",
-        ]
-    )
+    flags = "--n-users 4 --beams 10 --perturbations drop10,paraphrase,oracle --paraphrase-tokens 6"
+    df = rationale.main(probe_argv(tiny_ckpt_path, out, flags, "--no-kl-items"))
     saved = pd.read_csv(out / "results.csv")
     assert len(saved) == len(df)
     assert {
@@ -149,27 +136,9 @@ def test_cli_rows_and_flags(tiny_ckpt_path, tmp_path):
 
 
 def _para_argv(path, out, url, cache, *extra, model="test-model"):
-    return [
-        str(path),
-        "--out",
-        str(out),
-        "--n-users",
-        "3",
-        "--beams",
-        "10",
-        "--perturbations",
-        "paraphrase",
-        "--no-kl-items",
-        "--paraphrase",
-        "openai",
-        "--llm-base-url",
-        url,
-        "--llm-model",
-        model,
-        "--llm-cache",
-        str(cache),
-        *extra,
-    ]
+    flags = "--n-users 3 --beams 10 --perturbations paraphrase --no-kl-items --paraphrase openai"
+    llm = ["--llm-base-url", url, "--llm-model", model, "--llm-cache", str(cache)]
+    return probe_argv(path, out, flags, *llm, *extra)
 
 
 def test_openai_paraphrase_is_cached_and_faults_are_retried(tiny_ckpt_path, tmp_path):
@@ -187,47 +156,27 @@ def test_openai_paraphrase_is_cached_and_faults_are_retried(tiny_ckpt_path, tmp_
 
 
 def test_openai_paraphrase_failure_is_an_error_not_an_empty_rationale(tiny_ckpt_path, tmp_path):
+    out, once = tmp_path / "a", ("--llm-max-retries", "1", *FAST_LLM)
     with (
         ScriptedServer(fail_on("Rewrite", "503")) as srv,
         pytest.raises(UserError, match="HTTP 503"),
     ):
-        rationale.main(
-            _para_argv(
-                tiny_ckpt_path,
-                tmp_path / "a",
-                srv.url,
-                tmp_path / "c.jsonl",
-                "--llm-max-retries",
-                "1",
-                *FAST_LLM,
-            )
-        )
-    assert not (tmp_path / "a").exists()
+        rationale.main(_para_argv(tiny_ckpt_path, out, srv.url, tmp_path / "c.jsonl", *once))
+    assert not out.exists()
 
 
 @pytest.mark.slow
 def test_openai_paraphrase_against_real_llama_cpp_server(llama_server, tiny_ckpt_path, tmp_path):
-    cache = tmp_path / "para.jsonl"
-    with ScriptedServer(upstream=llama_server) as proxy:
-        for out in ("a", "b"):
-            df = rationale.main(
-                _para_argv(
-                    tiny_ckpt_path,
-                    tmp_path / out,
-                    proxy.url,
-                    cache,
-                    "--llm-timeout",
-                    "120",
-                    model="smollm2",
-                )
-            )
-            assert len(proxy.requests) == 3
+    cache, patient = tmp_path / "para.jsonl", ("--llm-timeout", "120")
+
+    def run(url: str, out: str) -> pd.DataFrame:
+        argv = _para_argv(tiny_ckpt_path, tmp_path / out, url, cache, *patient, model="smollm2")
+        return rationale.main(argv)
+
+    df = twice_through_a_proxy(llama_server, run, requests=3)
     length = df[(df["metric"] == "quality_length") & (df["perturbation"] == "paraphrase")]["value"]
     assert (length > 0).all()  # real paraphrases, none empty
-    print(
-        "llama.cpp paraphrases:",
-        [json.loads(x)["response"] for x in cache.read_text().splitlines()],
-    )
+    print("llama.cpp paraphrases:", cached_replies(cache))
 
 
 @pytest.mark.slow

@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import probe_argv
 from pauserec import data, files
 from pauserec.errors import UserError
 from pauserec.model.catalog import Catalog
 from pauserec.training import corpus
 from probes import qa, verbalization
 from probes.qa import Asker, lcs, rouge_l, token_f1, truth_rank
-from servers import ScriptedServer, fail_on, scripted
+from servers import ScriptedServer, cached_replies, fail_on, scripted, twice_through_a_proxy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
@@ -171,16 +172,7 @@ def test_gap_is_the_paired_mean_difference_with_a_ci():
 def test_cli_writes_tidy_results_and_meta(tiny_ckpt_path, tmp_path):
     out = tmp_path / "verb"
     df = verbalization.main(
-        [
-            str(tiny_ckpt_path),
-            "--out",
-            str(out),
-            "--n-items",
-            "4",
-            "--no-cosine",
-            "--max-new-tokens",
-            "4",
-        ]
+        probe_argv(tiny_ckpt_path, out, "--n-items 4 --no-cosine --max-new-tokens 4")
     )
     saved = pd.read_csv(out / "results.csv")
     assert len(saved) == len(df)
@@ -231,26 +223,8 @@ def test_bad_arguments_are_user_errors(tiny_ckpt_path, tmp_path):
 
 
 def _judge_argv(path, out, url, *extra, model="test-model"):
-    return [
-        str(path),
-        "--out",
-        str(out),
-        "--n-items",
-        "2",
-        "--queries",
-        "sid",
-        "--fields",
-        "title",
-        "--no-cosine",
-        "--max-new-tokens",
-        "3",
-        "--judge",
-        "--llm-base-url",
-        url,
-        "--llm-model",
-        model,
-        *extra,
-    ]
+    flags = "--n-items 2 --queries sid --fields title --no-cosine --max-new-tokens 3 --judge"
+    return probe_argv(path, out, flags, "--llm-base-url", url, "--llm-model", model, *extra)
 
 
 def test_judge_is_cached_retried_and_unparseable_replies_are_nan_not_zero(tiny_ckpt_path, tmp_path):
@@ -297,25 +271,17 @@ def test_parse_judge():
 @pytest.mark.slow
 def test_judge_against_real_llama_cpp_server(llama_server, tiny_ckpt_path, tmp_path):
     cache = tmp_path / "judge.jsonl"
-    with ScriptedServer(upstream=llama_server) as proxy:
-        for out in ("a", "b"):
-            df = verbalization.main(
-                _judge_argv(
-                    tiny_ckpt_path,
-                    tmp_path / out,
-                    proxy.url,
-                    "--llm-cache",
-                    str(cache),
-                    model="smollm2",
-                )
-            )
-            assert len(proxy.requests) == 2  # the second run is answered from the cache
-        values = df.loc[df["metric"] == "gen_judge", "value"]
-        assert values.isna().all() or set(values.dropna()) <= {0.0, 1.0}
-        print(
-            "llama.cpp judge replies:",
-            [json.loads(x)["response"] for x in cache.read_text().splitlines()],
+
+    def run(url: str, out: str) -> pd.DataFrame:
+        argv = _judge_argv(
+            tiny_ckpt_path, tmp_path / out, url, "--llm-cache", str(cache), model="smollm2"
         )
+        return verbalization.main(argv)
+
+    df = twice_through_a_proxy(llama_server, run, requests=2)  # the rerun: from the cache
+    values = df.loc[df["metric"] == "gen_judge", "value"]
+    assert values.isna().all() or set(values.dropna()) <= {0.0, 1.0}
+    print("llama.cpp judge replies:", cached_replies(cache))
 
 
 @pytest.mark.slow

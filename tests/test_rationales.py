@@ -214,31 +214,19 @@ def test_a_reply_of_only_workbench_tokens_is_retried_and_never_cached(
     tiny_ckpt, train_examples, tmp_path
 ):
     cache = tmp_path / "c.jsonl"
-    victim = rationales.llm_prompt(tiny_ckpt.catalog, train_examples[1].history)
+    cat, examples = tiny_ckpt.catalog, train_examples[:3]
+    opts = {"cache_path": cache, "model": "m"}
+    victim = rationales.llm_prompt(cat, examples[1].history)
     with (
         ScriptedServer(fail_on(victim, "tokens")) as srv,
         pytest.raises(UserError, match="empty after removing"),
     ):
         rationales.build(
-            "openai",
-            tiny_ckpt.catalog,
-            train_examples[:3],
-            cache_path=cache,
-            base_url=srv.url,
-            model="m",
-            max_retries=1,
-            backoff=0.01,
+            "openai", cat, examples, base_url=srv.url, max_retries=1, backoff=0.01, **opts
         )
     assert victim not in cache.read_text()  # the unusable reply is not cached: a rerun repairs it
     with ScriptedServer() as srv:
-        out = rationales.build(
-            "openai",
-            tiny_ckpt.catalog,
-            train_examples[:3],
-            cache_path=cache,
-            base_url=srv.url,
-            model="m",
-        )
+        out = rationales.build("openai", cat, examples, base_url=srv.url, **opts)
         # the repaired one and the unsent one
         assert len(srv.requests) == 2 and all(r.text for r in out)
 

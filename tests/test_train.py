@@ -33,23 +33,10 @@ def proc_wall_before_kill(out) -> float:
     return state["progress"]["seconds"]
 
 
-FAST = [
-    "--n-train",
-    "32",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "8",
-    "--no-progress",
-    "--device",
-    "cpu",
-    "--save-every",
-    "0",
-    "--log-every",
-    "1",
-    "--dtype",
-    "fp32",
-]
+FAST = (
+    "--n-train 32 --epochs 1 --batch-size 8 --no-progress --device cpu --save-every 0"
+    " --log-every 1 --dtype fp32"
+).split()
 
 
 def run_stage(stage: str, src, out, *extra: str) -> checkpoint.Checkpoint:
@@ -278,18 +265,8 @@ def test_pause_sft_init_strategies(stages):
 )
 @pytest.mark.slow
 def test_resume_after_kill_gives_identical_weights(stages, tmp_path, layout):
-    args = [
-        "--stage",
-        "sft",
-        "--from",
-        str(stages["cpt"]),
-        *FAST,
-        "--epochs",
-        "2",
-        "--save-every",
-        "3",
-        *layout,
-    ]
+    longer = "--epochs 2 --save-every 3".split()  # after FAST: the later flag wins
+    args = ["--stage", "sft", "--from", str(stages["cpt"]), *FAST, *longer, *layout]
     killed = tmp_path / "killed"
     # this checkout's package, not whichever one the venv has installed (a worktree shares main's
     # venv)
@@ -319,25 +296,8 @@ def test_resume_after_kill_gives_identical_weights(stages, tmp_path, layout):
 
 def test_diverging_loss_stops_with_one_line_and_keeps_the_last_state(stages, tmp_path, capsys):
     out = tmp_path / "boom"
-    argv = [
-        "--stage",
-        "sft",
-        "--from",
-        str(stages["cpt"]),
-        "--out",
-        str(out),
-        *FAST,
-        "--epochs",
-        "4",
-        "--lr",
-        "1e6",
-        "--warmup-ratio",
-        "0",
-        "--grad-clip",
-        "0",
-        "--save-every",
-        "1",
-    ]
+    boom = "--epochs 4 --lr 1e6 --warmup-ratio 0 --grad-clip 0 --save-every 1".split()
+    argv = ["--stage", "sft", "--from", str(stages["cpt"]), "--out", str(out), *FAST, *boom]
     assert cli.run(train.main, argv) == 2
     err = "\n".join(
         ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "Loading" not in ln
@@ -482,17 +442,8 @@ def test_one_training_seed_repeats_exactly_and_two_seeds_differ(stages, tmp_path
 
 @pytest.mark.slow
 def test_paper_training_targets_are_one_per_user(stages, tmp_path):
-    ckpt = run_stage(
-        "sft",
-        stages["cpt"],
-        tmp_path / "last",
-        "--train-targets",
-        "last",
-        "--n-train",
-        "0",
-        "--max-steps",
-        "1",
-    )
+    last = "--train-targets last --n-train 0 --max-steps 1".split()
+    ckpt = run_stage("sft", stages["cpt"], tmp_path / "last", *last)
     info = ckpt.meta["configs"]["sft"]["corpus"]
     assert ckpt.meta["train_targets"] == "last" and info["available"] == info["used"] == 943
 
